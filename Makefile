@@ -1,0 +1,37 @@
+# Fresh machine: `make demo` (runs the farm on the sample catalog) or `make test`.
+# CPU machines get the lean CPU build of torch; on a GPU machine use
+#   make setup TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test lint unit integration services bench-tiny
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/farm demo
+
+services:
+	.ci/services
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+unit: setup
+	$(BIN)/pytest tests/unit -q
+
+integration: setup services
+	$(BIN)/pytest tests/integration -q
+
+test: setup services lint
+	$(BIN)/pytest tests -q -ra

@@ -1,0 +1,136 @@
+"""Tables of the farm: batches, articles, renders (one per attempt) and stage runs."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the one clock every row uses."""
+    return datetime.now(timezone.utc)
+
+
+class ArticleStatus(str, Enum):
+    """Where an article stands. The happy path runs top to bottom."""
+
+    pending = "pending"
+    translated = "translated"
+    extracted = "extracted"
+    rendered = "rendered"
+    done = "done"
+    needs_review = "needs_review"
+    failed = "failed"
+
+
+TERMINAL_STATUSES = (ArticleStatus.done, ArticleStatus.needs_review, ArticleStatus.failed)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sources: Mapped[list] = mapped_column(JSON, default=list)
+    profile: Mapped[str] = mapped_column(String(32))
+    min_clip_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    articles: Mapped[list[Article]] = relationship(back_populates="batch")
+
+
+class Article(Base):
+    __tablename__ = "articles"
+    __table_args__ = (UniqueConstraint("batch_id", "key", name="uq_article_batch_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    key: Mapped[str] = mapped_column(String(200))
+    file_stem: Mapped[str] = mapped_column(String(240))
+    source_file: Mapped[str] = mapped_column(Text)
+    source_sheet: Mapped[str] = mapped_column(String(255))
+    source_row: Mapped[int] = mapped_column(Integer)
+    source_text: Mapped[str] = mapped_column(Text)
+
+    translation: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attributes: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    generation_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    clip_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    image_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    clip_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    status: Mapped[str] = mapped_column(String(20), default=ArticleStatus.pending.value, index=True)
+    render_attempt: Mapped[int] = mapped_column(Integer, default=1)
+    stage_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_kind: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+    lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    batch: Mapped[Batch] = relationship(back_populates="articles")
+    renders: Mapped[list[Render]] = relationship(
+        back_populates="article", order_by="Render.attempt"
+    )
+
+
+class Render(Base):
+    __tablename__ = "renders"
+    __table_args__ = (UniqueConstraint("article_id", "attempt", name="uq_render_attempt"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    model_id: Mapped[str] = mapped_column(Text)
+    lora: Mapped[str | None] = mapped_column(Text, nullable=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)
+    image_path: Mapped[str] = mapped_column(Text)
+    seconds: Mapped[float] = mapped_column(Float)
+    worker: Mapped[str] = mapped_column(String(255))
+    clip_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    article: Mapped[Article] = relationship(back_populates="renders")
+
+
+class StageRun(Base):
+    """One execution of one stage on one article: who ran it, how long, how it ended."""
+
+    __tablename__ = "stage_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(255))
+    outcome: Mapped[str] = mapped_column(String(16), default="running")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)

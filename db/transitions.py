@@ -1,0 +1,300 @@
+"""State transitions of an article, each one conditional so that duplicates cannot collide.
+
+A stage *claims* an article with one conditional UPDATE: the article must be in the stage's
+input status and free of a live lease. The claim takes a lease token; the stage's outputs are
+written with a second conditional UPDATE that only succeeds while that token still holds. A
+copy of the same task delivered twice therefore either finds the work done, finds it leased
+by the other copy, or loses its lease and writes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Render, StageRun, utcnow
+
+STAGES = ("translate", "extract", "render", "score")
+STAGE_INPUT = {
+    "translate": ArticleStatus.pending,
+    "extract": ArticleStatus.translated,
+    "render": ArticleStatus.extracted,
+    "score": ArticleStatus.rendered,
+}
+STAGE_OUTPUT = {
+    "translate": ArticleStatus.translated,
+    "extract": ArticleStatus.extracted,
+    "render": ArticleStatus.rendered,
+    "score": ArticleStatus.done,
+}
+_ORDER = [s.value for s in (*STAGE_INPUT.values(), ArticleStatus.done)]
+
+
+class ClaimOutcome(str, Enum):
+    claimed = "claimed"  # this caller owns the stage now
+    already_done = "already_done"  # the article is past this stage
+    busy = "busy"  # another live lease holds it
+    stopped = "stopped"  # failed, needs review, or missing: nothing to do
+    exhausted = "exhausted"  # too many attempts; the article was marked failed
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    token: str | None = None
+    attempt: int = 0
+    run_id: int | None = None
+
+
+def is_past(status: str, stage: str) -> bool:
+    """Whether an article in ``status`` has already finished ``stage``.
+
+    Args:
+        status: the article's status value.
+        stage: one of :data:`STAGES`.
+
+    Returns:
+        True when the status lies after the stage's input on the happy path, or is terminal
+        success (``done``/``needs_review``).
+    """
+    if status == ArticleStatus.needs_review.value:
+        return True
+    if status not in _ORDER:
+        return False
+    return _ORDER.index(status) > _ORDER.index(STAGE_INPUT[stage].value)
+
+
+def claim_stage(
+    session: Session,
+    article_id: int,
+    stage: str,
+    worker: str,
+    lease_seconds: float,
+    max_attempts: int,
+) -> Claim:
+    """Try to take ``stage`` of an article; commits its own transaction.
+
+    Args:
+        session: a session with no transaction in progress.
+        article_id: the article.
+        stage: one of :data:`STAGES`.
+        worker: the worker's hostname, recorded on the stage run.
+        lease_seconds: how long the claim holds before another copy may take over.
+        max_attempts: claims allowed per stage before the article is failed.
+
+    Returns:
+        The claim; only ``claimed`` means the caller should do the work.
+    """
+    now = utcnow()
+    token = uuid.uuid4().hex
+    claimed = session.execute(
+        update(Article)
+        .where(
+            Article.id == article_id,
+            Article.status == STAGE_INPUT[stage].value,
+            Article.stage_attempts < max_attempts,
+            (Article.lease_expires_at.is_(None)) | (Article.lease_expires_at < now),
+        )
+        .values(
+            lease_token=token,
+            lease_stage=stage,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            stage_attempts=Article.stage_attempts + 1,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if claimed:
+        attempt = session.scalar(select(Article.stage_attempts).where(Article.id == article_id))
+        run = StageRun(article_id=article_id, stage=stage, attempt=attempt, worker=worker)
+        session.add(run)
+        session.commit()
+        return Claim(ClaimOutcome.claimed, token, attempt, run.id)
+    session.rollback()
+    return _why_not_claimed(session, article_id, stage, max_attempts, now)
+
+
+def _why_not_claimed(
+    session: Session, article_id: int, stage: str, max_attempts: int, now: datetime
+) -> Claim:
+    article = session.get(Article, article_id, populate_existing=True)
+    if article is None or article.status in (
+        ArticleStatus.failed.value,
+        ArticleStatus.needs_review.value,
+    ):
+        return Claim(ClaimOutcome.stopped)
+    if is_past(article.status, stage):
+        return Claim(ClaimOutcome.already_done)
+    lease = article.lease_expires_at
+    if lease is not None and _aware(lease) >= now:
+        return Claim(ClaimOutcome.busy)
+    if article.status == STAGE_INPUT[stage].value and article.stage_attempts >= max_attempts:
+        fail_article(
+            session,
+            article_id,
+            stage,
+            "AttemptsExhausted",
+            f"{stage} gave up after {article.stage_attempts} attempts "
+            "(the worker died or timed out each time)",
+        )
+        return Claim(ClaimOutcome.exhausted)
+    return Claim(ClaimOutcome.stopped)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands datetimes back naive; they were stored in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=utcnow().tzinfo)
+
+
+def complete_stage(
+    session: Session,
+    claim: Claim,
+    article_id: int,
+    stage: str,
+    values: dict,
+    render: dict | None = None,
+    status: ArticleStatus | None = None,
+) -> bool:
+    """Write a stage's outputs and advance the status, if the claim still holds.
+
+    Args:
+        session: a session with no transaction in progress.
+        claim: the claim returned by :func:`claim_stage`.
+        article_id: the article.
+        stage: the stage that ran.
+        values: article columns to set.
+        render: columns of the render row to insert or update (keyed by its ``attempt``).
+        status: the status to move to; the stage's usual output when omitted.
+
+    Returns:
+        False when the lease was lost (another copy owns the article now): nothing is written.
+    """
+    new_status = status or STAGE_OUTPUT[stage]
+    done = new_status in TERMINAL_STATUSES
+    written = session.execute(
+        update(Article)
+        .where(Article.id == article_id, Article.lease_token == claim.token)
+        .values(
+            **values,
+            status=new_status.value,
+            stage_attempts=0,
+            lease_token=None,
+            lease_stage=None,
+            lease_expires_at=None,
+            error=None,
+            error_kind=None,
+            error_stage=None,
+            finished_at=utcnow() if done else None,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not written:
+        session.rollback()
+        return False
+    if render is not None:
+        _upsert_render(session, article_id, render)
+    _finish_run(session, claim, "ok", None)
+    session.commit()
+    return True
+
+
+def _upsert_render(session: Session, article_id: int, render: dict) -> None:
+    existing = session.scalar(
+        select(Render).where(Render.article_id == article_id, Render.attempt == render["attempt"])
+    )
+    if existing is None:
+        session.add(Render(article_id=article_id, **render))
+    else:
+        for column, value in render.items():
+            setattr(existing, column, value)
+
+
+def _finish_run(session: Session, claim: Claim, outcome: str, error: str | None) -> None:
+    run = session.get(StageRun, claim.run_id)
+    if run is not None:
+        run.outcome = outcome
+        run.error = error
+        run.seconds = (utcnow() - _aware(run.started_at)).total_seconds()
+
+
+def release_stage(session: Session, claim: Claim, article_id: int, error: str) -> None:
+    """Give a claim back after a transient error, so a retry can claim the stage again.
+
+    Args:
+        session: a session with no transaction in progress.
+        claim: the claim to release.
+        article_id: the article.
+        error: what went wrong, kept on the stage run.
+    """
+    session.execute(
+        update(Article)
+        .where(Article.id == article_id, Article.lease_token == claim.token)
+        .values(lease_token=None, lease_stage=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    _finish_run(session, claim, "retry", error)
+    session.commit()
+
+
+def fail_article(
+    session: Session,
+    article_id: int,
+    stage: str,
+    kind: str,
+    error: str,
+    claim: Claim | None = None,
+) -> None:
+    """Mark an article failed with its stage, error kind and message.
+
+    Args:
+        session: a session with no transaction in progress.
+        article_id: the article.
+        stage: the stage that failed.
+        kind: a short error class name (``InvalidArticle``, ``AttemptsExhausted``, ...).
+        error: the message.
+        claim: the claim held while failing, if any; its stage run is closed as ``error``.
+    """
+    session.execute(
+        update(Article)
+        .where(Article.id == article_id)
+        .values(
+            status=ArticleStatus.failed.value,
+            error=error[:4000],
+            error_kind=kind,
+            error_stage=stage,
+            lease_token=None,
+            lease_stage=None,
+            lease_expires_at=None,
+            finished_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if claim is not None:
+        _finish_run(session, claim, "error", error[:4000])
+    session.commit()
+
+
+def status_counts(session: Session, batch_ids: list[str] | None = None) -> dict[str, dict]:
+    """Count articles per status for each batch.
+
+    Args:
+        session: any session.
+        batch_ids: restrict to these batches; all batches when None.
+
+    Returns:
+        ``{batch_id: {status: count}}`` with every status present (zeros included).
+    """
+    query = select(Article.batch_id, Article.status, func.count()).group_by(
+        Article.batch_id, Article.status
+    )
+    if batch_ids:
+        query = query.where(Article.batch_id.in_(batch_ids))
+    counts: dict[str, dict] = {}
+    for batch_id, status, count in session.execute(query):
+        per_batch = counts.setdefault(batch_id, {s.value: 0 for s in ArticleStatus})
+        per_batch[status] = count
+    return counts

@@ -1,0 +1,70 @@
+"""The Celery app of the farm and its configuration.
+
+The app is created unconfigured; whoever owns the process configures it once with its
+settings: the ``farm`` CLI with env vars plus flags, a worker process through
+``tasks.worker`` (``celery -A tasks.worker worker``).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from tasks.queues import ROUTES, TEXT_QUEUE
+from tasks.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict:
+    """Celery settings derived from the farm's settings.
+
+    Args:
+        settings: the farm's settings.
+
+    Returns:
+        A mapping for ``app.conf.update``.
+    """
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    return {
+        "broker_url": settings.broker_url.get_secret_value(),
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # Every result lives in the farm's database; Celery's own results are not needed.
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_routes": (ROUTES,),
+        "task_default_queue": TEXT_QUEUE,
+        "task_create_missing_queues": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": max(1, settings.task_time_limit - 10),
+        "worker_proc_alive_timeout": settings.worker_boot_timeout,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def configure(settings: Settings) -> Celery:
+    """Apply ``settings`` to the farm's app.
+
+    Args:
+        settings: the farm's settings; kept on the app as ``app.farm_settings``.
+
+    Returns:
+        The app.
+    """
+    app.conf.update(celery_config(settings))
+    app.farm_settings = settings
+    # Worker threads (farm run) resolve tasks through the default app, not a thread-local one.
+    app.set_default()
+    return app
+
+
+app = Celery("farm", include=["tasks.pipeline"])

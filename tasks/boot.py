@@ -1,0 +1,51 @@
+"""Worker start-up: each pool process loads its models before it takes any work.
+
+Models load in the pool child (``worker_process_init``), never in the parent, because CUDA
+cannot be re-initialised in a forked child. A child that cannot load its models stops the
+whole worker loudly instead of serving tasks it would fail.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+from celery.signals import worker_process_init
+
+from tasks import state
+from tasks.queues import ROLE_STAGES
+from tasks.settings import Settings
+from workers.loader import load_runtimes
+from workers.profiles import resolve_profile
+
+logger = logging.getLogger("farm.boot")
+
+
+def load_for_role(settings: Settings) -> None:
+    """Load the models of ``settings.worker_role`` into this process.
+
+    Args:
+        settings: the farm's settings (profile, device, model overrides, role).
+    """
+    if settings.worker_role not in ROLE_STAGES:
+        raise ValueError(f"unknown worker role {settings.worker_role!r}")
+    profile = resolve_profile(
+        settings.profile, settings.model_cache, **settings.profile_overrides()
+    )
+    runtimes = load_runtimes(ROLE_STAGES[settings.worker_role], profile, settings.device)
+    state.install_runtimes(runtimes)
+
+
+@worker_process_init.connect
+def _load_models_in_pool_child(**_) -> None:
+    from tasks.app import app
+
+    if state.has_runtimes():  # an embedded worker (farm run) loaded them before starting
+        return
+    try:
+        load_for_role(app.farm_settings)
+    except BaseException:
+        logger.critical("worker could not load its models; shutting the worker down", exc_info=True)
+        os.kill(os.getppid(), signal.SIGTERM)
+        os._exit(1)

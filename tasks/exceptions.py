@@ -1,0 +1,17 @@
+"""Error kinds of the farm. The kind decides what happens to an article after an error."""
+
+
+class FarmError(Exception):
+    """Base of the farm's own errors."""
+
+
+class TransientStageError(FarmError):
+    """A passing fault (out of memory, a full disk, a lost connection): retry the stage."""
+
+
+class InvalidArticle(FarmError):
+    """The article itself cannot go through this stage: fail it now, retrying cannot help."""
+
+
+class RuntimeNotLoaded(FarmError):
+    """A stage arrived at a worker that did not load the model it needs (a routing mistake)."""

@@ -1,0 +1,66 @@
+"""The one settings object of the farm, read from ``FARM_*`` environment variables and flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable, read once per process and passed down.
+
+    Each field is the env var ``FARM_<NAME>``; the CLI's flags override them.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FARM_", extra="ignore")
+
+    database_url: str = "sqlite:///farm.db"
+    broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    output_dir: Path = Path("output")
+
+    profile: str = "default"
+    model_cache: Path = Field(default_factory=lambda: Path.home() / ".cache" / "fashion-farm")
+    device: str = "auto"
+    worker_role: str = "all"
+    translator_model: str | None = None
+    extractor_model: str | None = None
+    renderer_model: str | None = None
+    lora: str | None = None
+    scorer_model: str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+
+    # Delivery: a lease must outlive the longest task; the broker's visibility timeout must
+    # outlive the lease, or Redis hands a running task to a second worker.
+    task_time_limit: int = 900
+    lease_seconds: int = 960
+    visibility_timeout: int = 3600
+    stage_retries: int = 3
+    database_retries: int = 20
+    retry_backoff_seconds: float = 2.0
+    max_stage_attempts: int = 5
+    worker_boot_timeout: float = 900.0
+
+    max_cell_chars: int = 10_000
+    min_clip_score: float | None = None
+    max_attempts: int = 3
+
+    def profile_overrides(self) -> dict:
+        """Model and shape overrides in :class:`workers.profiles.Profile` field names.
+
+        Returns:
+            Field name → value, ``None`` where nothing was overridden.
+        """
+        return {
+            "translator": self.translator_model,
+            "extractor": self.extractor_model,
+            "renderer": self.renderer_model,
+            "lora": self.lora,
+            "scorer": self.scorer_model,
+            "width": self.width,
+            "height": self.height,
+            "steps": self.steps,
+        }

@@ -1,0 +1,161 @@
+"""The four stages as plain functions: an article row and a model runtime in, outputs out.
+
+Nothing here knows about Celery or sessions. Each function reads the columns it needs from
+the article, calls its runtime, writes its files, and returns the columns to store. The base
+task (``tasks.base``) claims the article before and stores the outputs after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from db.models import Article, ArticleStatus
+from tasks import outputs
+from tasks.exceptions import InvalidArticle, TransientStageError
+from workers.prompts import clip_prompt, generation_prompt
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage may use besides the article: its model, the profile and where files go."""
+
+    runtime: object
+    profile: object
+    output_dir: Path
+    worker: str
+
+
+@dataclass
+class StageOutput:
+    """Columns to write on the article (and its render row), and the status to move to."""
+
+    values: dict = field(default_factory=dict)
+    render: dict | None = None
+    status: ArticleStatus | None = None
+
+
+def render_seed(key: str, attempt: int) -> int:
+    """The seed of one render attempt, derived from the article key alone (stable across runs).
+
+    Args:
+        key: the article key.
+        attempt: the render attempt, from 1.
+
+    Returns:
+        An integer in ``[0, 2**63)``.
+    """
+    digest = hashlib.sha256(f"{key}\x00{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def translate(article: Article, ctx: StageContext) -> StageOutput:
+    """German source text → English translation."""
+    result = ctx.runtime([article.source_text])
+    return StageOutput(values={"translation": result.texts[0]})
+
+
+def extract(article: Article, ctx: StageContext) -> StageOutput:
+    """English text → attributes JSON and the two prompts."""
+    if not (article.translation or "").strip():
+        raise InvalidArticle("the translation is empty; nothing to extract from")
+    attributes = ctx.runtime([article.translation]).attributes[0]
+    return StageOutput(
+        values={
+            "attributes": attributes,
+            "generation_prompt": generation_prompt(attributes),
+            "clip_prompt": clip_prompt(attributes),
+        }
+    )
+
+
+def render(article: Article, ctx: StageContext) -> StageOutput:
+    """Generation prompt → one image for the article's current attempt, saved to disk."""
+    attempt = article.render_attempt
+    seed = render_seed(article.key, attempt)
+    result = ctx.runtime([article.generation_prompt], [seed])
+    path = outputs.attempt_image_path(ctx.output_dir, article.batch_id, article.file_stem, attempt)
+    try:
+        outputs.save_png(result.images[0], path)
+    except OSError as error:
+        raise TransientStageError(
+            f"cannot write image {path}: {error.strerror or error}"
+        ) from error
+    profile = ctx.profile
+    return StageOutput(
+        render={
+            "attempt": attempt,
+            "seed": seed,
+            "model_id": profile.renderer,
+            "lora": profile.lora,
+            "width": profile.width,
+            "height": profile.height,
+            "steps": profile.steps,
+            "image_path": str(path),
+            "seconds": result.seconds,
+            "worker": ctx.worker,
+        }
+    )
+
+
+def score(article: Article, ctx: StageContext) -> StageOutput:
+    """Current attempt's image vs CLIP prompt → score; publishes the best image and its JSON."""
+    current = next((r for r in article.renders if r.attempt == article.render_attempt), None)
+    if current is None or not Path(current.image_path).is_file():
+        raise InvalidArticle(f"render attempt {article.render_attempt} has no image on disk")
+    with Image.open(current.image_path) as image:
+        value = float(ctx.runtime([image.convert("RGB")], [article.clip_prompt]).scores[0])
+    scored = [(r.clip_score, r) for r in article.renders if r.clip_score is not None]
+    scored.append((value, current))
+    best_score, best = max(scored, key=lambda pair: pair[0])
+    final = _publish(article, ctx, best, best_score)
+    return StageOutput(
+        values={"clip_score": best_score, "image_path": str(final)},
+        render={"attempt": current.attempt, "clip_score": value},
+    )
+
+
+def _publish(article: Article, ctx: StageContext, best, best_score: float) -> Path:
+    folder = outputs.batch_dir(ctx.output_dir, article.batch_id)
+    image_path = folder / f"{article.file_stem}.png"
+    try:
+        outputs.copy_file(Path(best.image_path), image_path)
+        record = _record(article, ctx, best, best_score, image_path)
+        outputs.write_json(folder / f"{article.file_stem}.json", record)
+    except OSError as error:
+        raise TransientStageError(
+            f"cannot write outputs in {folder}: {error.strerror or error}"
+        ) from error
+    return image_path
+
+
+def _record(article: Article, ctx: StageContext, best, best_score: float, image_path: Path) -> dict:
+    profile = ctx.profile
+    return {
+        "sample_id": article.key,
+        "original_description": article.source_text,
+        "generation_prompt": article.generation_prompt,
+        "clip_prompt": article.clip_prompt,
+        "clip_score": best_score,
+        "image_path": str(image_path),
+        "translation": article.translation,
+        "attributes": article.attributes,
+        "seed": best.seed,
+        "attempt": best.attempt,
+        "source": {
+            "file": article.source_file,
+            "sheet": article.source_sheet,
+            "row": article.source_row,
+        },
+        "models": {
+            "profile": profile.name,
+            "translator": profile.translator,
+            "extractor": profile.extractor,
+            "renderer": best.model_id,
+            "lora": best.lora,
+            "scorer": profile.scorer,
+        },
+    }

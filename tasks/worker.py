@@ -1,0 +1,13 @@
+"""Entry point of a worker process: ``celery -A tasks.worker worker -Q ...``.
+
+Reads the settings once from the environment (the ``farm worker`` launcher sets the role,
+device and GPU there) and registers the model loading that runs in each pool child.
+"""
+
+from tasks import boot  # noqa: F401  (connects the worker_process_init handler)
+from tasks.app import app, configure
+from tasks.settings import Settings
+
+configure(Settings())
+
+__all__ = ["app"]

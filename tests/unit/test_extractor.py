@@ -1,0 +1,157 @@
+"""Extractor runtime on the tiny random-weight Phi-3: constrained JSON must always validate."""
+
+from __future__ import annotations
+
+import json
+
+import huggingface_hub.constants
+import pydantic
+import pytest
+import torch
+
+from workers.extractor import Attributes, ExtractionResult, Extractor, max_json_tokens
+from workers.tiny_text import build_tiny_phi3
+
+DESCRIPTIONS = [
+    "A red cotton dress with a round neckline and short sleeves.",
+    "Slim-fit blue jeans with five pockets and brass buttons.",
+    "Black leather boots with a 5 cm block heel and a side zip.",
+    "A knee-length, double-breasted coat made of grey virgin wool.",
+    "A flowing viscose blouse with a floral print in red, white and green.",
+    "Cardigan with a V-neck, ribbed cuffs and mother-of-pearl buttons; colour: beige.",
+    "White sneakers with a rubber sole, laces and a suede upper.",
+    "A cashmere scarf (180 x 30 cm) with fringes at both ends.",
+    "Pleated midi skirt in navy with an elastic waistband.",
+    "Quilted jacket, water-repellent, lined with down, olive green.",
+    "Hoodie with a kangaroo pocket and logo embroidery®, 100% organic cotton.",
+    "Oxford shirt with a button-down collar and a chest pocket — size M.",
+]
+FIELDS = ["product_type", "key_visual_features", "color_material_details", "design_aspects"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        yield
+
+
+@pytest.fixture(scope="module")
+def phi3_dir(tmp_path_factory, offline):
+    folder = tmp_path_factory.mktemp("phi3")
+    build_tiny_phi3(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def extractor(phi3_dir):
+    return Extractor.from_pretrained(str(phi3_dir), torch.device("cpu"), max_batch=4)
+
+
+@pytest.fixture(scope="module")
+def all_results(extractor):
+    return extractor(DESCRIPTIONS)
+
+
+def test_tiny_phi3_build_is_reproducible(phi3_dir, tmp_path):
+    build_tiny_phi3(tmp_path)
+    for name in ("tokenizer.json", "model.safetensors"):
+        assert (tmp_path / name).read_bytes() == (phi3_dir / name).read_bytes(), name
+
+
+def test_tiny_phi3_tokenizer_is_set_up_for_batched_chat(extractor):
+    tokenizer = extractor.tokenizer
+    assert tokenizer.padding_side == "left"
+    assert tokenizer.pad_token is not None
+    assert tokenizer.model_input_names == ["input_ids", "attention_mask"]
+    for token in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"):
+        assert len(tokenizer(token).input_ids) == 1, token
+
+
+def test_extractor_returns_schema_valid_attributes_for_twelve_different_inputs(all_results):
+    assert isinstance(all_results, ExtractionResult)
+    assert len(all_results.attributes) == len(DESCRIPTIONS)
+    for attrs in all_results.attributes:
+        assert list(attrs) == FIELDS
+        assert Attributes.model_validate_json(json.dumps(attrs)).model_dump() == attrs
+    # A random model, but the outputs still follow the inputs.
+    assert len({json.dumps(attrs) for attrs in all_results.attributes}) > 1
+    assert all_results.seconds > 0
+
+
+def test_extractor_batched_result_equals_one_by_one(extractor, all_results):
+    one_by_one = [extractor([text]).attributes[0] for text in DESCRIPTIONS[:5]]
+
+    assert one_by_one == all_results.attributes[:5]
+
+
+def test_extractor_gives_the_same_output_for_the_same_input_twice(extractor):
+    texts = [DESCRIPTIONS[0], DESCRIPTIONS[0]]
+
+    first, second = extractor(texts).attributes
+
+    assert first == second
+
+
+def test_build_prompt_uses_the_phi3_chat_format(extractor):
+    prompt = extractor.build_prompt("A red dress.")
+
+    assert prompt.startswith("<|system|>\n")
+    assert "product_type" in prompt
+    assert "<|user|>\nA red dress.<|end|>\n" in prompt
+    assert prompt.endswith("<|assistant|>\n")
+
+
+def test_each_prompt_reaches_the_model_as_a_single_chat_turn(extractor, monkeypatch):
+    seen = []
+    generate = extractor.model.generate
+
+    def spy(*args, **kwargs):
+        seen.extend(extractor.tokenizer.batch_decode(kwargs["input_ids"]))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(extractor.model, "generate", spy)
+    extractor(DESCRIPTIONS[:2])
+
+    assert len(seen) == 2
+    assert all(text.count("<|user|>") == 1 and text.count("<|system|>") == 1 for text in seen)
+
+
+def test_default_max_new_tokens_covers_the_longest_schema_output(extractor):
+    # Every value at its max length in 4-byte characters: the most bytes the grammar allows.
+    longest = Attributes(
+        product_type="\U0001f457" * 60,
+        key_visual_features="\U0001f457" * 200,
+        color_material_details="\U0001f457" * 200,
+        design_aspects="\U0001f457" * 200,
+    )
+    payload = json.dumps(longest.model_dump(), ensure_ascii=False, separators=(" , ", " : "))
+
+    assert extractor.max_new_tokens == max_json_tokens(Attributes)
+    assert len(payload.encode()) + 1 <= max_json_tokens(Attributes)
+
+
+def test_max_json_tokens_needs_a_max_length_on_every_field():
+    class Unbounded(pydantic.BaseModel):
+        name: str
+
+    with pytest.raises(ValueError):
+        max_json_tokens(Unbounded)
+
+
+def test_extractor_raises_runtime_error_instead_of_falling_back(extractor, monkeypatch):
+    monkeypatch.setattr(extractor, "_generate", lambda prompts: ['{"product_type": "dress"}'])
+
+    with pytest.raises(RuntimeError):
+        extractor(["A red dress."])
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [[], "A red dress.", [b"A red dress."], [""], ["ok", " \n "]],
+    ids=["empty list", "not a list", "non-str item", "empty text", "blank text"],
+)
+def test_check_inputs_raises_value_error_for_bad_texts(extractor, texts):
+    with pytest.raises(ValueError):
+        extractor.check_inputs(texts)

@@ -1,0 +1,166 @@
+"""The plain stage functions with the tiny models, no Celery and no database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from db.models import Article, Render
+from tasks import outputs, stages
+from tasks.exceptions import InvalidArticle, TransientStageError
+from workers.loader import load_runtimes
+
+
+@pytest.fixture(scope="module")
+def runtimes(tiny_profile):
+    return load_runtimes(("translate", "extract", "render", "score"), tiny_profile, "cpu")
+
+
+def make_article(**columns) -> Article:
+    values = {
+        "id": 1,
+        "batch_id": "b1",
+        "key": "SKU-1",
+        "file_stem": "SKU-1",
+        "source_file": "c.csv",
+        "source_sheet": "csv",
+        "source_row": 2,
+        "source_text": "Damen-Bluse\nLeichte Bluse aus Viskose.",
+        "render_attempt": 1,
+    } | columns
+    article = Article(**values)
+    article.renders = []
+    return article
+
+
+def context(runtimes, stage, tmp_path):
+    return stages.StageContext(
+        runtime=getattr(runtimes, stage),
+        profile=runtimes.profile,
+        output_dir=tmp_path,
+        worker="test@host",
+    )
+
+
+def extracted_article(runtimes, tmp_path, **columns) -> Article:
+    article = make_article(**columns)
+    translated = stages.translate(article, context(runtimes, "translate", tmp_path))
+    article.translation = translated.values["translation"]
+    for name, value in stages.extract(
+        article, context(runtimes, "extract", tmp_path)
+    ).values.items():
+        setattr(article, name, value)
+    return article
+
+
+def test_render_seeds_depend_only_on_key_and_attempt():
+    assert stages.render_seed("SKU-1", 1) == stages.render_seed("SKU-1", 1)
+    assert stages.render_seed("SKU-1", 1) != stages.render_seed("SKU-1", 2)
+    assert stages.render_seed("SKU-1", 1) != stages.render_seed("SKU-2", 1)
+    assert 0 <= stages.render_seed("x", 7) < 2**63
+
+
+def test_the_same_article_and_attempt_render_identical_bytes_and_another_attempt_does_not(
+    runtimes, tmp_path
+):
+    article = extracted_article(runtimes, tmp_path)
+    ctx = context(runtimes, "render", tmp_path)
+    first = stages.render(article, ctx).render
+    first_bytes = Path(first["image_path"]).read_bytes()
+    again = stages.render(article, ctx).render
+    assert again["seed"] == first["seed"]
+    assert Path(again["image_path"]).read_bytes() == first_bytes
+
+    article.render_attempt = 2
+    second = stages.render(article, ctx).render
+    assert second["seed"] != first["seed"]
+    assert second["image_path"] != first["image_path"]
+    assert Path(second["image_path"]).read_bytes() != first_bytes
+
+
+def test_score_publishes_the_best_attempt_with_its_json(runtimes, tmp_path):
+    article = extracted_article(runtimes, tmp_path)
+    ctx = context(runtimes, "render", tmp_path)
+    rendered = stages.render(article, ctx).render
+    article.renders = [Render(**rendered)]
+
+    scored = stages.score(article, context(runtimes, "score", tmp_path))
+
+    image = runtimes.score  # compute the expected score with the runtime itself
+    from PIL import Image
+
+    with Image.open(rendered["image_path"]) as picture:
+        expected = image([picture.convert("RGB")], [article.clip_prompt]).scores[0]
+    assert scored.render == {"attempt": 1, "clip_score": pytest.approx(expected)}
+    assert scored.values["clip_score"] == pytest.approx(expected)
+    record = json.loads((tmp_path / "b1" / "SKU-1.json").read_text())
+    assert record["sample_id"] == "SKU-1"
+    assert record["seed"] == rendered["seed"]
+    assert record["clip_prompt"] == article.clip_prompt
+    assert record["models"]["renderer"] == runtimes.profile.renderer
+    assert (tmp_path / "b1" / "SKU-1.png").read_bytes() == Path(rendered["image_path"]).read_bytes()
+
+
+def test_score_keeps_an_earlier_better_attempt_as_the_article_image(runtimes, tmp_path):
+    article = extracted_article(runtimes, tmp_path)
+    ctx = context(runtimes, "render", tmp_path)
+    first = stages.render(article, ctx).render
+    article.render_attempt = 2
+    second = stages.render(article, ctx).render
+    article.renders = [Render(**first, clip_score=1e9), Render(**second)]
+
+    scored = stages.score(article, context(runtimes, "score", tmp_path))
+
+    assert scored.values["clip_score"] == 1e9
+    assert (tmp_path / "b1" / "SKU-1.png").read_bytes() == Path(first["image_path"]).read_bytes()
+
+
+def test_score_without_an_image_on_disk_is_an_invalid_article(runtimes, tmp_path):
+    article = extracted_article(runtimes, tmp_path)
+    article.renders = [
+        Render(attempt=1, seed=1, image_path=str(tmp_path / "missing.png"), clip_score=None)
+    ]
+    with pytest.raises(InvalidArticle, match="no image on disk"):
+        stages.score(article, context(runtimes, "score", tmp_path))
+
+
+def test_an_unwritable_output_folder_is_a_transient_error(runtimes, tmp_path):
+    article = extracted_article(runtimes, tmp_path)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the output folder should be")
+    ctx = stages.StageContext(runtimes.render, runtimes.profile, blocked, "test@host")
+    with pytest.raises(TransientStageError, match="cannot write image"):
+        stages.render(article, ctx)
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", "a/b", "Jacke: rot?", ".hidden", "x" * 300])
+def test_unsafe_keys_become_safe_distinct_file_names(key):
+    stem = outputs.safe_stem(key)
+    assert "/" not in stem and not stem.startswith(".")
+    assert len(stem) <= 100
+    assert stem != outputs.safe_stem(key + "!")
+
+
+def test_safe_keys_are_kept_as_they_are():
+    assert outputs.safe_stem("SKU-123_a.b") == "SKU-123_a.b"
+
+
+def test_clip_statistics_match_the_python_statistics_module():
+    import statistics
+
+    scores = [21.5, 30.25, 25.0, 19.0]
+    stats = outputs.clip_statistics(scores)
+    assert stats["Total Samples"] == 4
+    assert stats["Mean"] == statistics.fmean(scores)
+    assert stats["Median"] == statistics.median(scores)
+    assert stats["Min"] == 19.0 and stats["Max"] == 30.25
+
+
+def test_tiny_runtimes_load_on_the_cpu(runtimes):
+    assert runtimes.render is not None and runtimes.score is not None
+    assert torch.get_default_dtype() == torch.float32
+    assert SimpleNamespace(**vars(runtimes.profile)).width == 64

@@ -1,0 +1,124 @@
+"""Article state transitions on SQLite: claims, leases, completion and failure."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from db.engine import make_engine, migrate, session_factory
+from db.models import Article, ArticleStatus, Batch, StageRun
+from db.transitions import (
+    ClaimOutcome,
+    claim_stage,
+    complete_stage,
+    fail_article,
+    is_past,
+    release_stage,
+    status_counts,
+)
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+    migrate(engine)
+    return session_factory(engine)
+
+
+@pytest.fixture
+def article_id(sessions):
+    with sessions() as session, session.begin():
+        session.add(Batch(id="b1", profile="tiny"))
+        article = Article(
+            batch_id="b1",
+            key="A-1",
+            file_stem="A-1",
+            source_file="c.csv",
+            source_sheet="csv",
+            source_row=2,
+            source_text="Rock",
+        )
+        session.add(article)
+    return article.id
+
+
+def claim(session, article_id, stage="translate", lease=60.0, max_attempts=3):
+    return claim_stage(session, article_id, stage, "w1@host", lease, max_attempts)
+
+
+def test_a_claimed_stage_is_busy_for_a_second_claimer_until_completed(sessions, article_id):
+    with sessions() as session:
+        first = claim(session, article_id)
+        second = claim(session, article_id)
+        assert first.outcome is ClaimOutcome.claimed
+        assert second.outcome is ClaimOutcome.busy
+        assert complete_stage(session, first, article_id, "translate", {"translation": "Skirt"})
+        third = claim(session, article_id)
+    assert third.outcome is ClaimOutcome.already_done
+    with sessions() as session:
+        article = session.get(Article, article_id)
+        assert article.status == ArticleStatus.translated.value
+        assert article.translation == "Skirt"
+        assert article.lease_token is None
+
+
+def test_an_expired_lease_can_be_taken_over_and_the_old_owner_writes_nothing(sessions, article_id):
+    with sessions() as session:
+        stale = claim(session, article_id, lease=-1.0)
+        fresh = claim(session, article_id)
+        assert fresh.outcome is ClaimOutcome.claimed
+        assert not complete_stage(session, stale, article_id, "translate", {"translation": "old"})
+        assert complete_stage(session, fresh, article_id, "translate", {"translation": "new"})
+    with sessions() as session:
+        assert session.get(Article, article_id).translation == "new"
+
+
+def test_an_article_that_exhausts_its_attempts_ends_failed(sessions, article_id):
+    with sessions() as session:
+        for _ in range(2):
+            assert claim(session, article_id, lease=-1.0, max_attempts=2).outcome is (
+                ClaimOutcome.claimed
+            )
+        assert claim(session, article_id, max_attempts=2).outcome is ClaimOutcome.exhausted
+    with sessions() as session:
+        article = session.get(Article, article_id)
+        assert article.status == ArticleStatus.failed.value
+        assert article.error_kind == "AttemptsExhausted"
+        assert article.error_stage == "translate"
+
+
+def test_a_released_claim_can_be_claimed_again_and_its_run_says_retry(sessions, article_id):
+    with sessions() as session:
+        first = claim(session, article_id)
+        release_stage(session, first, article_id, "TransientStageError: disk full")
+        second = claim(session, article_id)
+        assert second.outcome is ClaimOutcome.claimed
+        assert second.attempt == 2
+        outcomes = session.scalars(select(StageRun.outcome).order_by(StageRun.id)).all()
+    assert outcomes == ["retry", "running"]
+
+
+def test_a_failed_article_stops_every_stage_and_keeps_its_error(sessions, article_id):
+    with sessions() as session:
+        held = claim(session, article_id)
+        fail_article(session, article_id, "translate", "InvalidArticle", "no text", held)
+        assert claim(session, article_id).outcome is ClaimOutcome.stopped
+        counts = status_counts(session)
+    assert counts["b1"]["failed"] == 1
+    assert counts["b1"]["pending"] == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "stage", "past"),
+    [
+        ("pending", "translate", False),
+        ("translated", "translate", True),
+        ("extracted", "render", False),
+        ("rendered", "render", True),
+        ("done", "score", True),
+        ("needs_review", "score", True),
+        ("failed", "render", False),
+    ],
+)
+def test_is_past_knows_the_order_of_stages(status, stage, past):
+    assert is_past(status, stage) is past

@@ -1,0 +1,65 @@
+"""A real Celery worker inside the current process, for ``farm run`` on one machine.
+
+It consumes the same queues with the same tasks and chains as a farm of separate workers;
+only the transport differs (kombu's in-memory broker, which needs sender and worker in one
+process). The models are loaded in this process before the worker takes work.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+from celery import Celery
+from celery.worker import WorkController
+from celery.worker import state as worker_state
+
+from tasks.boot import load_for_role
+from tasks.queues import ROLE_QUEUES
+
+
+class _ReadyWorker(WorkController):
+    def __init__(self, *args, **kwargs):
+        self.ready = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def on_consumer_ready(self, consumer):
+        super().on_consumer_ready(consumer)
+        self.ready.set()
+
+
+@contextmanager
+def embedded_worker(app: Celery, hostname: str = "local@farm", start_timeout: float = 60.0):
+    """Load the models for ``app.farm_settings.worker_role`` and serve its queues in a thread.
+
+    Args:
+        app: the configured farm app.
+        hostname: the worker's node name, recorded on every stage run.
+        start_timeout: seconds to wait for the consumer to be ready.
+
+    Yields:
+        A function that tells whether the worker is still running; it is stopped on exit.
+    """
+    settings = app.farm_settings
+    load_for_role(settings)
+    worker = _ReadyWorker(
+        app=app,
+        hostname=hostname,
+        pool="solo",
+        concurrency=1,
+        queues=list(ROLE_QUEUES[settings.worker_role]),
+        loglevel="WARNING",
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+    )
+    thread = threading.Thread(target=worker.start, name="farm-worker", daemon=True)
+    thread.start()
+    if not worker.ready.wait(start_timeout):
+        raise RuntimeError("the embedded worker did not start")
+    try:
+        yield thread.is_alive
+    finally:
+        worker_state.should_terminate = 0
+        thread.join(30)
+        worker_state.should_terminate = None

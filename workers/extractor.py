@@ -1,0 +1,223 @@
+"""Structured attribute extraction with Phi-3 (``microsoft/Phi-3-mini-4k-instruct``).
+
+Decoding is constrained by outlines to the JSON schema of :class:`Attributes`, so every output
+parses and validates, even from a random-weight model. Every string field has a maximum length:
+without one a model (a random one always) may never close a string.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import outlines
+import pydantic
+import torch
+from pydantic import Field
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from workers.devices import default_dtype
+
+SYSTEM_PROMPT = (
+    "You extract product attributes for a fashion catalog. Read the English product "
+    "description and answer with one JSON object with exactly these fields: "
+    '"product_type" (the kind of garment or accessory, a few words), '
+    '"key_visual_features" (what is most visible: cut, shape, length, pattern), '
+    '"color_material_details" (colors, fabrics, finishes), '
+    '"design_aspects" (closures, collars, pockets, seams, trims and other details). '
+    "Be concise and use only facts from the description."
+)
+# Constrained JSON can spend at most 4 bytes per character (a UTF-8 character; an escape such
+# as \n is 2), and a byte-level token is at least 1 byte, even when it is part of a character.
+MAX_BYTES_PER_CHAR = 4
+SAFETY_FACTOR = 1.25
+# from_pretrained keyword arguments that concern where files come from, so the tokenizer gets
+# them too; the rest are for the model only.
+_HUB_KWARGS = ("cache_dir", "revision", "local_files_only", "token", "subfolder")
+_OPTIONS = ("max_batch", "max_new_tokens")
+
+
+class Attributes(pydantic.BaseModel):
+    """The four attributes extracted from one product description."""
+
+    product_type: str = Field(max_length=60)
+    key_visual_features: str = Field(max_length=200)
+    color_material_details: str = Field(max_length=200)
+    design_aspects: str = Field(max_length=200)
+
+
+@dataclass
+class ExtractionResult:
+    """Output of an :class:`Extractor` call.
+
+    Attributes:
+        attributes: ``Attributes.model_dump()`` per input, in input order.
+        seconds: wall time of the call.
+    """
+
+    attributes: list[dict]
+    seconds: float
+
+
+def max_json_tokens(schema: type[pydantic.BaseModel] = Attributes) -> int:
+    """Upper bound on the tokens a schema-constrained JSON object can take, with a margin.
+
+    Args:
+        schema: a model whose fields are all strings with a ``max_length``.
+
+    Returns:
+        A ``max_new_tokens`` large enough for the grammar to always reach its end.
+    """
+    # Skeleton: braces, quoted keys, colons, commas, empty values and the optional spaces.
+    fields = schema.model_fields
+    skeleton = 2 + sum(len(name) + 6 + 4 for name in fields)
+    chars = 0
+    for name, field in fields.items():
+        limits = [meta.max_length for meta in field.metadata if hasattr(meta, "max_length")]
+        if not limits:
+            raise ValueError(f"field {name!r} has no max_length")
+        chars += limits[0]
+    # + 1 for the end-of-sequence token that closes the grammar.
+    return math.ceil(SAFETY_FACTOR * (skeleton + MAX_BYTES_PER_CHAR * chars)) + 1
+
+
+class Extractor:
+    """Extract :class:`Attributes` from English product descriptions, in batches.
+
+    Not safe for concurrent calls: the outlines logits processor holds per-call state.
+
+    Args:
+        model: a causal LM such as ``Phi3ForCausalLM``.
+        tokenizer: its tokenizer, with a chat template.
+        device: where the model runs.
+        max_batch: how many prompts go through ``generate`` at once.
+        max_new_tokens: cap on generated tokens; defaults to :func:`max_json_tokens`.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        device: torch.device,
+        max_batch: int = 8,
+        max_new_tokens: int | None = None,
+    ):
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.device = device
+        self.max_batch = max_batch
+        self.max_new_tokens = max_new_tokens or max_json_tokens(Attributes)
+        self._outlines_model = outlines.from_transformers(self.model, self.tokenizer)
+        # Prompts come from build_prompt, already in the chat format; outlines 1.3 would wrap a
+        # plain string in a second user turn when the tokenizer has a chat template.
+        self._outlines_model.type_adapter.has_chat_template = False
+        # Compiles the schema's index over the vocabulary once (seconds); calls reuse it.
+        self._generator = outlines.Generator(self._outlines_model, Attributes)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str,
+        device: torch.device,
+        dtype: torch.dtype | None = None,
+        **kwargs,
+    ) -> Extractor:
+        """Load the model and tokenizer from a hub id or a local folder.
+
+        Args:
+            model_id: e.g. ``microsoft/Phi-3-mini-4k-instruct`` or a folder.
+            device: where the model runs.
+            dtype: weight dtype; defaults to :func:`workers.devices.default_dtype`.
+            **kwargs: the runtime's own options (see the class), else passed to the model's
+                ``from_pretrained`` (the file-location ones, such as ``cache_dir`` or
+                ``revision``, also to the tokenizer's).
+
+        Returns:
+            A ready extractor.
+        """
+        dtype = dtype or default_dtype(device)
+        options = {key: kwargs.pop(key) for key in _OPTIONS if key in kwargs}
+        hub_kwargs = {key: value for key, value in kwargs.items() if key in _HUB_KWARGS}
+        tokenizer = AutoTokenizer.from_pretrained(model_id, **hub_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, **kwargs)
+        return cls(model, tokenizer, device, **options)
+
+    def check_inputs(self, texts: list[str]) -> None:
+        """Raise ``ValueError`` unless ``texts`` is a non-empty list of non-blank strings.
+
+        Args:
+            texts: the English descriptions.
+        """
+        if not isinstance(texts, list) or not texts:
+            raise ValueError("texts must be a non-empty list")
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"texts[{index}] is not a str")
+            if not text.strip():
+                raise ValueError(f"texts[{index}] is empty")
+
+    def build_prompt(self, text: str) -> str:
+        """Build the chat prompt for one description.
+
+        Args:
+            text: an English product description.
+
+        Returns:
+            The prompt in the model's chat format, ending with the assistant's turn.
+        """
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": text.strip()},
+        ]
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+
+    def __call__(self, texts: list[str]) -> ExtractionResult:
+        """Extract the attributes of each description.
+
+        Args:
+            texts: English product descriptions.
+
+        Returns:
+            One attributes dict per input, in order, and the time taken.
+        """
+        self.check_inputs(texts)
+        start = time.perf_counter()
+
+        # 1. Build one chat prompt per description.
+        prompts = [self.build_prompt(text) for text in texts]
+
+        # 2. Generate schema-constrained JSON, max_batch prompts at a time.
+        outputs: list[str] = []
+        for first in range(0, len(prompts), self.max_batch):
+            outputs += self._generate(prompts[first : first + self.max_batch])
+
+        # 3. Validate every output; the grammar guarantees it, so a failure is a bug.
+        attributes = [self._validate(output).model_dump() for output in outputs]
+        return ExtractionResult(attributes=attributes, seconds=time.perf_counter() - start)
+
+    def _generate(self, prompts: list[str]) -> list[str]:
+        with torch.inference_mode():
+            outputs = self._generator.batch(
+                prompts,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                # Only the grammar's end token may stop generation: a chat model also stops at
+                # <|end|>, which the grammar allows as text inside a JSON string.
+                eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        return [outputs] if isinstance(outputs, str) else list(outputs)
+
+    @staticmethod
+    def _validate(output: str) -> Attributes:
+        try:
+            return Attributes.model_validate_json(output)
+        except pydantic.ValidationError as error:
+            raise RuntimeError(f"constrained output is not valid Attributes: {output!r}") from error

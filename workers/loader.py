@@ -1,0 +1,107 @@
+"""Load the model runtimes a worker process needs, once, before it takes work."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from workers.devices import default_dtype, resolve_device
+from workers.profiles import Profile
+
+logger = logging.getLogger("farm.workers")
+
+STAGES = ("translate", "extract", "render", "score")
+
+
+@dataclass
+class Runtimes:
+    """The loaded runtimes of one process, by stage name; ``None`` where not loaded."""
+
+    profile: Profile
+    translate: object | None = None
+    extract: object | None = None
+    render: object | None = None
+    score: object | None = None
+
+
+def load_runtimes(stages: Iterable[str], profile: Profile, device: str = "auto") -> Runtimes:
+    """Load the runtimes for ``stages``; any failure raises (a worker must not start half-ready).
+
+    Args:
+        stages: stage names whose models to load.
+        profile: which weights to load.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns:
+        The loaded runtimes.
+    """
+    _quiet_library_logs()
+    wanted = set(stages)
+    unknown = wanted - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stages: {', '.join(sorted(unknown))}")
+    torch_device = resolve_device(device)
+    dtype = default_dtype(torch_device)
+    runtimes = Runtimes(profile=profile)
+    for stage in STAGES:
+        if stage in wanted:
+            started = time.perf_counter()
+            setattr(runtimes, stage, _LOADERS[stage](profile, torch_device, dtype))
+            logger.info(
+                "loaded %s model on %s in %.1fs", stage, torch_device, time.perf_counter() - started
+            )
+    return runtimes
+
+
+def _quiet_library_logs() -> None:
+    # Per-call chatter (prompt truncation notices, weight-loading progress bars) would drown
+    # the worker's own log at thousands of articles; real errors still come through.
+    import diffusers
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    diffusers.logging.set_verbosity_error()
+    diffusers.logging.disable_progress_bar()
+
+
+def _translator(profile, device, dtype):
+    from workers.translator import Translator
+
+    return Translator.from_pretrained(profile.translator, device=device, dtype=dtype)
+
+
+def _extractor(profile, device, dtype):
+    from workers.extractor import Extractor
+
+    return Extractor.from_pretrained(profile.extractor, device=device, dtype=dtype)
+
+
+def _renderer(profile, device, dtype):
+    from workers.renderer import Renderer
+
+    return Renderer.from_pretrained(
+        profile.renderer,
+        lora=profile.lora,
+        device=device,
+        dtype=dtype,
+        width=profile.width,
+        height=profile.height,
+        steps=profile.steps,
+    )
+
+
+def _scorer(profile, device, dtype):
+    from workers.scorer import Scorer
+
+    return Scorer.from_pretrained(profile.scorer, device=device, dtype=dtype)
+
+
+_LOADERS = {
+    "translate": _translator,
+    "extract": _extractor,
+    "render": _renderer,
+    "score": _scorer,
+}
