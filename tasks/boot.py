@@ -7,6 +7,7 @@ whole worker loudly instead of serving tasks it would fail.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -30,11 +31,16 @@ def load_for_role(settings: Settings) -> None:
     """
     if settings.worker_role not in ROLE_STAGES:
         raise ValueError(f"unknown worker role {settings.worker_role!r}")
+    stages = ROLE_STAGES[settings.worker_role]
+    if settings.runtime_factory:
+        module_name, _, function = settings.runtime_factory.partition(":")
+        factory = getattr(importlib.import_module(module_name), function)
+        state.install_runtimes(factory(stages, settings))
+        return
     profile = resolve_profile(
         settings.profile, settings.model_cache, **settings.profile_overrides()
     )
-    runtimes = load_runtimes(ROLE_STAGES[settings.worker_role], profile, settings.device)
-    state.install_runtimes(runtimes)
+    state.install_runtimes(load_runtimes(stages, profile, settings.device))
 
 
 @worker_process_init.connect

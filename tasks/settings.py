@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     renderer_model: str | None = None
     lora: str | None = None
     scorer_model: str | None = None
+    # "module:function" returning workers.loader.Runtimes; replaces the model loading
+    # (benchmarks use it for runtimes of a fixed cost).
+    runtime_factory: str | None = None
     width: int | None = None
     height: int | None = None
     steps: int | None = None

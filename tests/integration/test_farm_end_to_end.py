@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from db.engine import make_engine, session_factory
 from db.models import Article, ArticleStatus, Render, StageRun
 from tasks.queues import GPU_QUEUE, TEXT_QUEUE
-from tests.integration.conftest import farm, wait_until_ended
+from tests.integration.farmproc import farm, wait_until_ended
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,67 @@
+"""Helpers for driving real farm processes from the integration tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from db.engine import make_engine, session_factory
+from db.models import TERMINAL_STATUSES, Article
+
+FARM = [sys.executable, "-m", "producer.cli"]
+
+
+def farm(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the ``farm`` CLI in a subprocess and capture its output."""
+    return subprocess.run([*FARM, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class WorkerProcess:
+    """A ``farm worker`` subprocess whose log goes to a file."""
+
+    def __init__(self, env: dict, role: str, log_path: Path, *args: str):
+        self.log_path = log_path
+        self.log = open(log_path, "w")  # noqa: SIM115  (closed in stop())
+        self.process = subprocess.Popen(
+            [*FARM, "worker", role, *args], env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log_path.read_text():
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.log_path.read_text()}")
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready in {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def wait_until_ended(database_url: str, timeout: float = 240) -> None:
+    """Wait until no article in the database is still in flight."""
+    sessions = session_factory(make_engine(database_url))
+    ended = [s.value for s in TERMINAL_STATUSES]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            open_count = session.scalar(
+                select(func.count()).select_from(Article).where(Article.status.not_in(ended))
+            )
+        if open_count == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{open_count} articles still in flight after {timeout}s")

@@ -1,0 +1,70 @@
+"""`farm run` and `farm demo`: the whole farm in one process, with no external service."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from db.engine import make_engine, session_factory
+from db.models import Article, ArticleStatus
+from producer.catalog import read_catalog
+from producer.cli import SAMPLE_CATALOG
+from tests.integration.farmproc import farm
+from tests.integration.test_farm_end_to_end import write_catalog
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def local_env(tmp_path, model_cache):
+    """No Redis, no PostgreSQL: the broker URL points at a closed port to prove it is unused."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    return env | {
+        "FARM_BROKER_URL": "redis://127.0.0.1:1/0",
+        "FARM_DATABASE_URL": f"sqlite:///{tmp_path / 'farm.db'}",
+        "FARM_OUTPUT_DIR": str(tmp_path / "output"),
+        "FARM_MODEL_CACHE": str(model_cache),
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def articles(database_url: str) -> list[Article]:
+    with session_factory(make_engine(database_url))() as session:
+        return list(session.scalars(select(Article).order_by(Article.id)))
+
+
+def test_farm_run_takes_a_catalog_to_the_end_on_sqlite_without_any_service(local_env, tmp_path):
+    files = write_catalog(tmp_path)
+    result = farm(local_env | {"FARM_PROFILE": "tiny"}, "run", *map(str, files))
+    assert result.returncode == 0, result.stderr
+    batch_id = result.stdout.strip().splitlines()[-1]
+    rows = articles(local_env["FARM_DATABASE_URL"])
+    assert [a.status for a in rows] == [ArticleStatus.done.value] * 6
+    output = Path(local_env["FARM_OUTPUT_DIR"]) / batch_id
+    assert len(list(output.glob("*.png"))) == 6
+    assert "Total Samples: 6" in (output / "clip_statistics.txt").read_text()
+
+
+def test_farm_demo_renders_the_shipped_sample_catalog(local_env, tmp_path):
+    result = farm(local_env, "demo", timeout=600)
+    assert result.returncode == 0, result.stderr
+    expected = len(read_catalog([SAMPLE_CATALOG]))
+    assert expected >= 20
+    batch_id = result.stdout.strip().splitlines()[-1]
+    assert f"outputs: {Path(local_env['FARM_OUTPUT_DIR']).resolve() / batch_id}" in (
+        result.stderr.replace("\n", "")
+    )
+    output = Path(local_env["FARM_OUTPUT_DIR"]) / batch_id
+    pngs = sorted(output.glob("*.png"))
+    assert len(pngs) == expected
+    with Image.open(pngs[0]) as image:
+        assert image.size == (64, 64)
+    record = json.loads(pngs[0].with_suffix(".json").read_text())
+    assert record["models"]["profile"] == "tiny"
+    rows = articles(local_env["FARM_DATABASE_URL"])
+    assert {a.status for a in rows} == {ArticleStatus.done.value}
