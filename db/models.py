@@ -47,6 +47,7 @@ class Batch(Base):
     __tablename__ = "batches"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    catalog: Mapped[str] = mapped_column(String(255), index=True, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     sources: Mapped[list] = mapped_column(JSON, default=list)
     profile: Mapped[str] = mapped_column(String(32))
@@ -67,6 +68,8 @@ class Article(Base):
     source_sheet: Mapped[str] = mapped_column(String(255))
     source_row: Mapped[int] = mapped_column(Integer)
     source_text: Mapped[str] = mapped_column(Text)
+    # Hash of the model input and the settings that shape the output (re-import skips equal).
+    content_hash: Mapped[str] = mapped_column(String(64), default="")
 
     translation: Mapped[str | None] = mapped_column(Text, nullable=True)
     attributes: Mapped[dict | None] = mapped_column(JSON, nullable=True)
@@ -78,6 +81,7 @@ class Article(Base):
     status: Mapped[str] = mapped_column(String(20), default=ArticleStatus.pending.value, index=True)
     render_attempt: Mapped[int] = mapped_column(Integer, default=1)
     stage_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    requeues: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_kind: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 
 from db.models import Article, Batch
 from producer.catalog import CatalogRow
+from tasks.chains import article_chain
 from tasks.outputs import safe_stem
-from tasks.pipeline import article_chain
 
 
 class BrokerUnavailable(RuntimeError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from tasks.queues import ROUTES, TEXT_QUEUE
+from tasks.queues import NORMAL_PRIORITY, PRIORITY_STEPS, ROUTES, TEXT_QUEUE
 from tasks.settings import Settings
 
 
@@ -22,7 +22,11 @@ def celery_config(settings: Settings) -> dict:
     Returns:
         A mapping for ``app.conf.update``.
     """
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        "priority_steps": PRIORITY_STEPS,
+        "queue_order_strategy": "priority",
+    }
     return {
         "broker_url": settings.broker_url.get_secret_value(),
         "broker_transport_options": transport,
@@ -41,6 +45,7 @@ def celery_config(settings: Settings) -> dict:
         "worker_prefetch_multiplier": 1,
         "task_routes": (ROUTES,),
         "task_default_queue": TEXT_QUEUE,
+        "task_default_priority": NORMAL_PRIORITY,
         "task_create_missing_queues": True,
         "worker_send_task_events": True,
         "task_send_sent_event": True,

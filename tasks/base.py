@@ -30,8 +30,10 @@ from db.transitions import (
     release_stage,
 )
 from tasks import state
+from tasks.chains import article_chain
 from tasks.exceptions import InvalidArticle
 from tasks.finish import write_statistics_if_finished
+from tasks.queues import URGENT_PRIORITY
 from tasks.stages import StageContext, StageOutput
 
 logger = logging.getLogger("farm.tasks")
@@ -93,6 +95,8 @@ class StageTask(Task):
             profile=state.profile(),
             output_dir=settings.output_dir,
             worker=self.request.hostname or "unknown",
+            min_clip_score=settings.min_clip_score,
+            max_attempts=settings.max_attempts,
         )
         started = time.perf_counter()
         try:
@@ -112,6 +116,9 @@ class StageTask(Task):
             return article_id
         if (output.status or STAGE_OUTPUT[self.stage]) in TERMINAL_STATUSES:
             self._article_ended(session, article)
+        if output.then:
+            chain = article_chain(article_id, article.key, output.then, priority=URGENT_PRIORITY)
+            chain.apply_async()
         logger.info(
             "article %s (%s): %s done in %.2fs",
             article_id,

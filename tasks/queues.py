@@ -5,6 +5,12 @@ from __future__ import annotations
 TEXT_QUEUE = "farm.text"
 GPU_QUEUE = "farm.gpu"
 
+# Redis serves priority 0 first. Catalog work runs at NORMAL; requeued and regenerated
+# articles at URGENT, so they do not wait behind the rest of a 10,000-article catalog.
+URGENT_PRIORITY = 0
+NORMAL_PRIORITY = 6
+PRIORITY_STEPS = [0, 3, 6, 9]
+
 TASK_NAMES = {
     "translate": "farm.translate",
     "extract": "farm.extract",

@@ -27,6 +27,8 @@ class StageContext:
     profile: object
     output_dir: Path
     worker: str
+    min_clip_score: float | None = None  # the farm's default; a batch's own threshold wins
+    max_attempts: int = 1
 
 
 @dataclass
@@ -36,6 +38,7 @@ class StageOutput:
     values: dict = field(default_factory=dict)
     render: dict | None = None
     status: ArticleStatus | None = None
+    then: str | None = None  # a stage to start again after storing (regeneration)
 
 
 def render_seed(key: str, attempt: int) -> int:
@@ -102,7 +105,11 @@ def render(article: Article, ctx: StageContext) -> StageOutput:
 
 
 def score(article: Article, ctx: StageContext) -> StageOutput:
-    """Current attempt's image vs CLIP prompt → score; publishes the best image and its JSON."""
+    """Current attempt's image vs CLIP prompt → score; publishes the best image and its JSON.
+
+    Below the threshold (the batch's, else the farm's) the article is rendered again with the
+    next attempt's seed, up to ``max_attempts``; after that it needs review, its best image kept.
+    """
     current = next((r for r in article.renders if r.attempt == article.render_attempt), None)
     if current is None or not Path(current.image_path).is_file():
         raise InvalidArticle(f"render attempt {article.render_attempt} has no image on disk")
@@ -112,10 +119,20 @@ def score(article: Article, ctx: StageContext) -> StageOutput:
     scored.append((value, current))
     best_score, best = max(scored, key=lambda pair: pair[0])
     final = _publish(article, ctx, best, best_score)
-    return StageOutput(
+    output = StageOutput(
         values={"clip_score": best_score, "image_path": str(final)},
         render={"attempt": current.attempt, "clip_score": value},
     )
+    threshold = article.batch.min_clip_score if article.batch else None
+    threshold = ctx.min_clip_score if threshold is None else threshold
+    if threshold is not None and value < threshold:
+        if article.render_attempt < ctx.max_attempts:
+            output.values["render_attempt"] = article.render_attempt + 1
+            output.status = ArticleStatus.extracted
+            output.then = "render"
+        else:
+            output.status = ArticleStatus.needs_review
+    return output
 
 
 def _publish(article: Article, ctx: StageContext, best, best_score: float) -> Path:

@@ -104,7 +104,7 @@ def test_a_catalog_of_several_files_and_sheets_goes_through_text_and_gpu_workers
 
 def test_a_stage_delivered_twice_leaves_one_output(farm_env, start_worker, tmp_path):
     from tasks.app import configure
-    from tasks.pipeline import article_chain
+    from tasks.chains import article_chain
     from tasks.settings import Settings
 
     files = write_catalog(tmp_path)

@@ -1,0 +1,1 @@
+"""Benchmarks of the farm: overhead, submission, scaling (CPU) and the GPU runtimes."""

@@ -1,0 +1,133 @@
+"""Runtimes of a known cost, for benchmarks of the farm's own machinery.
+
+Worker processes load them through the ``FARM_RUNTIME_FACTORY`` hook
+(``bench.fake_runtimes:zero_cost`` or ``bench.fake_runtimes:fixed_render``); each takes the
+same arguments and returns the same result types as the real runtime it stands in for.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+
+import PIL.Image
+
+from tasks.settings import Settings
+from workers.extractor import ExtractionResult
+from workers.loader import Runtimes
+from workers.profiles import Profile
+from workers.renderer import RenderResult
+from workers.scorer import ScoreResult
+from workers.translator import TranslationResult
+
+RENDER_SECONDS_ENV = "BENCH_RENDER_SECONDS"
+IMAGE_SIZE = 16
+ATTRIBUTES = {
+    "product_type": "dress",
+    "key_visual_features": "knee length, A-line cut",
+    "color_material_details": "red linen",
+    "design_aspects": "round neck, hidden side zip",
+}
+
+
+def bench_profile(name: str) -> Profile:
+    """The profile recorded on renders made by benchmark runtimes.
+
+    Args:
+        name: the factory's name, so that rows show which fake made them.
+
+    Returns:
+        A profile naming no real model.
+    """
+    return Profile(
+        name=f"bench-{name}",
+        translator="bench",
+        extractor="bench",
+        renderer="bench",
+        lora=None,
+        scorer="bench",
+        width=IMAGE_SIZE,
+        height=IMAGE_SIZE,
+        steps=0,
+    )
+
+
+def translate(texts: list[str]) -> TranslationResult:
+    """Return every text unchanged, instantly."""
+    return TranslationResult(texts=list(texts), seconds=0.0)
+
+
+def extract(texts: list[str]) -> ExtractionResult:
+    """Return the same attributes for every text, instantly."""
+    return ExtractionResult(attributes=[dict(ATTRIBUTES) for _ in texts], seconds=0.0)
+
+
+def score(images: list, texts: list[str]) -> ScoreResult:
+    """Score every pair 30.0, instantly."""
+    return ScoreResult(scores=[30.0] * len(images), seconds=0.0)
+
+
+class SleepingRenderer:
+    """A renderer that takes a fixed time per image and returns small grey images.
+
+    Args:
+        seconds_per_image: how long each image takes (0 for none).
+    """
+
+    def __init__(self, seconds_per_image: float) -> None:
+        if seconds_per_image < 0:
+            raise ValueError("seconds_per_image must not be negative")
+        self.seconds_per_image = seconds_per_image
+
+    def __call__(self, prompts: list[str], seeds: list[int]) -> RenderResult:
+        """Render one image per prompt.
+
+        Args:
+            prompts: the prompts.
+            seeds: one seed per prompt; it sets the grey level.
+
+        Returns:
+            The images and the time taken.
+        """
+        start = time.perf_counter()
+        if self.seconds_per_image:
+            time.sleep(self.seconds_per_image * len(prompts))
+        images = [
+            PIL.Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (seed % 256,) * 3) for seed in seeds
+        ]
+        return RenderResult(images=images, seconds=time.perf_counter() - start)
+
+
+def _runtimes(name: str, stages: Iterable[str], renderer: SleepingRenderer) -> Runtimes:
+    wanted = set(stages)
+    every = {"translate": translate, "extract": extract, "render": renderer, "score": score}
+    chosen = {stage: runtime for stage, runtime in every.items() if stage in wanted}
+    return Runtimes(profile=bench_profile(name), **chosen)
+
+
+def zero_cost(stages: Iterable[str], settings: Settings) -> Runtimes:
+    """Runtimes that cost nothing, to measure what the farm itself costs per article.
+
+    Args:
+        stages: the stages this worker serves.
+        settings: the farm's settings (unused: nothing is loaded).
+
+    Returns:
+        The runtimes for ``stages``.
+    """
+    return _runtimes("zero-cost", stages, SleepingRenderer(0.0))
+
+
+def fixed_render(stages: Iterable[str], settings: Settings) -> Runtimes:
+    """Zero-cost text stages and a renderer that takes ``BENCH_RENDER_SECONDS`` per image.
+
+    Args:
+        stages: the stages this worker serves.
+        settings: the farm's settings (unused: nothing is loaded).
+
+    Returns:
+        The runtimes for ``stages``.
+    """
+    seconds = float(os.environ.get(RENDER_SECONDS_ENV, "0.5"))
+    return _runtimes("fixed-render", stages, SleepingRenderer(seconds))

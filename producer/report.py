@@ -1,0 +1,275 @@
+"""A batch's contact sheet: one self-contained HTML file with a thumbnail card per article.
+
+Thumbnails are embedded as data URIs and the filter and sort controls are inline JavaScript,
+so the file can be mailed or archived on its own and opened without network access.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+
+from PIL import Image
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import Article, ArticleStatus, Batch, Render
+from tasks import outputs
+from tasks.finish import STATISTICS_FILE, batch_scores
+
+REPORT_FILE = "report.html"
+
+_STYLE = """
+:root { --thumb: 160px; color-scheme: light; font-family: system-ui, sans-serif; }
+body { margin: 0; background: #f4f4f2; color: #222; }
+header { background: #fff; padding: 16px 24px; border-bottom: 1px solid #ddd; }
+h1 { font-size: 20px; margin: 0 0 6px; }
+.meta { color: #666; margin: 0 0 10px; font-size: 13px; }
+.counts { display: flex; flex-wrap: wrap; gap: 6px; list-style: none; padding: 0; margin: 0; }
+.counts li { padding: 2px 8px; border-radius: 10px; font-size: 13px; background: #eee; }
+table.stats { border-collapse: collapse; margin: 12px 0; font-size: 13px; }
+table.stats th, table.stats td { border: 1px solid #ddd; padding: 3px 10px; text-align: right; }
+table.stats th { background: #fafafa; font-weight: 600; }
+.controls { display: flex; flex-wrap: wrap; gap: 16px; align-items: center; font-size: 13px; }
+.controls input { width: 6em; }
+#grid { display: grid; gap: 12px; padding: 16px 24px;
+  grid-template-columns: repeat(auto-fill, minmax(calc(var(--thumb) + 24px), 1fr)); }
+.card { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 12px;
+  display: flex; flex-direction: column; gap: 6px; font-size: 13px; }
+[hidden] { display: none !important; }
+.frame { width: var(--thumb); height: var(--thumb); align-self: center; display: flex;
+  align-items: center; justify-content: center; background: #fafafa; }
+.frame img { max-width: 100%; max-height: 100%; }
+.placeholder { width: 100%; height: 100%; border: 2px dashed #ccc; box-sizing: border-box;
+  display: flex; align-items: center; justify-content: center; color: #999; }
+.key { font-weight: 600; overflow-wrap: anywhere; margin: 0; font-size: 14px; }
+.facts { display: flex; flex-wrap: wrap; gap: 4px 10px; color: #555; }
+.status { padding: 0 6px; border-radius: 8px; background: #eee; }
+.status-done { background: #dcf2dc; } .status-needs_review { background: #fbeccb; }
+.status-failed { background: #f8d4d4; }
+.card.below .score { color: #b00; font-weight: 600; }
+.error { color: #a00; margin: 0; max-height: 6em; overflow: auto; overflow-wrap: anywhere;
+  font-family: ui-monospace, monospace; font-size: 12px; }
+"""
+
+_SCRIPT = """
+(() => {
+  const grid = document.getElementById("grid");
+  const cards = Array.from(grid.querySelectorAll(".card"));
+  const filter = document.getElementById("filter");
+  const threshold = document.getElementById("threshold");
+  const sort = document.getElementById("sort");
+  const shown = document.getElementById("shown");
+  const score = (card) => (card.dataset.score === "" ? null : Number(card.dataset.score));
+  const limit = () => (threshold.value === "" ? NaN : Number(threshold.value));
+  const below = (card) => score(card) !== null && score(card) < limit();
+  function keep(card) {
+    if (filter.value === "failed") return card.dataset.status === "failed";
+    if (filter.value === "below") return below(card);
+    return true;
+  }
+  function compare(a, b) {
+    if (sort.value === "catalog") return a.dataset.index - b.dataset.index;
+    if (sort.value === "key") return a.dataset.key.localeCompare(b.dataset.key, undefined,
+      { numeric: true });
+    const sa = score(a), sb = score(b);
+    if (sa === null || sb === null) return (sa === null) - (sb === null);  // unscored last
+    return sort.value === "score-asc" ? sa - sb : sb - sa;
+  }
+  function update() {
+    let count = 0;
+    for (const card of cards.sort(compare)) {
+      card.hidden = !keep(card);
+      card.classList.toggle("below", below(card));
+      count += card.hidden ? 0 : 1;
+      grid.appendChild(card);
+    }
+    shown.textContent = `${count} of ${cards.length} shown`;
+  }
+  for (const control of [filter, threshold, sort]) control.addEventListener("input", update);
+  update();
+  window.addEventListener("load", () => {
+    const thumbs = Array.from(document.querySelectorAll("img.thumb"));
+    const decoded = thumbs.filter((img) => img.complete && img.naturalWidth > 0);
+    document.body.dataset.thumbsLoaded = String(decoded.length);
+  });
+})();
+"""
+
+
+def write_report(
+    session: Session,
+    batch_id: str,
+    output_dir: Path,
+    path: Path | None = None,
+    thumb_px: int = 160,
+) -> Path:
+    """Write a batch's HTML contact sheet and (re)write its ``clip_statistics.txt``.
+
+    Args:
+        session: any session.
+        batch_id: the batch.
+        output_dir: the farm's output root; images that moved with it are found there.
+        path: where the report goes; ``<output_dir>/<batch>/report.html`` when None.
+        thumb_px: the longest side of a thumbnail, in pixels.
+
+    Returns:
+        The report's path.
+
+    Raises:
+        LookupError: no batch ``batch_id``.
+    """
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        raise LookupError(f"no batch {batch_id!r}")
+    articles = session.scalars(
+        select(Article).where(Article.batch_id == batch_id).order_by(Article.id)
+    ).all()
+    attempts = dict(
+        session.execute(
+            select(Render.article_id, func.count())
+            .join(Article, Render.article_id == Article.id)
+            .where(Article.batch_id == batch_id)
+            .group_by(Render.article_id)
+        ).all()
+    )
+    folder = outputs.batch_dir(output_dir, batch_id)
+    scores = batch_scores(session, batch_id)
+    outputs.write_clip_statistics(folder / STATISTICS_FILE, scores)
+    target = Path(path) if path is not None else folder / REPORT_FILE
+    cards = (
+        _card(index, a, attempts.get(a.id, 0), _thumbnail(_image_file(a, folder), thumb_px))
+        for index, a in enumerate(articles)
+    )
+    _write_atomically(target, _document(batch, articles, scores, thumb_px, cards))
+    return target
+
+
+def _document(
+    batch: Batch, articles: list[Article], scores: list[float], thumb_px: int, cards: Iterable[str]
+) -> Iterator[str]:
+    title = escape(f"fashion-farm report: batch {batch.id}")
+    yield (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{title}</title><style>{_STYLE}:root {{ --thumb: {int(thumb_px)}px; }}</style>"
+        f"</head><body>\n"
+    )
+    yield _header(batch, articles, scores)
+    yield '<main id="grid">\n'
+    yield from cards
+    yield f"</main>\n<script>{_SCRIPT}</script>\n</body></html>\n"
+
+
+def _header(batch: Batch, articles: list[Article], scores: list[float]) -> str:
+    counts = {status.value: 0 for status in ArticleStatus}
+    for article in articles:
+        counts[article.status] = counts.get(article.status, 0) + 1
+    badges = "".join(
+        f'<li class="status-{escape(status)}">{escape(status)} <b>{count}</b></li>'
+        for status, count in counts.items()
+        if count
+    )
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    threshold = "" if batch.min_clip_score is None else f"{batch.min_clip_score:g}"
+    meta = (
+        f"{len(articles)} articles · profile {escape(batch.profile)} · "
+        f"created {batch.created_at:%Y-%m-%d %H:%M} · report generated {generated}"
+    )
+    return (
+        f"<header><h1>Batch <code>{escape(batch.id)}</code></h1>"
+        f'<p class="meta">{meta}</p><ul class="counts">{badges}</ul>'
+        f"{_statistics_table(scores)}"
+        '<div class="controls">'
+        '<label>Show <select id="filter"><option value="all">all</option>'
+        '<option value="failed">failed</option>'
+        '<option value="below">below threshold</option></select></label>'
+        f'<label>Threshold <input id="threshold" type="number" step="0.01" '
+        f'value="{threshold}" placeholder="none"></label>'
+        '<label>Sort <select id="sort"><option value="catalog">catalog order</option>'
+        '<option value="key">key</option><option value="score-desc">score, high first</option>'
+        '<option value="score-asc">score, low first</option></select></label>'
+        '<span id="shown"></span></div></header>\n'
+    )
+
+
+def _statistics_table(scores: list[float]) -> str:
+    if not scores:
+        return '<p class="meta">No scored articles yet.</p>'
+    stats = outputs.clip_statistics(scores)
+    heads = "".join(f"<th>{escape(name)}</th>" for name in stats)
+    cells = "".join(
+        f"<td>{value}</td>" if name == "Total Samples" else f"<td>{value:.4f}</td>"
+        for name, value in stats.items()
+    )
+    return f'<table class="stats"><tr><th>CLIP</th>{heads}</tr><tr><td></td>{cells}</tr></table>'
+
+
+def _card(index: int, article: Article, attempts: int, thumb: str | None) -> str:
+    key = escape(article.key)
+    status = escape(article.status)
+    score = "" if article.clip_score is None else repr(article.clip_score)
+    if thumb is not None:
+        picture = f'<img class="thumb" src="{thumb}" alt="{key}">'
+    else:
+        missing = "image missing" if article.image_path else "no image"
+        picture = f'<div class="placeholder">{missing}</div>'
+    shown_score = "–" if article.clip_score is None else f"{article.clip_score:.4f}"
+    error = ""
+    if article.error or article.error_kind:
+        where = " ".join(escape(p) for p in (article.error_kind, article.error_stage) if p)
+        error = f'<p class="error"><b>{where}</b> {escape(article.error or "")}</p>'
+    return (
+        f'<article class="card" data-index="{index}" data-status="{status}" '
+        f'data-score="{score}" data-key="{key}">'
+        f'<div class="frame">{picture}</div><p class="key">{key}</p>'
+        f'<div class="facts"><span class="score">score {shown_score}</span>'
+        f'<span class="status status-{status}">{status}</span>'
+        f"<span>attempts {attempts}</span></div>{error}</article>\n"
+    )
+
+
+def _image_file(article: Article, folder: Path) -> Path | None:
+    if not article.image_path:
+        return None
+    # A relative path in the database is relative to the worker's folder; the published image
+    # also always lies in the batch folder, which is where to look when the first is gone.
+    for candidate in (Path(article.image_path), folder / f"{article.file_stem}.png"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _thumbnail(path: Path | None, thumb_px: int) -> str | None:
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as image:
+            image.thumbnail((thumb_px, thumb_px))
+            if image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
+                image = image.convert("RGBA")
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+    except (OSError, Image.DecompressionBombError):  # the card shows a placeholder instead
+        return None
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _write_atomically(path: Path, chunks: Iterable[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.writelines(chunks)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(scratch, path)
+    except BaseException:
+        Path(scratch).unlink(missing_ok=True)
+        raise
