@@ -24,6 +24,18 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A stored moment as an aware UTC datetime (SQLite hands them back naive).
+
+    Args:
+        moment: a datetime read from the database.
+
+    Returns:
+        The same moment, timezone-aware.
+    """
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 class ArticleStatus(str, Enum):
     """Where an article stands. The happy path runs top to bottom."""
 
@@ -80,6 +92,8 @@ class Article(Base):
 
     status: Mapped[str] = mapped_column(String(20), default=ArticleStatus.pending.value, index=True)
     render_attempt: Mapped[int] = mapped_column(Integer, default=1)
+    # First render attempt made for the current text; earlier ones belong to older input.
+    attempt_base: Mapped[int] = mapped_column(Integer, default=1)
     stage_attempts: Mapped[int] = mapped_column(Integer, default=0)
     requeues: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -17,7 +17,15 @@ from enum import Enum
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Render, StageRun, utcnow
+from db.models import (
+    TERMINAL_STATUSES,
+    Article,
+    ArticleStatus,
+    Render,
+    StageRun,
+    as_utc,
+    utcnow,
+)
 
 STAGES = ("translate", "extract", "render", "score")
 STAGE_INPUT = {
@@ -130,7 +138,7 @@ def _why_not_claimed(
     if is_past(article.status, stage):
         return Claim(ClaimOutcome.already_done)
     lease = article.lease_expires_at
-    if lease is not None and _aware(lease) >= now:
+    if lease is not None and as_utc(lease) >= now:
         return Claim(ClaimOutcome.busy)
     if article.status == STAGE_INPUT[stage].value and article.stage_attempts >= max_attempts:
         fail_article(
@@ -143,11 +151,6 @@ def _why_not_claimed(
         )
         return Claim(ClaimOutcome.exhausted)
     return Claim(ClaimOutcome.stopped)
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands datetimes back naive; they were stored in UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=utcnow().tzinfo)
 
 
 def complete_stage(
@@ -218,7 +221,7 @@ def _finish_run(session: Session, claim: Claim, outcome: str, error: str | None)
     if run is not None:
         run.outcome = outcome
         run.error = error
-        run.seconds = (utcnow() - _aware(run.started_at)).total_seconds()
+        run.seconds = (utcnow() - as_utc(run.started_at)).total_seconds()
 
 
 def release_stage(session: Session, claim: Claim, article_id: int, error: str) -> None:

@@ -1,41 +1,29 @@
 """Read article catalogs (``.xlsx`` workbooks and ``.csv`` files) and validate the whole input.
 
 Every problem in every file is collected before anything is rejected, so one run tells the
-user everything that needs fixing, each problem named by file, sheet, row and column.
+user everything that needs fixing, each problem named by file, sheet, row and column. File
+formats (decoding, damaged or hostile files) are handled in ``producer.sheets``.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
-import itertools
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import openpyxl
 from openpyxl.utils import get_column_letter
+
+from producer.sheets import BadCell, Row, SheetError, open_tables
 
 REQUIRED_COLUMNS = ("name", "description", "model_name", "model_descr")
 KEY_HEADERS = ("sku", "article_id", "article id", "id", "key")
 KEY_FIELD = "key"
 MAX_KEY_CHARS = 200
-CSV_SHEET = "csv"
-XLSX_SUFFIXES = (".xlsx", ".xlsm")
-CSV_SUFFIXES = (".csv", ".tsv")
-CSV_DELIMITERS = (",", ";", "\t")
 MAX_LISTED_PROBLEMS = 200
 # Unicode category Cc (C0, DEL and C1 controls) except tab, line feed and carriage return.
 _CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-
-_ZIP_MAGIC = b"PK\x03\x04"
-_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
-# An encrypted Office file is an OLE container holding a stream with this (UTF-16) name.
-_ENCRYPTION_STREAM = "EncryptionInfo".encode("utf-16-le")
-
-Row = Sequence[object]
 
 
 @dataclass(frozen=True)
@@ -95,10 +83,6 @@ class CatalogError(Exception):
         return "\n".join(lines)
 
 
-class _UnreadableError(Exception):
-    """Reading a table failed; args are (message for the user, row number it failed at)."""
-
-
 @dataclass
 class _Layout:
     """Where the fields of one sheet are: column index and header text as written."""
@@ -156,6 +140,11 @@ def read_catalog(
 ) -> list[CatalogRow]:
     """Read every article from the given files, validating the input as a whole.
 
+    Hidden sheets are read like visible ones, so no article goes missing unnoticed. A formula
+    cell gives the value Excel stored for it; a formula without a stored value (written by a
+    script and never recalculated) or an error value such as ``#REF!`` in a column we read is
+    a problem naming its cell. Merged cells hold their value in the top-left cell only.
+
     Args:
         paths: ``.xlsx``/``.xlsm`` workbooks and ``.csv``/``.tsv`` files, read in this order.
         sheet: read only this sheet of each workbook (CSV files have just one table).
@@ -196,136 +185,14 @@ def _check_column_map(columns: Mapping[str, str]) -> None:
 def _read_file(
     path: Path, file: str, sheet: str | None, columns: Mapping[str, str], state: _State
 ) -> None:
-    message = _file_access_problem(path)
-    suffix = path.suffix.lower()
-    if message is not None:
-        _file_problem(state, file, message)
-    elif suffix in XLSX_SUFFIXES:
-        _read_workbook(path, file, sheet, columns, state)
-    elif suffix in CSV_SUFFIXES:
-        _read_csv(path, file, columns, state)
-    elif suffix == ".xls":
-        _file_problem(state, file, "old Excel 97-2003 (.xls) file; save it as .xlsx")
-    else:
-        _file_problem(state, file, "not a spreadsheet; expected .xlsx or .csv")
-
-
-def _file_problem(state: _State, file: str, message: str) -> None:
-    state.problems.append(Problem(file, None, None, None, message))
-
-
-def _file_access_problem(path: Path) -> str | None:
     try:
-        if not path.is_file():
-            return "not a file" if path.exists() else "file not found"
-        path.open("rb").close()
-    except OSError as exc:
-        return f"cannot read file: {exc.strerror or exc}"
-    return None
-
-
-def _read_workbook(
-    path: Path, file: str, sheet: str | None, columns: Mapping[str, str], state: _State
-) -> None:
-    message = _workbook_format_problem(path)
-    if message is not None:
-        _file_problem(state, file, message)
-        return
-    try:
-        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:  # openpyxl raises many types for damaged archives
-        _file_problem(state, file, _damaged(exc))
-        return
-    try:
-        for worksheet in _chosen_sheets(workbook, file, sheet, state):
-            if state.stopped:
-                break
-            worksheet.reset_dimensions()  # stale size records would otherwise cut rows short
-            cells = worksheet.iter_rows(min_row=1, values_only=True)
-            # A damaged sheet can fail anywhere in its XML, with many exception types.
-            rows = _numbered(cells, Exception, _damaged)
-            _SheetReader(file, worksheet.title, columns, state).read(rows)
-    finally:
-        workbook.close()
-
-
-def _workbook_format_problem(path: Path) -> str | None:
-    with path.open("rb") as handle:
-        head = handle.read(len(_OLE_MAGIC))
-        if head.startswith(_ZIP_MAGIC):
-            return None
-        if head == _OLE_MAGIC:
-            if _ENCRYPTION_STREAM in handle.read():
-                return "the workbook is password-protected; save an unprotected copy"
-            return "old Excel 97-2003 (.xls) file with an .xlsx name; save it as .xlsx"
-    if not head:
-        return "file is empty"
-    return "not a valid .xlsx workbook (not a ZIP archive); is it a CSV file?"
-
-
-def _damaged(exc: Exception) -> str:
-    return f"corrupt or truncated workbook ({type(exc).__name__}: {exc})"
-
-
-def _chosen_sheets(workbook, file: str, sheet: str | None, state: _State) -> list:
-    worksheets = list(workbook.worksheets)
-    if sheet is None:
-        return worksheets
-    exact = [ws for ws in worksheets if ws.title == sheet]
-    # Excel treats sheet names case-insensitively, so a user may type them either way.
-    chosen = exact or [ws for ws in worksheets if ws.title.casefold() == sheet.casefold()]
-    if not chosen:
-        titles = ", ".join(repr(ws.title) for ws in worksheets)
-        message = f"no sheet named {sheet!r}; the workbook has {titles}"
-        state.problems.append(Problem(file, sheet, None, None, message))
-    return chosen[:1]
-
-
-def _numbered(
-    rows: Iterable[Row], errors: type[Exception], describe: Callable[[Exception], str]
-) -> Iterator[tuple[int, Row]]:
-    """Number the rows from 1, turning reader failures (``errors``) into ``_UnreadableError``."""
-    iterator = iter(rows)
-    for number in itertools.count(1):
-        try:
-            values = next(iterator)
-        except StopIteration:
-            return
-        except errors as exc:
-            raise _UnreadableError(describe(exc), number) from exc
-        yield number, values
-
-
-def _read_csv(path: Path, file: str, columns: Mapping[str, str], state: _State) -> None:
-    data = path.read_bytes()
-    if data.startswith((_ZIP_MAGIC, _OLE_MAGIC)):
-        _file_problem(state, file, "binary file (an Excel workbook?), not CSV text")
-        return
-    text = _decode(data)
-    delimiter = _sniff_delimiter(text)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    rows = _numbered(reader, csv.Error, lambda exc: f"malformed CSV: {exc}")
-    _SheetReader(file, CSV_SHEET, columns, state).read(rows)
-
-
-def _decode(data: bytes) -> str:
-    """Decode CSV bytes: UTF-16 or UTF-8 (with or without BOM), else Windows-1252/Latin-1."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16", errors="replace")
-    for encoding in ("utf-8-sig", "cp1252"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return data.decode("latin-1")
-
-
-def _sniff_delimiter(text: str) -> str:
-    """Pick the delimiter that occurs most often in the first non-blank line (the header)."""
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    counts = {delimiter: first.count(delimiter) for delimiter in CSV_DELIMITERS}
-    best = max(CSV_DELIMITERS, key=lambda d: counts[d])
-    return best if counts[best] else ","
+        with open_tables(path, sheet) as tables:
+            for table in tables:
+                if state.stopped:
+                    break
+                _SheetReader(file, table.sheet, columns, state).read(table.rows)
+    except SheetError as exc:
+        state.problems.append(Problem(file, exc.sheet, exc.row, None, exc.message))
 
 
 @dataclass
@@ -355,9 +222,8 @@ class _SheetReader:
                     self._take(number, values, layout)
                     if self.state.stopped:
                         return
-        except _UnreadableError as exc:
-            message, row = exc.args
-            self.state.problems.append(self.problem(row, None, message))
+        except SheetError as exc:
+            self.state.problems.append(self.problem(exc.row, None, exc.message))
 
     def _layout(self, number: int, values: Row) -> _Layout | None:
         """Find our fields in the header row; None when the rows cannot be interpreted."""
@@ -404,9 +270,10 @@ class _SheetReader:
             state.problems.append(self.problem(number, None, message))
             state.stopped = True
             return
-        texts = {ours: _cell_text(_at(values, i)) for ours, i in layout.index.items()}
+        cells = {ours: _at(values, i) for ours, i in layout.index.items()}
+        texts = {ours: _cell_text(cell) for ours, cell in cells.items()}
         key = texts.get(KEY_FIELD, "").strip() or f"{Path(self.file).stem}:{self.sheet}:{number}"
-        found = self._cell_problems(number, texts, layout)
+        found = self._cell_problems(number, cells, layout)
         found += self._key_problems(number, key, layout.header.get(KEY_FIELD))
         state.problems += found
         if not found:
@@ -415,14 +282,19 @@ class _SheetReader:
             state.rows.append(row)
 
     def _cell_problems(
-        self, number: int, texts: Mapping[str, str], layout: _Layout
+        self, number: int, cells: Mapping[str, object], layout: _Layout
     ) -> list[Problem]:
         found = []
-        for ours, text in texts.items():
-            message = _cell_problem(text, self.state.max_cell_chars)
+        for ours, cell in cells.items():
+            if isinstance(cell, BadCell):
+                where = f"{get_column_letter(layout.index[ours] + 1)}{number}"
+                message = f"{cell.reason}: {cell.shown} (cell {where})"
+                message += f"; {cell.hint}" if cell.hint else ""
+            else:
+                message = _cell_problem(_cell_text(cell), self.state.max_cell_chars)
             if message is not None:
                 found.append(self.problem(number, layout.header[ours], message))
-        if not texts["description"].strip():
+        if not _cell_text(cells["description"]).strip():
             found.append(self.problem(number, layout.header["description"], "empty description"))
         return found
 

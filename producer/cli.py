@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,18 +11,28 @@ from pathlib import Path
 import click
 from pydantic import SecretStr
 from rich.console import Console
-from rich.table import Table
+from rich.live import Live
 
 from db.engine import make_engine, migrate, session_factory
 from db.models import ArticleStatus
+from db.transitions import STAGES
+from producer import requeue as requeues
 from producer.catalog import CatalogError, parse_column_map, read_catalog
-from producer.progress import batch_summaries, wait_for_batch
-from producer.submit import BrokerUnavailable, check_broker, send_chains, store_batch
+from producer.export import EXPORT_FORMATS, export_rows, write_export
+from producer.imports import catalog_name, import_catalog
+from producer.progress import batch_details, batch_summaries, wait_for_batch
+from producer.report import write_report
+from producer.requeue import Selection
+from producer.status_view import render_status
+from producer.submit import BrokerUnavailable, check_broker, send_chains
 from tasks.app import configure
+from tasks.outputs import batch_dir
+from tasks.queues import URGENT_PRIORITY
 from tasks.settings import Settings
 
 SAMPLE_CATALOG = Path(__file__).parent / "samples" / "catalog.csv"
-console = Console(stderr=True)
+# soft_wrap: messages stay on one line however narrow the terminal (scripts read them).
+console = Console(stderr=True, soft_wrap=True)
 
 
 @click.group()
@@ -53,6 +64,16 @@ def _read(settings: Settings, files, sheet, columns) -> list:
         raise click.BadParameter(str(error), param_hint="--columns") from error
 
 
+def _connected_app(settings: Settings):
+    app = configure(settings)
+    try:
+        check_broker(app)
+    except BrokerUnavailable as error:
+        console.print(f"[red]{error}[/red]", markup=False)
+        sys.exit(3)
+    return app
+
+
 def _sessions(settings: Settings):
     engine = make_engine(settings.database_url)
     migrate(engine)
@@ -64,28 +85,49 @@ sheet_option = click.option("--sheet", help="Read only this sheet of each workbo
 columns_option = click.option(
     "--columns", help="Map our columns to yours: description=Beschreibung,name=Titel"
 )
+min_score_option = click.option(
+    "--min-clip-score", type=float, help="Regenerate articles scoring below this CLIP score."
+)
 
 
 @main.command()
 @catalog_files
 @sheet_option
 @columns_option
+@click.option("--catalog", help="Catalog name (default: the file names); re-imports into it.")
+@click.option("--new-batch", is_flag=True, help="Start a new batch even if the catalog has one.")
+@min_score_option
 @click.pass_obj
-def submit(settings: Settings, files, sheet, columns) -> None:
-    """Validate catalog FILES, store them as one batch and send a chain per article."""
+def submit(settings: Settings, files, sheet, columns, catalog, new_batch, min_clip_score) -> None:
+    """Validate catalog FILES, import them into a batch and send a chain per new/changed article.
+
+    Submitting the same catalog again redoes only the rows whose text (or output settings)
+    changed; unchanged rows keep their results.
+    """
     rows = _read(settings, files, sheet, columns)
-    app = configure(settings)
-    try:
-        check_broker(app)
-    except BrokerUnavailable as error:
-        console.print(f"[red]{error}[/red]")
-        sys.exit(3)
+    app = _connected_app(settings)
     sessions = _sessions(settings)
+    name = catalog or catalog_name(files)
+    result = _import(sessions, settings, rows, name, min_clip_score, new_batch)
+    sent = send_chains(app, result.to_send)
+    verb = "created" if result.created else "re-imported into"
+    console.print(
+        f"{verb} batch {result.batch_id}: {result.new} new, {result.changed} changed, "
+        f"{result.unchanged} unchanged; {sent} chains sent"
+    )
+    click.echo(result.batch_id)
+
+
+def _import(sessions, settings: Settings, rows, catalog: str, min_clip_score, new_batch: bool):
     with sessions() as session:
-        submitted = store_batch(session, rows, settings.profile, settings.min_clip_score)
-    sent = send_chains(app, submitted.articles)
-    console.print(f"batch {submitted.batch_id}: {sent} articles sent")
-    click.echo(submitted.batch_id)
+        return import_catalog(
+            session,
+            rows,
+            catalog,
+            settings.output_shape(),
+            min_clip_score if min_clip_score is not None else settings.min_clip_score,
+            new_batch,
+        )
 
 
 @main.command()
@@ -108,45 +150,167 @@ def worker(settings: Settings, role, gpus, concurrency, loglevel) -> None:
 @main.command()
 @click.argument("batch", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--watch", is_flag=True, help="Redraw live until interrupted.")
+@click.option("--window", default=10.0, show_default=True, help="Minutes the rate looks back.")
 @click.pass_obj
-def status(settings: Settings, batch, as_json) -> None:
-    """Counts per status for each batch (or only BATCH)."""
+def status(settings: Settings, batch, as_json, watch, window) -> None:
+    """Per batch (or only BATCH): counts per status and stage, rate, ETA, failures, scores."""
     sessions = _sessions(settings)
-    with sessions() as session:
-        summaries = batch_summaries(session, [batch] if batch else None)
-    if batch and not summaries:
+
+    def collect() -> list[dict]:
+        with sessions() as session:
+            summaries = batch_summaries(session, [batch] if batch else None)
+            return [s | batch_details(session, s["id"], window) for s in summaries]
+
+    batches = collect()
+    if batch and not batches:
         raise click.ClickException(f"no batch {batch!r}")
     if as_json:
-        click.echo(json.dumps(summaries, indent=2))
+        click.echo(json.dumps(batches, indent=2))
         return
-    table = Table("batch", "total", *[s.value for s in ArticleStatus])
-    for summary in summaries:
-        table.add_row(
-            summary["id"], str(summary["total"]), *[str(summary[s.value]) for s in ArticleStatus]
+    if not watch:
+        Console().print(render_status(batches))
+        return
+    with Live(render_status(batches), refresh_per_second=1) as live:
+        try:
+            while True:
+                time.sleep(2)
+                live.update(render_status(collect()))
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
+@click.option("--batch", help="Only this batch.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in ArticleStatus]),
+    help="Only articles in this status (repeatable).",
+)
+@click.option("--below", type=float, help="Only articles whose best CLIP score is below this.")
+@click.option("--articles", help="Only these article keys, comma-separated.")
+@click.option("--stuck", is_flag=True, help="Only in-flight articles without progress for a lease.")
+@click.option(
+    "--from-stage",
+    type=click.Choice(list(STAGES)),
+    help="Restart here (default: the first stage not done; render for finished articles).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
+@click.pass_obj
+def requeue(settings: Settings, batch, statuses, below, articles, stuck, from_stage, dry_run):
+    """Reset selected articles to a stage and send their chains again, ahead of other work."""
+    keys = [k.strip() for k in articles.split(",") if k.strip()] if articles else []
+    if not (batch or statuses or below is not None or keys or stuck):
+        raise click.UsageError(
+            "name at least one of --batch, --status, --below, --articles, --stuck"
         )
-    Console().print(table)
+    selection = Selection(batch, statuses, below, keys, stuck)
+    sessions = _sessions(settings)
+    with sessions() as session:
+        plans = requeues.plan(
+            requeues.select_articles(session, selection, settings.lease_seconds), from_stage
+        )
+    for item in plans:
+        console.print(f"{item.batch_id} {item.key}: {item.status} → from {item.from_stage}")
+    if dry_run or not plans:
+        console.print(f"{len(plans)} articles {'would be ' if dry_run else ''}requeued")
+        return
+    app = _connected_app(settings)
+    with sessions() as session:
+        to_send = requeues.apply(session, plans)
+    sent = send_chains(app, to_send, priority=URGENT_PRIORITY)
+    console.print(f"{sent} articles requeued")
+
+
+@main.command("export")
+@click.argument("batch")
+@click.option(
+    "--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="xlsx", show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Default: <output-dir>/<batch>/<batch>.<format>",
+)
+@click.pass_obj
+def export(settings: Settings, batch, fmt, out) -> None:
+    """One row per article of BATCH, joined back to its source, as xlsx, csv or jsonl."""
+    with _sessions(settings)() as session:
+        try:
+            rows = export_rows(session, batch)
+        except LookupError as error:
+            raise click.ClickException(str(error)) from error
+    path = out or batch_dir(settings.output_dir, batch) / f"{batch}.{fmt}"
+    console.print(f"{write_export(rows, path, fmt)} rows written")
+    click.echo(path)
+
+
+@main.command()
+@click.argument("batch")
+@click.option("--out", type=click.Path(path_type=Path), help="Default: <batch>/report.html")
+@click.pass_obj
+def report(settings: Settings, batch, out) -> None:
+    """A self-contained HTML contact sheet of BATCH, and its clip_statistics.txt."""
+    with _sessions(settings)() as session:
+        try:
+            path = write_report(session, batch, settings.output_dir, path=out)
+        except LookupError as error:
+            raise click.ClickException(str(error)) from error
+    click.echo(path)
+
+
+@main.command()
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5555, show_default=True)
+@click.option(
+    "--localhost-only",
+    is_flag=True,
+    help="Allow running without FARM_FLOWER_BASIC_AUTH, bound to 127.0.0.1 only.",
+)
+@click.pass_obj
+def flower(settings: Settings, address, port, localhost_only) -> None:
+    """Start the real Flower on the farm's broker, with basic auth (FARM_FLOWER_BASIC_AUTH)."""
+    auth = settings.flower_basic_auth
+    if localhost_only:
+        address = "127.0.0.1"
+    elif auth is None:
+        raise click.UsageError(
+            "refusing to start Flower without authentication: set FARM_FLOWER_BASIC_AUTH="
+            "user:password, or pass --localhost-only to bind to 127.0.0.1 without auth"
+        )
+    env = os.environ | settings.as_env()
+    if auth is not None:
+        # Through the environment, so the password never shows in the process list.
+        env["FLOWER_BASIC_AUTH"] = auth.get_secret_value()
+    argv = [sys.executable, "-m", "celery", "-A", "tasks.worker", "flower"]
+    argv += [f"--address={address}", f"--port={port}"]
+    os.execve(sys.executable, argv, env)
 
 
 @main.command()
 @catalog_files
 @sheet_option
 @columns_option
+@min_score_option
 @click.pass_obj
-def run(settings: Settings, files, sheet, columns) -> None:
+def run(settings: Settings, files, sheet, columns, min_clip_score) -> None:
     """Run the whole farm on this machine: SQLite, in-process broker and worker."""
-    _run_local(settings, files, sheet, columns)
+    _run_local(settings, files, sheet, columns, min_clip_score)
 
 
 @main.command()
+@min_score_option
 @click.pass_obj
-def demo(settings: Settings) -> None:
+def demo(settings: Settings, min_clip_score) -> None:
     """`farm run` on the shipped sample catalog with the tiny random-weight models."""
     if "profile" not in settings.model_fields_set:
         settings = settings.model_copy(update={"profile": "tiny"})
-    _run_local(settings, [SAMPLE_CATALOG], None, None)
+    _run_local(settings, [SAMPLE_CATALOG], None, None, min_clip_score)
 
 
-def _run_local(settings: Settings, files, sheet, columns) -> None:
+def _run_local(settings: Settings, files, sheet, columns, min_clip_score=None) -> None:
     from workers.embedded import embedded_worker
 
     started = time.perf_counter()
@@ -156,11 +320,12 @@ def _run_local(settings: Settings, files, sheet, columns) -> None:
     )
     app = configure(settings)
     sessions = _sessions(settings)
-    with sessions() as session:
-        submitted = store_batch(session, rows, settings.profile, settings.min_clip_score)
+    submitted = _import(
+        sessions, settings, rows, catalog_name(files), min_clip_score, new_batch=True
+    )
     console.print(f"batch {submitted.batch_id}: {len(rows)} articles, loading models...")
     with embedded_worker(app) as worker_alive:
-        send_chains(app, submitted.articles)
+        send_chains(app, submitted.to_send)
         with console.status("rendering") as spinner:
             summary = wait_for_batch(
                 sessions,

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from openpyxl import Workbook
@@ -22,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Article, Batch, Render, StageRun
 from db.transitions import STAGES
+from tasks.outputs import atomic_path
 
 EXPORT_FORMATS = ("xlsx", "csv", "jsonl")
 
@@ -113,16 +110,18 @@ def _latest_ok_runs(session: Session, batch_id: str) -> dict[int, dict[str, Stag
     return latest
 
 
-def best_render(renders: list[Render]) -> Render | None:
+def best_render(renders: list[Render], attempt_base: int = 1) -> Render | None:
     """The render whose image was published: the highest CLIP score, else the latest attempt.
 
     Args:
         renders: all renders of one article.
+        attempt_base: the article's first attempt for its current text; older ones don't count.
 
     Returns:
         That render, or None when there is none. Ties go to the earlier attempt, as the score
         stage keeps the first best image it saw.
     """
+    renders = [r for r in renders if r.attempt >= attempt_base]
     scored = [r for r in renders if r.clip_score is not None]
     if scored:
         return max(scored, key=lambda r: (r.clip_score, -r.attempt))
@@ -130,7 +129,7 @@ def best_render(renders: list[Render]) -> Render | None:
 
 
 def _row(article: Article, renders: list[Render], runs: dict[str, StageRun]) -> dict:
-    best = best_render(renders)
+    best = best_render(renders, article.attempt_base)
     row = {
         "batch": article.batch_id,
         "key": article.key,
@@ -178,24 +177,9 @@ def write_export(rows: list[dict], path: Path, fmt: str) -> int:
     if fmt not in writers:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
     columns = list(rows[0]) if rows else list(COLUMNS)
-    with _atomic_path(Path(path)) as scratch:
+    with atomic_path(Path(path)) as scratch:
         writers[fmt](rows, columns, scratch)
     return len(rows)
-
-
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        yield Path(scratch)
-        with open(scratch, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
 
 
 def _write_xlsx(rows: list[dict], columns: list[str], scratch: Path) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import TERMINAL_STATUSES, Batch
-from db.transitions import status_counts
+from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Batch, as_utc, utcnow
+from db.transitions import STAGE_INPUT, STAGES, status_counts
+from tasks.finish import batch_scores
 
 
 def batch_summaries(session: Session, batch_ids: list[str] | None = None) -> list[dict]:
@@ -71,3 +74,84 @@ def wait_for_batch(
         if not alive():
             raise RuntimeError(f"the workers stopped before batch {batch_id} finished")
         time.sleep(poll_seconds)
+
+
+def batch_details(session: Session, batch_id: str, window_minutes: float = 10.0) -> dict:
+    """Everything ``farm status`` shows for one batch beyond its counts.
+
+    Args:
+        session: any session.
+        batch_id: the batch.
+        window_minutes: how far back the throughput looks.
+
+    Returns:
+        ``rate_per_hour`` (articles ended in the window, per hour), ``eta_seconds`` (None
+        when nothing ended lately), ``failures`` (per error kind: count and one example) and
+        ``scores`` (mean/median/min/max of the best scores, empty when none).
+    """
+    since = utcnow() - timedelta(minutes=window_minutes)
+    recent = session.scalar(
+        select(func.count())
+        .select_from(Article)
+        .where(Article.batch_id == batch_id, Article.finished_at >= since)
+    )
+    summary = batch_summaries(session, [batch_id])[0]
+    ended = sum(summary[s.value] for s in TERMINAL_STATUSES)
+    rate = recent * 60.0 / window_minutes
+    remaining = summary["total"] - ended
+    return {
+        "stages": _stage_counts(session, batch_id),
+        "rate_per_hour": rate,
+        "eta_seconds": _eta(remaining, rate),
+        "failures": _failures(session, batch_id),
+        "scores": _score_summary(session, batch_id),
+    }
+
+
+def _stage_counts(session: Session, batch_id: str) -> dict[str, dict[str, int]]:
+    now = utcnow()
+    rows = session.execute(
+        select(Article.status, Article.lease_expires_at)
+        .where(Article.batch_id == batch_id)
+        .where(Article.status.in_([s.value for s in STAGE_INPUT.values()]))
+    )
+    counts = {stage: {"queued": 0, "running": 0} for stage in STAGES}
+    waiting_at = {status.value: stage for stage, status in STAGE_INPUT.items()}
+    for status, lease in rows:
+        running = lease is not None and as_utc(lease) > now
+        counts[waiting_at[status]]["running" if running else "queued"] += 1
+    return counts
+
+
+def _eta(remaining: int, rate_per_hour: float) -> float | None:
+    if not remaining:
+        return 0.0
+    return remaining / rate_per_hour * 3600.0 if rate_per_hour else None
+
+
+def _failures(session: Session, batch_id: str) -> dict[str, dict]:
+    failed = session.execute(
+        select(Article.error_kind, Article.key, Article.error_stage, Article.error)
+        .where(Article.batch_id == batch_id, Article.status == ArticleStatus.failed.value)
+        .order_by(Article.id)
+    )
+    groups: dict[str, dict] = {}
+    for kind, key, stage, error in failed:
+        group = groups.setdefault(
+            kind or "Unknown",
+            {"count": 0, "example": {"key": key, "stage": stage, "error": error}},
+        )
+        group["count"] += 1
+    return groups
+
+
+def _score_summary(session: Session, batch_id: str) -> dict[str, float]:
+    scores = batch_scores(session, batch_id)
+    if not scores:
+        return {}
+    return {
+        "mean": statistics.fmean(scores),
+        "median": statistics.median(scores),
+        "min": min(scores),
+        "max": max(scores),
+    }

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from html import escape
@@ -208,7 +206,9 @@ def _statistics_table(scores: list[float]) -> str:
         f"<td>{value}</td>" if name == "Total Samples" else f"<td>{value:.4f}</td>"
         for name, value in stats.items()
     )
-    return f'<table class="stats"><tr><th>CLIP</th>{heads}</tr><tr><td></td>{cells}</tr></table>'
+    return (
+        f'<table class="stats"><tr><th></th>{heads}</tr><tr><th>CLIP score</th>{cells}</tr></table>'
+    )
 
 
 def _card(index: int, article: Article, attempts: int, thumb: str | None) -> str:
@@ -223,8 +223,9 @@ def _card(index: int, article: Article, attempts: int, thumb: str | None) -> str
     shown_score = "–" if article.clip_score is None else f"{article.clip_score:.4f}"
     error = ""
     if article.error or article.error_kind:
-        where = " ".join(escape(p) for p in (article.error_kind, article.error_stage) if p)
-        error = f'<p class="error"><b>{where}</b> {escape(article.error or "")}</p>'
+        kind = escape(article.error_kind or "error")
+        stage = f" in {escape(article.error_stage)}" if article.error_stage else ""
+        error = f'<p class="error"><b>{kind}{stage}:</b> {escape(article.error or "")}</p>'
     return (
         f'<article class="card" data-index="{index}" data-status="{status}" '
         f'data-score="{score}" data-key="{key}">'
@@ -262,14 +263,5 @@ def _thumbnail(path: Path | None, thumb_px: int) -> str | None:
 
 
 def _write_atomically(path: Path, chunks: Iterable[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.writelines(chunks)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
+    with outputs.atomic_path(path) as scratch, open(scratch, "w", encoding="utf-8") as stream:
+        stream.writelines(chunks)

@@ -13,6 +13,8 @@ import re
 import shutil
 import statistics
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
@@ -59,18 +61,35 @@ def attempt_image_path(output_dir: Path, batch_id: str, stem: str, attempt: int)
     return batch_dir(output_dir, batch_id) / "attempts" / f"{stem}.{attempt}.png"
 
 
-def _atomic_write(path: Path, write) -> None:
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A scratch file beside ``path`` that replaces it in one rename when the block succeeds.
+
+    Args:
+        path: the file's final place; its folder is created when missing.
+
+    Yields:
+        The scratch path to write. On an exception it is removed and ``path`` is untouched.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
+        yield Path(scratch)
+        with open(scratch, "rb") as written:
+            os.fsync(written.fileno())
+        # mkstemp makes the file private; outputs are meant to be read by other services.
+        os.chmod(scratch, 0o644)
         os.replace(scratch, path)
     except BaseException:
         Path(scratch).unlink(missing_ok=True)
         raise
+
+
+def _atomic_write(path: Path, write) -> None:
+    with atomic_path(path) as scratch, open(scratch, "wb") as stream:
+        write(stream)
 
 
 def save_png(image: Image.Image, path: Path) -> None:

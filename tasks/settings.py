@@ -47,9 +47,34 @@ class Settings(BaseSettings):
     max_stage_attempts: int = 5
     worker_boot_timeout: float = 900.0
 
+    flower_basic_auth: SecretStr | None = None  # "user:password"
+
     max_cell_chars: int = 10_000
     min_clip_score: float | None = None
     max_attempts: int = 3
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``FARM_*`` variables, so that a child process reads the same values.
+
+        Returns:
+            Variable name → value, for every field that is set.
+        """
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(getattr(self, name), SecretStr):
+                value = getattr(self, name).get_secret_value()
+            env[f"FARM_{name.upper()}"] = str(value)
+        return env
+
+    def output_shape(self) -> dict:
+        """The settings that shape an article's outputs (part of its content hash).
+
+        Returns:
+            Profile name and every model/shape override, ``None`` where not overridden.
+        """
+        return {"profile": self.profile, **self.profile_overrides()}
 
     def profile_overrides(self) -> dict:
         """Model and shape overrides in :class:`workers.profiles.Profile` field names.

@@ -115,7 +115,11 @@ def score(article: Article, ctx: StageContext) -> StageOutput:
         raise InvalidArticle(f"render attempt {article.render_attempt} has no image on disk")
     with Image.open(current.image_path) as image:
         value = float(ctx.runtime([image.convert("RGB")], [article.clip_prompt]).scores[0])
-    scored = [(r.clip_score, r) for r in article.renders if r.clip_score is not None]
+    scored = [
+        (r.clip_score, r)
+        for r in article.renders
+        if r.clip_score is not None and article.attempt_base <= r.attempt != current.attempt
+    ]
     scored.append((value, current))
     best_score, best = max(scored, key=lambda pair: pair[0])
     final = _publish(article, ctx, best, best_score)
@@ -126,7 +130,7 @@ def score(article: Article, ctx: StageContext) -> StageOutput:
     threshold = article.batch.min_clip_score if article.batch else None
     threshold = ctx.min_clip_score if threshold is None else threshold
     if threshold is not None and value < threshold:
-        if article.render_attempt < ctx.max_attempts:
+        if article.render_attempt - article.attempt_base + 1 < ctx.max_attempts:
             output.values["render_attempt"] = article.render_attempt + 1
             output.status = ArticleStatus.extracted
             output.then = "render"

@@ -28,25 +28,6 @@ class WorkerProcess:
     env: dict[str, str]
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as ``FARM_*`` variables, so that a child process reads the same values.
-
-    Args:
-        settings: the farm's settings.
-
-    Returns:
-        Variable name → value, for every field that is set.
-    """
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"FARM_{name.upper()}"] = str(value)
-    return env
-
-
 def plan_workers(
     role: str,
     settings: Settings,
@@ -68,7 +49,7 @@ def plan_workers(
     """
     if role not in ROLE_QUEUES:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLE_QUEUES)}")
-    base_env = settings_env(settings) | {"FARM_WORKER_ROLE": role}
+    base_env = settings.as_env() | {"FARM_WORKER_ROLE": role}
     host = socket.gethostname()
 
     def command(name: str, children: int) -> list[str]:

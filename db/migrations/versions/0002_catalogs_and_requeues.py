@@ -1,4 +1,4 @@
-"""Catalog names on batches; content hashes and requeue counts on articles.
+"""Catalog names on batches; content hashes, requeue counts and attempt bases on articles.
 
 Revision ID: 0002
 Revises: 0001
@@ -22,10 +22,14 @@ def upgrade() -> None:
             sa.Column("content_hash", sa.String(64), nullable=False, server_default="")
         )
         batch.add_column(sa.Column("requeues", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(
+            sa.Column("attempt_base", sa.Integer(), nullable=False, server_default="1")
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("articles") as batch:
+        batch.drop_column("attempt_base")
         batch.drop_column("requeues")
         batch.drop_column("content_hash")
     with op.batch_alter_table("batches") as batch:

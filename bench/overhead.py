@@ -1,0 +1,229 @@
+"""What the farm costs per article: bare Celery chains vs the farm with zero-cost runtimes.
+
+Both run on the same Redis (one database, different queues) in the same run, in interleaved
+rounds, each by one real worker process with a prefork pool of two children:
+
+* bare: ``celery -A bench.bare_app worker``, four no-op tasks chained per article;
+* farm: ``farm worker all --concurrency 2`` with ``bench.fake_runtimes:zero_cost``, batches
+  stored with ``store_batch`` and sent with ``send_chains``, on a fresh PostgreSQL database.
+
+A round's throughput is articles over the time from the first send to the last chain's end
+(the farm's ``finished_at`` in the database; the bare chain's own time stamp in Redis). The
+last line is ``overhead_ratio: X``, farm throughput over bare throughput (1 = no overhead).
+
+    python -m bench.overhead [--articles N] [--rounds R] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from bench import bare_app
+from bench.catalog import synthetic_rows
+from bench.farm import farm_env, producer_side, submit_rows, wait_batch_ended
+from bench.processes import running
+from bench.services import fresh_database, interrupt_on_sigterm, redis_database
+
+CONCURRENCY = 2
+FACTORY = "bench.fake_runtimes:zero_cost"
+WARMUP_ARTICLES = 20
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One side of one round."""
+
+    side: str
+    articles: int
+    seconds: float
+
+    @property
+    def throughput(self) -> float:
+        """Articles per second."""
+        return self.articles / self.seconds
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Read the command line.
+
+    Args:
+        argv: arguments without the program name; ``None`` for ``sys.argv``.
+
+    Returns:
+        The options.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--articles", type=int, default=300, help="articles per round and side")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="CI size: 100 articles, 2 rounds")
+    parser.add_argument("--redis-db", type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.articles, args.rounds = 100, 2
+    return args
+
+
+def worker_commands(broker_url: str, database_url: str, workdir: Path) -> list:
+    """The bare and the farm worker command lines.
+
+    Args:
+        broker_url: the benchmark's Redis database.
+        database_url: the benchmark's database.
+        workdir: scratch folder (the farm writes its images there).
+
+    Returns:
+        [(argv, env) of the bare worker, (argv, env) of the farm worker].
+    """
+    bare = [
+        sys.executable, "-m", "celery", "-A", "bench.bare_app", "worker",
+        "--queues", f"{bare_app.TEXT_QUEUE},{bare_app.GPU_QUEUE}", "--hostname", "bare@bench",
+        "--pool", "prefork", "--concurrency", str(CONCURRENCY), "--loglevel", "INFO",
+    ]  # fmt: skip
+    farm = [sys.executable, "-m", "producer.cli", "worker", "all"]
+    farm += ["--concurrency", str(CONCURRENCY)]
+    env = farm_env(database_url, broker_url, workdir / "output", FACTORY)
+    return [(bare, os.environ | {bare_app.BROKER_ENV: broker_url}), (farm, env)]
+
+
+def bare_round(client: redis.Redis, articles: int, timeout: float) -> Measurement:
+    """Send ``articles`` bare chains and wait for the last to end.
+
+    Args:
+        client: the benchmark's Redis database.
+        articles: how many chains.
+        timeout: seconds before giving up.
+
+    Returns:
+        The measurement.
+    """
+    client.delete(bare_app.DONE_COUNTER, bare_app.LAST_DONE)
+    started = time.time()
+    with bare_app.app.producer_or_acquire() as producer:
+        for index in range(articles):
+            bare_app.bare_chain(index, f"SKU-{index:06d}").apply_async(producer=producer)
+    deadline = time.monotonic() + timeout
+    while int(client.get(bare_app.DONE_COUNTER) or 0) < articles:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bare chains not done after {timeout}s")
+        time.sleep(0.05)
+    return Measurement("bare", articles, float(client.get(bare_app.LAST_DONE)) - started)
+
+
+def farm_round(app, sessions, articles: int, seed: int, timeout: float, alive) -> Measurement:
+    """Store and send one farm batch and wait until its last article is done.
+
+    Args:
+        app: the configured farm app.
+        sessions: the benchmark database's sessions.
+        articles: batch size.
+        seed: seed of the synthetic rows.
+        timeout: seconds before giving up.
+        alive: False once the farm worker has died.
+
+    Returns:
+        The measurement.
+    """
+    submitted, started = submit_rows(app, sessions, synthetic_rows(articles, seed))
+    finished = wait_batch_ended(sessions, submitted.batch_id, timeout, alive)
+    return Measurement("farm", articles, finished - started)
+
+
+def run_rounds(args, broker_url: str, database_url: str, workers) -> list[Measurement]:
+    """Run the interleaved rounds; the side that goes first alternates.
+
+    Args:
+        args: the options.
+        broker_url: the benchmark's Redis database.
+        database_url: the benchmark's database.
+        workers: the running [bare, farm] worker processes.
+
+    Returns:
+        Every measurement, in the order taken.
+    """
+    bare_app.app.conf.broker_url = broker_url
+    app, sessions = producer_side(database_url, broker_url)
+    client = redis.Redis.from_url(broker_url)
+    farm_alive = lambda: workers[1].process.poll() is None  # noqa: E731
+    timeout = 60 + args.articles
+    # Untimed: the pool children open their database and broker connections on first use.
+    bare_round(client, WARMUP_ARTICLES, timeout)
+    farm_round(app, sessions, WARMUP_ARTICLES, -1, timeout, farm_alive)
+    measurements = []
+    for number in range(args.rounds):
+        sides = {
+            "bare": lambda: bare_round(client, args.articles, timeout),
+            "farm": lambda n=number: farm_round(
+                app, sessions, args.articles, n, timeout, farm_alive
+            ),
+        }
+        order = ("bare", "farm") if number % 2 == 0 else ("farm", "bare")
+        for side in order:
+            result = sides[side]()
+            measurements.append(result)
+            print(
+                f"round {number + 1} {side}: {result.articles} articles in "
+                f"{result.seconds:.2f}s = {result.throughput:.1f} articles/s",
+                flush=True,
+            )
+    return measurements
+
+
+def report(measurements: list[Measurement]) -> float:
+    """Print the totals per side and the ratio.
+
+    Args:
+        measurements: every round's measurements.
+
+    Returns:
+        Farm throughput over bare throughput, over all rounds.
+    """
+    totals = {}
+    for side in ("bare", "farm"):
+        taken = [m for m in measurements if m.side == side]
+        totals[side] = sum(m.articles for m in taken) / sum(m.seconds for m in taken)
+        print(f"{side} overall: {totals[side]:.1f} articles/s")
+    ratio = totals["farm"] / totals["bare"]
+    print(f"overhead_ratio: {ratio:.3f}")
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; everything it started is stopped and removed, even on Ctrl-C.
+
+    Args:
+        argv: command-line arguments.
+
+    Returns:
+        The exit code.
+    """
+    args = parse_args(argv)
+    print(f"overhead: {args.rounds} rounds x {args.articles} articles per side, CPU only, "
+          f"{os.cpu_count()} cores, prefork concurrency {CONCURRENCY}", flush=True)  # fmt: skip
+    with (
+        interrupt_on_sigterm(),
+        tempfile.TemporaryDirectory(prefix="bench-overhead-") as workdir,
+        redis_database(args.redis_db) as broker_url,
+        fresh_database() as database_url,
+    ):
+        commands = worker_commands(broker_url, database_url, Path(workdir))
+        with running(commands, Path(workdir), "worker") as workers:
+            try:
+                measurements = run_rounds(args, broker_url, database_url, workers)
+            except Exception:
+                for worker in workers:
+                    print(f"--- {worker.log_path.name}\n{worker.tail()}", file=sys.stderr)
+                raise
+    report(measurements)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Worker subprocesses of a benchmark: started in their own session, logged to a file, and
+always stopped (gently, then by force) when the benchmark ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+READY_MARKER = " ready."
+
+
+class WorkerProcess:
+    """One ``celery worker`` (or ``farm worker``) subprocess.
+
+    Args:
+        argv: its command line.
+        env: its whole environment.
+        log_path: where its stdout and stderr go.
+    """
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "w")  # noqa: SIM115  (closed in stop())
+        # Its own session: Ctrl-C in the terminal reaches only the benchmark, which then stops
+        # its workers in order, and the whole group can be killed if one hangs.
+        self.process = subprocess.Popen(
+            list(argv), env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until Celery logs that the worker is ready.
+
+        Args:
+            timeout: seconds to wait before giving up.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if READY_MARKER in self.log_path.read_text(errors="replace"):
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early; log:\n{self.tail()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready in {timeout:.0f}s; log:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        """The last lines of the worker's log.
+
+        Args:
+            lines: how many.
+
+        Returns:
+            The text.
+        """
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the worker to shut down; kill its process group if it does not in ``timeout``.
+
+        Args:
+            timeout: seconds to wait for a warm shutdown.
+        """
+        try:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                    self.process.wait()
+        finally:
+            self._log.close()
+
+
+@contextmanager
+def running(
+    commands: Sequence[tuple[Sequence[str], dict[str, str]]],
+    log_dir: Path,
+    name: str,
+    ready_timeout: float = 120.0,
+) -> Iterator[list[WorkerProcess]]:
+    """Start worker processes, wait until every one is ready, stop them all on the way out.
+
+    Args:
+        commands: (argv, environment) per process.
+        log_dir: folder for the logs.
+        name: prefix of the log file names.
+        ready_timeout: seconds each process may take to become ready.
+
+    Yields:
+        The running processes.
+    """
+    with ExitStack() as stack:
+        started = []
+        for index, (argv, env) in enumerate(commands):
+            worker = WorkerProcess(argv, env, Path(log_dir) / f"{name}-{index}.log")
+            stack.callback(worker.stop)
+            started.append(worker)
+        for worker in started:
+            worker.wait_ready(ready_timeout)
+        yield started

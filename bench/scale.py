@@ -1,0 +1,171 @@
+"""How close 8 GPU-queue worker processes get to perfect scaling, with a fixed render time.
+
+Eight ``farm worker gpu`` processes (the launcher's own plan for 8 GPUs: one process with one
+pool child per card) run ``bench.fake_runtimes:fixed_render``, whose renderer sleeps
+``--render-seconds`` per image; translation, extraction and scoring cost nothing, and one
+``farm worker text --concurrency 2`` serves the text queue. No GPU is used: the sleeping
+renderer stands in for one, so the figure is the farm's scheduling overhead. On a 2-core
+machine the render time must stay long enough that the CPU (database, broker, workers) is
+not the bottleneck; 0.5 s keeps the farm's own work under half of it.
+
+Ideal time is ``articles x render_seconds / 8``; actual time runs from the first chain sent
+to the last article done (``finished_at`` in the database). The last line is
+``scale_efficiency: X``, ideal over actual.
+
+    python -m bench.scale [--articles N] [--render-seconds S] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import SecretStr
+from sqlalchemy import func, select
+
+from bench.catalog import synthetic_rows
+from bench.fake_runtimes import RENDER_SECONDS_ENV
+from bench.farm import producer_side, submit_rows, wait_batch_ended
+from bench.processes import running
+from bench.services import fresh_database, interrupt_on_sigterm, redis_database
+from db.models import Article, Render
+from tasks.settings import Settings
+from workers.launcher import plan_workers
+
+GPU_PROCESSES = 8
+TEXT_CONCURRENCY = 2
+FACTORY = "bench.fake_runtimes:fixed_render"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Read the command line.
+
+    Args:
+        argv: arguments without the program name; ``None`` for ``sys.argv``.
+
+    Returns:
+        The options.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--articles", type=int, default=10_000)
+    parser.add_argument("--render-seconds", type=float, default=0.5)
+    parser.add_argument("--quick", action="store_true", help="CI size: 400 articles")
+    parser.add_argument("--redis-db", type=int, default=12)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.articles = 400
+    return args
+
+
+def worker_commands(args, database_url: str, broker_url: str, workdir: Path) -> list:
+    """Command lines of the 8 GPU-queue processes and the text process.
+
+    Args:
+        args: the options.
+        database_url: the benchmark's database.
+        broker_url: the benchmark's Redis database.
+        workdir: scratch folder for the outputs.
+
+    Returns:
+        (argv, environment) per process.
+    """
+    settings = Settings(
+        database_url=database_url,
+        broker_url=SecretStr(broker_url),
+        output_dir=workdir / "output",
+        runtime_factory=FACTORY,
+    )
+    env = os.environ | {RENDER_SECONDS_ENV: repr(args.render_seconds), "HF_HUB_OFFLINE": "1"}
+    gpus = [str(index) for index in range(GPU_PROCESSES)]
+    planned = plan_workers("gpu", settings, gpus) + plan_workers(
+        "text", settings, concurrency=TEXT_CONCURRENCY
+    )
+    return [(worker.argv, env | worker.env) for worker in planned]
+
+
+def mean_render_seconds(sessions, batch_id: str) -> float:
+    """Mean time the renderer itself reported per image in a batch.
+
+    Args:
+        sessions: the benchmark database's sessions.
+        batch_id: the batch.
+
+    Returns:
+        Seconds.
+    """
+    with sessions() as session:
+        query = select(func.avg(Render.seconds)).join(Article).where(Article.batch_id == batch_id)
+        return float(session.scalar(query))
+
+
+def measure(args, database_url: str, broker_url: str, workers) -> tuple[float, float]:
+    """Warm up, then run the timed batch.
+
+    Args:
+        args: the options.
+        database_url: the benchmark's database.
+        broker_url: the benchmark's Redis database.
+        workers: the running worker processes.
+
+    Returns:
+        (actual seconds from first send to last done, mean reported render seconds).
+    """
+    app, sessions = producer_side(database_url, broker_url)
+    alive = lambda: all(w.process.poll() is None for w in workers)  # noqa: E731
+    ideal = args.articles * args.render_seconds / GPU_PROCESSES
+    timeout = 120 + 3 * ideal
+    # Untimed: one render per process, so every pool child has connected before the clock runs.
+    warm, _ = submit_rows(app, sessions, synthetic_rows(GPU_PROCESSES, seed=-1))
+    wait_batch_ended(sessions, warm.batch_id, timeout, alive)
+    last_report = [time.monotonic()]
+
+    def progress(open_count: int) -> None:
+        if time.monotonic() - last_report[0] >= 30:
+            last_report[0] = time.monotonic()
+            print(f"  {args.articles - open_count}/{args.articles} done", flush=True)
+
+    submitted, started = submit_rows(app, sessions, synthetic_rows(args.articles))
+    finished = wait_batch_ended(sessions, submitted.batch_id, timeout, alive, 1.0, progress)
+    return finished - started, mean_render_seconds(sessions, submitted.batch_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; its workers, database and Redis database go away, even on Ctrl-C.
+
+    Args:
+        argv: command-line arguments.
+
+    Returns:
+        The exit code.
+    """
+    args = parse_args(argv)
+    print(f"scale: {args.articles} articles, {GPU_PROCESSES} GPU-queue processes, "
+          f"render {args.render_seconds}s per image (sleep, no GPU on this machine), "
+          f"{os.cpu_count()} CPU cores", flush=True)  # fmt: skip
+    with (
+        interrupt_on_sigterm(),
+        tempfile.TemporaryDirectory(prefix="bench-scale-") as workdir,
+        redis_database(args.redis_db) as broker_url,
+        fresh_database() as database_url,
+    ):
+        commands = worker_commands(args, database_url, broker_url, Path(workdir))
+        with running(commands, Path(workdir), "worker", ready_timeout=300) as workers:
+            try:
+                actual, rendered = measure(args, database_url, broker_url, workers)
+            except Exception:
+                for worker in workers:
+                    print(f"--- {worker.log_path.name}\n{worker.tail(15)}", file=sys.stderr)
+                raise
+    ideal = args.articles * args.render_seconds / GPU_PROCESSES
+    print(f"mean render time reported by the renderer: {rendered:.3f}s per image")
+    print(f"ideal: {ideal:.1f}s  actual: {actual:.1f}s  ({args.articles / actual:.2f} articles/s)")
+    print(f"scale_efficiency: {ideal / actual:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

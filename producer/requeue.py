@@ -1,0 +1,157 @@
+"""``farm requeue``: select articles, reset them to a stage, and start their chains again.
+
+Requeued chains run at urgent priority, so they do not wait behind a 10,000-article
+catalog. An article that a worker is still working on (a live lease, or progress more
+recent than one lease) is left alone unless it is stuck.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Render, as_utc, utcnow
+from db.transitions import STAGE_INPUT, STAGES
+
+# Columns each stage produces; a requeue from a stage clears its own and later outputs.
+_OUTPUTS = {
+    "translate": ("translation",),
+    "extract": ("attributes", "generation_prompt", "clip_prompt"),
+    "render": ("image_path", "clip_score"),
+    "score": ("clip_score",),
+}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which articles to requeue; every given criterion must hold."""
+
+    batch: str | None = None
+    statuses: Sequence[str] = ()
+    below: float | None = None
+    keys: Sequence[str] = ()
+    stuck: bool = False
+
+
+@dataclass(frozen=True)
+class RequeuePlan:
+    """One article to requeue and the stage its chain starts at."""
+
+    article_id: int
+    key: str
+    batch_id: str
+    status: str
+    from_stage: str
+
+
+def select_articles(session: Session, selection: Selection, lease_seconds: float) -> list[Article]:
+    """Articles matching ``selection`` that no worker is busy with.
+
+    Args:
+        session: any session.
+        selection: the criteria.
+        lease_seconds: how long without progress makes an in-flight article stuck.
+
+    Returns:
+        The articles, by id.
+    """
+    query = select(Article).order_by(Article.id)
+    if selection.batch:
+        query = query.where(Article.batch_id == selection.batch)
+    if selection.statuses:
+        query = query.where(Article.status.in_(list(selection.statuses)))
+    if selection.below is not None:
+        query = query.where((Article.clip_score < selection.below) | Article.clip_score.is_(None))
+    if selection.keys:
+        query = query.where(Article.key.in_(list(selection.keys)))
+    ended = {s.value for s in TERMINAL_STATUSES}
+    quiet_since = utcnow() - timedelta(seconds=lease_seconds)
+    chosen = []
+    for article in session.scalars(query):
+        in_flight = article.status not in ended
+        stuck = in_flight and as_utc(article.updated_at) < quiet_since and not _leased(article)
+        if selection.stuck and not stuck:
+            continue
+        if in_flight and not stuck:
+            continue
+        chosen.append(article)
+    return chosen
+
+
+def _leased(article: Article) -> bool:
+    return article.lease_expires_at is not None and as_utc(article.lease_expires_at) > utcnow()
+
+
+def default_stage(article: Article) -> str:
+    """The first stage an article has not finished.
+
+    Args:
+        article: the article.
+
+    Returns:
+        Its failed stage when failed; ``render`` (a new attempt) when it ended with an image;
+        otherwise the stage whose input its status is.
+    """
+    if article.status == ArticleStatus.failed.value and article.error_stage in STAGES:
+        return article.error_stage
+    if article.status in (ArticleStatus.done.value, ArticleStatus.needs_review.value):
+        return "render"
+    return next(s for s in STAGES if STAGE_INPUT[s].value == article.status)
+
+
+def plan(articles: Sequence[Article], from_stage: str | None = None) -> list[RequeuePlan]:
+    """What a requeue would do, article by article (for ``--dry-run`` and for applying).
+
+    Args:
+        articles: from :func:`select_articles`.
+        from_stage: start every chain here; each article's :func:`default_stage` when None.
+
+    Returns:
+        One plan per article.
+    """
+    return [
+        RequeuePlan(a.id, a.key, a.batch_id, a.status, from_stage or default_stage(a))
+        for a in articles
+    ]
+
+
+def apply(session: Session, plans: Sequence[RequeuePlan]) -> list[tuple[int, str, str]]:
+    """Reset each planned article to its stage's input, in one transaction.
+
+    Args:
+        session: a session with no transaction in progress.
+        plans: from :func:`plan`.
+
+    Returns:
+        (article id, key, from stage) for each article to send.
+    """
+    with session.begin():
+        for item in plans:
+            article = session.get(Article, item.article_id)
+            _reset_to(session, article, item.from_stage)
+    return [(p.article_id, p.key, p.from_stage) for p in plans]
+
+
+def _reset_to(session: Session, article: Article, stage: str) -> None:
+    for later in STAGES[STAGES.index(stage) :]:
+        for column in _OUTPUTS[later]:
+            setattr(article, column, None)
+    if stage in ("translate", "extract", "render"):
+        # A new attempt: a new seed, and the earlier attempts stay in the renders table.
+        last = session.scalar(
+            select(func.max(Render.attempt)).where(Render.article_id == article.id)
+        )
+        article.render_attempt = (last or 0) + 1
+        if stage != "render":
+            # New prompts: scores of earlier attempts were measured against the old ones.
+            article.attempt_base = article.render_attempt
+    article.status = STAGE_INPUT[stage].value
+    article.requeues += 1
+    article.stage_attempts = 0
+    article.error = article.error_kind = article.error_stage = None
+    article.lease_token = article.lease_stage = article.lease_expires_at = None
+    article.finished_at = None
