@@ -3,12 +3,13 @@ always stopped (gently, then by force) when the benchmark ends."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 READY_MARKER = " ready."
@@ -58,6 +59,11 @@ class WorkerProcess:
         """
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def terminate(self) -> None:
+        """Ask the worker for a warm shutdown (SIGTERM), without waiting."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the worker to shut down; kill its process group if it does not in ``timeout``.
 
@@ -65,13 +71,13 @@ class WorkerProcess:
             timeout: seconds to wait for a warm shutdown.
         """
         try:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout)
-                except subprocess.TimeoutExpired:
+            self.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
-                    self.process.wait()
+                self.process.wait()
         finally:
             self._log.close()
 
@@ -94,12 +100,16 @@ def running(
     Yields:
         The running processes.
     """
-    with ExitStack() as stack:
-        started = []
+    started: list[WorkerProcess] = []
+    try:
         for index, (argv, env) in enumerate(commands):
-            worker = WorkerProcess(argv, env, Path(log_dir) / f"{name}-{index}.log")
-            stack.callback(worker.stop)
-            started.append(worker)
+            started.append(WorkerProcess(argv, env, Path(log_dir) / f"{name}-{index}.log"))
         for worker in started:
             worker.wait_ready(ready_timeout)
         yield started
+    finally:
+        # All at once: warm shutdowns then overlap instead of adding up.
+        for worker in started:
+            worker.terminate()
+        for worker in started:
+            worker.stop()

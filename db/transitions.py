@@ -57,6 +57,7 @@ class Claim:
     token: str | None = None
     attempt: int = 0
     run_id: int | None = None
+    retry_in: float = 0.0  # for ``busy``: seconds until the other lease runs out
 
 
 def is_past(status: str, stage: str) -> bool:
@@ -118,6 +119,17 @@ def claim_stage(
     ).rowcount
     if claimed:
         attempt = session.scalar(select(Article.stage_attempts).where(Article.id == article_id))
+        # Runs still "running" lost their worker (killed, timed out): the lease ran out on them.
+        session.execute(
+            update(StageRun)
+            .where(
+                StageRun.article_id == article_id,
+                StageRun.stage == stage,
+                StageRun.outcome == "running",
+            )
+            .values(outcome="lost")
+            .execution_options(synchronize_session=False)
+        )
         run = StageRun(article_id=article_id, stage=stage, attempt=attempt, worker=worker)
         session.add(run)
         session.commit()
@@ -139,7 +151,7 @@ def _why_not_claimed(
         return Claim(ClaimOutcome.already_done)
     lease = article.lease_expires_at
     if lease is not None and as_utc(lease) >= now:
-        return Claim(ClaimOutcome.busy)
+        return Claim(ClaimOutcome.busy, retry_in=(as_utc(lease) - now).total_seconds())
     if article.status == STAGE_INPUT[stage].value and article.stage_attempts >= max_attempts:
         fail_article(
             session,
@@ -240,6 +252,34 @@ def release_stage(session: Session, claim: Claim, article_id: int, error: str) -
         .execution_options(synchronize_session=False)
     )
     _finish_run(session, claim, "retry", error)
+    session.commit()
+
+
+def abandon_stage(session: Session, article_id: int, stage: str, error: str) -> None:
+    """Free a stage whose worker was stopped from outside (a hard time limit killed it).
+
+    Args:
+        session: a session with no transaction in progress.
+        article_id: the article.
+        stage: the stage that was running.
+        error: why it stopped, kept on its stage run.
+    """
+    session.execute(
+        update(Article)
+        .where(Article.id == article_id, Article.lease_stage == stage)
+        .values(lease_token=None, lease_stage=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(StageRun)
+        .where(
+            StageRun.article_id == article_id,
+            StageRun.stage == stage,
+            StageRun.outcome == "running",
+        )
+        .values(outcome="timeout", error=error[:4000])
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
 
 

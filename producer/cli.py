@@ -58,7 +58,7 @@ def _read(settings: Settings, files, sheet, columns) -> list:
             max_cell_chars=settings.max_cell_chars,
         )
     except CatalogError as error:
-        console.print(f"[red]{error}[/red]", markup=False, highlight=False)
+        console.print(str(error), style="red", markup=False, highlight=False)
         sys.exit(2)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--columns") from error
@@ -69,7 +69,7 @@ def _connected_app(settings: Settings):
     try:
         check_broker(app)
     except BrokerUnavailable as error:
-        console.print(f"[red]{error}[/red]", markup=False)
+        console.print(str(error), style="red", markup=False, highlight=False)
         sys.exit(3)
     return app
 

@@ -137,6 +137,11 @@ def apply(session: Session, plans: Sequence[RequeuePlan]) -> list[tuple[int, str
 
 
 def _reset_to(session: Session, article: Article, stage: str) -> None:
+    article.requeues += 1
+    article.lease_token = article.lease_stage = article.lease_expires_at = None
+    if article.status == STAGE_INPUT[stage].value:
+        # A stuck article resumes where it stopped: same attempt, same seed, nothing to clear.
+        return
     for later in STAGES[STAGES.index(stage) :]:
         for column in _OUTPUTS[later]:
             setattr(article, column, None)
@@ -150,8 +155,6 @@ def _reset_to(session: Session, article: Article, stage: str) -> None:
             # New prompts: scores of earlier attempts were measured against the old ones.
             article.attempt_base = article.render_attempt
     article.status = STAGE_INPUT[stage].value
-    article.requeues += 1
     article.stage_attempts = 0
     article.error = article.error_kind = article.error_stage = None
-    article.lease_token = article.lease_stage = article.lease_expires_at = None
     article.finished_at = None

@@ -50,7 +50,8 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_time_limit": settings.task_time_limit,
-        "task_soft_time_limit": max(1, settings.task_time_limit - 10),
+        # The soft limit raises inside the task (a retry); the hard one kills a stuck child.
+        "task_soft_time_limit": settings.task_time_limit * 0.9,
         "worker_proc_alive_timeout": settings.worker_boot_timeout,
         "worker_hijack_root_logger": False,
     }

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from billiard.exceptions import TimeLimitExceeded
 from celery import Task
 from sqlalchemy.exc import DBAPIError
 
@@ -24,6 +25,7 @@ from db.models import TERMINAL_STATUSES, Article
 from db.transitions import (
     STAGE_OUTPUT,
     ClaimOutcome,
+    abandon_stage,
     claim_stage,
     complete_stage,
     fail_article,
@@ -84,7 +86,7 @@ class StageTask(Task):
         if claim.outcome is ClaimOutcome.busy:
             # Another copy holds a live lease; if its worker died the lease runs out, so look
             # again after it would have expired rather than dropping the article.
-            raise self.retry(countdown=settings.lease_seconds)
+            raise self.retry(countdown=claim.retry_in + 1)
         if claim.outcome is not ClaimOutcome.claimed:
             logger.info("article %s: %s skipped (%s)", article_id, self.stage, claim.outcome.value)
             self.request.chain = None
@@ -127,6 +129,22 @@ class StageTask(Task):
             time.perf_counter() - started,
         )
         return article_id
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        """Called in the worker's main process when a hard time limit killed the pool child.
+
+        The child could record nothing, so free the stage here and start the article's chain
+        again from this stage; the claim counter bounds how often that can happen.
+        """
+        if not isinstance(exc, TimeLimitExceeded) or not args:
+            return
+        article_id, key = args[0], (kwargs or {}).get("key", "")
+        settings = self.app.farm_settings
+        with state.sessions(settings.database_url)() as session:
+            abandon_stage(session, article_id, self.stage, f"hard time limit: {exc}")
+        logger.warning("article %s: %s hit the hard time limit; sent again", article_id, self.stage)
+        chain = article_chain(article_id, key, self.stage, priority=URGENT_PRIORITY)
+        chain.apply_async(countdown=settings.retry_backoff_seconds)
 
     def _article_ended(self, session, article: Article) -> None:
         write_statistics_if_finished(session, article.batch_id, self.app.farm_settings.output_dir)

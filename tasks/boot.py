@@ -40,7 +40,12 @@ def load_for_role(settings: Settings) -> None:
     profile = resolve_profile(
         settings.profile, settings.model_cache, **settings.profile_overrides()
     )
-    state.install_runtimes(load_runtimes(stages, profile, settings.device))
+    render_options = {
+        "compile": settings.render_compile,
+        "fp8": settings.render_fp8,
+        "memory_mode": settings.render_memory_mode,
+    }
+    state.install_runtimes(load_runtimes(stages, profile, settings.device, render_options))
 
 
 @worker_process_init.connect

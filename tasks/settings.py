@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     width: int | None = None
     height: int | None = None
     steps: int | None = None
+    # The renderer's GPU fast path (see workers.renderer.Renderer.from_pretrained).
+    render_compile: bool = False
+    render_fp8: bool = False
+    render_memory_mode: str = "auto"
 
     # Delivery: a lease must outlive the longest task; the broker's visibility timeout must
     # outlive the lease, or Redis hands a running task to a second worker.

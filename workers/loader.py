@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from workers.devices import default_dtype, resolve_device
@@ -26,13 +26,20 @@ class Runtimes:
     score: object | None = None
 
 
-def load_runtimes(stages: Iterable[str], profile: Profile, device: str = "auto") -> Runtimes:
+def load_runtimes(
+    stages: Iterable[str],
+    profile: Profile,
+    device: str = "auto",
+    render_options: Mapping[str, object] | None = None,
+) -> Runtimes:
     """Load the runtimes for ``stages``; any failure raises (a worker must not start half-ready).
 
     Args:
         stages: stage names whose models to load.
         profile: which weights to load.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        render_options: keyword options of ``Renderer.from_pretrained`` (``compile``,
+            ``fp8``, ``memory_mode``, ...).
 
     Returns:
         The loaded runtimes.
@@ -45,10 +52,12 @@ def load_runtimes(stages: Iterable[str], profile: Profile, device: str = "auto")
     torch_device = resolve_device(device)
     dtype = default_dtype(torch_device)
     runtimes = Runtimes(profile=profile)
+    options = {"render": dict(render_options or {})}
     for stage in STAGES:
         if stage in wanted:
             started = time.perf_counter()
-            setattr(runtimes, stage, _LOADERS[stage](profile, torch_device, dtype))
+            loaded = _LOADERS[stage](profile, torch_device, dtype, **options.get(stage, {}))
+            setattr(runtimes, stage, loaded)
             logger.info(
                 "loaded %s model on %s in %.1fs", stage, torch_device, time.perf_counter() - started
             )
@@ -79,7 +88,7 @@ def _extractor(profile, device, dtype):
     return Extractor.from_pretrained(profile.extractor, device=device, dtype=dtype)
 
 
-def _renderer(profile, device, dtype):
+def _renderer(profile, device, dtype, **options):
     from workers.renderer import Renderer
 
     return Renderer.from_pretrained(
@@ -90,6 +99,7 @@ def _renderer(profile, device, dtype):
         width=profile.width,
         height=profile.height,
         steps=profile.steps,
+        **options,
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +30,11 @@ class WorkerProcess:
         self.log_path = log_path
         self.log = open(log_path, "w")  # noqa: SIM115  (closed in stop())
         self.process = subprocess.Popen(
-            [*FARM, "worker", role, *args], env=env, stdout=self.log, stderr=subprocess.STDOUT
+            [*FARM, "worker", role, *args],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() reaches the pool children
         )
 
     def wait_ready(self, timeout: float = 120) -> None:
@@ -48,7 +55,15 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.log.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # orphaned pool children, if any
+        if not self.log.closed:
+            self.log.close()
+
+    def children(self) -> list[int]:
+        """Pids of the worker's pool children."""
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
 
 
 def wait_until_ended(database_url: str, timeout: float = 240) -> None:

@@ -11,7 +11,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # read when the Hugging Face libraries are f
 from diffusers import DiffusionPipeline, FluxPipeline  # noqa: E402
 
 from workers import tiny_image  # noqa: E402
-from workers.renderer import Renderer, RenderResult  # noqa: E402
+from workers.renderer import (  # noqa: E402
+    Renderer,
+    RenderResult,
+    check_options,
+    place_pipeline,
+    resolve_memory_mode,
+)
 
 CPU = torch.device("cpu")
 WIDTH, HEIGHT = 64, 48  # not square, so a swapped width and height shows
@@ -135,3 +141,107 @@ def test_check_inputs_accepts_the_largest_seed(renderer):
 def test_sizes_that_are_not_multiples_of_16_are_rejected(renderer, width, height):
     with pytest.raises(ValueError):
         Renderer(renderer.pipeline, CPU, width, height, steps=2)
+
+
+# --- the GPU fast path's options, exercised on the CPU -------------------------------------
+
+GIB = 2**30
+CUDA = torch.device("cuda")  # a device object only: nothing here touches a GPU
+
+
+@pytest.mark.parametrize(
+    ("free", "expected"),
+    [(80 * GIB, "gpu"), (40 * GIB, "gpu"), (24 * GIB, "model_offload"),
+     (16 * GIB, "model_offload"), (12 * GIB, "sequential_offload")],
+)  # fmt: skip
+def test_auto_memory_mode_follows_the_free_vram(free, expected):
+    assert resolve_memory_mode("auto", CUDA, free_bytes=free) == expected
+
+
+@pytest.mark.parametrize("mode", ["gpu", "model_offload", "sequential_offload"])
+def test_an_explicit_memory_mode_is_kept_on_a_gpu(mode):
+    assert resolve_memory_mode(mode, CUDA, free_bytes=0) == mode
+
+
+def test_auto_memory_mode_stays_on_the_cpu():
+    assert resolve_memory_mode("auto", CPU) == "cpu"
+
+
+@pytest.mark.parametrize("mode", ["gpu", "model_offload", "sequential_offload", "bogus"])
+def test_gpu_memory_modes_and_unknown_modes_are_rejected_on_the_cpu(mode):
+    with pytest.raises(ValueError, match="memory_mode"):
+        resolve_memory_mode(mode, CPU)
+
+
+@pytest.mark.parametrize("option", ["compile", "fp8"])
+def test_compile_and_fp8_refuse_sequential_offload(option):
+    with pytest.raises(ValueError, match="sequential_offload"):
+        check_options(CUDA, "sequential_offload", **{"compile": False, "fp8": False, option: True})
+
+
+def test_fp8_without_cuda_fails_at_load_with_a_clear_message(tiny_dirs):
+    with pytest.raises(ValueError, match="fp8 needs a CUDA GPU of compute capability 8.9"):
+        Renderer.from_pretrained(str(tiny_dirs[0]), None, CPU, width=64, height=64, fp8=True)
+
+
+def test_a_gpu_memory_mode_on_the_cpu_fails_at_load(tiny_dirs):
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        Renderer.from_pretrained(str(tiny_dirs[0]), None, CPU, memory_mode="model_offload")
+
+
+class _RecordingPipeline:
+    def __init__(self):
+        self.calls = []
+
+    def to(self, device):
+        self.calls.append(("to", device))
+
+    def enable_model_cpu_offload(self, device):
+        self.calls.append(("model_offload", device))
+
+    def enable_sequential_cpu_offload(self, device):
+        self.calls.append(("sequential_offload", device))
+
+
+@pytest.mark.parametrize(
+    ("placement", "call"),
+    [("cpu", "to"), ("gpu", "to"), ("model_offload", "model_offload"),
+     ("sequential_offload", "sequential_offload")],
+)  # fmt: skip
+def test_each_placement_calls_its_diffusers_method(placement, call):
+    pipeline = _RecordingPipeline()
+    place_pipeline(pipeline, CUDA, placement)
+    assert pipeline.calls == [(call, CUDA)]
+
+
+def test_vae_tiling_and_slicing_are_switched_on_by_the_options(tiny_dirs):
+    sliced = Renderer.from_pretrained(
+        str(tiny_dirs[0]), None, CPU, width=WIDTH, height=HEIGHT, steps=2,
+        vae_tiling=True, vae_slicing=True,
+    )  # fmt: skip
+    assert sliced.pipeline.vae.use_tiling and sliced.pipeline.vae.use_slicing
+    result = sliced(["a red linen dress"], [7])
+    assert result.images[0].size == (WIDTH, HEIGHT)
+
+
+def test_the_plain_renderer_neither_tiles_nor_slices(renderer):
+    assert not renderer.pipeline.vae.use_tiling and not renderer.pipeline.vae.use_slicing
+
+
+def test_the_loader_passes_render_options_through(tiny_profile):
+    from workers.loader import load_runtimes
+
+    with pytest.raises(ValueError, match="fp8"):
+        load_runtimes(("render",), tiny_profile, "cpu", render_options={"fp8": True})
+
+
+def test_compiled_blocks_render_the_same_pixels_as_eager(tiny_dirs, renderer):
+    compiled = Renderer.from_pretrained(
+        str(tiny_dirs[0]), None, CPU, width=WIDTH, height=HEIGHT, steps=2, compile=True
+    )
+    transformer = compiled.pipeline.transformer
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    assert all(block._compiled_call_impl is not None for block in blocks)
+    first = pixels(compiled(["a red linen dress"], [7]))[0]
+    eager = pixels(renderer(["a red linen dress"], [7]))[0]
+    assert np.abs(first - eager).max() <= 1

@@ -31,6 +31,7 @@ def make_article(**columns) -> Article:
         "source_row": 2,
         "source_text": "Damen-Bluse\nLeichte Bluse aus Viskose.",
         "render_attempt": 1,
+        "attempt_base": 1,
     } | columns
     article = Article(**values)
     article.renders = []

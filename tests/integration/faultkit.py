@@ -1,0 +1,160 @@
+"""Shared pieces of the fault-injection tests: environment, services, tallies."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from db.engine import make_engine, session_factory
+from db.models import TERMINAL_STATUSES, Article, ArticleStatus, StageRun
+
+REPO = Path(__file__).resolve().parents[2]
+REPORT_ENV = "FARM_FAULT_REPORT"
+
+
+def fault_env(farm_env: dict, plan: Path, **overrides: str) -> dict:
+    """Worker environment with fault-injecting tiny runtimes and short delivery timings."""
+    env = farm_env | {
+        "FARM_RUNTIME_FACTORY": "tests.faults:load",
+        "FARM_FAULT_PLAN": str(plan),
+        "FARM_DEVICE": "cpu",
+        "FARM_TASK_TIME_LIMIT": "6",
+        "FARM_LEASE_SECONDS": "8",
+        "FARM_VISIBILITY_TIMEOUT": "12",
+        "PYTHONPATH": str(REPO),
+    }
+    return env | overrides
+
+
+def sessions(env: dict):
+    return session_factory(make_engine(env["FARM_DATABASE_URL"]))
+
+
+def wait_for_run(env: dict, stage: str, outcome: str = "running", timeout: float = 60) -> None:
+    """Wait until a stage run of ``stage`` with ``outcome`` exists."""
+    deadline = time.monotonic() + timeout
+    factory = sessions(env)
+    while time.monotonic() < deadline:
+        with factory() as session:
+            found = session.scalar(
+                select(func.count())
+                .select_from(StageRun)
+                .where(StageRun.stage == stage, StageRun.outcome == outcome)
+            )
+        if found:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {outcome} {stage} run within {timeout}s")
+
+
+def ok_runs(env: dict) -> dict[tuple[str, str], int]:
+    """(article key, stage) → number of successful runs."""
+    with sessions(env)() as session:
+        rows = session.execute(
+            select(Article.key, StageRun.stage, func.count())
+            .join(StageRun, StageRun.article_id == Article.id)
+            .where(StageRun.outcome == "ok")
+            .group_by(Article.key, StageRun.stage)
+        ).all()
+    return {(key, stage): count for key, stage, count in rows}
+
+
+def tally(env: dict) -> dict[str, int]:
+    """Articles submitted, completed (done), failed with a reason, lost and duplicated."""
+    with sessions(env)() as session:
+        articles = list(session.scalars(select(Article)))
+    runs = ok_runs(env)
+    ended = {s.value for s in TERMINAL_STATUSES}
+    return {
+        "submitted": len(articles),
+        "completed": sum(a.status == ArticleStatus.done.value for a in articles),
+        "failed_with_reason": sum(
+            a.status == ArticleStatus.failed.value and bool(a.error) for a in articles
+        ),
+        "lost": sum(a.status not in ended for a in articles),
+        "duplicated": len({key for (key, _stage), count in runs.items() if count > 1}),
+    }
+
+
+def record(scenario: str, counts: dict[str, int]) -> None:
+    """Append a scenario's tally to the report file that bench/faults.py reads, if set."""
+    target = os.environ.get(REPORT_ENV)
+    if target:
+        with open(target, "a") as stream:
+            stream.write(json.dumps({"scenario": scenario, **counts}) + "\n")
+
+
+def received(logs: list[Path], task: str) -> int:
+    """How many times workers received ``task``, by their logs ("Task farm.x[id] received")."""
+    return sum(
+        1
+        for log in logs
+        for line in log.read_text().splitlines()
+        if f"Task {task}[" in line and line.rstrip().endswith("received")
+    )
+
+
+def redis_stop() -> None:
+    subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], check=False
+    )
+    _wait(lambda: not _redis_up(), "redis to stop")
+
+
+def redis_start() -> None:
+    if not _redis_up():
+        subprocess.run(
+            ["redis-server", "--bind", "127.0.0.1", "--port", "6379", "--save", "",
+             "--appendonly", "no", "--daemonize", "yes"],
+            check=True,
+        )  # fmt: skip
+    _wait(_redis_up, "redis to start")
+
+
+def _redis_up() -> bool:
+    probe = ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "ping"]
+    return subprocess.run(probe, capture_output=True, text=True).stdout.strip() == "PONG"
+
+
+def postgres_restart() -> None:
+    """Restart the PostgreSQL serving 127.0.0.1:5432 (the system cluster or CI's private one)."""
+    if shutil.which("pg_lsclusters") and _system_cluster():
+        version = _system_cluster()
+        subprocess.run(["pg_ctlcluster", version, "main", "restart"], check=True)
+    else:
+        pg_ctl = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1]
+        command = [str(pg_ctl), "-D", "/tmp/fashion-farm-pg", "-w", "restart"]
+        subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True)
+    _wait(
+        lambda: subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode == 0,
+        "postgres to accept connections",
+    )
+
+
+def _system_cluster() -> str | None:
+    listing = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        fields = line.split()
+        if (
+            len(fields) >= 4
+            and fields[1] == "main"
+            and fields[2] == "5432"
+            and fields[3] == "online"
+        ):
+            return fields[0]
+    return None
+
+
+def _wait(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -1,0 +1,332 @@
+"""Lose nothing: each fault scenario on real Redis, PostgreSQL and `celery worker` processes.
+
+Faults are injected through ``tests.faults`` (a runtime factory wrapping the tiny models) or
+done to the processes and services themselves. Every test ends with a tally of articles
+submitted / completed / failed-with-reason / lost / duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from kombu import Connection, Exchange, Producer, Queue
+from sqlalchemy import select
+
+from db.models import Article, ArticleStatus, Render, StageRun
+from tasks.queues import TEXT_QUEUE
+from tasks.stages import render_seed
+from tests.faults import fired, write_plan
+from tests.integration import faultkit as kit
+from tests.integration.farmproc import farm, wait_until_ended
+from tests.integration.test_operations import catalog_rows, write_csv
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def plan(tmp_path):
+    return write_plan(tmp_path / "plan.json", [])
+
+
+def submit(env: dict, tmp_path: Path, count: int) -> str:
+    result = farm(env, "submit", str(write_csv(tmp_path / "c.csv", catalog_rows(count))))
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def finish(env: dict, scenario: str, timeout: float = 120) -> dict[str, int]:
+    wait_until_ended(env["FARM_DATABASE_URL"], timeout)
+    counts = kit.tally(env)
+    kit.record(scenario, counts)
+    assert counts["lost"] == 0 and counts["duplicated"] == 0, counts
+    return counts
+
+
+def renders_per_article(env: dict) -> dict[str, int]:
+    with kit.sessions(env)() as session:
+        rows = session.execute(select(Article.key, Render.attempt).join(Render)).all()
+    counts: dict[str, int] = {}
+    for key, _attempt in rows:
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def test_a_pool_child_killed_mid_render_comes_back_and_completes_once(
+    farm_env, start_worker, plan, tmp_path
+):
+    env = kit.fault_env(farm_env, plan)
+    write_plan(plan, [{"stage": "render", "action": "sleep", "seconds": 4}])
+    worker = start_worker("all", env=env)
+    submit(env, tmp_path, 2)
+    kit.wait_for_run(env, "render")
+    for child in worker.children():
+        os.kill(child, signal.SIGKILL)
+
+    counts = finish(env, "pool child killed mid-render")
+    assert counts["completed"] == 2
+    assert renders_per_article(env) == {"SKU-1": 1, "SKU-2": 1}
+    with kit.sessions(env)() as session:
+        outcomes = session.scalars(select(StageRun.outcome).where(StageRun.stage == "render"))
+        assert "lost" in set(outcomes)
+    assert worker.process.poll() is None
+
+
+def test_an_article_that_kills_its_worker_every_time_fails_after_bounded_attempts(
+    farm_env, start_worker, plan, tmp_path
+):
+    env = kit.fault_env(farm_env, plan, FARM_MAX_STAGE_ATTEMPTS="2")
+    seed = str(render_seed("SKU-1", 1))
+    write_plan(plan, [{"stage": "render", "action": "kill", "match": seed, "times": 99}])
+    start_worker("all", env=env)
+    submit(env, tmp_path, 2)
+
+    counts = finish(env, "poison article kills its worker", timeout=150)
+    with kit.sessions(env)() as session:
+        poison = session.scalars(select(Article).where(Article.key == "SKU-1")).one()
+    assert poison.status == ArticleStatus.failed.value
+    assert poison.error_kind == "AttemptsExhausted" and poison.error_stage == "render"
+    assert counts["completed"] == 1 and counts["failed_with_reason"] == 1
+    assert len(fired(plan)) == 2
+
+
+def test_a_worker_killed_outright_is_redelivered_and_sends_the_next_stage_once(
+    farm_env, start_worker, plan, tmp_path
+):
+    env = kit.fault_env(farm_env, plan)
+    write_plan(plan, [{"stage": "render", "action": "sleep", "seconds": 3}])
+    first = start_worker("all", env=env)
+    submit(env, tmp_path, 1)
+    kit.wait_for_run(env, "render")
+    children = first.children()
+    os.kill(first.process.pid, signal.SIGKILL)
+    for child in children:
+        os.kill(child, signal.SIGKILL)
+    second = start_worker("all", env=env)
+
+    counts = finish(env, "worker main process killed", timeout=90)
+    assert counts["completed"] == 1
+    assert renders_per_article(env) == {"SKU-1": 1}
+    assert kit.received([first.log_path, second.log_path], "farm.score") == 1
+
+
+def test_a_task_outliving_the_visibility_timeout_writes_one_output(
+    farm_env, start_worker, plan, tmp_path
+):
+    env = kit.fault_env(
+        farm_env,
+        plan,
+        FARM_TASK_TIME_LIMIT="40",
+        FARM_LEASE_SECONDS="45",
+        FARM_VISIBILITY_TIMEOUT="6",
+    )
+    write_plan(plan, [{"stage": "render", "action": "sleep", "seconds": 14}])
+    first = start_worker("all", env=env)
+    second = start_worker("all", env=env)
+    submit(env, tmp_path, 1)
+
+    counts = finish(env, "task outlives the visibility timeout", timeout=150)
+    assert counts["completed"] == 1
+    assert renders_per_article(env) == {"SKU-1": 1}
+    assert kit.ok_runs(env)[("SKU-1", "render")] == 1
+    logs = [first.log_path, second.log_path]
+    assert kit.received(logs, "farm.render") >= 2  # it really was delivered twice
+    assert kit.received(logs, "farm.score") == 1
+
+
+def test_a_hanging_render_hits_the_hard_time_limit_and_is_retried(
+    farm_env, start_worker, plan, tmp_path
+):
+    env = kit.fault_env(farm_env, plan, FARM_TASK_TIME_LIMIT="4", FARM_LEASE_SECONDS="6")
+    write_plan(plan, [{"stage": "render", "action": "hang"}])
+    worker = start_worker("all", env=env)
+    before = set(worker.children())
+    submit(env, tmp_path, 1)
+
+    counts = finish(env, "render hangs past the hard time limit", timeout=90)
+    assert counts["completed"] == 1
+    with kit.sessions(env)() as session:
+        outcomes = list(session.scalars(select(StageRun.outcome).where(StageRun.stage == "render")))
+    assert outcomes.count("timeout") == 1 and outcomes.count("ok") == 1
+    assert worker.process.poll() is None
+    assert set(worker.children()) - before  # the killed child was replaced
+
+
+def test_a_warm_shutdown_mid_task_finishes_the_task_and_loses_nothing(
+    farm_env, start_worker, plan, tmp_path
+):
+    env = kit.fault_env(farm_env, plan)
+    write_plan(plan, [{"stage": "render", "action": "sleep", "seconds": 3}])
+    first = start_worker("all", env=env)
+    submit(env, tmp_path, 3)
+    kit.wait_for_run(env, "render")
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(60) == 0
+    kit.wait_for_run(env, "render", outcome="ok", timeout=1)  # the running render finished
+    start_worker("all", env=env)
+
+    counts = finish(env, "warm shutdown mid-task")
+    assert counts["completed"] == 3
+    assert renders_per_article(env) == {"SKU-1": 1, "SKU-2": 1, "SKU-3": 1}
+
+
+@pytest.fixture
+def redis_restored():
+    yield
+    kit.redis_start()
+
+
+def requeue_stuck_until_ended(env: dict, timeout: float = 150) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with kit.sessions(env)() as session:
+            ended = session.scalars(select(Article.status)).all()
+        if all(s in ("done", "failed", "needs_review") for s in ended):
+            return
+        farm(env, "requeue", "--stuck")
+        time.sleep(3)
+    raise AssertionError("articles still in flight")
+
+
+def test_a_redis_restart_mid_batch_loses_no_article(
+    farm_env, start_worker, plan, tmp_path, redis_restored
+):
+    env = kit.fault_env(farm_env, plan, FARM_LEASE_SECONDS="5")
+    write_plan(plan, [{"stage": "render", "action": "sleep", "seconds": 1, "times": 99}])
+    worker = start_worker("all", env=env)
+    submit(env, tmp_path, 5)
+    kit.wait_for_run(env, "score", outcome="ok")
+    kit.redis_stop()  # an in-memory Redis: every queued message is gone
+    time.sleep(2)
+    kit.redis_start()
+
+    requeue_stuck_until_ended(env)
+    counts = finish(env, "redis restarted mid-batch")
+    assert counts["completed"] == 5
+    assert worker.process.poll() is None  # it reconnected instead of dying
+
+
+def test_redis_down_at_submit_is_a_clear_error_and_stored_articles_are_republished(
+    farm_env, start_worker, plan, tmp_path, redis_restored
+):
+    from producer.catalog import read_catalog
+    from producer.imports import import_catalog
+
+    env = kit.fault_env(farm_env, plan, FARM_LEASE_SECONDS="1")
+    kit.redis_stop()
+    catalog = write_csv(tmp_path / "c.csv", catalog_rows(3))
+    refused = farm(env, "submit", str(catalog))
+    assert refused.returncode == 3
+    assert "cannot reach the broker" in refused.stderr and "Traceback" not in refused.stderr
+    assert kit.tally(env)["submitted"] == 0
+    kit.redis_start()
+
+    # A producer that died after storing and before sending: rows without messages.
+    with kit.sessions(env)() as session:
+        import_catalog(session, read_catalog([catalog]), "crashed", {"profile": "tiny"})
+    start_worker("all", env=env)
+    time.sleep(1.5)
+    requeued = farm(env, "requeue", "--stuck")
+    assert requeued.returncode == 0 and "3 articles requeued" in requeued.stderr
+    counts = finish(env, "redis down while submitting")
+    assert counts["completed"] == 3
+
+
+def test_a_postgres_restart_mid_batch_is_retried_and_every_article_completes(
+    farm_env, start_worker, plan, tmp_path
+):
+    env = kit.fault_env(farm_env, plan)
+    write_plan(plan, [{"stage": "render", "action": "sleep", "seconds": 1, "times": 99}])
+    start_worker("all", env=env)
+    submit(env, tmp_path, 4)
+    kit.wait_for_run(env, "render", outcome="ok")
+    kit.postgres_restart()
+
+    counts = finish(env, "postgres restarted mid-batch", timeout=150)
+    assert counts["completed"] == 4
+    assert set(renders_per_article(env).values()) == {1}
+
+
+def test_poison_messages_are_refused_and_a_failing_article_does_not_stop_the_others(
+    farm_env, start_worker, plan, tmp_path
+):
+    env = kit.fault_env(farm_env, plan, FARM_RETRY_BACKOFF_SECONDS="0.1")
+    write_plan(plan, [{"stage": "translate", "action": "raise", "match": "Nr. 1\n", "times": 99}])
+    worker = start_worker("all", env=env)
+    queue = Queue(TEXT_QUEUE, Exchange(TEXT_QUEUE), routing_key=TEXT_QUEUE)
+    with Connection(env["FARM_BROKER_URL"]) as connection:
+        producer = Producer(connection)
+        unknown = {"id": "x1", "task": "farm.no_such_task", "args": [1], "kwargs": {}}
+        producer.publish(
+            json.dumps([[1], {}, {}]),
+            routing_key=TEXT_QUEUE,
+            declare=[queue],
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={"task": unknown["task"], "id": unknown["id"], "lang": "py"},
+        )
+        producer.publish(
+            {"anything": 1},
+            routing_key=TEXT_QUEUE,
+            declare=[queue],
+            serializer="pickle",
+            headers={"task": "farm.translate", "id": "x2", "lang": "py"},
+        )
+    submit(env, tmp_path, 3)
+
+    counts = finish(env, "poison messages and a deterministic failure")
+    assert counts["completed"] == 2 and counts["failed_with_reason"] == 1
+    with kit.sessions(env)() as session:
+        failed = session.scalars(select(Article).where(Article.status == "failed")).one()
+    assert failed.key == "SKU-1" and failed.error_stage == "translate"
+    assert failed.error_kind == "RuntimeError" and "injected failure" in failed.error
+    log = worker.log_path.read_text()
+    assert "farm.no_such_task" in log
+    assert "ContentDisallowed" in log or "Refusing to deserialize" in log
+    assert worker.process.poll() is None
+
+
+def test_cuda_out_of_memory_in_render_is_retried_and_the_worker_keeps_serving(
+    farm_env, start_worker, plan, tmp_path
+):
+    env = kit.fault_env(farm_env, plan)
+    write_plan(plan, [{"stage": "render", "action": "oom"}])
+    worker = start_worker("all", env=env)
+    submit(env, tmp_path, 2)
+
+    counts = finish(env, "CUDA out of memory in render")
+    assert counts["completed"] == 2
+    with kit.sessions(env)() as session:
+        retried = session.scalars(
+            select(StageRun.error).where(StageRun.stage == "render", StageRun.outcome == "retry")
+        ).all()
+    assert len(retried) == 1 and "OutOfMemoryError" in retried[0]
+    assert worker.process.poll() is None
+
+
+def test_an_unwritable_output_folder_fails_the_attempt_clearly_and_it_is_retried(
+    farm_env, start_worker, plan, tmp_path
+):
+    blocked = tmp_path / "out"
+    blocked.write_text("a file where the output folder should be")
+    env = kit.fault_env(
+        farm_env, plan, FARM_OUTPUT_DIR=str(blocked), FARM_RETRY_BACKOFF_SECONDS="2"
+    )
+    start_worker("all", env=env)
+    submit(env, tmp_path, 1)
+    kit.wait_for_run(env, "render", outcome="retry")
+    with kit.sessions(env)() as session:
+        error = session.scalars(select(StageRun.error).where(StageRun.outcome == "retry")).first()
+        assert session.scalars(select(Render)).first() is None  # no row claims a missing image
+    assert "cannot write image" in error
+    blocked.unlink()
+
+    counts = finish(env, "output folder unwritable")
+    assert counts["completed"] == 1
+    with kit.sessions(env)() as session:
+        for render in session.scalars(select(Render)):
+            assert Path(render.image_path).is_file()
