@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint unit integration services bench-tiny
+.PHONY: setup demo test lint unit integration services bench-tiny bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,9 @@ integration: setup services
 
 test: setup services lint
 	$(BIN)/pytest tests -q -ra
+
+# The CPU benchmarks in quick mode (Redis and PostgreSQL needed); bench/README.md has the rest.
+bench: setup services
+	$(BIN)/python -m bench.overhead --quick
+	$(BIN)/python -m bench.submit --quick
+	$(BIN)/python -m bench.scale --quick

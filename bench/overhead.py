@@ -205,8 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         The exit code.
     """
     args = parse_args(argv)
-    print(f"overhead: {args.rounds} rounds x {args.articles} articles per side, CPU only, "
-          f"{os.cpu_count()} cores, prefork concurrency {CONCURRENCY}", flush=True)  # fmt: skip
+    print(
+        f"overhead: {args.rounds} rounds x {args.articles} articles per side, CPU only, "
+        f"{os.cpu_count()} cores, prefork concurrency {CONCURRENCY}",
+        flush=True,
+    )
     with (
         interrupt_on_sigterm(),
         tempfile.TemporaryDirectory(prefix="bench-overhead-") as workdir,

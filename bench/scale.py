@@ -152,9 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         The exit code.
     """
     args = parse_args(argv)
-    print(f"scale: {args.articles} articles, {GPU_PROCESSES} GPU-queue processes, "
-          f"render {args.render_seconds}s per image (sleep, no GPU on this machine), "
-          f"{os.cpu_count()} CPU cores", flush=True)  # fmt: skip
+    print(
+        f"scale: {args.articles} articles, {GPU_PROCESSES} GPU-queue processes, "
+        f"render {args.render_seconds}s per image (sleep, no GPU on this machine), "
+        f"{os.cpu_count()} CPU cores",
+        flush=True,
+    )
     with (
         interrupt_on_sigterm(),
         tempfile.TemporaryDirectory(prefix="bench-scale-") as workdir,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,7 +60,10 @@ def redis_database(number: int) -> Iterator[str]:
     try:
         yield url
     finally:
-        client.flushdb()
+        try:
+            client.flushdb()
+        except redis.ConnectionError as error:  # Redis went away: nothing left to flush
+            print(f"warning: could not flush {url}: {error}", file=sys.stderr)
         client.close()
 
 

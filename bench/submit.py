@@ -163,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         The exit code.
     """
     args = parse_args(argv)
-    print(f"submit: {args.articles} articles, {args.rounds} rounds per side, CPU only, "
-          f"{os.cpu_count()} cores", flush=True)  # fmt: skip
+    print(
+        f"submit: {args.articles} articles, {args.rounds} rounds per side, CPU only, "
+        f"{os.cpu_count()} cores",
+        flush=True,
+    )
     with (
         interrupt_on_sigterm(),
         tempfile.TemporaryDirectory(prefix="bench-submit-") as workdir,

@@ -24,6 +24,10 @@ def celery_config(settings: Settings) -> dict:
     """
     transport = {
         "visibility_timeout": settings.visibility_timeout,
+        # Sweep for unacknowledged messages whose visibility ran out every few seconds
+        # (kombu's default sweep is ~100 s apart), so a lost delivery comes back promptly.
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+        "unacked_restore_throttle": 1,
         "priority_steps": PRIORITY_STEPS,
         "queue_order_strategy": "priority",
     }

@@ -135,17 +135,8 @@ class Renderer:
         pipeline = FluxPipeline.from_pretrained(
             model_id, dtype=dtype or default_dtype(device), **kwargs
         )
-        if placement in ("cpu", "gpu"):
-            pipeline.to(device)  # before the LoRA: fusing is faster on the card
-        if lora:
-            fuse_lora(pipeline, lora, lora_scale)
-        if fp8:
-            quantize_fp8(pipeline.transformer)
-        place_pipeline(pipeline, device, placement)
-        set_vae_memory(pipeline, tiling=vae_tiling, slicing=vae_slicing)
-        pipeline.set_progress_bar_config(disable=True)
-        if compile:
-            compile_transformer(pipeline.transformer)
+        fast_path = dict(compile=compile, fp8=fp8, vae_tiling=vae_tiling, vae_slicing=vae_slicing)
+        prepare_pipeline(pipeline, device, placement, lora, lora_scale, **fast_path)
         renderer = cls(pipeline, device, width, height, steps, **init_kwargs)
         if compile:
             renderer.warm_up()
@@ -237,6 +228,44 @@ def resolve_memory_mode(mode: str, device: torch.device, free_bytes: int | None 
     return "sequential_offload"
 
 
+def prepare_pipeline(
+    pipeline: FluxPipeline,
+    device: torch.device,
+    placement: str,
+    lora: str | None = None,
+    lora_scale: float = 1.0,
+    *,
+    compile: bool = False,
+    fp8: bool = False,
+    vae_tiling: bool = False,
+    vae_slicing: bool = False,
+) -> None:
+    """Apply the load-time fast path to a pipeline fresh from ``from_pretrained``.
+
+    Args:
+        pipeline: the FLUX pipeline, still on the CPU.
+        device: the device the renderer runs on.
+        placement: the result of :func:`resolve_memory_mode`.
+        lora: hub id or local folder of a LoRA to fuse, or ``None``.
+        lora_scale: strength the LoRA is fused with.
+        compile: compile the transformer's repeated blocks (they compile on the first call).
+        fp8: quantise the transformer's linear layers to float8.
+        vae_tiling: decode in tiles.
+        vae_slicing: decode a batch one image at a time.
+    """
+    if placement in ("cpu", "gpu"):
+        pipeline.to(device)  # before the LoRA: fusing is faster on the card
+    if lora:
+        fuse_lora(pipeline, lora, lora_scale)
+    if fp8:
+        quantize_fp8(pipeline.transformer)
+    place_pipeline(pipeline, device, placement)
+    set_vae_memory(pipeline, tiling=vae_tiling, slicing=vae_slicing)
+    pipeline.set_progress_bar_config(disable=True)
+    if compile:
+        compile_transformer(pipeline.transformer)
+
+
 def check_options(device: torch.device, placement: str, compile: bool, fp8: bool) -> None:
     """Raise ``ValueError`` before anything is loaded when the options cannot work together.
 
@@ -319,7 +348,7 @@ def place_pipeline(pipeline: FluxPipeline, device: torch.device, placement: str)
     elif placement == "sequential_offload":
         pipeline.enable_sequential_cpu_offload(device=device)
     else:
-        pipeline.to(device)
+        pipeline.to(device)  # a no-op when it is there already
 
 
 def set_vae_memory(pipeline: FluxPipeline, tiling: bool, slicing: bool) -> None:

@@ -1,0 +1,46 @@
+"""CI smoke test of the GPU benchmark: ``bench/gpu.py --tiny`` on the CPU with the tiny models."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+LAST_LINE = re.compile(r"images_per_hour: (\d+(?:\.\d+)?)")
+CONFIG_LINE = re.compile(r"batch (\d+): ([\d.]+) s/image .*\| (\d+) images/h")
+
+
+@pytest.fixture(scope="module")
+def run(model_cache):
+    return subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--tiny", "--model-cache", str(model_cache)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_it_exits_cleanly_and_says_there_is_no_gpu(run):
+    assert run.returncode == 0, run.stderr
+    assert "CPU (no GPU)" in run.stdout
+
+
+def test_the_last_line_is_images_per_hour_with_a_positive_number(run):
+    last = run.stdout.strip().splitlines()[-1]
+    match = LAST_LINE.fullmatch(last)
+    assert match, last
+    assert float(match.group(1)) > 0
+
+
+def test_images_per_hour_is_the_fastest_configuration_measured(run):
+    configs = [CONFIG_LINE.search(line) for line in run.stdout.splitlines()]
+    configs = [match for match in configs if match]
+    assert {int(match.group(1)) for match in configs} == {1, 2, 4}
+    best = max(int(match.group(3)) for match in configs)
+    reported = float(LAST_LINE.search(run.stdout).group(1))
+    assert abs(reported - best) <= 1  # the table rounds to whole images per hour
+    assert abs(reported - 3600 / min(float(m.group(2)) for m in configs)) / reported < 0.1
+
+
+def test_fp8_is_refused_on_the_cpu_with_the_reason(run):
+    assert "fp8: skipped, fp8 needs a CUDA GPU" in run.stdout

@@ -1,0 +1,73 @@
+"""Benchmark building blocks that run in a blink: fake runtimes, real-shape model configs,
+synthetic catalogs and the CPU meter."""
+
+import os
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from bench import fake_runtimes, scale  # noqa: E402
+from bench.catalog import synthetic_rows, write_workbook  # noqa: E402
+from bench.cpuload import CpuMeter  # noqa: E402
+from bench.gpu_models import build_parts, parameter_count, real_spec  # noqa: E402
+from producer.catalog import read_catalog  # noqa: E402
+from tasks.settings import Settings  # noqa: E402
+
+
+def test_zero_cost_runtimes_answer_like_the_real_ones():
+    runtimes = fake_runtimes.zero_cost(("translate", "extract", "render", "score"), Settings())
+    assert runtimes.translate(["Ein Kleid"]).texts == ["Ein Kleid"]
+    attributes = runtimes.extract(["A dress"]).attributes[0]
+    assert set(attributes) == set(fake_runtimes.ATTRIBUTES)
+    images = runtimes.render(["a dress", "a coat"], [1, 2]).images
+    assert [image.size for image in images] == [(16, 16)] * 2
+    assert runtimes.score(images, ["a", "b"]).scores == [30.0, 30.0]
+    assert runtimes.profile.width == 16
+
+
+def test_a_worker_gets_only_its_own_stages():
+    runtimes = fake_runtimes.zero_cost(("render", "score"), Settings())
+    assert runtimes.translate is None and runtimes.render is not None
+
+
+def test_fixed_render_sleeps_the_configured_time_per_image(monkeypatch):
+    monkeypatch.setenv(scale.RENDER_SECONDS_ENV, "0.05")
+    runtimes = fake_runtimes.fixed_render(("render",), Settings())
+    assert runtimes.render(["a", "b"], [1, 2]).seconds >= 0.1
+
+
+def test_the_scale_benchmark_and_the_fake_renderer_agree_on_the_variable():
+    assert scale.RENDER_SECONDS_ENV == fake_runtimes.RENDER_SECONDS_ENV
+
+
+def test_real_shape_models_have_the_published_sizes(tiny_profile):
+    # Built on the meta device: shapes only, no memory, no time.
+    parts = build_parts(real_spec(tiny_profile), torch.device("meta"), torch.bfloat16)
+    billions = {
+        "flux": parameter_count(parts.pipeline.transformer) / 1e9,
+        "t5": parameter_count(parts.pipeline.text_encoder_2) / 1e9,
+        "phi3": parameter_count(parts.phi3) / 1e9,
+        "clip": parameter_count(parts.clip) / 1e9,
+        "marian": parameter_count(parts.marian) / 1e9,
+    }
+    expected = {"flux": 11.9, "t5": 4.76, "phi3": 3.82, "clip": 0.428, "marian": 0.074}
+    for name, size in expected.items():
+        assert billions[name] == pytest.approx(size, rel=0.02), name
+
+
+def test_the_synthetic_workbook_reads_back_as_the_same_articles(tmp_path):
+    path = write_workbook(tmp_path / "catalog.xlsx", 25, seed=3)
+    rows = read_catalog([path])
+    expected = synthetic_rows(25, seed=3)
+    assert [row.key for row in rows] == [row.key for row in expected]
+    assert [row.source_text for row in rows] == [row.source_text for row in expected]
+
+
+def test_the_cpu_meter_gives_a_share_between_0_and_1():
+    meter = CpuMeter()
+    meter.start()
+    sum(range(2_000_000))
+    busy = meter.busy()
+    assert busy is None or 0.0 <= busy <= 1.0
