@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint unit integration services bench-tiny bench
+.PHONY: setup demo test lint unit integration services browser bench faults
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: setup
 services:
 	.ci/services
 
+browser:
+	.ci/browser
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -30,10 +33,10 @@ lint: setup
 unit: setup
 	$(BIN)/pytest tests/unit -q
 
-integration: setup services
+integration: setup services browser
 	$(BIN)/pytest tests/integration -q
 
-test: setup services lint
+test: setup services browser lint
 	$(BIN)/pytest tests -q -ra
 
 # The CPU benchmarks in quick mode (Redis and PostgreSQL needed); bench/README.md has the rest.
@@ -41,3 +44,7 @@ bench: setup services
 	$(BIN)/python -m bench.overhead --quick
 	$(BIN)/python -m bench.submit --quick
 	$(BIN)/python -m bench.scale --quick
+
+# The fault-injection suite and the bad-input corpus, totalled (README "Reliability").
+faults: setup services
+	$(BIN)/python -m bench.faults
