@@ -120,16 +120,7 @@ def claim_stage(
     if claimed:
         attempt = session.scalar(select(Article.stage_attempts).where(Article.id == article_id))
         # Runs still "running" lost their worker (killed, timed out): the lease ran out on them.
-        session.execute(
-            update(StageRun)
-            .where(
-                StageRun.article_id == article_id,
-                StageRun.stage == stage,
-                StageRun.outcome == "running",
-            )
-            .values(outcome="lost")
-            .execution_options(synchronize_session=False)
-        )
+        _close_running_runs(session, article_id, stage, "lost")
         run = StageRun(article_id=article_id, stage=stage, attempt=attempt, worker=worker)
         session.add(run)
         session.commit()
@@ -270,6 +261,13 @@ def abandon_stage(session: Session, article_id: int, stage: str, error: str) -> 
         .values(lease_token=None, lease_stage=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
+    _close_running_runs(session, article_id, stage, "timeout", error[:4000])
+    session.commit()
+
+
+def _close_running_runs(
+    session: Session, article_id: int, stage: str, outcome: str, error: str | None = None
+) -> None:
     session.execute(
         update(StageRun)
         .where(
@@ -277,10 +275,9 @@ def abandon_stage(session: Session, article_id: int, stage: str, error: str) -> 
             StageRun.stage == stage,
             StageRun.outcome == "running",
         )
-        .values(outcome="timeout", error=error[:4000])
+        .values(outcome=outcome, error=error)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
 
 
 def fail_article(

@@ -15,9 +15,9 @@ import outlines
 import pydantic
 import torch
 from pydantic import Field
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
-from workers.devices import default_dtype
+from workers.text_models import check_texts, load_model_and_tokenizer
 
 SYSTEM_PROMPT = (
     "You extract product attributes for a fashion catalog. Read the English product "
@@ -34,7 +34,6 @@ MAX_BYTES_PER_CHAR = 4
 SAFETY_FACTOR = 1.25
 # from_pretrained keyword arguments that concern where files come from, so the tokenizer gets
 # them too; the rest are for the model only.
-_HUB_KWARGS = ("cache_dir", "revision", "local_files_only", "token", "subfolder")
 _OPTIONS = ("max_batch", "max_new_tokens")
 
 
@@ -139,11 +138,9 @@ class Extractor:
         Returns:
             A ready extractor.
         """
-        dtype = dtype or default_dtype(device)
-        options = {key: kwargs.pop(key) for key in _OPTIONS if key in kwargs}
-        hub_kwargs = {key: value for key, value in kwargs.items() if key in _HUB_KWARGS}
-        tokenizer = AutoTokenizer.from_pretrained(model_id, **hub_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, **kwargs)
+        model, tokenizer, options = load_model_and_tokenizer(
+            AutoModelForCausalLM, model_id, device, dtype, _OPTIONS, kwargs
+        )
         return cls(model, tokenizer, device, **options)
 
     def check_inputs(self, texts: list[str]) -> None:
@@ -152,13 +149,7 @@ class Extractor:
         Args:
             texts: the English descriptions.
         """
-        if not isinstance(texts, list) or not texts:
-            raise ValueError("texts must be a non-empty list")
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ValueError(f"texts[{index}] is not a str")
-            if not text.strip():
-                raise ValueError(f"texts[{index}] is empty")
+        check_texts(texts)
 
     def build_prompt(self, text: str) -> str:
         """Build the chat prompt for one description.

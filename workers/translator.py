@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModelForSeq2SeqLM
 
-from workers.devices import default_dtype
+from workers.text_models import check_texts, load_model_and_tokenizer
 
 # Marian models are trained on sentence-sized inputs and accept at most 512 tokens.
 MAX_INPUT_TOKENS = 512
@@ -22,7 +22,6 @@ MAX_LINE_CHARS = 400
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 # from_pretrained keyword arguments that concern where files come from, so the tokenizer gets
 # them too; the rest are for the model only.
-_HUB_KWARGS = ("cache_dir", "revision", "local_files_only", "token", "subfolder")
 _OPTIONS = ("max_batch_lines", "max_new_tokens", "num_beams")
 
 
@@ -109,11 +108,9 @@ class Translator:
         Returns:
             A ready translator.
         """
-        dtype = dtype or default_dtype(device)
-        options = {key: kwargs.pop(key) for key in _OPTIONS if key in kwargs}
-        hub_kwargs = {key: value for key, value in kwargs.items() if key in _HUB_KWARGS}
-        tokenizer = AutoTokenizer.from_pretrained(model_id, **hub_kwargs)
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_id, dtype=dtype, **kwargs)
+        model, tokenizer, options = load_model_and_tokenizer(
+            AutoModelForSeq2SeqLM, model_id, device, dtype, _OPTIONS, kwargs
+        )
         return cls(model, tokenizer, device, **options)
 
     def check_inputs(self, texts: list[str]) -> None:
@@ -122,13 +119,7 @@ class Translator:
         Args:
             texts: the German texts.
         """
-        if not isinstance(texts, list) or not texts:
-            raise ValueError("texts must be a non-empty list")
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ValueError(f"texts[{index}] is not a str")
-            if not text.strip():
-                raise ValueError(f"texts[{index}] is empty")
+        check_texts(texts)
 
     def __call__(self, texts: list[str]) -> TranslationResult:
         """Translate each text, keeping its line structure.
