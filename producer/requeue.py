@@ -123,16 +123,15 @@ def apply(session: Session, plans: Sequence[RequeuePlan]) -> list[tuple[int, str
     """Reset each planned article to its stage's input, in one transaction.
 
     Args:
-        session: a session with no transaction in progress.
+        session: any session; it is committed.
         plans: from :func:`plan`.
 
     Returns:
         (article id, key, from stage) for each article to send.
     """
-    with session.begin():
-        for item in plans:
-            article = session.get(Article, item.article_id)
-            _reset_to(session, article, item.from_stage)
+    for item in plans:
+        _reset_to(session, session.get(Article, item.article_id), item.from_stage)
+    session.commit()
     return [(p.article_id, p.key, p.from_stage) for p in plans]
 
 

@@ -1,0 +1,120 @@
+"""Requeue planning and catalog re-import on SQLite (no broker involved)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from db.engine import make_engine, migrate, session_factory
+from db.models import Article, ArticleStatus, Render
+from producer import requeue
+from producer.catalog import CatalogRow
+from producer.imports import catalog_name, content_hash, import_catalog
+
+SHAPE = {"profile": "tiny", "width": None}
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+    migrate(engine)
+    return session_factory(engine)
+
+
+def row(key: str, description: str = "Rock aus Wolle") -> CatalogRow:
+    return CatalogRow("c.csv", "csv", 2, key, "Rock", description, "Rock", "rot")
+
+
+def test_import_then_reimport_counts_new_changed_and_unchanged(sessions):
+    with sessions() as session:
+        first = import_catalog(session, [row("A"), row("B")], "c.csv", SHAPE)
+    assert (first.created, first.new, first.changed, first.unchanged) == (True, 2, 0, 0)
+    with sessions() as session:
+        again = import_catalog(
+            session, [row("A"), row("B", "Rock aus Leinen"), row("C")], "c.csv", SHAPE
+        )
+    assert again.batch_id == first.batch_id and not again.created
+    assert (again.new, again.changed, again.unchanged) == (1, 1, 1)
+    assert [key for _id, key in again.to_send] == ["C", "B"]
+
+
+def test_the_content_hash_covers_the_settings_that_shape_the_output():
+    assert content_hash(row("A"), SHAPE) == content_hash(row("A"), dict(SHAPE))
+    assert content_hash(row("A"), SHAPE) != content_hash(row("A"), SHAPE | {"width": 512})
+    assert content_hash(row("A"), SHAPE) != content_hash(row("A", "anders"), SHAPE)
+
+
+def test_a_new_batch_is_started_on_request_and_catalog_names_come_from_file_names(sessions):
+    with sessions() as session:
+        first = import_catalog(session, [row("A")], "x", SHAPE)
+        second = import_catalog(session, [row("A")], "x", SHAPE, new_batch=True)
+    assert first.batch_id != second.batch_id and second.new == 1
+    assert catalog_name(["/a/z.csv", "b/a.xlsx"]) == "a.xlsx+z.csv"
+
+
+def finished_article(sessions, status=ArticleStatus.done, renders=1) -> int:
+    with sessions() as session:
+        result = import_catalog(session, [row("A")], "c", SHAPE)
+    with sessions() as session, session.begin():
+        article = session.get(Article, result.to_send[0][0])
+        article.status = status.value
+        article.translation, article.clip_score = "Skirt", 20.0
+        for attempt in range(1, renders + 1):
+            session.add(
+                Render(article_id=article.id, attempt=attempt, seed=attempt, model_id="m",
+                       width=8, height=8, steps=1, image_path="x.png", seconds=0.1,
+                       worker="w", clip_score=20.0)
+            )  # fmt: skip
+        article.render_attempt = renders
+    return article.id
+
+
+def test_requeue_from_render_makes_a_new_attempt_and_keeps_earlier_attempts_comparable(sessions):
+    article_id = finished_article(sessions, renders=2)
+    with sessions() as session:
+        chosen = requeue.select_articles(session, requeue.Selection(keys=["A"]), 60)
+        plans = requeue.plan(chosen)
+        assert [p.from_stage for p in plans] == ["render"]
+        requeue.apply(session, plans)
+    with sessions() as session:
+        article = session.get(Article, article_id)
+        assert article.status == ArticleStatus.extracted.value
+        assert (article.render_attempt, article.attempt_base) == (3, 1)
+        assert article.clip_score is None and article.translation == "Skirt"
+        assert article.requeues == 1
+
+
+def test_requeue_from_translate_starts_a_new_attempt_base(sessions):
+    article_id = finished_article(sessions, ArticleStatus.failed, renders=1)
+    with sessions() as session:
+        requeue.apply(session, requeue.plan([session.get(Article, article_id)], "translate"))
+    with sessions() as session:
+        article = session.get(Article, article_id)
+        assert article.status == ArticleStatus.pending.value
+        assert article.translation is None
+        assert article.render_attempt == article.attempt_base == 2
+
+
+def test_a_stuck_article_resumes_at_its_stage_without_losing_its_attempt(sessions):
+    with sessions() as session:
+        result = import_catalog(session, [row("A"), row("B")], "c", SHAPE)
+    with sessions() as session, session.begin():
+        stuck = session.get(Article, result.to_send[0][0])
+        stuck.status = ArticleStatus.extracted.value
+        stuck.updated_at = stuck.updated_at - timedelta(hours=1)
+    with sessions() as session:
+        chosen = requeue.select_articles(session, requeue.Selection(stuck=True), 60)
+        assert [a.key for a in chosen] == ["A"]  # B is pending but recent: in flight
+        requeue.apply(session, requeue.plan(chosen))
+    with sessions() as session:
+        article = session.scalars(select(Article).where(Article.key == "A")).one()
+        assert article.status == ArticleStatus.extracted.value
+        assert article.render_attempt == 1 and article.requeues == 1
+
+
+def test_articles_in_flight_are_not_requeued(sessions):
+    with sessions() as session:
+        import_catalog(session, [row("A")], "c", SHAPE)
+        assert requeue.select_articles(session, requeue.Selection(keys=["A"]), 60) == []
