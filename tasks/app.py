@@ -7,6 +7,8 @@ settings: the ``farm`` CLI with env vars plus flags, a worker process through
 
 from __future__ import annotations
 
+import ssl
+
 from celery import Celery
 
 from tasks.queues import NORMAL_PRIORITY, PRIORITY_STEPS, ROUTES, TEXT_QUEUE
@@ -31,8 +33,10 @@ def celery_config(settings: Settings) -> dict:
         "priority_steps": PRIORITY_STEPS,
         "queue_order_strategy": "priority",
     }
+    broker_url = settings.broker_url.get_secret_value()
     return {
-        "broker_url": settings.broker_url.get_secret_value(),
+        "broker_url": broker_url,
+        "broker_use_ssl": _tls_options(broker_url),
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
@@ -59,6 +63,13 @@ def celery_config(settings: Settings) -> dict:
         "worker_proc_alive_timeout": settings.worker_boot_timeout,
         "worker_hijack_root_logger": False,
     }
+
+
+def _tls_options(broker_url: str) -> dict | None:
+    """Certificate checking for ``rediss://`` brokers unless the URL says otherwise."""
+    if not broker_url.startswith("rediss://") or "ssl_cert_reqs=" in broker_url:
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def configure(settings: Settings) -> Celery:
