@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.engine import make_engine, session_factory
 from db.models import TERMINAL_STATUSES, Article, ArticleStatus
 from producer.catalog import CatalogRow
-from producer.submit import Submitted, send_chains, store_batch
+from producer.imports import ImportResult, import_catalog
+from producer.submit import send_chains
 from tasks.app import configure
 from tasks.settings import Settings
 
@@ -71,9 +72,11 @@ def submit_rows(app, sessions: sessionmaker[Session], rows: Sequence[CatalogRow]
         (the stored batch, wall-clock time when sending started).
     """
     with sessions() as session:
-        submitted: Submitted = store_batch(session, rows, "bench")
+        submitted: ImportResult = import_catalog(
+            session, rows, "bench", {"profile": "bench"}, new_batch=True
+        )
     started = time.time()
-    send_chains(app, submitted.articles)
+    send_chains(app, submitted.to_send)
     return submitted, started
 
 

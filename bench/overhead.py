@@ -5,7 +5,7 @@ rounds, each by one real worker process with a prefork pool of two children:
 
 * bare: ``celery -A bench.bare_app worker``, four no-op tasks chained per article;
 * farm: ``farm worker all --concurrency 2`` with ``bench.fake_runtimes:zero_cost``, batches
-  stored with ``store_batch`` and sent with ``send_chains``, on a fresh PostgreSQL database.
+  stored with ``import_catalog`` and sent with ``send_chains``, on a fresh PostgreSQL database.
 
 A round's throughput is articles over the time from the first send to the last chain's end
 (the farm's ``finished_at`` in the database; the bare chain's own time stamp in Redis). The

@@ -1,7 +1,7 @@
 """How fast the farm submits a big catalog, next to bare ``apply_async`` of the same chains.
 
 * farm: ``read_catalog`` of a generated 10,000-article ``.xlsx`` workbook (German-like text),
-  ``store_batch`` on a fresh PostgreSQL database and ``send_chains`` to Redis, as
+  ``import_catalog`` on a fresh PostgreSQL database and ``send_chains`` to Redis, as
   ``farm submit`` does;
 * bare: ``article_chain(id, key).apply_async()`` once per article for the same chains, with
   no reading, validation or database.
@@ -29,7 +29,8 @@ from bench.catalog import write_workbook
 from bench.farm import producer_side
 from bench.services import fresh_database, interrupt_on_sigterm, redis_database
 from producer.catalog import read_catalog
-from producer.submit import send_chains, store_batch
+from producer.imports import import_catalog
+from producer.submit import send_chains
 from tasks.chains import article_chain
 from tasks.queues import TEXT_QUEUE
 
@@ -71,9 +72,9 @@ def farm_submit(workbook: Path, app, sessions) -> tuple[float, dict[str, float]]
     rows = read_catalog([workbook])
     steps["read_catalog"] = time.perf_counter() - started
     with sessions() as session:
-        submitted = store_batch(session, rows, "bench")
-    steps["store_batch"] = time.perf_counter() - started - sum(steps.values())
-    send_chains(app, submitted.articles)
+        submitted = import_catalog(session, rows, "bench", {"profile": "bench"}, new_batch=True)
+    steps["import_catalog"] = time.perf_counter() - started - sum(steps.values())
+    send_chains(app, submitted.to_send)
     steps["send_chains"] = time.perf_counter() - started - sum(steps.values())
     return time.perf_counter() - started, steps
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from db.models import Article, ArticleStatus, Batch, Render
 from producer.catalog import CatalogRow
-from producer.submit import new_batch_id
 from tasks.outputs import safe_stem
 
 
@@ -32,6 +33,12 @@ class ImportResult:
     changed: int = 0
     unchanged: int = 0
     to_send: list[tuple[int, str]] = field(default_factory=list)  # (article id, key)
+
+
+def new_batch_id() -> str:
+    """A sortable, unique batch id such as ``20261125-143000-a1b2c3``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
 def catalog_name(paths: Sequence[Path]) -> str:
@@ -102,12 +109,21 @@ def import_catalog(
                 result.unchanged += 1
             else:
                 _reset(session, article, row, digest)
-                redo.append(article)
-        session.add_all(fresh)
+                redo.append((article.id, article.key))
         session.flush()
+        fresh_ids = _insert_articles(session, fresh)
     result.new, result.changed = len(fresh), len(redo)
-    result.to_send = [(a.id, a.key) for a in fresh + redo]
+    result.to_send = [*zip(fresh_ids, (a["key"] for a in fresh), strict=True), *redo]
     return result
+
+
+def _insert_articles(session: Session, articles: list[dict]) -> list[int]:
+    # One bulk INSERT ... RETURNING instead of 10,000 ORM objects (about 2.5x faster on
+    # PostgreSQL, bench/submit.py); the ids come back in row order.
+    if not articles:
+        return []
+    returning = insert(Article).returning(Article.id, sort_by_parameter_order=True)
+    return list(session.scalars(returning, articles))
 
 
 def _latest_batch(session: Session, catalog: str) -> Batch | None:
@@ -115,17 +131,17 @@ def _latest_batch(session: Session, catalog: str) -> Batch | None:
     return session.scalars(query.limit(1)).first()
 
 
-def _new_article(batch_id: str, row: CatalogRow, digest: str) -> Article:
-    return Article(
-        batch_id=batch_id,
-        key=row.key,
-        file_stem=safe_stem(row.key),
-        source_file=row.file,
-        source_sheet=row.sheet,
-        source_row=row.row,
-        source_text=row.source_text,
-        content_hash=digest,
-    )
+def _new_article(batch_id: str, row: CatalogRow, digest: str) -> dict:
+    return {
+        "batch_id": batch_id,
+        "key": row.key,
+        "file_stem": safe_stem(row.key),
+        "source_file": row.file,
+        "source_sheet": row.sheet,
+        "source_row": row.row,
+        "source_text": row.source_text,
+        "content_hash": digest,
+    }
 
 
 def _reset(session: Session, article: Article, row: CatalogRow, digest: str) -> None:
