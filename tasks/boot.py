@@ -17,7 +17,7 @@ from celery.signals import worker_process_init
 from tasks import state
 from tasks.queues import ROLE_STAGES
 from tasks.settings import Settings
-from workers.loader import load_runtimes
+from workers.loader import load_runtimes, quiet_library_logs
 from workers.profiles import resolve_profile
 
 logger = logging.getLogger("farm.boot")
@@ -31,6 +31,7 @@ def load_for_role(settings: Settings) -> None:
     """
     if settings.worker_role not in ROLE_STAGES:
         raise ValueError(f"unknown worker role {settings.worker_role!r}")
+    quiet_library_logs()
     stages = ROLE_STAGES[settings.worker_role]
     if settings.runtime_factory:
         module_name, _, function = settings.runtime_factory.partition(":")

@@ -44,7 +44,7 @@ def load_runtimes(
     Returns:
         The loaded runtimes.
     """
-    _quiet_library_logs()
+    quiet_library_logs()
     wanted = set(stages)
     unknown = wanted - set(STAGES)
     if unknown:
@@ -64,7 +64,8 @@ def load_runtimes(
     return runtimes
 
 
-def _quiet_library_logs() -> None:
+def quiet_library_logs() -> None:
+    """Silence the model libraries' per-call notices and progress bars (errors still show)."""
     # Per-call chatter (prompt truncation notices, weight-loading progress bars) would drown
     # the worker's own log at thousands of articles; real errors still come through.
     import diffusers
