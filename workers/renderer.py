@@ -8,6 +8,7 @@ pipeline offloaded to the CPU between models (``memory_mode``).
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 
@@ -183,19 +184,31 @@ class Renderer:
         self.check_inputs(prompts, seeds)
         # 2. One generator per prompt, so each image's noise depends only on its own seed.
         generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
-        # 3. Denoise and decode.
-        output = self.pipeline(
-            prompt=list(prompts),
-            width=self.width,
-            height=self.height,
-            num_inference_steps=self.steps,
-            guidance_scale=self.guidance_scale,
-            max_sequence_length=self.max_sequence_length,
-            generator=generators,
-            output_type="pil",
-        )
+        # 3. Denoise and decode; out of memory frees what this call held before it propagates,
+        #    so the worker keeps serving and the stage's retry starts from a clean card.
+        try:
+            output = self.pipeline(
+                prompt=list(prompts),
+                width=self.width,
+                height=self.height,
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance_scale,
+                max_sequence_length=self.max_sequence_length,
+                generator=generators,
+                output_type="pil",
+            )
+        except torch.cuda.OutOfMemoryError:
+            free_device_memory()
+            raise
         # 4. Return images in prompt order.
         return RenderResult(images=list(output.images), seconds=time.perf_counter() - start)
+
+
+def free_device_memory() -> None:
+    """Release cached CUDA memory after a failed call (a no-op without CUDA)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def resolve_memory_mode(mode: str, device: torch.device, free_bytes: int | None = None) -> str:

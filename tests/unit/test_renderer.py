@@ -245,3 +245,21 @@ def test_compiled_blocks_render_the_same_pixels_as_eager(tiny_dirs, renderer):
     first = pixels(compiled(["a red linen dress"], [7]))[0]
     eager = pixels(renderer(["a red linen dress"], [7]))[0]
     assert np.abs(first - eager).max() <= 1
+
+
+def test_out_of_memory_frees_device_memory_and_propagates(tiny_dirs, monkeypatch):
+    from workers import renderer as renderer_module
+
+    runtime = Renderer.from_pretrained(
+        str(tiny_dirs[0]), None, CPU, width=WIDTH, height=HEIGHT, steps=1
+    )
+    freed = []
+    monkeypatch.setattr(renderer_module, "free_device_memory", lambda: freed.append(True))
+
+    def exhausted(**_):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+
+    runtime.pipeline = exhausted
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        runtime(["a red shirt"], [1])
+    assert freed == [True]
