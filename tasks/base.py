@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 from billiard.exceptions import TimeLimitExceeded
 from celery import Task
@@ -46,7 +47,6 @@ StageFunction = Callable[[Article, StageContext], StageOutput]
 class StageTask(Task):
     """Base class of ``farm.translate``, ``farm.extract``, ``farm.render`` and ``farm.score``."""
 
-    abstract = True
     stage: str = ""
     acks_late = True
     reject_on_worker_lost = True
@@ -92,7 +92,34 @@ class StageTask(Task):
             self.request.chain = None
             return article_id
         article = session.get(Article, article_id, populate_existing=True)
-        ctx = StageContext(
+        started = time.perf_counter()
+        try:
+            output = work(article, self._context())
+        except InvalidArticle as error:
+            fail_article(session, article_id, self.stage, "InvalidArticle", str(error), claim)
+            self._article_ended(session, article)
+            raise
+        except Exception as error:
+            self._after_error(session, claim, article_id, error)
+        if complete_stage(
+            session, claim, article_id, self.stage, output.values, output.render, output.status
+        ):
+            self._after_store(session, article, output)
+            logger.info(
+                "article %s (%s): %s done in %.2fs",
+                article_id,
+                article.key,
+                self.stage,
+                time.perf_counter() - started,
+            )
+        else:
+            logger.warning("article %s: %s lost its lease; result dropped", article_id, self.stage)
+            self.request.chain = None
+        return article_id
+
+    def _context(self) -> StageContext:
+        settings = self.app.farm_settings
+        return StageContext(
             runtime=state.runtime(self.stage),
             profile=state.profile(),
             output_dir=settings.output_dir,
@@ -100,35 +127,13 @@ class StageTask(Task):
             min_clip_score=settings.min_clip_score,
             max_attempts=settings.max_attempts,
         )
-        started = time.perf_counter()
-        try:
-            output = work(article, ctx)
-        except InvalidArticle as error:
-            fail_article(session, article_id, self.stage, "InvalidArticle", str(error), claim)
-            self._article_ended(session, article)
-            raise
-        except Exception as error:
-            self._after_error(session, claim, article_id, error)
-        stored = complete_stage(
-            session, claim, article_id, self.stage, output.values, output.render, output.status
-        )
-        if not stored:
-            logger.warning("article %s: %s lost its lease; result dropped", article_id, self.stage)
-            self.request.chain = None
-            return article_id
+
+    def _after_store(self, session, article: Article, output: StageOutput) -> None:
         if (output.status or STAGE_OUTPUT[self.stage]) in TERMINAL_STATUSES:
             self._article_ended(session, article)
         if output.then:
-            chain = article_chain(article_id, article.key, output.then, priority=URGENT_PRIORITY)
+            chain = article_chain(article.id, article.key, output.then, priority=URGENT_PRIORITY)
             chain.apply_async()
-        logger.info(
-            "article %s (%s): %s done in %.2fs",
-            article_id,
-            article.key,
-            self.stage,
-            time.perf_counter() - started,
-        )
-        return article_id
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         """Called in the worker's main process when a hard time limit killed the pool child.
@@ -149,7 +154,7 @@ class StageTask(Task):
     def _article_ended(self, session, article: Article) -> None:
         write_statistics_if_finished(session, article.batch_id, self.app.farm_settings.output_dir)
 
-    def _after_error(self, session, claim, article_id: int, error: Exception) -> None:
+    def _after_error(self, session, claim, article_id: int, error: Exception) -> NoReturn:
         kind = type(error).__name__
         message = f"{kind}: {error}"
         if self.request.retries >= self.app.farm_settings.stage_retries:
@@ -159,7 +164,7 @@ class StageTask(Task):
         release_stage(session, claim, article_id, message)
         self._retry_later(error, message, self.app.farm_settings.stage_retries)
 
-    def _retry_later(self, error: Exception, message: str, limit: int) -> None:
+    def _retry_later(self, error: Exception, message: str, limit: int) -> NoReturn:
         settings = self.app.farm_settings
         if self.request.retries >= limit:
             raise error
