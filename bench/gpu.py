@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget-seconds",
         type=float,
-        default=420.0,
+        default=360.0,
         help="skip configurations once this much time has passed",
     )
     parser.add_argument("--model-cache", type=Path, default=Path.home() / ".cache/fashion-farm")
