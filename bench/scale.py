@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--articles", type=int, default=10_000)
-    # 0.4 s keeps the default 10,000-article run under 15 minutes on a 2-core machine.
+    # 0.4 s: at 0.5 s the default 10,000-article run took over 15 minutes on a 2-core machine.
     parser.add_argument("--render-seconds", type=float, default=0.4)
     parser.add_argument("--quick", action="store_true", help="CI size: 400 articles")
     parser.add_argument("--redis-db", type=int, default=12)

@@ -69,9 +69,11 @@ def redis_database(number: int) -> Iterator[str]:
 
 @contextmanager
 def interrupt_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into ``KeyboardInterrupt`` so that ``finally`` blocks clean up."""
+    """Turn the first SIGTERM into ``KeyboardInterrupt`` so that ``finally`` blocks clean up."""
 
     def interrupt(_signum, _frame):
+        # Once only: a second SIGTERM must not cut the clean-up that the first one started.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt("SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, interrupt)
