@@ -160,7 +160,7 @@ def status(settings: Settings, batch, as_json, watch, window) -> None:
     def collect() -> list[dict]:
         with sessions() as session:
             summaries = batch_summaries(session, [batch] if batch else None)
-            return [s | batch_details(session, s["id"], window) for s in summaries]
+            return [s | batch_details(session, s, window) for s in summaries]
 
     batches = collect()
     if batch and not batches:

@@ -76,12 +76,12 @@ def wait_for_batch(
         time.sleep(poll_seconds)
 
 
-def batch_details(session: Session, batch_id: str, window_minutes: float = 10.0) -> dict:
+def batch_details(session: Session, summary: dict, window_minutes: float = 10.0) -> dict:
     """Everything ``farm status`` shows for one batch beyond its counts.
 
     Args:
         session: any session.
-        batch_id: the batch.
+        summary: the batch's counts, from :func:`batch_summaries`.
         window_minutes: how far back the throughput looks.
 
     Returns:
@@ -89,13 +89,13 @@ def batch_details(session: Session, batch_id: str, window_minutes: float = 10.0)
         when nothing ended lately), ``failures`` (per error kind: count and one example) and
         ``scores`` (mean/median/min/max of the best scores, empty when none).
     """
+    batch_id = summary["id"]
     since = utcnow() - timedelta(minutes=window_minutes)
     recent = session.scalar(
         select(func.count())
         .select_from(Article)
         .where(Article.batch_id == batch_id, Article.finished_at >= since)
     )
-    summary = batch_summaries(session, [batch_id])[0]
     ended = sum(summary[s.value] for s in TERMINAL_STATUSES)
     rate = recent * 60.0 / window_minutes
     remaining = summary["total"] - ended
