@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from db.models import Article, ArticleStatus, Batch, Render
+from db.models import Article, Batch
 from producer.catalog import CatalogRow
+from producer.requeue import reset_to_stage
 from tasks.outputs import safe_stem
 
 
@@ -145,18 +146,7 @@ def _new_article(batch_id: str, row: CatalogRow, digest: str) -> dict:
 
 
 def _reset(session: Session, article: Article, row: CatalogRow, digest: str) -> None:
-    last_attempt = session.scalar(
-        select(func.max(Render.attempt)).where(Render.article_id == article.id)
-    )
     article.source_file, article.source_sheet, article.source_row = row.file, row.sheet, row.row
     article.source_text = row.source_text
     article.content_hash = digest
-    for column in ("translation", "attributes", "generation_prompt", "clip_prompt"):
-        setattr(article, column, None)
-    article.image_path = article.clip_score = article.finished_at = None
-    article.error = article.error_kind = article.error_stage = None
-    # A reset clears the lease: a stage still running on the old text loses its write.
-    article.lease_token = article.lease_stage = article.lease_expires_at = None
-    article.status = ArticleStatus.pending.value
-    article.stage_attempts = 0
-    article.render_attempt = article.attempt_base = (last_attempt or 0) + 1
+    reset_to_stage(session, article, "translate")

@@ -137,10 +137,23 @@ def apply(session: Session, plans: Sequence[RequeuePlan]) -> list[tuple[int, str
 
 def _reset_to(session: Session, article: Article, stage: str) -> None:
     article.requeues += 1
-    article.lease_token = article.lease_stage = article.lease_expires_at = None
     if article.status == STAGE_INPUT[stage].value:
         # A stuck article resumes where it stopped: same attempt, same seed, nothing to clear.
+        article.lease_token = article.lease_stage = article.lease_expires_at = None
         return
+    reset_to_stage(session, article, stage)
+
+
+def reset_to_stage(session: Session, article: Article, stage: str) -> None:
+    """Put an article back to the input of ``stage``, clearing that stage's and later outputs.
+
+    The lease is cleared too, so a copy still running on the old state writes nothing.
+
+    Args:
+        session: the session the article belongs to (not committed here).
+        article: the article.
+        stage: one of :data:`db.transitions.STAGES`.
+    """
     for later in STAGES[STAGES.index(stage) :]:
         for column in _OUTPUTS[later]:
             setattr(article, column, None)
@@ -156,4 +169,5 @@ def _reset_to(session: Session, article: Article, stage: str) -> None:
     article.status = STAGE_INPUT[stage].value
     article.stage_attempts = 0
     article.error = article.error_kind = article.error_stage = None
+    article.lease_token = article.lease_stage = article.lease_expires_at = None
     article.finished_at = None
