@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -42,6 +42,39 @@ STAGE_OUTPUT = {
 }
 _ORDER = [s.value for s in (*STAGE_INPUT.values(), ArticleStatus.done)]
 
+# The statements every stage task runs, built once: the hot path of the farm's bookkeeping
+# skips the ORM's per-statement work (a stage task should cost a few round trips, no more).
+_ARTICLES = Article.__table__
+_RUNS = StageRun.__table__
+_RENDERS = Render.__table__
+_CLAIM = (
+    update(_ARTICLES)
+    .where(
+        _ARTICLES.c.id == bindparam("p_id"),
+        _ARTICLES.c.status == bindparam("p_status"),
+        _ARTICLES.c.stage_attempts < bindparam("p_max_attempts"),
+        or_(
+            _ARTICLES.c.lease_expires_at.is_(None),
+            _ARTICLES.c.lease_expires_at < bindparam("p_now"),
+        ),
+    )
+    .values(
+        lease_token=bindparam("p_token"),
+        lease_stage=bindparam("p_stage"),
+        lease_expires_at=bindparam("p_expires"),
+        stage_attempts=_ARTICLES.c.stage_attempts + 1,
+    )
+    .returning(_ARTICLES.c.stage_attempts)
+)
+_START_RUN = insert(_RUNS).returning(_RUNS.c.id)
+_FINISH_RUN = (
+    update(_RUNS)
+    .where(_RUNS.c.id == bindparam("p_id"))
+    .values(
+        outcome=bindparam("p_outcome"), error=bindparam("p_error"), seconds=bindparam("p_seconds")
+    )
+)
+
 
 class ClaimOutcome(str, Enum):
     claimed = "claimed"  # this caller owns the stage now
@@ -58,6 +91,8 @@ class Claim:
     attempt: int = 0
     run_id: int | None = None
     retry_in: float = 0.0  # for ``busy``: seconds until the other lease runs out
+    article: Article | None = None  # for ``claimed``: the row as the claim left it
+    started_at: datetime | None = None
 
 
 def is_past(status: str, stage: str) -> bool:
@@ -101,32 +136,39 @@ def claim_stage(
     """
     now = utcnow()
     token = uuid.uuid4().hex
-    claimed = session.execute(
-        update(Article)
-        .where(
-            Article.id == article_id,
-            Article.status == STAGE_INPUT[stage].value,
-            Article.stage_attempts < max_attempts,
-            (Article.lease_expires_at.is_(None)) | (Article.lease_expires_at < now),
-        )
-        .values(
-            lease_token=token,
-            lease_stage=stage,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            stage_attempts=Article.stage_attempts + 1,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if claimed:
-        attempt = session.scalar(select(Article.stage_attempts).where(Article.id == article_id))
+    connection = session.connection()
+    attempt = connection.scalar(
+        _CLAIM,
+        {
+            "p_id": article_id,
+            "p_status": STAGE_INPUT[stage].value,
+            "p_max_attempts": max_attempts,
+            "p_now": now,
+            "p_token": token,
+            "p_stage": stage,
+            "p_expires": now + timedelta(seconds=lease_seconds),
+        },
+    )
+    if attempt is None:
+        session.rollback()
+        return _why_not_claimed(session, article_id, stage, max_attempts, now)
+    if attempt > 1:
         # Runs still "running" lost their worker (killed, timed out): the lease ran out on them.
-        _close_running_runs(session, article_id, stage, "lost")
-        run = StageRun(article_id=article_id, stage=stage, attempt=attempt, worker=worker)
-        session.add(run)
-        session.commit()
-        return Claim(ClaimOutcome.claimed, token, attempt, run.id)
-    session.rollback()
-    return _why_not_claimed(session, article_id, stage, max_attempts, now)
+        close_running_runs(session, article_id, "lost", stage)
+    run_id = connection.scalar(
+        _START_RUN,
+        {
+            "article_id": article_id,
+            "stage": stage,
+            "attempt": attempt,
+            "worker": worker,
+            "outcome": "running",
+            "started_at": now,
+        },
+    )
+    article = session.get(Article, article_id, populate_existing=True)
+    session.commit()
+    return Claim(ClaimOutcome.claimed, token, attempt, run_id, article=article, started_at=now)
 
 
 def _why_not_claimed(
@@ -181,23 +223,26 @@ def complete_stage(
     """
     new_status = status or STAGE_OUTPUT[stage]
     done = new_status in TERMINAL_STATUSES
-    written = session.execute(
-        update(Article)
-        .where(Article.id == article_id, Article.lease_token == claim.token)
-        .values(
-            **values,
-            status=new_status.value,
-            stage_attempts=0,
-            lease_token=None,
-            lease_stage=None,
-            lease_expires_at=None,
-            error=None,
-            error_kind=None,
-            error_stage=None,
-            finished_at=utcnow() if done else None,
+    written = (
+        session.connection()
+        .execute(
+            update(_ARTICLES)
+            .where(_ARTICLES.c.id == article_id, _ARTICLES.c.lease_token == claim.token)
+            .values(
+                **values,
+                status=new_status.value,
+                stage_attempts=0,
+                lease_token=None,
+                lease_stage=None,
+                lease_expires_at=None,
+                error=None,
+                error_kind=None,
+                error_stage=None,
+                finished_at=utcnow() if done else None,
+            )
         )
-        .execution_options(synchronize_session=False)
-    ).rowcount
+        .rowcount
+    )
     if not written:
         session.rollback()
         return False
@@ -209,22 +254,23 @@ def complete_stage(
 
 
 def _upsert_render(session: Session, article_id: int, render: dict) -> None:
-    existing = session.scalar(
-        select(Render).where(Render.article_id == article_id, Render.attempt == render["attempt"])
-    )
-    if existing is None:
-        session.add(Render(article_id=article_id, **render))
-    else:
-        for column, value in render.items():
-            setattr(existing, column, value)
+    # The score stage updates its attempt's row; the render stage usually inserts a new one.
+    connection = session.connection()
+    updated = connection.execute(
+        update(_RENDERS)
+        .where(_RENDERS.c.article_id == article_id, _RENDERS.c.attempt == render["attempt"])
+        .values(**render)
+    ).rowcount
+    if not updated:
+        connection.execute(insert(_RENDERS).values(article_id=article_id, **render))
 
 
 def _finish_run(session: Session, claim: Claim, outcome: str, error: str | None) -> None:
-    run = session.get(StageRun, claim.run_id)
-    if run is not None:
-        run.outcome = outcome
-        run.error = error
-        run.seconds = (utcnow() - as_utc(run.started_at)).total_seconds()
+    seconds = (utcnow() - claim.started_at).total_seconds() if claim.started_at else None
+    session.connection().execute(
+        _FINISH_RUN,
+        {"p_id": claim.run_id, "p_outcome": outcome, "p_error": error, "p_seconds": seconds},
+    )
 
 
 def release_stage(session: Session, claim: Claim, article_id: int, error: str) -> None:
@@ -261,22 +307,31 @@ def abandon_stage(session: Session, article_id: int, stage: str, error: str) -> 
         .values(lease_token=None, lease_stage=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
-    _close_running_runs(session, article_id, stage, "timeout", error[:4000])
+    close_running_runs(session, article_id, "timeout", stage, error[:4000])
     session.commit()
 
 
-def _close_running_runs(
-    session: Session, article_id: int, stage: str, outcome: str, error: str | None = None
+def close_running_runs(
+    session: Session,
+    article_id: int,
+    outcome: str,
+    stage: str | None = None,
+    error: str | None = None,
 ) -> None:
+    """Close the article's stage runs still marked ``running`` (their worker is gone).
+
+    Args:
+        session: the session whose transaction the update joins (not committed here).
+        article_id: the article.
+        outcome: what to record (``lost``, ``timeout``).
+        stage: only this stage's runs; all stages when None.
+        error: the reason, kept on the runs.
+    """
+    query = update(StageRun).where(StageRun.article_id == article_id, StageRun.outcome == "running")
+    if stage is not None:
+        query = query.where(StageRun.stage == stage)
     session.execute(
-        update(StageRun)
-        .where(
-            StageRun.article_id == article_id,
-            StageRun.stage == stage,
-            StageRun.outcome == "running",
-        )
-        .values(outcome=outcome, error=error)
-        .execution_options(synchronize_session=False)
+        query.values(outcome=outcome, error=error).execution_options(synchronize_session=False)
     )
 
 

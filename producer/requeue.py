@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Render, as_utc, utcnow
-from db.transitions import STAGE_INPUT, STAGES
+from db.transitions import STAGE_INPUT, STAGES, close_running_runs
 
 # Columns each stage produces; a requeue from a stage clears its own and later outputs.
 _OUTPUTS = {
@@ -171,3 +171,5 @@ def reset_to_stage(session: Session, article: Article, stage: str) -> None:
     article.error = article.error_kind = article.error_stage = None
     article.lease_token = article.lease_stage = article.lease_expires_at = None
     article.finished_at = None
+    # A claim after the reset counts from attempt 1 again, so it would not close these itself.
+    close_running_runs(session, article.id, "lost")

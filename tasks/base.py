@@ -91,7 +91,7 @@ class StageTask(Task):
             logger.info("article %s: %s skipped (%s)", article_id, self.stage, claim.outcome.value)
             self.request.chain = None
             return article_id
-        article = session.get(Article, article_id, populate_existing=True)
+        article = claim.article
         started = time.perf_counter()
         try:
             output = work(article, self._context())

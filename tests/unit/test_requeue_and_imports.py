@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from db.engine import make_engine, migrate, session_factory
-from db.models import Article, ArticleStatus, Render
+from db.models import Article, ArticleStatus, Render, StageRun
 from producer import requeue
 from producer.catalog import CatalogRow
 from producer.imports import catalog_name, content_hash, import_catalog
@@ -118,3 +118,14 @@ def test_articles_in_flight_are_not_requeued(sessions):
     with sessions() as session:
         import_catalog(session, [row("A")], "c", SHAPE)
         assert requeue.select_articles(session, requeue.Selection(keys=["A"]), 60) == []
+
+
+def test_a_requeue_closes_the_runs_left_running_by_a_worker_that_vanished(sessions):
+    article_id = finished_article(sessions, ArticleStatus.failed, renders=1)
+    with sessions() as session:
+        session.add(StageRun(article_id=article_id, stage="score", attempt=1, worker="gone@host"))
+        session.commit()
+        requeue.apply(session, requeue.plan([session.get(Article, article_id)], "render"))
+    with sessions() as session:
+        outcomes = session.scalars(select(StageRun.outcome)).all()
+    assert outcomes == ["lost"]

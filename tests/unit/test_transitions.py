@@ -122,3 +122,27 @@ def test_a_failed_article_stops_every_stage_and_keeps_its_error(sessions, articl
 )
 def test_is_past_knows_the_order_of_stages(status, stage, past):
     assert is_past(status, stage) is past
+
+
+def test_a_claim_hands_over_the_row_and_its_run_records_worker_and_duration(sessions, article_id):
+    with sessions() as session:
+        taken = claim(session, article_id)
+        assert taken.article.id == article_id and taken.article.source_text == "Rock"
+        assert taken.article.stage_attempts == 1 and taken.article.lease_token == taken.token
+        assert complete_stage(session, taken, article_id, "translate", {"translation": "Skirt"})
+    with sessions() as session:
+        run = session.scalars(select(StageRun)).one()
+    assert (run.stage, run.attempt, run.worker, run.outcome) == ("translate", 1, "w1@host", "ok")
+    assert run.seconds is not None and run.seconds >= 0
+
+
+def test_a_run_whose_lease_ran_out_is_recorded_lost_when_another_copy_takes_over(
+    sessions, article_id
+):
+    with sessions() as session:
+        claim(session, article_id, lease=-1.0)
+        fresh = claim(session, article_id)
+        assert fresh.attempt == 2
+        assert complete_stage(session, fresh, article_id, "translate", {"translation": "Skirt"})
+        outcomes = session.scalars(select(StageRun.outcome).order_by(StageRun.id)).all()
+    assert outcomes == ["lost", "ok"]
