@@ -6,7 +6,7 @@ from celery import chain
 
 from db.transitions import STAGES
 from tasks.app import app
-from tasks.queues import NORMAL_PRIORITY, TASK_NAMES
+from tasks.queues import NORMAL_PRIORITY, TASK_NAMES, stage_priority
 
 
 def article_chain(
@@ -18,17 +18,23 @@ def article_chain(
         article_id: the article's primary key.
         key: the article key (a label for Flower).
         from_stage: the first stage to run.
-        priority: Redis priority of every message of the chain (0 is served first).
+        priority: Redis priority of the chain (0 is served first); follow-up stages of
+            normal work go ahead of first stages (``tasks.queues.stage_priority``).
 
     Returns:
         A Celery ``chain`` ready for ``apply_async``.
     """
     if from_stage not in STAGES:
         raise ValueError(f"unknown stage {from_stage!r}; choose one of {', '.join(STAGES)}")
-    first, *rest = STAGES[STAGES.index(from_stage) :]
-    signatures = [app.signature(TASK_NAMES[first], args=(article_id,), kwargs={"key": key})]
-    signatures += [app.signature(TASK_NAMES[name], kwargs={"key": key}) for name in rest]
-    for signature in signatures:
-        signature.set(priority=priority)
+    stages = STAGES[STAGES.index(from_stage) :]
+    signatures = [
+        app.signature(
+            TASK_NAMES[stage],
+            args=(article_id,) if index == 0 else (),
+            kwargs={"key": key},
+            priority=stage_priority(stage, priority),
+        )
+        for index, stage in enumerate(stages)
+    ]
     signatures[0].set(immutable=True)
     return chain(*signatures)

@@ -10,6 +10,12 @@ GPU_QUEUE = "farm.gpu"
 URGENT_PRIORITY = 0
 NORMAL_PRIORITY = 6
 PRIORITY_STEPS = [0, 3, 6, 9]
+# Within catalog work a queue serves an article's second stage before the next article's
+# first: an extraction goes ahead of the untranslated rest of the catalog (so the GPU queue
+# fills after the first few articles, not after every translation), and a score ahead of the
+# renders still waiting (so articles finish while the catalog runs, not in a burst at the end).
+FOLLOW_UP_PRIORITY = 3
+FOLLOW_UP_STAGES = ("extract", "score")
 
 TASK_NAMES = {
     "translate": "farm.translate",
@@ -36,3 +42,18 @@ ROLE_STAGES = {
     "gpu": ("render", "score"),
     "all": ("translate", "extract", "render", "score"),
 }
+
+
+def stage_priority(stage: str, priority: int) -> int:
+    """The Redis priority of one stage's message in a chain sent at ``priority``.
+
+    Args:
+        stage: the stage.
+        priority: the chain's priority (``NORMAL_PRIORITY`` or ``URGENT_PRIORITY``).
+
+    Returns:
+        ``FOLLOW_UP_PRIORITY`` for a follow-up stage of normal catalog work, else ``priority``.
+    """
+    if priority == NORMAL_PRIORITY and stage in FOLLOW_UP_STAGES:
+        return FOLLOW_UP_PRIORITY
+    return priority
