@@ -171,6 +171,38 @@ def claim_stage(
     return Claim(ClaimOutcome.claimed, token, attempt, run_id, article=article, started_at=now)
 
 
+def waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> list[int]:
+    """Articles waiting at a stage's input that no live lease holds, oldest first.
+
+    A worker that batches a stage claims some of them alongside its own article; each is
+    still claimed one by one with :func:`claim_stage`, so two workers never share one.
+
+    Args:
+        session: any session (its transaction is ended before returning).
+        stage: one of :data:`STAGES`.
+        limit: how many to return at most.
+        exclude: an article not to return (the caller's own).
+
+    Returns:
+        Their ids.
+    """
+    now = utcnow()
+    ids = list(
+        session.scalars(
+            select(Article.id)
+            .where(
+                Article.status == STAGE_INPUT[stage].value,
+                Article.id != exclude,
+                or_(Article.lease_expires_at.is_(None), Article.lease_expires_at < now),
+            )
+            .order_by(Article.id)
+            .limit(limit)
+        )
+    )
+    session.rollback()
+    return ids
+
+
 def _why_not_claimed(
     session: Session, article_id: int, stage: str, max_attempts: int, now: datetime
 ) -> Claim:

@@ -8,7 +8,10 @@ the rest, so that delivery guarantees live in one place:
 * transient errors (database blips, full disks, out-of-memory) release the lease and retry
   with backoff; after ``stage_retries`` retries, or on :class:`InvalidArticle` at once, the
   article ends ``failed`` with its stage, error kind and message;
-* a copy that did no work stops its chain, so the next stage is sent once.
+* a copy that did no work stops its chain, so the next stage is sent once;
+* a batched stage (translate, extract) also claims other articles waiting at its stage and
+  runs them in one model call; it stores each and sends each one's next stage itself, and
+  their own messages, when they come, find the stage done and stop.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from sqlalchemy.exc import DBAPIError
 from db.models import TERMINAL_STATUSES, Article
 from db.transitions import (
     STAGE_OUTPUT,
+    STAGES,
+    Claim,
     ClaimOutcome,
     abandon_stage,
     claim_stage,
     complete_stage,
     fail_article,
     release_stage,
+    waiting_articles,
 )
 from tasks import state
 from tasks.chains import article_chain
@@ -42,6 +48,8 @@ from tasks.stages import StageContext, StageOutput
 logger = logging.getLogger("farm.tasks")
 
 StageFunction = Callable[[Article, StageContext], StageOutput]
+# A batched stage: one output (or the InvalidArticle that fails it alone) per article.
+BatchFunction = Callable[[list[Article], StageContext], list[StageOutput | InvalidArticle]]
 
 
 class StageTask(Task):
@@ -52,12 +60,16 @@ class StageTask(Task):
     reject_on_worker_lost = True
     max_retries = None  # bounded by the farm's own attempt counters instead
 
-    def run_stage(self, article_id: int, work: StageFunction) -> int:
+    def run_stage(
+        self, article_id: int, work: StageFunction, batch_work: BatchFunction | None = None
+    ) -> int:
         """Claim the article for this stage, run ``work`` on it and store its outputs.
 
         Args:
             article_id: the article's primary key.
             work: the plain stage function.
+            batch_work: the stage's batched form; when given, up to ``text_batch_size - 1``
+                other waiting articles are claimed and run in the same call.
 
         Returns:
             ``article_id``, which the chain hands to the next stage.
@@ -66,23 +78,17 @@ class StageTask(Task):
         sessions = state.sessions(settings.database_url)
         try:
             with sessions() as session:
-                return self._claim_and_run(session, article_id, work)
+                return self._claim_and_run(session, article_id, work, batch_work)
         except DBAPIError as error:
             # The database itself is away: nothing could be recorded, so retry the whole stage.
             limit = self.app.farm_settings.database_retries
             self._retry_later(error, f"database error: {type(error.orig).__name__}", limit)
             raise  # unreachable: _retry_later raises
 
-    def _claim_and_run(self, session, article_id: int, work: StageFunction) -> int:
-        settings = self.app.farm_settings
-        claim = claim_stage(
-            session,
-            article_id,
-            self.stage,
-            self.request.hostname or "unknown",
-            settings.lease_seconds,
-            settings.max_stage_attempts,
-        )
+    def _claim_and_run(
+        self, session, article_id: int, work: StageFunction, batch_work: BatchFunction | None
+    ) -> int:
+        claim = self._claim(session, article_id)
         if claim.outcome is ClaimOutcome.busy:
             # Another copy holds a live lease; if its worker died the lease runs out, so look
             # again after it would have expired rather than dropping the article.
@@ -91,31 +97,86 @@ class StageTask(Task):
             logger.info("article %s: %s skipped (%s)", article_id, self.stage, claim.outcome.value)
             self.request.chain = None
             return article_id
-        article = claim.article
+        others = self._claim_others(session, article_id) if batch_work else []
         started = time.perf_counter()
         try:
-            output = work(article, self._context())
-        except InvalidArticle as error:
-            fail_article(session, article_id, self.stage, "InvalidArticle", str(error), claim)
-            self._article_ended(session, article)
-            raise
+            if batch_work is None:
+                output = work(claim.article, self._context())
+            else:
+                output, *outputs = batch_work(
+                    [claim.article, *(other.article for other in others)], self._context()
+                )
         except Exception as error:
+            for other in others:
+                release_stage(session, other, other.article.id, f"{type(error).__name__}: {error}")
+            if isinstance(error, InvalidArticle):
+                self._fail(session, claim, error)
             self._after_error(session, claim, article_id, error)
-        if complete_stage(
-            session, claim, article_id, self.stage, output.values, output.render, output.status
-        ):
-            self._after_store(session, article, output)
-            logger.info(
-                "article %s (%s): %s done in %.2fs",
-                article_id,
-                article.key,
-                self.stage,
-                time.perf_counter() - started,
-            )
-        else:
-            logger.warning("article %s: %s lost its lease; result dropped", article_id, self.stage)
-            self.request.chain = None
+        for other, other_output in zip(others, outputs if others else [], strict=True):
+            self._store_other(session, other, other_output)
+        if isinstance(output, InvalidArticle):
+            self._fail(session, claim, output)
+        self._store(session, claim, output, started, len(others))
         return article_id
+
+    def _claim(self, session, article_id: int) -> Claim:
+        settings = self.app.farm_settings
+        return claim_stage(
+            session,
+            article_id,
+            self.stage,
+            self.request.hostname or "unknown",
+            settings.lease_seconds,
+            settings.max_stage_attempts,
+        )
+
+    def _claim_others(self, session, article_id: int) -> list[Claim]:
+        limit = self.app.farm_settings.text_batch_size - 1
+        if limit < 1:
+            return []
+        waiting = waiting_articles(session, self.stage, limit, exclude=article_id)
+        claims = (self._claim(session, other_id) for other_id in waiting)
+        return [claim for claim in claims if claim.outcome is ClaimOutcome.claimed]
+
+    def _store(self, session, claim: Claim, output: StageOutput, started: float, others: int):
+        article = claim.article
+        if not complete_stage(
+            session, claim, article.id, self.stage, output.values, output.render, output.status
+        ):
+            logger.warning("article %s: %s lost its lease; result dropped", article.id, self.stage)
+            self.request.chain = None
+            return
+        self._after_store(session, article, output)
+        logger.info(
+            "article %s (%s): %s done in %.2fs%s",
+            article.id,
+            article.key,
+            self.stage,
+            time.perf_counter() - started,
+            f" with {others} more articles in the same call" if others else "",
+        )
+
+    def _store_other(self, session, claim: Claim, output: StageOutput | InvalidArticle) -> None:
+        """Store an article claimed alongside this task's own, and send its next stage."""
+        article = claim.article
+        if isinstance(output, InvalidArticle):
+            fail_article(session, article.id, self.stage, "InvalidArticle", str(output), claim)
+            self._article_ended(session, article)
+            return
+        if not complete_stage(
+            session, claim, article.id, self.stage, output.values, output.render, output.status
+        ):
+            return  # its lease ran out: another copy owns it now
+        self._after_store(session, article, output)
+        status = output.status or STAGE_OUTPUT[self.stage]
+        if status not in TERMINAL_STATUSES and not output.then:
+            next_stage = STAGES[STAGES.index(self.stage) + 1]
+            article_chain(article.id, article.key, next_stage).apply_async()
+
+    def _fail(self, session, claim: Claim, error: InvalidArticle) -> NoReturn:
+        fail_article(session, claim.article.id, self.stage, "InvalidArticle", str(error), claim)
+        self._article_ended(session, claim.article)
+        raise error
 
     def _context(self) -> StageContext:
         settings = self.app.farm_settings

@@ -16,13 +16,13 @@ from tasks.base import StageTask
 @app.task(bind=True, base=StageTask, name="farm.translate", stage="translate")
 def translate(self: StageTask, article_id: int, key: str = "") -> int:
     """German → English for one article."""
-    return self.run_stage(article_id, stages.translate)
+    return self.run_stage(article_id, stages.translate, stages.translate_batch)
 
 
 @app.task(bind=True, base=StageTask, name="farm.extract", stage="extract")
 def extract(self: StageTask, article_id: int, key: str = "") -> int:
     """English text → attributes and prompts for one article."""
-    return self.run_stage(article_id, stages.extract)
+    return self.run_stage(article_id, stages.extract, stages.extract_batch)
 
 
 @app.task(bind=True, base=StageTask, name="farm.render", stage="render")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,13 @@ class Settings(BaseSettings):
     render_compile: bool = False
     render_fp8: bool = False
     render_memory_mode: str = "auto"
+    # Articles per call of the translator and the extractor: a text task also claims up to
+    # this many - 1 other articles waiting at its stage (1 turns batching off).
+    text_batch_size: int = Field(default=8, ge=1)
+    # farm run on one machine: "stagewise" runs every text stage, unloads the text models,
+    # then renders and scores; "together" keeps all four loaded; "auto" picks stagewise on a
+    # GPU with too little free memory for all of them (workers.devices.holds_all_models).
+    run_schedule: Literal["auto", "together", "stagewise"] = "auto"
 
     # Delivery: a lease must outlive the longest task; the broker's visibility timeout must
     # outlive the lease, or Redis hands a running task to a second worker.

@@ -55,17 +55,56 @@ def render_seed(key: str, attempt: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def translate_batch(articles: list[Article], ctx: StageContext) -> list[StageOutput]:
+    """German source texts → English translations, in one call of the runtime.
+
+    Args:
+        articles: the articles, each claimed for this stage.
+        ctx: the stage's context.
+
+    Returns:
+        One output per article, in order.
+    """
+    result = ctx.runtime([article.source_text for article in articles])
+    return [StageOutput(values={"translation": text}) for text in result.texts]
+
+
 def translate(article: Article, ctx: StageContext) -> StageOutput:
     """German source text → English translation."""
-    result = ctx.runtime([article.source_text])
-    return StageOutput(values={"translation": result.texts[0]})
+    return translate_batch([article], ctx)[0]
+
+
+def extract_batch(articles: list[Article], ctx: StageContext) -> list[StageOutput | InvalidArticle]:
+    """English texts → attributes JSON and the two prompts, in one call of the runtime.
+
+    Args:
+        articles: the articles, each claimed for this stage.
+        ctx: the stage's context.
+
+    Returns:
+        One item per article, in order: its output, or the :class:`InvalidArticle` that
+        fails it alone (an empty translation) while the others go on.
+    """
+    usable = [bool((article.translation or "").strip()) for article in articles]
+    texts = [article.translation for article, ok in zip(articles, usable, strict=True) if ok]
+    found = iter(ctx.runtime(texts).attributes if texts else [])
+    return [
+        _extracted(next(found))
+        if ok
+        else InvalidArticle("the translation is empty; nothing to extract from")
+        for ok in usable
+    ]
 
 
 def extract(article: Article, ctx: StageContext) -> StageOutput:
     """English text → attributes JSON and the two prompts."""
-    if not (article.translation or "").strip():
-        raise InvalidArticle("the translation is empty; nothing to extract from")
-    attributes = ctx.runtime([article.translation]).attributes[0]
+    output = extract_batch([article], ctx)[0]
+    if isinstance(output, InvalidArticle):
+        raise output
+    return output
+
+
+def _extracted(attributes: dict) -> StageOutput:
     return StageOutput(
         values={
             "attributes": attributes,

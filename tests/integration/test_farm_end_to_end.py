@@ -22,6 +22,13 @@ pytestmark = pytest.mark.integration
 HEADER = ["name", "description", "model_name", "model_descr"]
 
 
+def queued_messages(broker_url: str) -> int:
+    """Messages waiting in the farm's queues, at every priority (kombu keeps a list for each)."""
+    broker = redis.Redis.from_url(broker_url)
+    keys = [key for queue in (TEXT_QUEUE, GPU_QUEUE) for key in broker.scan_iter(f"{queue}*")]
+    return sum(broker.llen(key) for key in keys)
+
+
 def _article(n: int) -> list[str]:
     return [
         f"Damen-Bluse Nr. {n}",
@@ -161,5 +168,37 @@ def test_invalid_input_is_reported_whole_and_nothing_is_written_or_sent(farm_env
     sessions = session_factory(make_engine(farm_env["FARM_DATABASE_URL"]))
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Article)) == 0
-    broker = redis.Redis.from_url(farm_env["FARM_BROKER_URL"])
-    assert broker.llen(TEXT_QUEUE) == 0 and broker.llen(GPU_QUEUE) == 0
+    assert queued_messages(farm_env["FARM_BROKER_URL"]) == 0
+
+
+def test_a_text_worker_runs_waiting_articles_in_one_model_call_and_each_chain_goes_on_once(
+    farm_env, start_worker, tmp_path
+):
+    env = farm_env | {"FARM_TEXT_BATCH_SIZE": "4"}
+    catalog = tmp_path / "twelve.csv"
+    with open(catalog, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(HEADER)
+        writer.writerows(_article(n) for n in range(1, 13))
+    submitted = farm(env, "submit", str(catalog))  # queued before any worker runs
+    assert submitted.returncode == 0, submitted.stderr
+    text = start_worker("text", env=env)
+    start_worker("gpu", env=env | {"FARM_DEVICE": "cpu"})
+
+    wait_until_ended(env["FARM_DATABASE_URL"])
+
+    sessions = session_factory(make_engine(env["FARM_DATABASE_URL"]))
+    with sessions() as session:
+        statuses = session.scalars(select(Article.status)).all()
+        ok_runs = session.execute(
+            select(StageRun.article_id, StageRun.stage, func.count())
+            .where(StageRun.outcome == "ok")
+            .group_by(StageRun.article_id, StageRun.stage)
+        ).all()
+        renders = session.scalar(select(func.count()).select_from(Render))
+    assert statuses == [ArticleStatus.done.value] * 12
+    assert len(ok_runs) == 12 * 4 and {count for *_, count in ok_runs} == {1}
+    assert renders == 12
+    log = text.log_path.read_text()
+    assert "translate done" in log and "with 3 more articles in the same call" in log
+    assert queued_messages(env["FARM_BROKER_URL"]) == 0

@@ -12,6 +12,7 @@ import torch
 from db.models import Article, Render
 from tasks import outputs, stages
 from tasks.exceptions import InvalidArticle, TransientStageError
+from workers.extractor import Attributes
 from workers.loader import load_runtimes
 
 
@@ -165,3 +166,30 @@ def test_tiny_runtimes_load_on_the_cpu(runtimes):
     assert runtimes.render is not None and runtimes.score is not None
     assert torch.get_default_dtype() == torch.float32
     assert SimpleNamespace(**vars(runtimes.profile)).width == 64
+
+
+def test_a_batch_of_articles_translates_as_each_would_alone(runtimes, tmp_path):
+    ctx = context(runtimes, "translate", tmp_path)
+    articles = [
+        make_article(id=i, source_text=text)
+        for i, text in enumerate(
+            ["Rock", "Damen-Bluse\nLeichte Bluse aus Viskose.", "Schwarze Jeans mit Gürtel"]
+        )
+    ]
+    together = [output.values for output in stages.translate_batch(articles, ctx)]
+    alone = [stages.translate(article, ctx).values for article in articles]
+    assert together == alone and len(together) == 3
+
+
+def test_a_batch_extraction_fails_only_the_article_without_text(runtimes, tmp_path):
+    ctx = context(runtimes, "extract", tmp_path)
+    articles = [
+        make_article(id=1, translation="Light viscose blouse"),
+        make_article(id=2, translation="  "),
+        make_article(id=3, translation="Black jeans with a belt"),
+    ]
+    first, empty, third = stages.extract_batch(articles, ctx)
+    assert isinstance(empty, InvalidArticle)
+    for output in (first, third):
+        assert set(output.values) == {"attributes", "generation_prompt", "clip_prompt"}
+        Attributes.model_validate(output.values["attributes"])

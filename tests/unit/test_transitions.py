@@ -15,6 +15,7 @@ from db.transitions import (
     is_past,
     release_stage,
     status_counts,
+    waiting_articles,
 )
 
 
@@ -146,3 +147,19 @@ def test_a_run_whose_lease_ran_out_is_recorded_lost_when_another_copy_takes_over
         assert complete_stage(session, fresh, article_id, "translate", {"translation": "Skirt"})
         outcomes = session.scalars(select(StageRun.outcome).order_by(StageRun.id)).all()
     assert outcomes == ["lost", "ok"]
+
+
+def test_waiting_articles_are_those_at_the_stage_input_with_no_live_lease(sessions, article_id):
+    with sessions() as session, session.begin():
+        for key in ("A-2", "A-3", "A-4"):
+            session.add(
+                Article(batch_id="b1", key=key, file_stem=key, source_file="c.csv",
+                        source_sheet="csv", source_row=3, source_text="Rock")
+            )  # fmt: skip
+    with sessions() as session:
+        ids = session.scalars(select(Article.id).order_by(Article.id)).all()
+        claim(session, ids[1])  # live lease: not waiting
+        claim(session, ids[2], lease=-1.0)  # lease ran out: waiting again
+        assert waiting_articles(session, "translate", 10, exclude=ids[0]) == [ids[2], ids[3]]
+        assert waiting_articles(session, "translate", 1, exclude=ids[0]) == [ids[2]]
+        assert waiting_articles(session, "extract", 10, exclude=ids[0]) == []
