@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import click
@@ -15,7 +16,7 @@ from rich.live import Live
 
 from db.engine import make_engine, migrate, session_factory
 from db.models import ArticleStatus
-from db.transitions import STAGES
+from db.transitions import STAGE_INPUT, STAGES
 from producer import requeue as requeues
 from producer.catalog import CatalogError, parse_column_map, read_catalog
 from producer.export import EXPORT_FORMATS, export_rows, write_export
@@ -311,8 +312,6 @@ def demo(settings: Settings, min_clip_score) -> None:
 
 
 def _run_local(settings: Settings, files, sheet, columns, min_clip_score=None) -> None:
-    from workers.embedded import embedded_worker
-
     started = time.perf_counter()
     rows = _read(settings, files, sheet, columns)
     settings = settings.model_copy(
@@ -324,15 +323,10 @@ def _run_local(settings: Settings, files, sheet, columns, min_clip_score=None) -
         sessions, settings, rows, catalog_name(files), min_clip_score, new_batch=True
     )
     console.print(f"batch {submitted.batch_id}: {len(rows)} articles, loading models...")
-    with embedded_worker(app) as worker_alive:
-        send_chains(app, submitted.to_send)
-        with console.status("rendering") as spinner:
-            summary = wait_for_batch(
-                sessions,
-                submitted.batch_id,
-                on_progress=lambda s: spinner.update(_progress_line(s)),
-                alive=worker_alive,
-            )
+    with console.status("rendering") as spinner:
+        summary = _serve_locally(
+            app, sessions, submitted, lambda s: spinner.update(_progress_line(s))
+        )
     elapsed = time.perf_counter() - started
     out = Path(settings.output_dir).resolve() / submitted.batch_id
     console.print(f"{_progress_line(summary)} in {elapsed:.1f}s")
@@ -340,6 +334,32 @@ def _run_local(settings: Settings, files, sheet, columns, min_clip_score=None) -
     click.echo(submitted.batch_id)
     if summary[ArticleStatus.failed.value]:
         sys.exit(1)
+
+
+def _serve_locally(app, sessions, submitted, on_progress) -> dict:
+    """Send the batch's chains to in-process workers and wait for the batch to end.
+
+    ``together``: one worker with all four models. ``stagewise``: a text worker until no
+    article waits for a text stage, its models unloaded, then a GPU worker (so one card never
+    holds the language model and the image model at once).
+    """
+    from workers.devices import holds_all_models
+    from workers.embedded import embedded_worker
+
+    settings = app.farm_settings
+    schedule = settings.run_schedule
+    if schedule == "auto":
+        schedule = "together" if holds_all_models(settings.device) else "stagewise"
+    wait = partial(wait_for_batch, sessions, submitted.batch_id, on_progress)
+    if schedule == "together":
+        with embedded_worker(app, "all") as alive:
+            send_chains(app, submitted.to_send)
+            return wait(alive=alive)
+    with embedded_worker(app, "text") as alive:
+        send_chains(app, submitted.to_send)
+        wait(alive=alive, waiting=[STAGE_INPUT["translate"].value, STAGE_INPUT["extract"].value])
+    with embedded_worker(app, "gpu") as alive:
+        return wait(alive=alive)
 
 
 def _progress_line(summary: dict) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from sqlalchemy import func, select
@@ -50,6 +50,7 @@ def wait_for_batch(
     on_progress: Callable[[dict], None] | None = None,
     alive: Callable[[], bool] = lambda: True,
     poll_seconds: float = 0.5,
+    waiting: Sequence[str] | None = None,
 ) -> dict:
     """Block until every article of a batch has ended (done, needs review or failed).
 
@@ -59,17 +60,19 @@ def wait_for_batch(
         on_progress: called with the batch summary after each poll.
         alive: returns False when the workers serving the batch are gone (stop waiting).
         poll_seconds: how often to look.
+        waiting: wait only until no article is in one of these statuses (``pending`` and
+            ``translated``: the text stages are through); every unfinished status when None.
 
     Returns:
         The final batch summary.
     """
-    ended = [s.value for s in TERMINAL_STATUSES]
+    waiting = waiting or [s.value for s in ArticleStatus if s not in TERMINAL_STATUSES]
     while True:
         with sessions() as session:
             summary = batch_summaries(session, [batch_id])[0]
         if on_progress:
             on_progress(summary)
-        if sum(summary[s] for s in ended) >= summary["total"]:
+        if not any(summary[status] for status in waiting):
             return summary
         if not alive():
             raise RuntimeError(f"the workers stopped before batch {batch_id} finished")

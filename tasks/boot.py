@@ -17,6 +17,7 @@ from celery.signals import worker_process_init
 from tasks import state
 from tasks.queues import ROLE_STAGES
 from tasks.settings import Settings
+from workers.devices import release_memory
 from workers.loader import load_runtimes, quiet_library_logs
 from workers.profiles import resolve_profile
 
@@ -47,6 +48,12 @@ def load_for_role(settings: Settings) -> None:
         "memory_mode": settings.render_memory_mode,
     }
     state.install_runtimes(load_runtimes(stages, profile, settings.device, render_options))
+
+
+def unload_models() -> None:
+    """Drop this process's models and give their memory back (between stages of ``farm run``)."""
+    state.drop_runtimes()
+    release_memory()
 
 
 @worker_process_init.connect

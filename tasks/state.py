@@ -39,6 +39,12 @@ def install_runtimes(runtimes: Runtimes) -> None:
     _runtimes = runtimes
 
 
+def drop_runtimes() -> None:
+    """Forget this process's models (they are freed once nothing else holds them)."""
+    global _runtimes
+    _runtimes = None
+
+
 def has_runtimes() -> bool:
     """Whether this process has loaded its models already."""
     return _runtimes is not None

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+
 import torch
+
+# What the default profile's four models take on one card in bf16, with room to run them:
+# FLUX.1-schnell with its T5-XXL and CLIP encoders and VAE (~34 GB), Phi-3-mini (~7.6 GB),
+# CLIP ViT-L/14 and opus-mt (~1.2 GB), activations and the CUDA context on top.
+ALL_MODELS_BYTES = 48 * 2**30
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -32,3 +39,27 @@ def default_dtype(device: torch.device) -> torch.dtype:
         The dtype to load weights in.
     """
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def holds_all_models(name: str = "auto", needed_bytes: int = ALL_MODELS_BYTES) -> bool:
+    """Whether one device can keep the text and the image models loaded at the same time.
+
+    Args:
+        name: the device setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+        needed_bytes: memory all models need together.
+
+    Returns:
+        True on a CPU (host memory), or on a GPU with at least ``needed_bytes`` free.
+    """
+    device = resolve_device(name)
+    if device.type != "cuda":
+        return True
+    free, _total = torch.cuda.mem_get_info(device)
+    return free >= needed_bytes
+
+
+def release_memory() -> None:
+    """Return the memory of models that are no longer referenced (to the card's free pool)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

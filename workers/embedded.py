@@ -14,7 +14,7 @@ from celery import Celery
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
-from tasks.boot import load_for_role
+from tasks.boot import load_for_role, unload_models
 from tasks.queues import ROLE_QUEUES
 
 
@@ -29,11 +29,17 @@ class _ReadyWorker(WorkController):
 
 
 @contextmanager
-def embedded_worker(app: Celery, hostname: str = "local@farm", start_timeout: float = 60.0):
-    """Load the models for ``app.farm_settings.worker_role`` and serve its queues in a thread.
+def embedded_worker(
+    app: Celery,
+    role: str | None = None,
+    hostname: str = "local@farm",
+    start_timeout: float = 60.0,
+):
+    """Load a role's models and serve its queues in a thread; unload them on exit.
 
     Args:
         app: the configured farm app.
+        role: ``text``, ``gpu`` or ``all``; ``app.farm_settings.worker_role`` when None.
         hostname: the worker's node name, recorded on every stage run.
         start_timeout: seconds to wait for the consumer to be ready.
 
@@ -41,13 +47,14 @@ def embedded_worker(app: Celery, hostname: str = "local@farm", start_timeout: fl
         A function that tells whether the worker is still running; it is stopped on exit.
     """
     settings = app.farm_settings
-    load_for_role(settings)
+    role = role or settings.worker_role
+    load_for_role(settings.model_copy(update={"worker_role": role}))
     worker = _ReadyWorker(
         app=app,
         hostname=hostname,
         pool="solo",
         concurrency=1,
-        queues=list(ROLE_QUEUES[settings.worker_role]),
+        queues=list(ROLE_QUEUES[role]),
         loglevel="WARNING",
         without_heartbeat=True,
         without_mingle=True,
@@ -63,3 +70,4 @@ def embedded_worker(app: Celery, hostname: str = "local@farm", start_timeout: fl
         worker_state.should_terminate = 0
         thread.join(30)
         worker_state.should_terminate = None
+        unload_models()

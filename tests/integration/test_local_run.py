@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from db.engine import make_engine, session_factory
-from db.models import Article, ArticleStatus
+from db.models import Article, ArticleStatus, Render, StageRun, as_utc
 from producer.catalog import read_catalog
 from producer.cli import SAMPLE_CATALOG
 from tests.integration.farmproc import farm
@@ -68,3 +69,25 @@ def test_farm_demo_renders_the_shipped_sample_catalog(local_env, tmp_path):
     assert record["models"]["profile"] == "tiny"
     rows = articles(local_env["FARM_DATABASE_URL"])
     assert {a.status for a in rows} == {ArticleStatus.done.value}
+
+
+def test_farm_run_stagewise_finishes_every_text_stage_before_the_first_render(local_env, tmp_path):
+    files = write_catalog(tmp_path)
+    env = local_env | {"FARM_PROFILE": "tiny", "FARM_RUN_SCHEDULE": "stagewise"}
+    # No random-weight image reaches this score: every article is rendered 3 times.
+    result = farm(env, "run", "--min-clip-score", "101", *map(str, files))
+    assert result.returncode == 0, result.stderr
+    sessions = session_factory(make_engine(local_env["FARM_DATABASE_URL"]))
+    with sessions() as session:
+        runs = list(session.scalars(select(StageRun).where(StageRun.outcome == "ok")))
+        renders = session.scalars(select(Render.attempt)).all()
+    rows = articles(local_env["FARM_DATABASE_URL"])
+    assert [a.status for a in rows] == [ArticleStatus.needs_review.value] * 6
+    assert sorted(renders) == sorted([1, 2, 3] * 6)
+    text_ended = max(
+        as_utc(r.started_at) + timedelta(seconds=r.seconds)
+        for r in runs
+        if r.stage in ("translate", "extract")
+    )
+    first_render = min(as_utc(r.started_at) for r in runs if r.stage == "render")
+    assert text_ended <= first_render
