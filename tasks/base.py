@@ -99,25 +99,39 @@ class StageTask(Task):
             return article_id
         others = self._claim_others(session, article_id) if batch_work else []
         started = time.perf_counter()
-        try:
-            if batch_work is None:
-                output = work(claim.article, self._context())
-            else:
-                output, *outputs = batch_work(
-                    [claim.article, *(other.article for other in others)], self._context()
-                )
-        except Exception as error:
-            for other in others:
-                release_stage(session, other, other.article.id, f"{type(error).__name__}: {error}")
-            if isinstance(error, InvalidArticle):
-                self._fail(session, claim, error)
-            self._after_error(session, claim, article_id, error)
-        for other, other_output in zip(others, outputs if others else [], strict=True):
+        output, *outputs = self._run(work, batch_work, [claim, *others])
+        for other, other_output in zip(others, outputs, strict=True):
             self._store_other(session, other, other_output)
         if isinstance(output, InvalidArticle):
             self._fail(session, claim, output)
+        if isinstance(output, Exception):
+            self._after_error(session, claim, article_id, output)
         self._store(session, claim, output, started, len(others))
         return article_id
+
+    def _run(
+        self, work: StageFunction, batch_work: BatchFunction | None, claims: list[Claim]
+    ) -> list[StageOutput | Exception]:
+        """One output or exception per claim. A batch whose call fails is run again one
+        article at a time, so one article that breaks the model fails alone."""
+        ctx = self._context()
+        articles = [claim.article for claim in claims]
+        if batch_work is None:
+            return [_outcome(work, articles[0], ctx)]
+        try:
+            return batch_work(articles, ctx)
+        except Exception as error:
+            if len(articles) == 1:
+                return [error]
+            logger.warning(
+                "%s of %d articles in one call failed (%s: %s); running them one at a time",
+                self.stage,
+                len(articles),
+                type(error).__name__,
+                error,
+            )
+            alone = lambda article, ctx: batch_work([article], ctx)[0]  # noqa: E731
+            return [_outcome(alone, article, ctx) for article in articles]
 
     def _claim(self, session, article_id: int) -> Claim:
         settings = self.app.farm_settings
@@ -156,12 +170,16 @@ class StageTask(Task):
             f" with {others} more articles in the same call" if others else "",
         )
 
-    def _store_other(self, session, claim: Claim, output: StageOutput | InvalidArticle) -> None:
+    def _store_other(self, session, claim: Claim, output: StageOutput | Exception) -> None:
         """Store an article claimed alongside this task's own, and send its next stage."""
         article = claim.article
         if isinstance(output, InvalidArticle):
             fail_article(session, article.id, self.stage, "InvalidArticle", str(output), claim)
             self._article_ended(session, article)
+            return
+        if isinstance(output, Exception):
+            # Its own message is still queued: that task retries it and counts the error.
+            release_stage(session, claim, article.id, f"{type(output).__name__}: {output}")
             return
         if not complete_stage(
             session, claim, article.id, self.stage, output.values, output.render, output.status
@@ -232,3 +250,10 @@ class StageTask(Task):
         countdown = min(60.0, settings.retry_backoff_seconds * (2**self.request.retries))
         logger.warning("%s retry in %.1fs: %s", self.stage, countdown, message)
         raise self.retry(exc=error, countdown=countdown)
+
+
+def _outcome(work: StageFunction, article: Article, ctx: StageContext) -> StageOutput | Exception:
+    try:
+        return work(article, ctx)
+    except Exception as error:
+        return error

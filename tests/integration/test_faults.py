@@ -286,6 +286,8 @@ def test_poison_messages_are_refused_and_a_failing_article_does_not_stop_the_oth
     assert failed.error_kind == "RuntimeError" and "injected failure" in failed.error
     log = worker.log_path.read_text()
     assert "farm.no_such_task" in log
+    # The three were translated in one call first; it failed, so each went alone.
+    assert "translate of 3 articles in one call failed" in log
     assert "ContentDisallowed" in log or "Refusing to deserialize" in log
     assert worker.process.poll() is None
 
