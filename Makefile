@@ -44,6 +44,7 @@ bench: setup services
 	$(BIN)/python -m bench.overhead --quick
 	$(BIN)/python -m bench.submit --quick
 	$(BIN)/python -m bench.scale --quick
+	$(BIN)/python -m bench.text --quick
 
 # The fault-injection suite and the bad-input corpus, totalled (README "Reliability").
 faults: setup services
