@@ -9,9 +9,10 @@ the rest, so that delivery guarantees live in one place:
   with backoff; after ``stage_retries`` retries, or on :class:`InvalidArticle` at once, the
   article ends ``failed`` with its stage, error kind and message;
 * a copy that did no work stops its chain, so the next stage is sent once;
-* a batched stage (translate, extract) also claims other articles waiting at its stage and
-  runs them in one model call; it stores each and sends each one's next stage itself, and
-  their own messages, when they come, find the stage done and stop.
+* a batched stage (translate and extract; render and score when ``FARM_GPU_BATCH_SIZE`` > 1)
+  also claims other articles waiting at its stage and runs them in one model call; it stores
+  each and sends each one's next stage itself, and their own messages, when they come, find
+  the stage done and stop.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class StageTask(Task):
     """Base class of ``farm.translate``, ``farm.extract``, ``farm.render`` and ``farm.score``."""
 
     stage: str = ""
+    batch_setting: str = "text_batch_size"  # the Settings field that sizes this stage's batches
     acks_late = True
     reject_on_worker_lost = True
     max_retries = None  # bounded by the farm's own attempt counters instead
@@ -68,7 +70,7 @@ class StageTask(Task):
         Args:
             article_id: the article's primary key.
             work: the plain stage function.
-            batch_work: the stage's batched form; when given, up to ``text_batch_size - 1``
+            batch_work: the stage's batched form; when given, up to ``batch_setting`` - 1
                 other waiting articles are claimed and run in the same call.
 
         Returns:
@@ -145,7 +147,7 @@ class StageTask(Task):
         )
 
     def _claim_others(self, session, article_id: int) -> list[Claim]:
-        limit = self.app.farm_settings.text_batch_size - 1
+        limit = getattr(self.app.farm_settings, self.batch_setting) - 1
         if limit < 1:
             return []
         waiting = waiting_articles(session, self.stage, limit, exclude=article_id)

@@ -25,13 +25,17 @@ def extract(self: StageTask, article_id: int, key: str = "") -> int:
     return self.run_stage(article_id, stages.extract, stages.extract_batch)
 
 
-@app.task(bind=True, base=StageTask, name="farm.render", stage="render")
+@app.task(
+    bind=True, base=StageTask, name="farm.render", stage="render", batch_setting="gpu_batch_size"
+)
 def render(self: StageTask, article_id: int, key: str = "") -> int:
     """Generation prompt → image for one article's current attempt."""
-    return self.run_stage(article_id, stages.render)
+    return self.run_stage(article_id, stages.render, stages.render_batch)
 
 
-@app.task(bind=True, base=StageTask, name="farm.score", stage="score")
+@app.task(
+    bind=True, base=StageTask, name="farm.score", stage="score", batch_setting="gpu_batch_size"
+)
 def score(self: StageTask, article_id: int, key: str = "") -> int:
     """Image → CLIP score; publishes the article's image and JSON."""
-    return self.run_stage(article_id, stages.score)
+    return self.run_stage(article_id, stages.score, stages.score_batch)

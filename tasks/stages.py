@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from db.models import Article, ArticleStatus
+from db.models import Article, ArticleStatus, Render
 from tasks import outputs
 from tasks.exceptions import InvalidArticle, TransientStageError
 from workers.prompts import clip_prompt, generation_prompt
@@ -98,10 +98,7 @@ def extract_batch(articles: list[Article], ctx: StageContext) -> list[StageOutpu
 
 def extract(article: Article, ctx: StageContext) -> StageOutput:
     """English text → attributes JSON and the two prompts."""
-    output = extract_batch([article], ctx)[0]
-    if isinstance(output, InvalidArticle):
-        raise output
-    return output
+    return _single(extract_batch([article], ctx)[0])
 
 
 def _extracted(attributes: dict) -> StageOutput:
@@ -114,18 +111,40 @@ def _extracted(attributes: dict) -> StageOutput:
     )
 
 
+def render_batch(articles: list[Article], ctx: StageContext) -> list[StageOutput | Exception]:
+    """Generation prompts → one image per article's current attempt, in one runtime call.
+
+    Args:
+        articles: the articles, each claimed for this stage.
+        ctx: the stage's context.
+
+    Returns:
+        One item per article, in order: its output, or the :class:`TransientStageError` of
+        an image that could not be written (that article is retried alone).
+    """
+    seeds = [render_seed(article.key, article.render_attempt) for article in articles]
+    result = ctx.runtime([article.generation_prompt for article in articles], seeds)
+    seconds = result.seconds / len(articles)
+    return [
+        _saved(article, image, seed, seconds, ctx)
+        for article, image, seed in zip(articles, result.images, seeds, strict=True)
+    ]
+
+
 def render(article: Article, ctx: StageContext) -> StageOutput:
     """Generation prompt → one image for the article's current attempt, saved to disk."""
+    return _single(render_batch([article], ctx)[0])
+
+
+def _saved(article: Article, image, seed: int, seconds: float, ctx: StageContext):
     attempt = article.render_attempt
-    seed = render_seed(article.key, attempt)
-    result = ctx.runtime([article.generation_prompt], [seed])
     path = outputs.attempt_image_path(ctx.output_dir, article.batch_id, article.file_stem, attempt)
     try:
-        outputs.save_png(result.images[0], path)
+        outputs.save_png(image, path)
     except OSError as error:
-        raise TransientStageError(
-            f"cannot write image {path}: {error.strerror or error}"
-        ) from error
+        failure = TransientStageError(f"cannot write image {path}: {error.strerror or error}")
+        failure.__cause__ = error
+        return failure
     profile = ctx.profile
     return StageOutput(
         render={
@@ -137,23 +156,66 @@ def render(article: Article, ctx: StageContext) -> StageOutput:
             "height": profile.height,
             "steps": profile.steps,
             "image_path": str(path),
-            "seconds": result.seconds,
+            "seconds": seconds,
             "worker": ctx.worker,
         }
     )
 
 
-def score(article: Article, ctx: StageContext) -> StageOutput:
-    """Current attempt's image vs CLIP prompt → score; publishes the best image and its JSON.
+def score_batch(articles: list[Article], ctx: StageContext) -> list[StageOutput | Exception]:
+    """Current attempts' images vs CLIP prompts → scores, in one runtime call; publishes.
 
-    Below the threshold (the batch's, else the farm's) the article is rendered again with the
+    Below the threshold (the batch's, else the farm's) an article is rendered again with the
     next attempt's seed, up to ``max_attempts``; after that it needs review, its best image kept.
+
+    Args:
+        articles: the articles, each claimed for this stage.
+        ctx: the stage's context.
+
+    Returns:
+        One item per article, in order: its output, or the error that stops it alone
+        (:class:`InvalidArticle` without an image, :class:`TransientStageError` when its
+        outputs cannot be written).
     """
+    currents = [_current_render(article) for article in articles]
+    ready = [(a, c) for a, c in zip(articles, currents, strict=True) if isinstance(c, Render)]
+    images = []
+    for _, current in ready:
+        with Image.open(current.image_path) as image:
+            images.append(image.convert("RGB"))
+    prompts = [article.clip_prompt for article, _ in ready]
+    values = iter(ctx.runtime(images, prompts).scores if ready else [])
+    results = []
+    for article, current in zip(articles, currents, strict=True):
+        if not isinstance(current, Render):
+            results.append(current)
+            continue
+        try:
+            results.append(_scored(article, current, float(next(values)), ctx))
+        except TransientStageError as error:
+            results.append(error)
+    return results
+
+
+def score(article: Article, ctx: StageContext) -> StageOutput:
+    """Current attempt's image vs CLIP prompt → score; publishes the best image and its JSON."""
+    return _single(score_batch([article], ctx)[0])
+
+
+def _single(output: StageOutput | Exception) -> StageOutput:
+    if isinstance(output, Exception):
+        raise output
+    return output
+
+
+def _current_render(article: Article) -> Render | InvalidArticle:
     current = next((r for r in article.renders if r.attempt == article.render_attempt), None)
     if current is None or not Path(current.image_path).is_file():
-        raise InvalidArticle(f"render attempt {article.render_attempt} has no image on disk")
-    with Image.open(current.image_path) as image:
-        value = float(ctx.runtime([image.convert("RGB")], [article.clip_prompt]).scores[0])
+        return InvalidArticle(f"render attempt {article.render_attempt} has no image on disk")
+    return current
+
+
+def _scored(article: Article, current: Render, value: float, ctx: StageContext) -> StageOutput:
     scored = [
         (r.clip_score, r)
         for r in article.renders

@@ -66,10 +66,10 @@ class WorkerProcess:
         return [int(pid) for pid in path.read_text().split()] if path.exists() else []
 
 
-def wait_until_ended(database_url: str, timeout: float = 240) -> None:
-    """Wait until no article in the database is still in flight."""
+def wait_until_ended(database_url: str, timeout: float = 240, ended: tuple = ()) -> None:
+    """Wait until no article in the database is still in flight (or short of ``ended``)."""
     sessions = session_factory(make_engine(database_url))
-    ended = [s.value for s in TERMINAL_STATUSES]
+    ended = [*ended, *(s.value for s in TERMINAL_STATUSES)]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with sessions() as session:

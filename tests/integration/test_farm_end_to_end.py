@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import openpyxl
@@ -171,10 +172,10 @@ def test_invalid_input_is_reported_whole_and_nothing_is_written_or_sent(farm_env
     assert queued_messages(farm_env["FARM_BROKER_URL"]) == 0
 
 
-def test_a_text_worker_runs_waiting_articles_in_one_model_call_and_each_chain_goes_on_once(
+def test_workers_run_waiting_articles_in_one_model_call_and_each_chain_goes_on_once(
     farm_env, start_worker, tmp_path
 ):
-    env = farm_env | {"FARM_TEXT_BATCH_SIZE": "4"}
+    env = farm_env | {"FARM_TEXT_BATCH_SIZE": "4", "FARM_GPU_BATCH_SIZE": "4"}
     catalog = tmp_path / "twelve.csv"
     with open(catalog, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
@@ -183,8 +184,9 @@ def test_a_text_worker_runs_waiting_articles_in_one_model_call_and_each_chain_go
     submitted = farm(env, "submit", str(catalog))  # queued before any worker runs
     assert submitted.returncode == 0, submitted.stderr
     text = start_worker("text", env=env)
-    start_worker("gpu", env=env | {"FARM_DEVICE": "cpu"})
-
+    wait_until_ended(env["FARM_DATABASE_URL"], ended=("extracted",))
+    # Every render is queued before the GPU worker starts, so its first call takes four.
+    gpu = start_worker("gpu", env=env | {"FARM_DEVICE": "cpu"})
     wait_until_ended(env["FARM_DATABASE_URL"])
 
     sessions = session_factory(make_engine(env["FARM_DATABASE_URL"]))
@@ -199,6 +201,8 @@ def test_a_text_worker_runs_waiting_articles_in_one_model_call_and_each_chain_go
     assert statuses == [ArticleStatus.done.value] * 12
     assert len(ok_runs) == 12 * 4 and {count for *_, count in ok_runs} == {1}
     assert renders == 12
-    log = text.log_path.read_text()
-    assert "translate done" in log and "with 3 more articles in the same call" in log
+    for worker, stages in ((text, ("translate", "extract")), (gpu, ("render", "score"))):
+        log = worker.log_path.read_text()
+        for stage in stages:
+            assert re.search(rf"{stage} done in \S+ with 3 more articles in the same call", log)
     assert queued_messages(env["FARM_BROKER_URL"]) == 0

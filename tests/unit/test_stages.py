@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 
 from db.models import Article, Render
 from tasks import outputs, stages
@@ -193,3 +194,25 @@ def test_a_batch_extraction_fails_only_the_article_without_text(runtimes, tmp_pa
     for output in (first, third):
         assert set(output.values) == {"attributes", "generation_prompt", "clip_prompt"}
         Attributes.model_validate(output.values["attributes"])
+
+
+def test_a_batch_render_gives_each_article_its_own_seed_and_file_and_scores_them_together(
+    runtimes, tmp_path
+):
+    articles = [extracted_article(runtimes, tmp_path, id=n, key=f"K-{n}", file_stem=f"K-{n}")
+                for n in (1, 2, 3)]  # fmt: skip
+    rendered = stages.render_batch(articles, context(runtimes, "render", tmp_path))
+    for article, output in zip(articles, rendered, strict=True):
+        assert output.render["seed"] == stages.render_seed(article.key, 1)
+        assert Path(output.render["image_path"]).name.startswith(f"{article.file_stem}.")
+        article.renders = [Render(**output.render)]
+    articles[1].renders[0].image_path = str(tmp_path / "missing.png")
+
+    first, missing, third = stages.score_batch(articles, context(runtimes, "score", tmp_path))
+
+    assert isinstance(missing, InvalidArticle)
+    for article, output in ((articles[0], first), (articles[2], third)):
+        with Image.open(article.renders[0].image_path) as picture:
+            alone = runtimes.score([picture.convert("RGB")], [article.clip_prompt]).scores[0]
+        assert output.render["clip_score"] == pytest.approx(alone, abs=1e-3)
+        assert (tmp_path / "b1" / f"{article.file_stem}.json").is_file()
