@@ -49,8 +49,8 @@ from tasks.stages import StageContext, StageOutput
 logger = logging.getLogger("farm.tasks")
 
 StageFunction = Callable[[Article, StageContext], StageOutput]
-# A batched stage: one output (or the InvalidArticle that fails it alone) per article.
-BatchFunction = Callable[[list[Article], StageContext], list[StageOutput | InvalidArticle]]
+# A batched stage: per article, its output or the error that stops it alone.
+BatchFunction = Callable[[list[Article], StageContext], list[StageOutput | Exception]]
 
 
 class StageTask(Task):
