@@ -172,10 +172,12 @@ def claim_stage(
 
 
 def waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> list[int]:
-    """Articles waiting at a stage's input that no live lease holds, oldest first.
+    """Articles waiting at a stage's input, never tried at it and not leased, oldest first.
 
     A worker that batches a stage claims some of them alongside its own article; each is
-    still claimed one by one with :func:`claim_stage`, so two workers never share one.
+    still claimed one by one with :func:`claim_stage`, so two workers never share one. An
+    article tried before (its batch timed out, or its worker died) is left to its own
+    message, which runs it alone, so one article cannot take a batch down twice.
 
     Args:
         session: any session (its transaction is ended before returning).
@@ -192,6 +194,7 @@ def waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> 
             select(Article.id)
             .where(
                 Article.status == STAGE_INPUT[stage].value,
+                Article.stage_attempts == 0,
                 Article.id != exclude,
                 or_(Article.lease_expires_at.is_(None), Article.lease_expires_at < now),
             )

@@ -99,7 +99,9 @@ class StageTask(Task):
             logger.info("article %s: %s skipped (%s)", article_id, self.stage, claim.outcome.value)
             self.request.chain = None
             return article_id
-        others = self._claim_others(session, article_id) if batch_work else []
+        # A retried article (an earlier try failed or was killed) runs alone.
+        batched = batch_work is not None and claim.attempt == 1
+        others = self._claim_others(session, article_id) if batched else []
         started = time.perf_counter()
         output, *outputs = self._run(work, batch_work, [claim, *others])
         for other, other_output in zip(others, outputs, strict=True):

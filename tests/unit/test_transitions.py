@@ -149,7 +149,9 @@ def test_a_run_whose_lease_ran_out_is_recorded_lost_when_another_copy_takes_over
     assert outcomes == ["lost", "ok"]
 
 
-def test_waiting_articles_are_those_at_the_stage_input_with_no_live_lease(sessions, article_id):
+def test_waiting_articles_are_those_at_the_stage_input_never_tried_and_not_leased(
+    sessions, article_id
+):
     with sessions() as session, session.begin():
         for key in ("A-2", "A-3", "A-4"):
             session.add(
@@ -159,7 +161,7 @@ def test_waiting_articles_are_those_at_the_stage_input_with_no_live_lease(sessio
     with sessions() as session:
         ids = session.scalars(select(Article.id).order_by(Article.id)).all()
         claim(session, ids[1])  # live lease: not waiting
-        claim(session, ids[2], lease=-1.0)  # lease ran out: waiting again
-        assert waiting_articles(session, "translate", 10, exclude=ids[0]) == [ids[2], ids[3]]
-        assert waiting_articles(session, "translate", 1, exclude=ids[0]) == [ids[2]]
+        claim(session, ids[2], lease=-1.0)  # tried before: left to its own message
+        assert waiting_articles(session, "translate", 10, exclude=ids[0]) == [ids[3]]
+        assert waiting_articles(session, "translate", 10, exclude=ids[3]) == [ids[0]]
         assert waiting_articles(session, "extract", 10, exclude=ids[0]) == []
