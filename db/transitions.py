@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from db import statements
 from db.models import (
     TERMINAL_STATUSES,
     Article,
     ArticleStatus,
-    Render,
     StageRun,
     as_utc,
     utcnow,
@@ -41,39 +41,6 @@ STAGE_OUTPUT = {
     "score": ArticleStatus.done,
 }
 _ORDER = [s.value for s in (*STAGE_INPUT.values(), ArticleStatus.done)]
-
-# The statements every stage task runs, built once: the hot path of the farm's bookkeeping
-# skips the ORM's per-statement work (a stage task should cost a few round trips, no more).
-_ARTICLES = Article.__table__
-_RUNS = StageRun.__table__
-_RENDERS = Render.__table__
-_CLAIM = (
-    update(_ARTICLES)
-    .where(
-        _ARTICLES.c.id == bindparam("p_id"),
-        _ARTICLES.c.status == bindparam("p_status"),
-        _ARTICLES.c.stage_attempts < bindparam("p_max_attempts"),
-        or_(
-            _ARTICLES.c.lease_expires_at.is_(None),
-            _ARTICLES.c.lease_expires_at < bindparam("p_now"),
-        ),
-    )
-    .values(
-        lease_token=bindparam("p_token"),
-        lease_stage=bindparam("p_stage"),
-        lease_expires_at=bindparam("p_expires"),
-        stage_attempts=_ARTICLES.c.stage_attempts + 1,
-    )
-    .returning(_ARTICLES.c.stage_attempts)
-)
-_START_RUN = insert(_RUNS).returning(_RUNS.c.id)
-_FINISH_RUN = (
-    update(_RUNS)
-    .where(_RUNS.c.id == bindparam("p_id"))
-    .values(
-        outcome=bindparam("p_outcome"), error=bindparam("p_error"), seconds=bindparam("p_seconds")
-    )
-)
 
 
 class ClaimOutcome(str, Enum):
@@ -136,39 +103,37 @@ def claim_stage(
     """
     now = utcnow()
     token = uuid.uuid4().hex
-    connection = session.connection()
-    attempt = connection.scalar(
-        _CLAIM,
-        {
-            "p_id": article_id,
-            "p_status": STAGE_INPUT[stage].value,
-            "p_max_attempts": max_attempts,
-            "p_now": now,
-            "p_token": token,
-            "p_stage": stage,
-            "p_expires": now + timedelta(seconds=lease_seconds),
-        },
-    )
-    if attempt is None:
+    params = {
+        "p_id": article_id,
+        "p_status": STAGE_INPUT[stage].value,
+        "p_max_attempts": max_attempts,
+        "p_now": now,
+        "p_token": token,
+        "p_stage": stage,
+        "p_expires": now + timedelta(seconds=lease_seconds),
+        "p_worker": worker,
+    }
+    dialect = session.get_bind().dialect.name
+    row = session.execute(
+        statements.claim(dialect), params, execution_options={"populate_existing": True}
+    ).first()
+    if row is None:
         session.rollback()
         return _why_not_claimed(session, article_id, stage, max_attempts, now)
-    if attempt > 1:
+    article = row[0]
+    if statements.one_statement(dialect):
+        run_id = row[1]
+    else:
+        run = {"article_id": article_id, "stage": stage, "attempt": article.stage_attempts}
+        run |= {"worker": worker, "outcome": "running", "started_at": now}
+        run_id = session.connection().scalar(statements.start_run, run)
+    if article.stage_attempts > 1:
         # Runs still "running" lost their worker (killed, timed out): the lease ran out on them.
-        close_running_runs(session, article_id, "lost", stage)
-    run_id = connection.scalar(
-        _START_RUN,
-        {
-            "article_id": article_id,
-            "stage": stage,
-            "attempt": attempt,
-            "worker": worker,
-            "outcome": "running",
-            "started_at": now,
-        },
-    )
-    article = session.get(Article, article_id, populate_existing=True)
+        close_running_runs(session, article_id, "lost", stage, before=article.stage_attempts)
     session.commit()
-    return Claim(ClaimOutcome.claimed, token, attempt, run_id, article=article, started_at=now)
+    return Claim(
+        ClaimOutcome.claimed, token, article.stage_attempts, run_id, article=article, started_at=now
+    )
 
 
 def waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> list[int]:
@@ -257,33 +222,37 @@ def complete_stage(
         False when the lease was lost (another copy owns the article now): nothing is written.
     """
     new_status = status or STAGE_OUTPUT[stage]
-    done = new_status in TERMINAL_STATUSES
-    written = (
-        session.connection()
-        .execute(
-            update(_ARTICLES)
-            .where(_ARTICLES.c.id == article_id, _ARTICLES.c.lease_token == claim.token)
-            .values(
-                **values,
-                status=new_status.value,
-                stage_attempts=0,
-                lease_token=None,
-                lease_stage=None,
-                lease_expires_at=None,
-                error=None,
-                error_kind=None,
-                error_stage=None,
-                finished_at=utcnow() if done else None,
-            )
-        )
-        .rowcount
-    )
+    now = utcnow()
+    values = {
+        **values,
+        "status": new_status.value,
+        "stage_attempts": 0,
+        "lease_token": None,
+        "lease_stage": None,
+        "lease_expires_at": None,
+        "error": None,
+        "error_kind": None,
+        "error_stage": None,
+        "finished_at": now if new_status in TERMINAL_STATUSES else None,
+        "updated_at": now,
+    }
+    params = {"p_id": article_id, "p_token": claim.token}
+    params |= statements.completion_params(values, render)
+    columns = tuple(values)
+    connection = session.connection()
+    if statements.one_statement(connection.dialect.name):
+        params |= {"p_run": claim.run_id, "p_seconds": _run_seconds(claim)}
+        shape = tuple(render) if render is not None else None
+        written = connection.scalar(statements.complete(columns, shape), params)
+    else:
+        written = connection.execute(statements.store_article(columns), params).rowcount
+        if written:
+            if render is not None:
+                _upsert_render(session, article_id, render)
+            _finish_run(session, claim, "ok", None)
     if not written:
         session.rollback()
         return False
-    if render is not None:
-        _upsert_render(session, article_id, render)
-    _finish_run(session, claim, "ok", None)
     session.commit()
     return True
 
@@ -292,19 +261,30 @@ def _upsert_render(session: Session, article_id: int, render: dict) -> None:
     # The score stage updates its attempt's row; the render stage usually inserts a new one.
     connection = session.connection()
     updated = connection.execute(
-        update(_RENDERS)
-        .where(_RENDERS.c.article_id == article_id, _RENDERS.c.attempt == render["attempt"])
+        update(statements.RENDERS)
+        .where(
+            statements.RENDERS.c.article_id == article_id,
+            statements.RENDERS.c.attempt == render["attempt"],
+        )
         .values(**render)
     ).rowcount
     if not updated:
-        connection.execute(insert(_RENDERS).values(article_id=article_id, **render))
+        connection.execute(insert(statements.RENDERS).values(article_id=article_id, **render))
+
+
+def _run_seconds(claim: Claim) -> float | None:
+    return (utcnow() - claim.started_at).total_seconds() if claim.started_at else None
 
 
 def _finish_run(session: Session, claim: Claim, outcome: str, error: str | None) -> None:
-    seconds = (utcnow() - claim.started_at).total_seconds() if claim.started_at else None
     session.connection().execute(
-        _FINISH_RUN,
-        {"p_id": claim.run_id, "p_outcome": outcome, "p_error": error, "p_seconds": seconds},
+        statements.finish_run,
+        {
+            "p_run": claim.run_id,
+            "p_outcome": outcome,
+            "p_error": error,
+            "p_seconds": _run_seconds(claim),
+        },
     )
 
 
@@ -352,6 +332,7 @@ def close_running_runs(
     outcome: str,
     stage: str | None = None,
     error: str | None = None,
+    before: int | None = None,
 ) -> None:
     """Close the article's stage runs still marked ``running`` (their worker is gone).
 
@@ -361,10 +342,13 @@ def close_running_runs(
         outcome: what to record (``lost``, ``timeout``).
         stage: only this stage's runs; all stages when None.
         error: the reason, kept on the runs.
+        before: only runs of earlier attempts than this one (not the claim's own run).
     """
     query = update(StageRun).where(StageRun.article_id == article_id, StageRun.outcome == "running")
     if stage is not None:
         query = query.where(StageRun.stage == stage)
+    if before is not None:
+        query = query.where(StageRun.attempt < before)
     session.execute(
         query.values(outcome=outcome, error=error).execution_options(synchronize_session=False)
     )

@@ -1,4 +1,8 @@
-"""Article state transitions on SQLite: claims, leases, completion and failure."""
+"""Article state transitions on SQLite: claims, leases, completion and failure.
+
+``tests/integration/test_transitions_postgres.py`` runs the same tests on PostgreSQL, where
+claim and completion are single statements.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from db.engine import make_engine, migrate, session_factory
-from db.models import Article, ArticleStatus, Batch, StageRun
+from db.models import Article, ArticleStatus, Batch, Render, StageRun
 from db.transitions import (
+    STAGES,
     ClaimOutcome,
     claim_stage,
     complete_stage,
@@ -165,3 +170,75 @@ def test_waiting_articles_are_those_at_the_stage_input_never_tried_and_not_lease
         assert waiting_articles(session, "translate", 10, exclude=ids[0]) == [ids[3]]
         assert waiting_articles(session, "translate", 10, exclude=ids[3]) == [ids[0]]
         assert waiting_articles(session, "extract", 10, exclude=ids[0]) == []
+
+
+RENDER = {
+    "attempt": 1,
+    "seed": 7,
+    "model_id": "flux",
+    "lora": None,
+    "width": 64,
+    "height": 64,
+    "steps": 2,
+    "image_path": "/out/A-1.1.png",
+    "seconds": 0.5,
+    "worker": "w1@host",
+}
+
+
+def move_to(sessions, article_id, stage):
+    with sessions() as session:
+        for earlier in ("translate", "extract", "render", "score")[: STAGES.index(stage)]:
+            held = claim(session, article_id, earlier)
+            assert complete_stage(session, held, article_id, earlier, {})
+
+
+def test_a_render_inserts_its_attempt_and_the_score_updates_that_row(sessions, article_id):
+    move_to(sessions, article_id, "render")
+    with sessions() as session:
+        rendered = claim(session, article_id, "render")
+        assert complete_stage(session, rendered, article_id, "render", {}, render=RENDER)
+        scored = claim(session, article_id, "score")
+        score = {"attempt": 1, "clip_score": 27.5}
+        values = {"clip_score": 27.5, "image_path": "/out/A-1.png"}
+        assert complete_stage(session, scored, article_id, "score", values, render=score)
+    with sessions() as session:
+        row = session.scalars(select(Render)).one()
+        article = session.get(Article, article_id)
+        runs = session.scalars(select(StageRun.outcome).where(StageRun.stage == "score")).all()
+    assert (row.article_id, row.seed, row.image_path, row.clip_score) == (
+        article_id, 7, "/out/A-1.1.png", 27.5
+    )  # fmt: skip
+    assert article.status == ArticleStatus.done.value and article.finished_at is not None
+    assert (article.clip_score, article.image_path) == (27.5, "/out/A-1.png")
+    assert runs == ["ok"]
+
+
+def test_rendering_an_attempt_again_replaces_its_row_instead_of_adding_one(sessions, article_id):
+    move_to(sessions, article_id, "render")
+    with sessions() as session:
+        stale = claim(session, article_id, "render", lease=-1.0)
+        fresh = claim(session, article_id, "render")
+        again = RENDER | {"seed": 8, "worker": "w2@host"}
+        assert complete_stage(session, fresh, article_id, "render", {}, render=again)
+        assert not complete_stage(session, stale, article_id, "render", {}, render=RENDER)
+    with sessions() as session:
+        rows = session.scalars(select(Render)).all()
+        outcomes = session.scalars(
+            select(StageRun.outcome).where(StageRun.stage == "render").order_by(StageRun.id)
+        ).all()
+    assert [(row.attempt, row.seed, row.worker) for row in rows] == [(1, 8, "w2@host")]
+    assert outcomes == ["lost", "ok"]
+
+
+def test_a_completion_without_the_lease_writes_no_render_row_and_leaves_the_run_open(
+    sessions, article_id
+):
+    move_to(sessions, article_id, "render")
+    with sessions() as session:
+        held = claim(session, article_id, "render")
+        release_stage(session, held, article_id, "TransientStageError: disk full")
+        assert not complete_stage(session, held, article_id, "render", {}, render=RENDER)
+        assert session.scalars(select(Render)).all() == []
+        run = session.scalars(select(StageRun).where(StageRun.stage == "render")).one()
+    assert run.outcome == "retry"
