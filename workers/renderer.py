@@ -195,13 +195,32 @@ class Renderer:
                 guidance_scale=self.guidance_scale,
                 max_sequence_length=self.max_sequence_length,
                 generator=generators,
-                output_type="pil",
+                output_type="pt",
             )
+            # 4. Quantise to 8 bits where the pixels are: a quarter of the bytes cross to the CPU.
+            pixels = to_uint8(output.images)
         except torch.cuda.OutOfMemoryError:
             free_device_memory()
             raise
-        # 4. Return images in prompt order.
-        return RenderResult(images=list(output.images), seconds=time.perf_counter() - start)
+        # 5. Return images in prompt order.
+        images = [PIL.Image.fromarray(picture) for picture in pixels]
+        return RenderResult(images=images, seconds=time.perf_counter() - start)
+
+
+def to_uint8(images: torch.Tensor):
+    """Decoded images in ``[0, 1]`` (N, C, H, W) → uint8 pixels (N, H, W, C) on the CPU.
+
+    The arithmetic is diffusers' own ``numpy_to_pil`` (float32, ``* 255``, round half to
+    even), done on the images' device, so the pixels equal ``output_type="pil"``'s.
+
+    Args:
+        images: the pipeline's ``output_type="pt"`` images.
+
+    Returns:
+        A NumPy uint8 array.
+    """
+    scaled = (images.float() * 255).round().to(torch.uint8)
+    return scaled.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def free_device_memory() -> None:

@@ -17,6 +17,7 @@ from workers.renderer import (  # noqa: E402
     check_options,
     place_pipeline,
     resolve_memory_mode,
+    to_uint8,
 )
 
 CPU = torch.device("cpu")
@@ -263,3 +264,29 @@ def test_out_of_memory_frees_device_memory_and_propagates(tiny_dirs, monkeypatch
     with pytest.raises(torch.cuda.OutOfMemoryError):
         runtime(["a red shirt"], [1])
     assert freed == [True]
+
+
+def test_the_renderer_gives_the_pixels_of_the_pipelines_own_pil_output(renderer):
+    ours = pixels(renderer(["a red linen dress"], [5]))[0]
+    theirs = renderer.pipeline(
+        prompt=["a red linen dress"],
+        width=renderer.width,
+        height=renderer.height,
+        num_inference_steps=renderer.steps,
+        guidance_scale=renderer.guidance_scale,
+        max_sequence_length=renderer.max_sequence_length,
+        generator=[torch.Generator().manual_seed(5)],
+        output_type="pil",
+    ).images[0]
+    np.testing.assert_array_equal(ours, np.asarray(theirs, dtype=np.int16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eight_bit_conversion_rounds_as_diffusers_does(dtype):
+    from diffusers.image_processor import VaeImageProcessor
+
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    images[0, 0, 0, :4] = torch.tensor([0.0, 1.0, 0.5 / 255, 1.5 / 255])  # edges, half steps
+    expected = [np.asarray(p) for p in VaeImageProcessor.numpy_to_pil(
+        VaeImageProcessor.pt_to_numpy(images))]  # fmt: skip
+    np.testing.assert_array_equal(to_uint8(images), np.stack(expected))
