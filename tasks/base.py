@@ -209,6 +209,7 @@ class StageTask(Task):
             worker=self.request.hostname or "unknown",
             min_clip_score=settings.min_clip_score,
             max_attempts=settings.max_attempts,
+            images_per_call=settings.render_images_per_call,
         )
 
     def _after_store(self, session, article: Article, output: StageOutput) -> None:

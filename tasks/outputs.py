@@ -13,6 +13,7 @@ import re
 import shutil
 import statistics
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,6 +101,31 @@ def save_png(image: Image.Image, path: Path) -> None:
         path: its final place.
     """
     _atomic_write(path, lambda stream: image.save(stream, format="PNG"))
+
+
+def publish_file(source: Path, target: Path) -> None:
+    """Make ``target`` show ``source``'s content, atomically, without copying where possible.
+
+    A hard link costs no copy and no second write of the image; a file system without hard
+    links (or ``source`` on another one) gets a copy instead.
+
+    Args:
+        source: an existing file, already complete on disk.
+        target: where it is published.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    try:
+        os.link(source, scratch)
+    except OSError:
+        copy_file(source, target)
+        return
+    try:
+        os.replace(scratch, target)
+    except BaseException:
+        scratch.unlink(missing_ok=True)
+        raise
 
 
 def copy_file(source: Path, target: Path) -> None:

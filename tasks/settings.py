@@ -43,9 +43,12 @@ class Settings(BaseSettings):
     # Articles per call of the translator and the extractor: a text task also claims up to
     # this many - 1 other articles waiting at its stage (1 turns batching off).
     text_batch_size: int = Field(default=8, ge=1)
-    # The same for render and score on a GPU worker. 1 (off) unless bench.gpu shows that
-    # batching pays on the card: FLUX at 1024x1024 is compute-bound at batch 1.
+    # The same for render and score on a GPU worker. A render task with several articles
+    # renders them render_images_per_call at a time and writes each PNG while the next one
+    # renders; more than one image per call only where bench.gpu shows it pays (FLUX at
+    # 1024x1024 is compute-bound at one).
     gpu_batch_size: int = Field(default=1, ge=1)
+    render_images_per_call: int = Field(default=1, ge=1)
     # farm run on one machine: "stagewise" runs every text stage, unloads the text models,
     # then renders and scores; "together" keeps all four loaded; "auto" picks stagewise on a
     # GPU with too little free memory for all of them (workers.devices.holds_all_models).

@@ -8,6 +8,7 @@ task (``tasks.base``) claims the article before and stores the outputs after.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class StageContext:
     worker: str
     min_clip_score: float | None = None  # the farm's default; a batch's own threshold wins
     max_attempts: int = 1
+    images_per_call: int = 1  # images per renderer call when a render task has several articles
 
 
 @dataclass
@@ -112,7 +114,11 @@ def _extracted(attributes: dict) -> StageOutput:
 
 
 def render_batch(articles: list[Article], ctx: StageContext) -> list[StageOutput | Exception]:
-    """Generation prompts → one image per article's current attempt, in one runtime call.
+    """Generation prompts → one image per article's current attempt, saved to disk.
+
+    The articles go through the renderer ``ctx.images_per_call`` at a time (FLUX at 1024² is
+    compute-bound at one image per call), and each image is encoded and written on a
+    background thread while the next one renders, so PNG encoding stays off the GPU's path.
 
     Args:
         articles: the articles, each claimed for this stage.
@@ -123,12 +129,18 @@ def render_batch(articles: list[Article], ctx: StageContext) -> list[StageOutput
         an image that could not be written (that article is retried alone).
     """
     seeds = [render_seed(article.key, article.render_attempt) for article in articles]
-    result = ctx.runtime([article.generation_prompt for article in articles], seeds)
-    seconds = result.seconds / len(articles)
-    return [
-        _saved(article, image, seed, seconds, ctx)
-        for article, image, seed in zip(articles, result.images, seeds, strict=True)
-    ]
+    step = max(1, ctx.images_per_call)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-png") as writer:
+        saved = []
+        for start in range(0, len(articles), step):
+            chunk, chunk_seeds = articles[start : start + step], seeds[start : start + step]
+            result = ctx.runtime([article.generation_prompt for article in chunk], chunk_seeds)
+            seconds = result.seconds / len(chunk)
+            saved += [
+                writer.submit(_saved, article, image, seed, seconds, ctx)
+                for article, image, seed in zip(chunk, result.images, chunk_seeds, strict=True)
+            ]
+        return [future.result() for future in saved]
 
 
 def render(article: Article, ctx: StageContext) -> StageOutput:
@@ -244,7 +256,7 @@ def _publish(article: Article, ctx: StageContext, best, best_score: float) -> Pa
     folder = outputs.batch_dir(ctx.output_dir, article.batch_id)
     image_path = folder / f"{article.file_stem}.png"
     try:
-        outputs.copy_file(Path(best.image_path), image_path)
+        outputs.publish_file(Path(best.image_path), image_path)
         record = _record(article, ctx, best, best_score, image_path)
         outputs.write_json(folder / f"{article.file_stem}.json", record)
     except OSError as error:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -216,3 +217,82 @@ def test_a_batch_render_gives_each_article_its_own_seed_and_file_and_scores_them
             alone = runtimes.score([picture.convert("RGB")], [article.clip_prompt]).scores[0]
         assert output.render["clip_score"] == pytest.approx(alone, abs=1e-3)
         assert (tmp_path / "b1" / f"{article.file_stem}.json").is_file()
+
+
+class CountingRenderer:
+    """The tiny renderer, counting its calls and failing from call ``fail_from`` on."""
+
+    def __init__(self, renderer, fail_from: int | None = None):
+        self.renderer, self.fail_from, self.calls = renderer, fail_from, []
+
+    def __call__(self, prompts, seeds):
+        self.calls.append(len(prompts))
+        if self.fail_from is not None and len(self.calls) >= self.fail_from:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.renderer(prompts, seeds)
+
+
+def test_a_render_batch_streams_one_image_per_call_and_writes_what_one_big_call_writes(
+    runtimes, tmp_path
+):
+    articles = [extracted_article(runtimes, tmp_path, id=n, key=f"K-{n}", file_stem=f"K-{n}")
+                for n in (1, 2, 3)]  # fmt: skip
+    pictures = {}
+    for per_call in (1, 3):
+        renderer = CountingRenderer(runtimes.render)
+        ctx = stages.StageContext(
+            renderer, runtimes.profile, tmp_path / f"per-call-{per_call}", "test@host",
+            images_per_call=per_call,
+        )  # fmt: skip
+        outputs_ = stages.render_batch(articles, ctx)
+        assert renderer.calls == ([1, 1, 1] if per_call == 1 else [3])
+        pictures[per_call] = []
+        for output in outputs_:
+            with Image.open(output.render["image_path"]) as picture:
+                pictures[per_call].append(np.asarray(picture.convert("RGB"), dtype=int))
+    for streamed, together in zip(pictures[1], pictures[3], strict=True):
+        # As in test_renderer: CPU BLAS may round a rare pixel one level apart in a batch.
+        difference = np.abs(streamed - together)
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+
+
+def test_a_renderer_failing_mid_batch_raises_once_the_images_made_before_are_written(
+    runtimes, tmp_path
+):
+    articles = [extracted_article(runtimes, tmp_path, id=n, key=f"K-{n}", file_stem=f"K-{n}")
+                for n in (1, 2, 3)]  # fmt: skip
+    ctx = stages.StageContext(
+        CountingRenderer(runtimes.render, fail_from=2), runtimes.profile, tmp_path, "test@host"
+    )
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        stages.render_batch(articles, ctx)
+    attempts = tmp_path / "b1" / "attempts"
+    assert sorted(path.name for path in attempts.iterdir()) == ["K-1.1.png"]
+    with Image.open(attempts / "K-1.1.png") as picture:
+        assert picture.size == (runtimes.profile.width, runtimes.profile.height)
+
+
+def test_publishing_links_the_attempt_image_and_replaces_an_older_one(tmp_path):
+    first, second = tmp_path / "a.1.png", tmp_path / "a.2.png"
+    first.write_bytes(b"first attempt")
+    second.write_bytes(b"second attempt")
+    target = tmp_path / "out" / "a.png"
+    outputs.publish_file(first, target)
+    assert target.stat().st_ino == first.stat().st_ino
+    outputs.publish_file(second, target)
+    assert target.read_bytes() == b"second attempt" and first.read_bytes() == b"first attempt"
+    assert sorted(path.name for path in target.parent.iterdir()) == ["a.png"]
+
+
+def test_publishing_copies_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
+    source = tmp_path / "a.1.png"
+    source.write_bytes(b"pixels")
+
+    def no_links(*_args):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(outputs.os, "link", no_links)
+    target = tmp_path / "out" / "a.png"
+    outputs.publish_file(source, target)
+    assert target.read_bytes() == b"pixels" and target.stat().st_ino != source.stat().st_ino
+    assert sorted(path.name for path in target.parent.iterdir()) == ["a.png"]
