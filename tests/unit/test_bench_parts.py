@@ -8,7 +8,7 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from bench import fake_runtimes, scale  # noqa: E402
+from bench import fake_runtimes, scale, stream  # noqa: E402
 from bench.catalog import synthetic_rows, write_workbook  # noqa: E402
 from bench.cpuload import CpuMeter  # noqa: E402
 from bench.gpu_models import build_parts, parameter_count, real_spec  # noqa: E402
@@ -71,3 +71,17 @@ def test_the_cpu_meter_gives_a_share_between_0_and_1():
     sum(range(2_000_000))
     busy = meter.busy()
     assert busy is None or 0.0 <= busy <= 1.0
+
+
+def test_studio_photos_are_deterministic_pictures_of_the_asked_size():
+    first, again, other = (stream.studio_photo(seed, 96) for seed in (1, 1, 2))
+    assert first.size == (96, 96) and first.mode == "RGB"
+    assert first.tobytes() == again.tobytes() and first.tobytes() != other.tobytes()
+
+
+def test_the_stream_benchmark_times_both_sides_and_ends_with_its_ratio(capsys):
+    assert stream.main(["--quick", "--render-seconds", "0.01", "--size", "64"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    name, value = lines[-1].split(": ")
+    assert name == "render_stream_speedup" and float(value) > 0
+    assert sum(line.startswith("round 1 ") for line in lines) == 2
