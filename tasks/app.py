@@ -14,6 +14,10 @@ from celery import Celery
 from tasks.queues import NORMAL_PRIORITY, PRIORITY_STEPS, ROUTES, TEXT_QUEUE
 from tasks.settings import Settings
 
+# 0, 0.5, 1, 1.5 s, then every 2 s: 32 tries over about a minute.
+PUBLISH_RETRY_POLICY = {"max_retries": 32, "interval_start": 0, "interval_step": 0.5,
+                        "interval_max": 2}  # fmt: skip
+
 
 def celery_config(settings: Settings) -> dict:
     """Celery settings derived from the farm's settings.
@@ -40,6 +44,10 @@ def celery_config(settings: Settings) -> dict:
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
+        # A publish (a chain's next stage, a requeue, a submit) rides out a broker restart of
+        # up to about a minute instead of failing after Celery's default 3 quick tries: a
+        # failed chain step would leave its article waiting for `farm requeue --stuck`.
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         # Every result lives in the farm's database; Celery's own results are not needed.
         "result_backend": None,
         "task_ignore_result": True,

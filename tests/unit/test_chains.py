@@ -38,3 +38,17 @@ def test_an_urgent_chain_is_urgent_at_every_stage_and_starts_where_it_is_asked()
 def test_an_unknown_stage_is_refused():
     with pytest.raises(ValueError, match="unknown stage"):
         article_chain(7, "A-7", "paint")
+
+
+def test_a_chain_step_is_published_again_for_about_a_minute_while_the_broker_is_away():
+    from kombu.utils.functional import fxrange
+
+    from tasks.app import celery_config
+    from tasks.settings import Settings
+
+    policy = celery_config(Settings())["task_publish_retry_policy"]
+    start, most = policy["interval_start"], policy["interval_max"]
+    # The waits kombu's retry_over_time takes between tries under this policy.
+    waits = fxrange(start, most + start, policy["interval_step"], repeatlast=True)
+    waited = sum(next(waits) for _ in range(policy["max_retries"]))
+    assert 50 <= waited <= 90
