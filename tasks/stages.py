@@ -8,7 +8,7 @@ task (``tasks.base``) claims the article before and stores the outputs after.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,22 +125,27 @@ def render_batch(articles: list[Article], ctx: StageContext) -> list[StageOutput
         ctx: the stage's context.
 
     Returns:
-        One item per article, in order: its output, or the :class:`TransientStageError` of
-        an image that could not be written (that article is retried alone).
+        One item per article, in order: its output, or what stops it alone: the renderer's
+        error for the articles of a call that failed (CUDA out of memory, say), or the
+        :class:`TransientStageError` of an image that could not be written.
     """
     seeds = [render_seed(article.key, article.render_attempt) for article in articles]
     step = max(1, ctx.images_per_call)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-png") as writer:
-        saved = []
+        done: list[Future | Exception] = []
         for start in range(0, len(articles), step):
             chunk, chunk_seeds = articles[start : start + step], seeds[start : start + step]
-            result = ctx.runtime([article.generation_prompt for article in chunk], chunk_seeds)
+            try:
+                result = ctx.runtime([article.generation_prompt for article in chunk], chunk_seeds)
+            except Exception as error:  # this call's articles fail (and retry) alone
+                done += [error] * len(chunk)
+                continue
             seconds = result.seconds / len(chunk)
-            saved += [
+            done += [
                 writer.submit(_saved, article, image, seed, seconds, ctx)
                 for article, image, seed in zip(chunk, result.images, chunk_seeds, strict=True)
             ]
-        return [future.result() for future in saved]
+        return [item.result() if isinstance(item, Future) else item for item in done]
 
 
 def render(article: Article, ctx: StageContext) -> StageOutput:
