@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch
 from bench.catalog import synthetic_rows
 from bench.gpu_models import ModelSpec, Parts, build_parts, parameter_count, real_spec, tiny_spec
 from bench.gpu_timing import RenderTiming, time_render
+from bench.stream import articles, run_side
 from workers.extractor import Extractor
 from workers.profiles import build_tiny_profile
 from workers.prompts import clip_prompt, generation_prompt
@@ -277,6 +279,24 @@ def print_render(timing: RenderTiming, flush: bool = False) -> None:
     )
 
 
+def time_render_stage(renderer: Renderer, prompts: list[tuple[str, str]]) -> dict[str, float]:
+    """The farm's render stage with its PNG writes: one article per call vs a streamed batch.
+
+    Args:
+        renderer: the farm's renderer, in the configuration to measure (already warm).
+        prompts: (generation prompt, CLIP prompt) pairs; all of them form the batch.
+
+    Returns:
+        Seconds per article for ``inline`` and ``streamed``.
+    """
+    chosen = articles([prompt for prompt, _ in prompts], "gpu")
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as scratch:
+        return {
+            side: run_side(side, renderer, chosen, len(chosen), Path(scratch))
+            for side in ("inline", "streamed")
+        }
+
+
 def render_prompts(attributes: list[dict], count: int) -> list[tuple[str, str]]:
     """The farm's render and CLIP prompts, built from the extracted attributes.
 
@@ -291,13 +311,16 @@ def render_prompts(attributes: list[dict], count: int) -> list[tuple[str, str]]:
     return [(generation_prompt(attrs), clip_prompt(attrs)) for attrs in chosen]
 
 
-def report(text: TextTiming, timings: list[RenderTiming], notes: list[str]) -> None:
+def report(
+    text: TextTiming, timings: list[RenderTiming], notes: list[str], stage: dict[str, float]
+) -> None:
     """Print the summary; the last line is ``images_per_hour: N``.
 
     Args:
         text: the text stages' timings.
         timings: every render configuration measured.
         notes: what was skipped and why.
+        stage: the render stage's seconds per article, ``inline`` and ``streamed``.
     """
     for note in notes:
         print(f"  {note}")
@@ -316,6 +339,11 @@ def report(text: TextTiming, timings: list[RenderTiming], notes: list[str]) -> N
             speedup = base.seconds_per_image / timing.seconds_per_image
             print(f"{timing.mode} vs {base.mode}, batch {timing.batch}: {speedup:.2f}x")
     best = min(timings, key=lambda t: t.seconds_per_image)
+    print(
+        f"render stage with PNG writes ({timings[-1].mode}): one article per call "
+        f"{stage['inline']:.3f} s/article, streamed {stage['streamed']:.3f} s/article: "
+        f"{stage['inline'] / stage['streamed']:.2f}x"
+    )
     gpu_seconds = best.seconds_per_image + best.score_seconds_per_image
     print(
         f"fastest: {best.mode} batch {best.batch}; render + score on one GPU: "
@@ -353,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     deadline = started + args.budget_seconds
     timings, notes = time_render_modes(renderer, scorer, prompts, args, deadline)
-    report(text, timings, notes)
+    stage = time_render_stage(renderer, prompts)
+    report(text, timings, notes, stage)
     print(f"total {time.monotonic() - started:.1f}s", file=sys.stderr)
     return 0
 

@@ -36,6 +36,7 @@ from tasks import outputs, stages
 from workers.renderer import RenderResult
 
 PICTURES = 4
+PROMPT = "a red linen summer dress, studio product photo"
 
 
 def studio_photo(seed: int, size: int) -> PIL.Image.Image:
@@ -108,22 +109,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def articles(count: int, round_number: int) -> list[Article]:
-    """Articles ready to render (their rows are never stored).
+def articles(prompts: list[str], tag: str) -> list[Article]:
+    """Articles ready to render, one per prompt (their rows are never stored).
 
     Args:
-        count: how many.
-        round_number: makes keys, and so seeds, differ between rounds.
+        prompts: their generation prompts.
+        tag: part of every key (and so of every seed), e.g. the round.
 
     Returns:
         The articles.
     """
     made = []
-    for index in range(count):
-        key = f"R{round_number}-SKU-{index:05d}"
+    for index, prompt in enumerate(prompts):
+        key = f"{tag}-SKU-{index:05d}"
         made.append(
-            Article(id=index + 1, batch_id=f"round-{round_number}", key=key, file_stem=key,
-                    render_attempt=1, generation_prompt="a red linen summer dress")
+            Article(id=index + 1, batch_id=tag, key=key, file_stem=key, render_attempt=1,
+                    generation_prompt=prompt)
         )  # fmt: skip
     return made
 
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(scratch)
         print(f"PNG encode + write alone: {png_seconds(pictures, folder):.3f} s/picture")
         for number in range(args.rounds):
-            chosen = articles(args.articles, number)
+            chosen = articles([PROMPT] * args.articles, f"round-{number + 1}")
             order = ("inline", "streamed") if number % 2 == 0 else ("streamed", "inline")
             for side in order:
                 per_article = run_side(side, renderer, chosen, args.batch, folder)

@@ -9,7 +9,7 @@ the rest, so that delivery guarantees live in one place:
   with backoff; after ``stage_retries`` retries, or on :class:`InvalidArticle` at once, the
   article ends ``failed`` with its stage, error kind and message;
 * a copy that did no work stops its chain, so the next stage is sent once;
-* a batched stage (translate and extract; render and score when ``FARM_GPU_BATCH_SIZE`` > 1)
+* a batched stage (translate and extract; render and score unless ``FARM_GPU_BATCH_SIZE`` is 1)
   also claims other articles waiting at its stage and runs them in one model call; it stores
   each and sends each one's next stage itself, and their own messages, when they come, find
   the stage done and stop.

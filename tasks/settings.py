@@ -45,9 +45,9 @@ class Settings(BaseSettings):
     text_batch_size: int = Field(default=8, ge=1)
     # The same for render and score on a GPU worker. A render task with several articles
     # renders them render_images_per_call at a time and writes each PNG while the next one
-    # renders; more than one image per call only where bench.gpu shows it pays (FLUX at
-    # 1024x1024 is compute-bound at one).
-    gpu_batch_size: int = Field(default=1, ge=1)
+    # renders, so PNG encoding leaves the GPU's path (bench.stream); more than one image per
+    # call only where bench.gpu shows it pays (FLUX at 1024x1024 is compute-bound at one).
+    gpu_batch_size: int = Field(default=4, ge=1)
     render_images_per_call: int = Field(default=1, ge=1)
     # farm run on one machine: "stagewise" runs every text stage, unloads the text models,
     # then renders and scores; "together" keeps all four loaded; "auto" picks stagewise on a
