@@ -45,6 +45,8 @@ bench: setup services
 	$(BIN)/python -m bench.submit --quick
 	$(BIN)/python -m bench.scale --quick
 	$(BIN)/python -m bench.text --quick
+	$(BIN)/python -m bench.stream --quick
+	$(BIN)/python -m bench.claims --articles 200
 
 # The fault-injection suite and the bad-input corpus, totalled (README "Reliability").
 faults: setup services

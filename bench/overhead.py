@@ -21,13 +21,14 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import redis
 
 from bench import bare_app
 from bench.catalog import synthetic_rows
+from bench.cpuload import CpuShares
 from bench.farm import farm_env, producer_side, submit_rows, wait_batch_ended
 from bench.processes import running
 from bench.services import fresh_database, interrupt_on_sigterm, redis_database
@@ -44,6 +45,7 @@ class Measurement:
     side: str
     articles: int
     seconds: float
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per part of the setup
 
     @property
     def throughput(self) -> float:
@@ -146,7 +148,7 @@ def run_rounds(args, broker_url: str, database_url: str, workers) -> list[Measur
         workers: the running [bare, farm] worker processes.
 
     Returns:
-        Every measurement, in the order taken.
+        Every measurement, in the order taken, with the CPU each side's setup spent.
     """
     bare_app.app.conf.broker_url = broker_url
     app, sessions = producer_side(database_url, broker_url)
@@ -156,6 +158,10 @@ def run_rounds(args, broker_url: str, database_url: str, workers) -> list[Measur
     # Untimed: the pool children open their database and broker connections on first use.
     bare_round(client, WARMUP_ARTICLES, timeout)
     farm_round(app, sessions, WARMUP_ARTICLES, -1, timeout, farm_alive)
+    shares = {
+        "bare": CpuShares(workers[0].process.pid),
+        "farm": CpuShares(workers[1].process.pid, database_url.rsplit("/", 1)[1]),
+    }
     measurements = []
     for number in range(args.rounds):
         sides = {
@@ -166,7 +172,8 @@ def run_rounds(args, broker_url: str, database_url: str, workers) -> list[Measur
         }
         order = ("bare", "farm") if number % 2 == 0 else ("farm", "bare")
         for side in order:
-            result = sides[side]()
+            shares[side].start()
+            result = replace(sides[side](), cpu=shares[side].stop())
             measurements.append(result)
             print(
                 f"round {number + 1} {side}: {result.articles} articles in "
@@ -188,8 +195,12 @@ def report(measurements: list[Measurement]) -> float:
     totals = {}
     for side in ("bare", "farm"):
         taken = [m for m in measurements if m.side == side]
-        totals[side] = sum(m.articles for m in taken) / sum(m.seconds for m in taken)
+        articles = sum(m.articles for m in taken)
+        totals[side] = articles / sum(m.seconds for m in taken)
         print(f"{side} overall: {totals[side]:.1f} articles/s")
+        spent = {part: sum(m.cpu.get(part, 0.0) for m in taken) for part in taken[0].cpu}
+        split = ", ".join(f"{part} {1000 * sec / articles:.1f}" for part, sec in spent.items())
+        print(f"{side} CPU per article (ms): {split}; {1000 * sum(spent.values()) / articles:.1f}")
     ratio = totals["farm"] / totals["bare"]
     print(f"overhead_ratio: {ratio:.3f}")
     return ratio

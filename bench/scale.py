@@ -191,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"--- {worker.log_path.name}\n{worker.tail(15)}", file=sys.stderr)
                 raise
     ideal = args.articles * args.render_seconds / GPU_PROCESSES
+    batch = Settings().gpu_batch_size
     print(
-        f"mean per article on the GPU queue: renderer {tasks['renderer']:.3f}s, render task "
-        f"{tasks['render']:.3f}s and score task {tasks['score']:.3f}s (claim to stored)"
+        f"mean per article on the GPU queue: renderer {tasks['renderer']:.3f}s per image; "
+        f"render {tasks['render']:.3f}s and score {tasks['score']:.3f}s from claim to stored "
+        f"(FARM_GPU_BATCH_SIZE={batch}: a batch claims its articles first, stores them last)"
     )
     print(f"machine CPU busy over the timed run: {busy:.0%} of {os.cpu_count()} cores")
     print(f"ideal: {ideal:.1f}s  actual: {actual:.1f}s  ({args.articles / actual:.2f} articles/s)")

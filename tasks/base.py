@@ -10,9 +10,10 @@ the rest, so that delivery guarantees live in one place:
   article ends ``failed`` with its stage, error kind and message;
 * a copy that did no work stops its chain, so the next stage is sent once;
 * a batched stage (translate and extract; render and score unless ``FARM_GPU_BATCH_SIZE`` is 1)
-  also claims other articles waiting at its stage and runs them in one model call; it stores
-  each and sends each one's next stage itself, and their own messages, when they come, find
-  the stage done and stop.
+  also claims other articles waiting at its stage and runs them in one call of its batch
+  function (one model call; render streams them through the GPU); it stores each and sends
+  each one's next stage itself, and their own messages, when they come, find the stage done
+  and stop.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
-from billiard.exceptions import TimeLimitExceeded
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import Task
 from sqlalchemy.exc import DBAPIError
 
@@ -124,6 +125,8 @@ class StageTask(Task):
             return [_outcome(work, articles[0], ctx)]
         try:
             return batch_work(articles, ctx)
+        except SoftTimeLimitExceeded as error:
+            return [error] * len(articles)  # out of time: nothing is run again in this task
         except Exception as error:
             if len(articles) == 1:
                 return [error]

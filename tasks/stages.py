@@ -137,7 +137,9 @@ def render_batch(articles: list[Article], ctx: StageContext) -> list[StageOutput
             chunk, chunk_seeds = articles[start : start + step], seeds[start : start + step]
             try:
                 result = ctx.runtime([article.generation_prompt for article in chunk], chunk_seeds)
-            except Exception as error:  # this call's articles fail (and retry) alone
+            except (RuntimeError, ValueError) as error:
+                # The renderer's own errors (CUDA out of memory, an input it refuses) stay with
+                # this call's articles; anything else, a time limit say, ends the batch.
                 done += [error] * len(chunk)
                 continue
             seconds = result.seconds / len(chunk)

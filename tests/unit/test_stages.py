@@ -294,3 +294,17 @@ def test_publishing_copies_where_the_file_system_has_no_hard_links(tmp_path, mon
     outputs.publish_file(source, target)
     assert target.read_bytes() == b"pixels" and target.stat().st_ino != source.stat().st_ino
     assert sorted(path.name for path in target.parent.iterdir()) == ["a.png"]
+
+
+def test_an_error_that_is_not_the_renderers_own_ends_the_batch(runtimes, tmp_path):
+    class OutOfTime(Exception):  # like Celery's soft time limit, raised into the call
+        pass
+
+    def renderer(prompts, seeds):
+        raise OutOfTime()
+
+    articles = [extracted_article(runtimes, tmp_path, id=n, key=f"K-{n}", file_stem=f"K-{n}")
+                for n in (1, 2)]  # fmt: skip
+    ctx = stages.StageContext(renderer, runtimes.profile, tmp_path, "test@host")
+    with pytest.raises(OutOfTime):
+        stages.render_batch(articles, ctx)
