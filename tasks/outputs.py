@@ -123,9 +123,10 @@ def publish_file(source: Path, target: Path) -> None:
         return
     try:
         os.replace(scratch, target)
-    except BaseException:
+    finally:
+        # Gone after a rename; still there when target already was this file (POSIX rename
+        # of two links to one file does nothing), e.g. the same best attempt published again.
         scratch.unlink(missing_ok=True)
-        raise
 
 
 def copy_file(source: Path, target: Path) -> None:

@@ -279,6 +279,8 @@ def test_publishing_links_the_attempt_image_and_replaces_an_older_one(tmp_path):
     assert target.stat().st_ino == first.stat().st_ino
     outputs.publish_file(second, target)
     assert target.read_bytes() == b"second attempt" and first.read_bytes() == b"first attempt"
+    outputs.publish_file(second, target)  # the same best attempt again
+    assert target.stat().st_ino == second.stat().st_ino
     assert sorted(path.name for path in target.parent.iterdir()) == ["a.png"]
 
 
