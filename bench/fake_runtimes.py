@@ -69,23 +69,28 @@ def score(images: list, texts: list[str]) -> ScoreResult:
 
 
 class SleepingRenderer:
-    """A renderer that takes a fixed time per image and returns small grey images.
+    """A renderer that takes a fixed time per image and returns small grey images, or the
+    pictures it was given.
 
     Args:
         seconds_per_image: how long each image takes (0 for none).
+        pictures: handed out in turn by seed instead of grey images, when given.
     """
 
-    def __init__(self, seconds_per_image: float) -> None:
+    def __init__(
+        self, seconds_per_image: float, pictures: list[PIL.Image.Image] | None = None
+    ) -> None:
         if seconds_per_image < 0:
             raise ValueError("seconds_per_image must not be negative")
         self.seconds_per_image = seconds_per_image
+        self.pictures = pictures
 
     def __call__(self, prompts: list[str], seeds: list[int]) -> RenderResult:
         """Render one image per prompt.
 
         Args:
             prompts: the prompts.
-            seeds: one seed per prompt; it sets the grey level.
+            seeds: one seed per prompt; it sets the grey level (or picks the picture).
 
         Returns:
             The images and the time taken.
@@ -93,9 +98,12 @@ class SleepingRenderer:
         start = time.perf_counter()
         if self.seconds_per_image:
             time.sleep(self.seconds_per_image * len(prompts))
-        images = [
-            PIL.Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (seed % 256,) * 3) for seed in seeds
-        ]
+        if self.pictures:
+            images = [self.pictures[seed % len(self.pictures)] for seed in seeds]
+        else:
+            images = [
+                PIL.Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (seed % 256,) * 3) for seed in seeds
+            ]
         return RenderResult(images=images, seconds=time.perf_counter() - start)
 
 

@@ -30,10 +30,9 @@ import numpy as np
 import PIL.Image
 from PIL import ImageDraw, ImageFilter
 
-from bench.fake_runtimes import bench_profile
+from bench.fake_runtimes import SleepingRenderer, bench_profile
 from db.models import Article
 from tasks import outputs, stages
-from workers.renderer import RenderResult
 
 PICTURES = 4
 PROMPT = "a red linen summer dress, studio product photo"
@@ -66,25 +65,6 @@ def studio_photo(seed: int, size: int) -> PIL.Image.Image:
     shading = 1.0 - 0.25 * np.clip(axis[None, :, None], 0, 1)
     pixels = np.asarray(picture, dtype=np.float64) * shading + weave
     return PIL.Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-
-class FixedTimeRenderer:
-    """Takes ``seconds`` per image, as a GPU does, and returns prepared pictures.
-
-    Args:
-        seconds: time per image.
-        pictures: the pictures handed out in turn (by seed).
-    """
-
-    def __init__(self, seconds: float, pictures: list[PIL.Image.Image]) -> None:
-        self.seconds, self.pictures = seconds, pictures
-
-    def __call__(self, prompts: list[str], seeds: list[int]) -> RenderResult:
-        """Wait, then return one picture per prompt."""
-        start = time.perf_counter()
-        time.sleep(self.seconds * len(prompts))
-        images = [self.pictures[seed % len(self.pictures)] for seed in seeds]
-        return RenderResult(images=images, seconds=time.perf_counter() - start)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -179,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = parse_args(argv)
     pictures = [studio_photo(seed, args.size) for seed in range(PICTURES)]
-    renderer = FixedTimeRenderer(args.render_seconds, pictures)
+    renderer = SleepingRenderer(args.render_seconds, pictures)
     print(
         f"stream: {args.rounds} rounds x {args.articles} articles per side, "
         f"{args.size}x{args.size} pictures, {args.render_seconds}s per image, "

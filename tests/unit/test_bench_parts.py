@@ -85,3 +85,10 @@ def test_the_stream_benchmark_times_both_sides_and_ends_with_its_ratio(capsys):
     name, value = lines[-1].split(": ")
     assert name == "render_stream_speedup" and float(value) > 0
     assert sum(line.startswith("round 1 ") for line in lines) == 2
+
+
+def test_the_sleeping_renderer_hands_out_given_pictures_by_seed():
+    pictures = [stream.studio_photo(seed, 32) for seed in (0, 1)]
+    renderer = fake_runtimes.SleepingRenderer(0.0, pictures)
+    images = renderer(["a", "b", "c"], [4, 5, 6]).images
+    assert images == [pictures[0], pictures[1], pictures[0]]
