@@ -7,13 +7,15 @@ pool child per card) run ``bench.fake_runtimes:fixed_render``, whose renderer sl
 the sleeping renderer stands in for one, so the figure is the farm's scheduling overhead. On
 a small machine the render time must stay long enough that the CPU (database, broker,
 workers) is not the bottleneck; the benchmark prints the machine's CPU use over the timed
-run to check.
+run to check. It also splits each process's time per article: the render call, the rest of
+the render and score tasks, the hand-over between tasks, and the idle time at the edges.
+``--gpu-processes 1`` shows that split on a quiet machine, without 8 processes sharing it.
 
-Ideal time is ``articles x render_seconds / 8``; actual time runs from the first chain sent
+Ideal time is ``articles x render_seconds / processes``; actual time runs from the first chain sent
 to the last article done (``finished_at`` in the database). The last line is
 ``scale_efficiency: X``, ideal over actual.
 
-    python -m bench.scale [--articles N] [--render-seconds S] [--quick]
+    python -m bench.scale [--articles N] [--render-seconds S] [--gpu-processes P] [--quick]
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from db.models import Article, Render, StageRun
 from tasks.settings import Settings
 from workers.launcher import plan_workers
 
-GPU_PROCESSES = 8
+GPU_PROCESSES = 8  # the issue's setting; --gpu-processes changes it
 TEXT_CONCURRENCY = 1  # the `farm worker text` default
 FACTORY = "bench.fake_runtimes:fixed_render"
 # Read by bench.fake_runtimes.fixed_render in the workers (not imported here: it pulls in
@@ -60,6 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--render-seconds", type=float, default=0.4)
     parser.add_argument("--quick", action="store_true", help="CI size: 400 articles")
     parser.add_argument("--redis-db", type=int, default=12)
+    parser.add_argument(
+        "--gpu-processes",
+        type=int,
+        default=GPU_PROCESSES,
+        help="GPU-queue processes (1 shows the farm's own cost per article without contention)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.articles = 400
@@ -85,7 +93,7 @@ def worker_commands(args, database_url: str, broker_url: str, workdir: Path) -> 
         runtime_factory=FACTORY,
     )
     env = os.environ | {RENDER_SECONDS_ENV: repr(args.render_seconds), "HF_HUB_OFFLINE": "1"}
-    gpus = [str(index) for index in range(GPU_PROCESSES)]
+    gpus = [str(index) for index in range(args.gpu_processes)]
     planned = plan_workers("gpu", settings, gpus) + plan_workers(
         "text", settings, concurrency=TEXT_CONCURRENCY
     )
@@ -120,6 +128,60 @@ def gpu_task_seconds(sessions, batch_id: str) -> dict[str, float]:
     return {name: float(value) for name, value in means.items()}
 
 
+def gpu_timeline(sessions, batch_id: str, window: tuple[float, float]) -> dict[str, float]:
+    """Where the GPU-queue processes spent their time, per article, from the stage runs.
+
+    A batch call's runs overlap (claimed one after another, stored together), so each stage's
+    time is the union of its runs' spans on each process.
+
+    Args:
+        sessions: the benchmark database's sessions.
+        batch_id: the batch.
+        window: the timed run's first send and last article done (epoch seconds).
+
+    Returns:
+        Seconds per article, summed over the processes: ``render call`` (what the renderer
+        reported), ``rest of render`` and ``score`` (the rest of those stage runs, claim to
+        stored), ``between`` (gaps between stage runs on one process: message hand-over,
+        duplicates skipped) and ``before first, after last`` (a process's wait for its
+        first article and its idle time at the end).
+    """
+    query = (
+        select(StageRun.worker, StageRun.stage, StageRun.started_at, StageRun.seconds)
+        .join(Article)
+        .where(Article.batch_id == batch_id, StageRun.stage.in_(("render", "score")))
+        .where(StageRun.outcome == "ok")
+    )
+    with sessions() as session:
+        runs = session.execute(query).all()
+        calls = session.scalar(
+            select(func.sum(Render.seconds)).join(Article).where(Article.batch_id == batch_id)
+        )
+    spans: dict[str, list[tuple[float, float, str]]] = {}
+    for worker, stage, started, seconds in runs:
+        begin = started.timestamp()
+        spans.setdefault(worker, []).append((begin, begin + seconds, stage))
+    totals = {"render": 0.0, "score": 0.0, "between": 0.0, "edges": 0.0}
+    for intervals in spans.values():
+        intervals.sort()
+        _, covered_until, stage = intervals[0]
+        totals["edges"] += intervals[0][0] - window[0] + window[1] - max(i[1] for i in intervals)
+        totals[stage] += covered_until - intervals[0][0]
+        for begin, end, stage in intervals[1:]:
+            if begin > covered_until:
+                totals["between"] += begin - covered_until
+            totals[stage] += max(0.0, end - max(begin, covered_until))
+            covered_until = max(covered_until, end)
+    articles = sum(1 for run in runs if run.stage == "render") or 1
+    return {
+        "render call": float(calls or 0) / articles,
+        "rest of render": (totals["render"] - float(calls or 0)) / articles,
+        "score": totals["score"] / articles,
+        "between": totals["between"] / articles,
+        "before first, after last": totals["edges"] / articles,
+    }
+
+
 def measure(args, database_url: str, broker_url: str, workers) -> tuple[float, dict, float]:
     """Warm up, then run the timed batch.
 
@@ -135,10 +197,10 @@ def measure(args, database_url: str, broker_url: str, workers) -> tuple[float, d
     """
     app, sessions = producer_side(database_url, broker_url)
     alive = lambda: all(w.process.poll() is None for w in workers)  # noqa: E731
-    ideal = args.articles * args.render_seconds / GPU_PROCESSES
+    ideal = args.articles * args.render_seconds / args.gpu_processes
     timeout = 120 + 3 * ideal
     # Untimed: one render per process, so every pool child has connected before the clock runs.
-    warm, _ = submit_rows(app, sessions, synthetic_rows(GPU_PROCESSES, seed=-1))
+    warm, _ = submit_rows(app, sessions, synthetic_rows(args.gpu_processes, seed=-1))
     wait_batch_ended(sessions, warm.batch_id, timeout, alive)
     last_report = [time.monotonic()]
 
@@ -154,6 +216,7 @@ def measure(args, database_url: str, broker_url: str, workers) -> tuple[float, d
     finished = wait_batch_ended(sessions, submitted.batch_id, timeout, alive, 1.0, progress)
     busy = meter.busy()
     tasks = gpu_task_seconds(sessions, submitted.batch_id)
+    tasks["timeline"] = gpu_timeline(sessions, submitted.batch_id, (started, finished))
     return finished - started, tasks, float("nan") if busy is None else busy
 
 
@@ -169,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
     print(
-        f"scale: {args.articles} articles, {GPU_PROCESSES} GPU-queue processes, "
+        f"scale: {args.articles} articles, {args.gpu_processes} GPU-queue processes, "
         f"render {args.render_seconds}s per image (sleep, no GPU on this machine), "
         f"{os.cpu_count()} CPU cores",
         flush=True,
@@ -190,13 +253,15 @@ def main(argv: list[str] | None = None) -> int:
                 for worker in workers:
                     print(f"--- {worker.log_path.name}\n{worker.tail(15)}", file=sys.stderr)
                 raise
-    ideal = args.articles * args.render_seconds / GPU_PROCESSES
+    ideal = args.articles * args.render_seconds / args.gpu_processes
     batch = Settings().gpu_batch_size
     print(
         f"mean per article on the GPU queue: renderer {tasks['renderer']:.3f}s per image; "
         f"render {tasks['render']:.3f}s and score {tasks['score']:.3f}s from claim to stored "
         f"(FARM_GPU_BATCH_SIZE={batch}: a batch claims its articles first, stores them last)"
     )
+    split = ", ".join(f"{name} {value * 1000:.1f}" for name, value in tasks["timeline"].items())
+    print(f"GPU-queue process time per article (ms): {split}")
     print(f"machine CPU busy over the timed run: {busy:.0%} of {os.cpu_count()} cores")
     print(f"ideal: {ideal:.1f}s  actual: {actual:.1f}s  ({args.articles / actual:.2f} articles/s)")
     print(f"whole benchmark, start-up and clean-up included: {time.perf_counter() - began:.0f}s")

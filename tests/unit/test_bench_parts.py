@@ -92,3 +92,70 @@ def test_the_sleeping_renderer_hands_out_given_pictures_by_seed():
     renderer = fake_runtimes.SleepingRenderer(0.0, pictures)
     images = renderer(["a", "b", "c"], [4, 5, 6]).images
     assert images == [pictures[0], pictures[1], pictures[0]]
+
+
+def test_the_scale_timeline_splits_each_process_time_into_its_parts(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from db.engine import make_engine, migrate, session_factory
+    from db.models import Article, Batch, Render, StageRun
+
+    sessions = session_factory(make_engine(f"sqlite:///{tmp_path / 'farm.db'}"))
+    migrate(sessions.kw["bind"])
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    at = lambda seconds: t0 + timedelta(seconds=seconds)  # noqa: E731
+    # One process: two articles rendered in one batch call (runs claimed 0.1 s apart), each
+    # scored alone, with hand-overs of 0.2 s between its runs.
+    runs = [("render", 1.0, 3.0), ("render", 1.1, 2.9), ("score", 4.2, 0.3), ("score", 4.7, 0.3)]
+    with sessions() as session, session.begin():
+        session.add(Batch(id="b", profile="bench"))
+        for n in (1, 2):
+            article = Article(
+                batch_id="b",
+                key=f"K{n}",
+                file_stem=f"K{n}",
+                source_file="c",
+                source_sheet="s",
+                source_row=n,
+                source_text="Rock",
+            )
+            session.add(article)
+            session.flush()
+            session.add(
+                Render(
+                    article_id=article.id,
+                    attempt=1,
+                    seed=n,
+                    model_id="m",
+                    width=1,
+                    height=1,
+                    steps=1,
+                    image_path="x",
+                    seconds=1.4,
+                    worker="g0",
+                )
+            )
+            for stage, start, seconds in runs[n - 1 :: 2]:
+                session.add(
+                    StageRun(
+                        article_id=article.id,
+                        stage=stage,
+                        attempt=1,
+                        worker="g0",
+                        outcome="ok",
+                        started_at=at(start),
+                        seconds=seconds,
+                    )
+                )
+
+    split = scale.gpu_timeline(sessions, "b", (at(0).timestamp(), at(5.5).timestamp()))
+
+    assert split == pytest.approx(
+        {
+            "render call": 1.4,  # 2.8 s of renderer time over 2 articles
+            "rest of render": (3.0 - 2.8) / 2,  # the union of the two render runs: 1.0 to 4.0
+            "score": 0.6 / 2,
+            "between": (0.2 + 0.2) / 2,  # 4.0 to 4.2, 4.5 to 4.7
+            "before first, after last": (1.0 + 0.5) / 2,
+        }
+    )
