@@ -13,7 +13,7 @@ the rest, so that delivery guarantees live in one place:
   also claims other articles waiting at its stage and runs them in one call of its batch
   function (one model call; render streams them through the GPU); it stores each and sends
   each one's next stage itself, and their own messages, when they come, find the stage done
-  and stop.
+  and stop (one that comes while the batch runs looks again every ``busy_recheck_seconds``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import NoReturn
 
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import Task
+from celery.exceptions import Reject, Retry
 from sqlalchemy.exc import DBAPIError
 
 from db.models import TERMINAL_STATUSES, Article
@@ -93,9 +94,7 @@ class StageTask(Task):
     ) -> int:
         claim = self._claim(session, article_id)
         if claim.outcome is ClaimOutcome.busy:
-            # Another copy holds a live lease; if its worker died the lease runs out, so look
-            # again after it would have expired rather than dropping the article.
-            raise self.retry(countdown=claim.retry_in + 1)
+            self._look_again(claim.retry_in + 1)
         if claim.outcome is not ClaimOutcome.claimed:
             logger.info("article %s: %s skipped (%s)", article_id, self.stage, claim.outcome.value)
             self.request.chain = None
@@ -113,6 +112,22 @@ class StageTask(Task):
             self._after_error(session, claim, article_id, output)
         self._store(session, claim, output, started, len(others))
         return article_id
+
+    def _look_again(self, lease_left: float) -> NoReturn:
+        """Send this message again for an article whose stage another task holds.
+
+        The holder may be a batch that runs the article and stores it (this copy then finds
+        the stage done), or that gives it back after a failed call, or a worker that died
+        (its lease runs out). So look again soon, but not after the lease would have run out.
+        The re-sent message keeps its retry count: waiting is not a failure.
+        """
+        countdown = min(lease_left, self.app.farm_settings.busy_recheck_seconds)
+        again = self.signature_from_request(countdown=countdown)
+        try:
+            again.apply_async()
+        except Exception as error:  # as Task.retry does: the broker is away for good
+            raise Reject(error, requeue=False) from error
+        raise Retry(when=countdown, sig=again)
 
     def _run(
         self, work: StageFunction, batch_work: BatchFunction | None, claims: list[Claim]

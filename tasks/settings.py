@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     stage_retries: int = 3
     database_retries: int = 20
     retry_backoff_seconds: float = 2.0
+    # A message that finds its article leased by another task (a batch running it, or a
+    # duplicate) looks again this often until the lease would run out; such looks do not
+    # count as retries.
+    busy_recheck_seconds: float = Field(default=10.0, gt=0)
     max_stage_attempts: int = 5
     worker_boot_timeout: float = 900.0
 

@@ -18,6 +18,7 @@ from kombu import Connection, Exchange, Producer, Queue
 from sqlalchemy import select
 
 from db.models import Article, ArticleStatus, Render, StageRun
+from db.transitions import ClaimOutcome, claim_stage, release_stage
 from tasks.queues import TEXT_QUEUE
 from tasks.stages import render_seed
 from tests.faults import fired, write_plan
@@ -332,3 +333,25 @@ def test_an_unwritable_output_folder_fails_the_attempt_clearly_and_it_is_retried
     with kit.sessions(env)() as session:
         for render in session.scalars(select(Render)):
             assert Path(render.image_path).is_file()
+
+
+def test_a_message_that_finds_its_article_held_looks_again_and_runs_it_once_given_back(
+    farm_env, start_worker, plan, tmp_path
+):
+    env = kit.fault_env(farm_env, plan, FARM_BUSY_RECHECK_SECONDS="1", FARM_LEASE_SECONDS="30")
+    submit(env, tmp_path, 1)
+    # Another task holds the article's translate stage, as a batch does with its batch mates.
+    with kit.sessions(env)() as session:
+        article_id = session.scalar(select(Article.id))
+        held = claim_stage(session, article_id, "translate", "batch@elsewhere", 600, 5)
+    assert held.outcome is ClaimOutcome.claimed
+    worker = start_worker("all", env=env)
+    time.sleep(3)  # the article's own message comes meanwhile and finds it held
+    # The batch call fails for this article: the holder gives it back (tasks.base._store_other).
+    with kit.sessions(env)() as session:
+        release_stage(session, held, article_id, "RuntimeError: the batch call failed")
+
+    counts = finish(env, "message finds its article held by a batch", timeout=60)
+    assert counts["completed"] == 1  # long before the holder's 600 s lease would run out
+    assert kit.received([worker.log_path], "farm.translate") >= 2  # it looked again
+    assert kit.ok_runs(env)[("SKU-1", "translate")] == 1
