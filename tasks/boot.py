@@ -47,7 +47,9 @@ def load_for_role(settings: Settings) -> None:
         "fp8": settings.render_fp8,
         "memory_mode": settings.render_memory_mode,
     }
-    state.install_runtimes(load_runtimes(stages, profile, settings.device, render_options))
+    extract_options = {"static_cache": settings.extract_static_cache}
+    runtimes = load_runtimes(stages, profile, settings.device, render_options, extract_options)
+    state.install_runtimes(runtimes)
 
 
 def unload_models() -> None:

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     render_compile: bool = False
     render_fp8: bool = False
     render_memory_mode: str = "auto"
+    # Phi-3 with a static KV cache; on a CUDA GPU transformers compiles its decoding step.
+    extract_static_cache: bool = False
     # Articles per call of the translator and the extractor: a text task also claims up to
     # this many - 1 other articles waiting at its stage (1 turns batching off).
     text_batch_size: int = Field(default=8, ge=1)

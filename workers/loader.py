@@ -31,6 +31,7 @@ def load_runtimes(
     profile: Profile,
     device: str = "auto",
     render_options: Mapping[str, object] | None = None,
+    extract_options: Mapping[str, object] | None = None,
 ) -> Runtimes:
     """Load the runtimes for ``stages``; any failure raises (a worker must not start half-ready).
 
@@ -40,6 +41,8 @@ def load_runtimes(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         render_options: keyword options of ``Renderer.from_pretrained`` (``compile``,
             ``fp8``, ``memory_mode``, ...).
+        extract_options: keyword options of ``Extractor.from_pretrained`` (``static_cache``,
+            ``max_batch``, ...).
 
     Returns:
         The loaded runtimes.
@@ -52,7 +55,7 @@ def load_runtimes(
     torch_device = resolve_device(device)
     dtype = default_dtype(torch_device)
     runtimes = Runtimes(profile=profile)
-    options = {"render": dict(render_options or {})}
+    options = {"render": dict(render_options or {}), "extract": dict(extract_options or {})}
     for stage in STAGES:
         if stage in wanted:
             started = time.perf_counter()
@@ -83,10 +86,10 @@ def _translator(profile, device, dtype):
     return Translator.from_pretrained(profile.translator, device=device, dtype=dtype)
 
 
-def _extractor(profile, device, dtype):
+def _extractor(profile, device, dtype, **options):
     from workers.extractor import Extractor
 
-    return Extractor.from_pretrained(profile.extractor, device=device, dtype=dtype)
+    return Extractor.from_pretrained(profile.extractor, device=device, dtype=dtype, **options)
 
 
 def _renderer(profile, device, dtype, **options):

@@ -86,6 +86,34 @@ def test_extractor_batched_result_equals_one_by_one(extractor, all_results):
     assert one_by_one == all_results.attributes[:5]
 
 
+def test_a_static_kv_cache_extracts_the_same_attributes(phi3_dir, all_results, monkeypatch):
+    caches = []
+    static = Extractor.from_pretrained(
+        str(phi3_dir), torch.device("cpu"), max_batch=4, static_cache=True
+    )
+    generate = static.model.generate
+
+    def spy(*args, **kwargs):
+        caches.append(kwargs.get("cache_implementation"))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(static.model, "generate", spy)
+    attributes = static(DESCRIPTIONS[:4]).attributes
+
+    assert caches == ["static"]
+    assert attributes == all_results.attributes[:4]
+
+
+def test_the_loader_hands_the_extract_options_to_the_extractor(tiny_profile):
+    from workers.loader import load_runtimes
+
+    runtimes = load_runtimes(
+        ("extract",), tiny_profile, "cpu", extract_options={"static_cache": True, "max_batch": 2}
+    )
+
+    assert runtimes.extract.static_cache and runtimes.extract.max_batch == 2
+
+
 def test_extractor_gives_the_same_output_for_the_same_input_twice(extractor):
     texts = [DESCRIPTIONS[0], DESCRIPTIONS[0]]
 
