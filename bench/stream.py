@@ -12,7 +12,9 @@ default) so that PNG encoding costs what it costs on real images. The farm's own
   is encoded and written on a background thread while the next one renders.
 
 Rounds are interleaved and the side going first alternates. It also prints the time to encode
-and write one picture alone. The last line is ``render_stream_speedup: X``, inline seconds
+and write one picture alone, and the score stage's time per article (with a scorer that costs
+nothing) when it decodes each PNG again vs when it takes the images the render stage of the
+same process kept (``tasks.handoff``). The last line is ``render_stream_speedup: X``, inline seconds
 per article over streamed seconds per article.
 
     python -m bench.stream [--render-seconds S] [--articles N] [--batch B] [--quick]
@@ -24,15 +26,18 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 from PIL import ImageDraw, ImageFilter
 
+from bench import fake_runtimes
 from bench.fake_runtimes import SleepingRenderer, bench_profile
-from db.models import Article
+from db.models import Article, Render
 from tasks import outputs, stages
+from tasks.handoff import RecentImages
 
 PICTURES = 4
 PROMPT = "a red linen summer dress, studio product photo"
@@ -132,6 +137,38 @@ def run_side(side: str, renderer, chosen: list[Article], batch: int, folder: Pat
     return (time.perf_counter() - started) / len(chosen)
 
 
+def score_seconds(pictures, chosen: list[Article], batch: int, folder: Path, keep: bool) -> float:
+    """Seconds per article of the score stage, each batch scored right after it rendered.
+
+    Args:
+        pictures: what the (instant) renderer hands out.
+        chosen: the articles.
+        batch: articles per render and score call.
+        folder: the output folder.
+        keep: whether the render stage keeps its images for the score stage
+            (:mod:`tasks.handoff`), as in a worker process, or the score stage decodes them.
+
+    Returns:
+        Wall-clock seconds per article of the score calls alone, with a scorer that costs
+        nothing (what is left is reading the images and publishing the outputs).
+    """
+    images = RecentImages() if keep else None
+    side = folder / ("kept" if keep else "decoded")
+    render = stages.StageContext(
+        SleepingRenderer(0, pictures), bench_profile("stream"), side, "bench@stream", images=images
+    )
+    score = replace(render, runtime=fake_runtimes.score)
+    spent = 0.0
+    for start in range(0, len(chosen), batch):
+        part = chosen[start : start + batch]
+        for article, output in zip(part, stages.render_batch(part, render), strict=True):
+            article.renders = [Render(**output.render)]
+        started = time.perf_counter()
+        stages.score_batch(part, score)
+        spent += time.perf_counter() - started
+    return spent / len(chosen)
+
+
 def png_seconds(pictures: list[PIL.Image.Image], folder: Path) -> float:
     """Seconds to encode and write one picture, alone on the CPU.
 
@@ -177,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
                 per_article = run_side(side, renderer, chosen, args.batch, folder)
                 totals[side] += per_article / args.rounds
                 print(f"round {number + 1} {side}: {per_article:.3f} s/article", flush=True)
+        chosen = articles([PROMPT] * args.articles, "score")
+        decoded, kept = (
+            score_seconds(pictures, chosen, args.batch, folder, keep) for keep in (False, True)
+        )
+        print(
+            f"score stage, scorer free: {decoded:.4f} s/article decoding each PNG, "
+            f"{kept:.4f} s/article with the images the render stage kept"
+        )
     for side, seconds in totals.items():
         print(f"{side}: {seconds:.3f} s/article ({seconds - args.render_seconds:+.3f} s)")
     print(f"render_stream_speedup: {totals['inline'] / totals['streamed']:.3f}")

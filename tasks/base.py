@@ -228,6 +228,7 @@ class StageTask(Task):
             min_clip_score=settings.min_clip_score,
             max_attempts=settings.max_attempts,
             images_per_call=settings.render_images_per_call,
+            images=state.recent_images(),
         )
 
     def _after_store(self, session, article: Article, output: StageOutput) -> None:

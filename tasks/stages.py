@@ -17,6 +17,7 @@ from PIL import Image
 from db.models import Article, ArticleStatus, Render
 from tasks import outputs
 from tasks.exceptions import InvalidArticle, TransientStageError
+from tasks.handoff import RecentImages
 from workers.prompts import clip_prompt, generation_prompt
 
 
@@ -31,6 +32,7 @@ class StageContext:
     min_clip_score: float | None = None  # the farm's default; a batch's own threshold wins
     max_attempts: int = 1
     images_per_call: int = 1  # images per renderer call when a render task has several articles
+    images: RecentImages | None = None  # this process's just-written images, for the score stage
 
 
 @dataclass
@@ -160,6 +162,8 @@ def _saved(article: Article, image, seed: int, seconds: float, ctx: StageContext
     path = outputs.attempt_image_path(ctx.output_dir, article.batch_id, article.file_stem, attempt)
     try:
         outputs.save_png(image, path)
+        if ctx.images is not None:
+            ctx.images.keep(path, image)
     except OSError as error:
         failure = TransientStageError(f"cannot write image {path}: {error.strerror or error}")
         failure.__cause__ = error
@@ -198,10 +202,7 @@ def score_batch(articles: list[Article], ctx: StageContext) -> list[StageOutput 
     """
     currents = [_current_render(article) for article in articles]
     ready = [(a, c) for a, c in zip(articles, currents, strict=True) if isinstance(c, Render)]
-    images = []
-    for _, current in ready:
-        with Image.open(current.image_path) as image:
-            images.append(image.convert("RGB"))
+    images = [_picture(Path(current.image_path), ctx) for _, current in ready]
     prompts = [article.clip_prompt for article, _ in ready]
     values = iter(ctx.runtime(images, prompts).scores if ready else [])
     results = []
@@ -225,6 +226,13 @@ def _single(output: StageOutput | Exception) -> StageOutput:
     if isinstance(output, Exception):
         raise output
     return output
+
+
+def _picture(path: Path, ctx: StageContext) -> Image.Image:
+    if ctx.images is not None:
+        return ctx.images.load(path)
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def _current_render(article: Article) -> Render | InvalidArticle:

@@ -1,4 +1,5 @@
-"""What one worker process holds for its whole life: its database sessions and its models."""
+"""What one worker process holds for its whole life: its database sessions, its models and
+the images it has just written."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, session_factory
 from tasks.exceptions import RuntimeNotLoaded
+from tasks.handoff import RecentImages
 
 if TYPE_CHECKING:
     from workers.loader import Runtimes
@@ -27,6 +29,16 @@ def sessions(database_url: str) -> sessionmaker[Session]:
         A sessionmaker bound to one engine per URL and process.
     """
     return session_factory(make_engine(database_url))
+
+
+@lru_cache(maxsize=1)
+def recent_images() -> RecentImages:
+    """The images this process has just written, for its score stage (:mod:`tasks.handoff`).
+
+    Returns:
+        One :class:`RecentImages` per process, created on first use.
+    """
+    return RecentImages()
 
 
 def install_runtimes(runtimes: Runtimes) -> None:

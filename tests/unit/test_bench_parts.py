@@ -85,6 +85,7 @@ def test_the_stream_benchmark_times_both_sides_and_ends_with_its_ratio(capsys):
     name, value = lines[-1].split(": ")
     assert name == "render_stream_speedup" and float(value) > 0
     assert sum(line.startswith("round 1 ") for line in lines) == 2
+    assert any(line.startswith("score stage, scorer free: ") for line in lines)
 
 
 def test_the_sleeping_renderer_hands_out_given_pictures_by_seed():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ from PIL import Image
 from db.models import Article, Render
 from tasks import outputs, stages
 from tasks.exceptions import InvalidArticle, TransientStageError
+from tasks.handoff import RecentImages
 from workers.extractor import Attributes
 from workers.loader import load_runtimes
 
@@ -107,6 +109,48 @@ def test_score_publishes_the_best_attempt_with_its_json(runtimes, tmp_path):
     assert record["clip_prompt"] == article.clip_prompt
     assert record["models"]["renderer"] == runtimes.profile.renderer
     assert (tmp_path / "b1" / "SKU-1.png").read_bytes() == Path(rendered["image_path"]).read_bytes()
+
+
+def test_the_score_stage_takes_the_image_its_process_just_rendered_from_memory(
+    runtimes, tmp_path, monkeypatch
+):
+    images = RecentImages()
+    article = extracted_article(runtimes, tmp_path)
+    render_ctx = context(runtimes, "render", tmp_path)
+    rendered = stages.render(article, replace(render_ctx, images=images)).render
+    article.renders = [Render(**rendered)]
+    from_disk = stages.score(article, context(runtimes, "score", tmp_path))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the image was decoded from disk again")
+
+    monkeypatch.setattr(stages.Image, "open", no_decoding)
+    score_ctx = replace(context(runtimes, "score", tmp_path), images=images)
+    from_memory = stages.score(article, score_ctx)
+
+    assert images.hits == 1
+    assert from_memory.values["clip_score"] == from_disk.values["clip_score"]
+
+
+def test_a_kept_image_whose_file_changed_on_disk_is_read_from_disk(tmp_path):
+    images = RecentImages(capacity=2)
+    path = tmp_path / "a.png"
+    kept = Image.new("RGB", (4, 4), (10, 20, 30))
+    outputs.save_png(kept, path)
+    images.keep(path, kept)
+    assert images.load(path) is kept
+
+    newer = Image.new("RGB", (4, 5), (200, 0, 0))
+    outputs.save_png(newer, path)  # another copy of the task wrote it since
+
+    assert images.load(path).getpixel((0, 0)) == (200, 0, 0)
+    assert images.hits == 1
+    images.keep(path, newer)
+    for name in ("b.png", "c.png"):  # the oldest goes once more than two are kept
+        outputs.save_png(kept, tmp_path / name)
+        images.keep(tmp_path / name, kept)
+    assert images.load(tmp_path / "c.png") is kept
+    assert images.load(path) is not newer and images.hits == 2
 
 
 def test_score_keeps_an_earlier_better_attempt_as_the_article_image(runtimes, tmp_path):
