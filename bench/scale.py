@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-db", type=int, default=12)
     parser.add_argument(
         "--gpu-processes",
-        type=int,
+        type=lambda text: max(1, int(text)),
         default=GPU_PROCESSES,
         help="GPU-queue processes (1 shows the farm's own cost per article without contention)",
     )

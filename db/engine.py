@@ -12,8 +12,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-# A pooled connection unused for longer than this is pinged before it is handed out.
-IDLE_PING_SECONDS = 10.0
+# A pooled connection unused for longer than this is pinged before it is handed out: long
+# enough that a stage task's claim and completion around a fast model call skip it, short
+# enough that a database restart meanwhile is very unlikely to go unnoticed.
+IDLE_PING_SECONDS = 0.25
 
 
 def make_engine(url: str) -> Engine:
@@ -44,16 +46,15 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
     """Ping a pooled connection on checkout only when it sat unused for ``idle_seconds``.
 
     SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one more round trip per stage
-    task. A connection in steady use has just worked; if the server went away meanwhile,
-    the statement fails with a disconnect, the pool drops its connections and the task
-    retries (``tasks.base``).
+    task. A connection used a moment ago has just worked; if the server went away in that
+    moment, the statement fails with a disconnect, the pool drops its connections and the
+    task retries (``tasks.base``).
     """
 
     @event.listens_for(engine, "connect")
     @event.listens_for(engine, "checkin")
     def _note_use(_dbapi_connection, record) -> None:
-        if record is not None:
-            record.info["last_used"] = time.monotonic()
+        record.info["last_used"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
     def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
@@ -62,8 +63,9 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
         try:
             engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error as error:
-            # The pool discards this connection and checks out (or opens) another.
-            raise exc.DisconnectionError(str(error)) from error
+            # As pre-ping does: the pool drops every connection as old as this one and
+            # opens a new one.
+            raise exc.InvalidatePoolError(str(error)) from error
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

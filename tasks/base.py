@@ -122,6 +122,8 @@ class StageTask(Task):
         The re-sent message keeps its retry count: waiting is not a failure.
         """
         countdown = min(lease_left, self.app.farm_settings.busy_recheck_seconds)
+        if self.request.called_directly or self.request.is_eager:
+            raise self.retry(countdown=countdown)  # not from a queue: Celery's own handling
         again = self.signature_from_request(countdown=countdown)
         try:
             again.apply_async()

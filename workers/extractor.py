@@ -156,7 +156,10 @@ class Extractor:
     def warm_up(self, text: str = "A red cotton dress.") -> float:
         """Pay a first call's one-off costs (kernels; with a static cache on CUDA, compiling).
 
-        A few tokens suffice; the cut-off JSON fails validation, which is expected here.
+        Without a static cache a few tokens suffice. With one, a full batch of ``max_batch``
+        prompts runs to ``max_new_tokens``, so the shapes a busy worker uses most are
+        compiled now; a smaller batch or a longer prompt may still compile on first use.
+        Errors propagate: a worker must not start half-ready.
 
         Args:
             text: any description.
@@ -165,13 +168,8 @@ class Extractor:
             Seconds taken.
         """
         start = time.perf_counter()
-        full_length, self.max_new_tokens = self.max_new_tokens, WARM_UP_TOKENS
-        try:
-            self([text])
-        except RuntimeError:
-            pass
-        finally:
-            self.max_new_tokens = full_length
+        prompts = [self.build_prompt(text)] * (self.max_batch if self.static_cache else 1)
+        self._generate(prompts, self.max_new_tokens if self.static_cache else WARM_UP_TOKENS)
         return time.perf_counter() - start
 
     def check_inputs(self, texts: list[str]) -> None:
@@ -217,17 +215,17 @@ class Extractor:
         # 2. Generate schema-constrained JSON, max_batch prompts at a time.
         outputs: list[str] = []
         for first in range(0, len(prompts), self.max_batch):
-            outputs += self._generate(prompts[first : first + self.max_batch])
+            outputs += self._generate(prompts[first : first + self.max_batch], self.max_new_tokens)
 
         # 3. Validate every output; the grammar guarantees it, so a failure is a bug.
         attributes = [self._validate(output).model_dump() for output in outputs]
         return ExtractionResult(attributes=attributes, seconds=time.perf_counter() - start)
 
-    def _generate(self, prompts: list[str]) -> list[str]:
+    def _generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         with torch.inference_mode():
             outputs = self._generator.batch(
                 prompts,
-                max_new_tokens=self.max_new_tokens,
+                max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=1,
                 # Only the grammar's end token may stop generation: a chat model also stops at

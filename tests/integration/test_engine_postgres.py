@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def engine(pg_url, monkeypatch):
-    monkeypatch.setattr(farm_engine, "IDLE_PING_SECONDS", 0.5)
+    monkeypatch.setattr(farm_engine, "IDLE_PING_SECONDS", 0.5)  # the test's own pace
     engine = farm_engine.make_engine(pg_url)
     pings = []
     ping = engine.dialect.do_ping

@@ -338,7 +338,7 @@ def test_an_unwritable_output_folder_fails_the_attempt_clearly_and_it_is_retried
 def test_a_message_that_finds_its_article_held_looks_again_and_runs_it_once_given_back(
     farm_env, start_worker, plan, tmp_path
 ):
-    env = kit.fault_env(farm_env, plan, FARM_BUSY_RECHECK_SECONDS="1", FARM_LEASE_SECONDS="30")
+    env = kit.fault_env(farm_env, plan, FARM_BUSY_RECHECK_SECONDS="1")
     submit(env, tmp_path, 1)
     # Another task holds the article's translate stage, as a batch does with its batch mates.
     with kit.sessions(env)() as session:

@@ -104,6 +104,17 @@ def test_a_static_kv_cache_extracts_the_same_attributes(phi3_dir, all_results, m
     assert attributes == all_results.attributes[:4]
 
 
+def test_a_failing_warm_up_is_raised_not_swallowed(extractor, monkeypatch):
+    def broken(prompts, **kwargs):
+        raise RuntimeError("compiling failed")
+
+    monkeypatch.setattr(extractor._generator, "batch", broken)
+    monkeypatch.setattr(extractor, "static_cache", True)
+
+    with pytest.raises(RuntimeError, match="compiling failed"):
+        extractor.warm_up()
+
+
 def test_the_loader_hands_the_extract_options_to_the_extractor(tiny_profile):
     from workers.loader import load_runtimes
 
@@ -169,7 +180,8 @@ def test_max_json_tokens_needs_a_max_length_on_every_field():
 
 
 def test_extractor_raises_runtime_error_instead_of_falling_back(extractor, monkeypatch):
-    monkeypatch.setattr(extractor, "_generate", lambda prompts: ['{"product_type": "dress"}'])
+    truncated = ['{"product_type": "dress"}']
+    monkeypatch.setattr(extractor, "_generate", lambda prompts, tokens: truncated)
 
     with pytest.raises(RuntimeError):
         extractor(["A red dress."])
