@@ -143,8 +143,8 @@ def gpu_timeline(sessions, batch_id: str, window: tuple[float, float]) -> dict[s
         Seconds per article, summed over the processes: ``render call`` (what the renderer
         reported), ``rest of render`` and ``score`` (the rest of those stage runs, claim to
         stored), ``between`` (gaps between stage runs on one process: message hand-over,
-        duplicates skipped) and ``before first, after last`` (a process's wait for its
-        first article and its idle time at the end).
+        duplicates skipped, any wait for work) and ``before first, after last`` (a
+        process's wait for its first article and its idle time at the end).
     """
     query = (
         select(StageRun.worker, StageRun.stage, StageRun.started_at, StageRun.seconds)
