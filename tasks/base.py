@@ -26,7 +26,7 @@ from typing import NoReturn
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import Task
 from celery.exceptions import Reject, Retry
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from db.models import TERMINAL_STATUSES, Article
 from db.transitions import (
@@ -144,6 +144,10 @@ class StageTask(Task):
             return batch_work(articles, ctx)
         except SoftTimeLimitExceeded as error:
             return [error] * len(articles)  # out of time: nothing is run again in this task
+        except SQLAlchemyError:
+            # The database failed (a stage reads related rows), not the model: the session
+            # is unusable, so the whole stage is retried (run_stage) instead of run again here.
+            raise
         except Exception as error:
             if len(articles) == 1:
                 return [error]
@@ -281,5 +285,7 @@ class StageTask(Task):
 def _outcome(work: StageFunction, article: Article, ctx: StageContext) -> StageOutput | Exception:
     try:
         return work(article, ctx)
+    except SQLAlchemyError:
+        raise  # the database's, not the article's: see StageTask._run
     except Exception as error:
         return error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from billiard.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import OperationalError
 
 from bench import fake_runtimes
 from db.models import Article
@@ -47,3 +48,21 @@ def test_a_batch_out_of_time_is_not_run_again_and_every_article_carries_the_limi
     outputs = render._run(stages.render, batch_work, claims)
     assert calls == [3]
     assert len(outputs) == 3 and all(isinstance(o, SoftTimeLimitExceeded) for o in outputs)
+
+
+def test_a_database_error_inside_a_stage_is_raised_for_the_whole_stage_to_be_retried(claims):
+    calls = []
+    lost = OperationalError("SELECT renders", {}, Exception("terminating connection"))
+
+    def batch_work(articles, ctx):
+        calls.append(len(articles))
+        raise lost
+
+    def work(article, ctx):
+        raise lost
+
+    with pytest.raises(OperationalError):
+        render._run(stages.render, batch_work, claims)
+    with pytest.raises(OperationalError):
+        render._run(work, None, claims[:1])
+    assert calls == [3]  # not run again one at a time on a session that is broken
