@@ -67,8 +67,20 @@ class RecentImages:
         if kept is not None and kept[0] == _signature(path):
             self.hits += 1
             return kept[1]
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        return read_rgb(path)
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """Decode the image file at ``path`` as RGB.
+
+    Args:
+        path: an image file.
+
+    Returns:
+        The picture, fully loaded (the file is closed).
+    """
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def _signature(path: Path) -> tuple[int, int, int]:

@@ -17,7 +17,7 @@ from PIL import Image
 from db.models import Article, ArticleStatus, Render
 from tasks import outputs
 from tasks.exceptions import InvalidArticle, TransientStageError
-from tasks.handoff import RecentImages
+from tasks.handoff import RecentImages, read_rgb
 from workers.prompts import clip_prompt, generation_prompt
 
 
@@ -229,10 +229,7 @@ def _single(output: StageOutput | Exception) -> StageOutput:
 
 
 def _picture(path: Path, ctx: StageContext) -> Image.Image:
-    if ctx.images is not None:
-        return ctx.images.load(path)
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    return ctx.images.load(path) if ctx.images is not None else read_rgb(path)
 
 
 def _current_render(article: Article) -> Render | InvalidArticle:
