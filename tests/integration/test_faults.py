@@ -346,7 +346,11 @@ def test_a_message_that_finds_its_article_held_looks_again_and_runs_it_once_give
         held = claim_stage(session, article_id, "translate", "batch@elsewhere", 600, 5)
     assert held.outcome is ClaimOutcome.claimed
     worker = start_worker("all", env=env)
-    time.sleep(3)  # the article's own message comes meanwhile and finds it held
+    # The article's own message comes meanwhile, finds it held and is sent again.
+    deadline = time.monotonic() + 30
+    while kit.received([worker.log_path], "farm.translate") < 2:
+        assert time.monotonic() < deadline, "the held article's message never looked again"
+        time.sleep(0.2)
     # The batch call fails for this article: the holder gives it back (tasks.base._store_other).
     with kit.sessions(env)() as session:
         release_stage(session, held, article_id, "RuntimeError: the batch call failed")
