@@ -60,7 +60,12 @@ def _claimable():
             Article.id == bindparam("p_id"),
             Article.status == bindparam("p_status"),
             Article.stage_attempts < bindparam("p_max_attempts"),
-            or_(Article.lease_expires_at.is_(None), Article.lease_expires_at < _NOW),
+            or_(
+                Article.lease_expires_at.is_(None),
+                Article.lease_expires_at < _NOW,
+                # A retried task taking back the lease its failed try held (NULL: never).
+                Article.lease_token == bindparam("p_takeover", type_=String),
+            ),
         )
         .values(
             lease_token=bindparam("p_token"),
@@ -78,6 +83,7 @@ def claim(dialect: str):
     """The claim: take the lease if the article waits at the stage and is free.
 
     Parameters: ``p_id``, ``p_status``, ``p_max_attempts``, ``p_now``, ``p_token``,
+    ``p_takeover`` (a lease token that may be taken over although live, or None),
     ``p_stage``, ``p_expires``, and ``p_worker`` on PostgreSQL.
 
     Args:

@@ -87,6 +87,8 @@ def claim_stage(
     worker: str,
     lease_seconds: float,
     max_attempts: int,
+    token: str | None = None,
+    takeover: str | None = None,
 ) -> Claim:
     """Try to take ``stage`` of an article; commits its own transaction.
 
@@ -97,18 +99,23 @@ def claim_stage(
         worker: the worker's hostname, recorded on the stage run.
         lease_seconds: how long the claim holds before another copy may take over.
         max_attempts: claims allowed per stage before the article is failed.
+        token: the lease token to take; a new one when None. A batch takes all its
+            articles under one token.
+        takeover: a live lease token that may be taken over: the one a retried task's
+            earlier try held when the database failed under it.
 
     Returns:
         The claim; only ``claimed`` means the caller should do the work.
     """
     now = utcnow()
-    token = uuid.uuid4().hex
+    token = token or new_lease_token()
     params = {
         "p_id": article_id,
         "p_status": STAGE_INPUT[stage].value,
         "p_max_attempts": max_attempts,
         "p_now": now,
         "p_token": token,
+        "p_takeover": takeover,
         "p_stage": stage,
         "p_expires": now + timedelta(seconds=lease_seconds),
         "p_worker": worker,
@@ -121,19 +128,66 @@ def claim_stage(
         session.rollback()
         return _why_not_claimed(session, article_id, stage, max_attempts, now)
     article = row[0]
-    if statements.one_statement(dialect):
-        run_id = row[1]
-    else:
-        run = {"article_id": article_id, "stage": stage, "attempt": article.stage_attempts}
-        run |= {"worker": worker, "outcome": "running", "started_at": now}
-        run_id = session.connection().scalar(statements.start_run, run)
+    run_id = row[1] if statements.one_statement(dialect) else _start_run(session, article, params)
     if article.stage_attempts > 1:
-        # Runs still "running" lost their worker (killed, timed out): the lease ran out on them.
-        close_running_runs(session, article_id, "lost", stage, before=article.stage_attempts)
+        # Earlier runs still "running" lost their worker (killed, timed out) or, taken
+        # over, their database connection.
+        outcome = "retry" if takeover else "lost"
+        close_running_runs(session, article_id, outcome, stage, before=article.stage_attempts)
     session.commit()
     return Claim(
         ClaimOutcome.claimed, token, article.stage_attempts, run_id, article=article, started_at=now
     )
+
+
+def new_lease_token() -> str:
+    """A fresh lease token.
+
+    Returns:
+        32 hex characters.
+    """
+    return uuid.uuid4().hex
+
+
+def _start_run(session: Session, article: Article, params: dict) -> int:
+    run = {"article_id": article.id, "stage": params["p_stage"], "attempt": article.stage_attempts}
+    run |= {"worker": params["p_worker"], "outcome": "running", "started_at": params["p_now"]}
+    return session.connection().scalar(statements.start_run, run)
+
+
+def release_token(
+    session: Session, token: str, stage: str, keep: int, error: str, outcome: str = "retry"
+) -> int:
+    """Free every article still leased under ``token`` at ``stage`` except ``keep``.
+
+    A batch takes its articles under one token. When its task cannot finish (the database
+    failed under it, or the hard time limit killed it), the batch mates it still holds are
+    given back this way, so their own messages run them without waiting out the lease.
+
+    Args:
+        session: a session with no transaction in progress.
+        token: the batch's lease token.
+        stage: the stage the batch ran.
+        keep: the article not to free (the task's own), or 0.
+        error: why, kept on the freed articles' stage runs.
+        outcome: what their stage runs still ``running`` are closed as.
+
+    Returns:
+        How many articles were freed.
+    """
+    freed = list(
+        session.scalars(
+            update(Article)
+            .where(Article.lease_token == token, Article.lease_stage == stage, Article.id != keep)
+            .values(lease_token=None, lease_stage=None, lease_expires_at=None)
+            .returning(Article.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    for article_id in freed:
+        close_running_runs(session, article_id, outcome, stage, error[:4000])
+    session.commit()
+    return len(freed)
 
 
 def waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> list[int]:
@@ -310,12 +364,17 @@ def release_stage(session: Session, claim: Claim, article_id: int, error: str) -
 def abandon_stage(session: Session, article_id: int, stage: str, error: str) -> None:
     """Free a stage whose worker was stopped from outside (a hard time limit killed it).
 
+    The batch mates the task held under the same lease token are freed too.
+
     Args:
         session: a session with no transaction in progress.
         article_id: the article.
         stage: the stage that was running.
         error: why it stopped, kept on its stage run.
     """
+    token = session.scalar(
+        select(Article.lease_token).where(Article.id == article_id, Article.lease_stage == stage)
+    )
     session.execute(
         update(Article)
         .where(Article.id == article_id, Article.lease_stage == stage)
@@ -324,6 +383,8 @@ def abandon_stage(session: Session, article_id: int, stage: str, error: str) -> 
     )
     close_running_runs(session, article_id, "timeout", stage, error[:4000])
     session.commit()
+    if token is not None:
+        release_token(session, token, stage, article_id, error, outcome="timeout")
 
 
 def close_running_runs(

@@ -5,9 +5,10 @@ the rest, so that delivery guarantees live in one place:
 
 * the article is claimed with a lease (``db.transitions``), so a duplicate delivery finds the
   work done or taken and does nothing;
-* transient errors (database blips, full disks, out-of-memory) release the lease and retry
-  with backoff; after ``stage_retries`` retries, or on :class:`InvalidArticle` at once, the
-  article ends ``failed`` with its stage, error kind and message;
+* transient errors (full disks, out-of-memory) release the lease and retry with backoff;
+  after ``stage_retries`` retries, or on :class:`InvalidArticle` at once, the article ends
+  ``failed`` with its stage, error kind and message; when the database fails, nothing can
+  be released, so the retry carries the try's lease token and takes its claims back;
 * a copy that did no work stops its chain, so the next stage is sent once;
 * a batched stage (translate and extract; render and score unless ``FARM_GPU_BATCH_SIZE`` is 1)
   also claims other articles waiting at its stage and runs them in one call of its batch
@@ -38,7 +39,9 @@ from db.transitions import (
     claim_stage,
     complete_stage,
     fail_article,
+    new_lease_token,
     release_stage,
+    release_token,
     waiting_articles,
 )
 from tasks import state
@@ -65,7 +68,11 @@ class StageTask(Task):
     max_retries = None  # bounded by the farm's own attempt counters instead
 
     def run_stage(
-        self, article_id: int, work: StageFunction, batch_work: BatchFunction | None = None
+        self,
+        article_id: int,
+        work: StageFunction,
+        batch_work: BatchFunction | None = None,
+        lease: str | None = None,
     ) -> int:
         """Claim the article for this stage, run ``work`` on it and store its outputs.
 
@@ -74,25 +81,40 @@ class StageTask(Task):
             work: the plain stage function.
             batch_work: the stage's batched form; when given, up to ``batch_setting`` - 1
                 other waiting articles are claimed and run in the same call.
+            lease: the lease token of this message's earlier try, which a retry carries:
+                the try's claims under it may be taken back although their lease is live.
 
         Returns:
             ``article_id``, which the chain hands to the next stage.
         """
         settings = self.app.farm_settings
         sessions = state.sessions(settings.database_url)
+        token = lease or new_lease_token()
         try:
             with sessions() as session:
-                return self._claim_and_run(session, article_id, work, batch_work)
+                return self._claim_and_run(session, article_id, work, batch_work, token, lease)
         except DBAPIError as error:
-            # The database itself is away: nothing could be recorded, so retry the whole stage.
+            # The database itself is away: nothing could be recorded, so retry the whole
+            # stage. The retry carries the token, so it takes back what this try held
+            # instead of waiting for the lease to run out.
             limit = self.app.farm_settings.database_retries
-            self._retry_later(error, f"database error: {type(error.orig).__name__}", limit)
+            message = f"database error: {type(error.orig).__name__}"
+            self._retry_later(error, message, limit, token)
             raise  # unreachable: _retry_later raises
 
     def _claim_and_run(
-        self, session, article_id: int, work: StageFunction, batch_work: BatchFunction | None
+        self,
+        session,
+        article_id: int,
+        work: StageFunction,
+        batch_work: BatchFunction | None,
+        token: str,
+        lease: str | None,
     ) -> int:
-        claim = self._claim(session, article_id)
+        if lease is not None:
+            # The earlier try's batch mates go back to their own messages.
+            release_token(session, lease, self.stage, article_id, "the database failed")
+        claim = self._claim(session, article_id, token, takeover=lease)
         if claim.outcome is ClaimOutcome.busy:
             self._look_again(claim.retry_in + 1)
         if claim.outcome is not ClaimOutcome.claimed:
@@ -101,7 +123,7 @@ class StageTask(Task):
             return article_id
         # A retried article (an earlier try failed or was killed) runs alone.
         batched = batch_work is not None and claim.attempt == 1
-        others = self._claim_others(session, article_id) if batched else []
+        others = self._claim_others(session, article_id, token) if batched else []
         started = time.perf_counter()
         output, *outputs = self._run(work, batch_work, [claim, *others])
         for other, other_output in zip(others, outputs, strict=True):
@@ -109,7 +131,7 @@ class StageTask(Task):
         if isinstance(output, InvalidArticle):
             self._fail(session, claim, output)
         if isinstance(output, Exception):
-            self._after_error(session, claim, article_id, output)
+            self._after_error(session, claim, article_id, output, token)
         self._store(session, claim, output, started, len(others))
         return article_id
 
@@ -161,7 +183,7 @@ class StageTask(Task):
             alone = lambda article, ctx: batch_work([article], ctx)[0]  # noqa: E731
             return [_outcome(alone, article, ctx) for article in articles]
 
-    def _claim(self, session, article_id: int) -> Claim:
+    def _claim(self, session, article_id: int, token: str, takeover: str | None = None) -> Claim:
         settings = self.app.farm_settings
         return claim_stage(
             session,
@@ -170,14 +192,16 @@ class StageTask(Task):
             self.request.hostname or "unknown",
             settings.lease_seconds,
             settings.max_stage_attempts,
+            token=token,
+            takeover=takeover,
         )
 
-    def _claim_others(self, session, article_id: int) -> list[Claim]:
+    def _claim_others(self, session, article_id: int, token: str) -> list[Claim]:
         limit = getattr(self.app.farm_settings, self.batch_setting) - 1
         if limit < 1:
             return []
         waiting = waiting_articles(session, self.stage, limit, exclude=article_id)
-        claims = (self._claim(session, other_id) for other_id in waiting)
+        claims = (self._claim(session, other_id, token) for other_id in waiting)
         return [claim for claim in claims if claim.outcome is ClaimOutcome.claimed]
 
     def _store(self, session, claim: Claim, output: StageOutput, started: float, others: int):
@@ -263,7 +287,9 @@ class StageTask(Task):
     def _article_ended(self, session, article: Article) -> None:
         write_statistics_if_finished(session, article.batch_id, self.app.farm_settings.output_dir)
 
-    def _after_error(self, session, claim, article_id: int, error: Exception) -> NoReturn:
+    def _after_error(
+        self, session, claim, article_id: int, error: Exception, token: str
+    ) -> NoReturn:
         kind = type(error).__name__
         message = f"{kind}: {error}"
         if self.request.retries >= self.app.farm_settings.stage_retries:
@@ -271,15 +297,16 @@ class StageTask(Task):
             self._article_ended(session, session.get(Article, article_id))
             raise error
         release_stage(session, claim, article_id, message)
-        self._retry_later(error, message, self.app.farm_settings.stage_retries)
+        self._retry_later(error, message, self.app.farm_settings.stage_retries, token)
 
-    def _retry_later(self, error: Exception, message: str, limit: int) -> NoReturn:
+    def _retry_later(self, error: Exception, message: str, limit: int, token: str) -> NoReturn:
         settings = self.app.farm_settings
         if self.request.retries >= limit:
             raise error
         countdown = min(60.0, settings.retry_backoff_seconds * (2**self.request.retries))
         logger.warning("%s retry in %.1fs: %s", self.stage, countdown, message)
-        raise self.retry(exc=error, countdown=countdown)
+        kwargs = {**(self.request.kwargs or {}), "lease": token}
+        raise self.retry(exc=error, countdown=countdown, kwargs=kwargs)
 
 
 def _outcome(work: StageFunction, article: Article, ctx: StageContext) -> StageOutput | Exception:

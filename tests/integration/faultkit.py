@@ -100,6 +100,11 @@ def received(logs: list[Path], task: str) -> int:
     )
 
 
+def wait_for_log(log: Path, text: str, timeout: float = 30) -> None:
+    """Wait until a worker's log contains ``text``."""
+    _wait(lambda: text in log.read_text(), f"{text!r} in {log.name}", timeout)
+
+
 def redis_stop() -> None:
     subprocess.run(
         ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], check=False
@@ -124,20 +129,42 @@ def _redis_up() -> bool:
 
 def postgres_restart() -> None:
     """Restart the PostgreSQL serving 127.0.0.1:5432 (the system cluster or CI's private one)."""
-    if shutil.which("pg_lsclusters") and _system_cluster():
-        version = _system_cluster()
-        subprocess.run(["pg_ctlcluster", version, "main", "restart"], check=True)
-    else:
-        pg_ctl = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1]
-        command = [str(pg_ctl), "-D", "/tmp/fashion-farm-pg", "-w", "restart"]
-        subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True)
-    _wait(
-        lambda: subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode == 0,
-        "postgres to accept connections",
-    )
+    _pg_ctl("restart")
+    _wait(_postgres_up, "postgres to accept connections")
 
 
-def _system_cluster() -> str | None:
+def postgres_stop() -> None:
+    """Stop the PostgreSQL serving 127.0.0.1:5432 (fast: open connections are cut)."""
+    _pg_ctl("stop")
+    _wait(lambda: not _postgres_up(), "postgres to stop")
+
+
+def postgres_start() -> None:
+    """Start it again after :func:`postgres_stop`."""
+    _pg_ctl("start")
+    _wait(_postgres_up, "postgres to accept connections")
+
+
+def _pg_ctl(action: str) -> None:
+    if shutil.which("pg_lsclusters") and _system_cluster(online=action != "start"):
+        version = _system_cluster(online=action != "start")
+        mode = ["--mode", "fast"] if action != "start" else []
+        subprocess.run(["pg_ctlcluster", *mode, version, "main", action], check=True)
+        return
+    pg_ctl = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1]
+    data = "/tmp/fashion-farm-pg"
+    command = [str(pg_ctl), "-D", data, "-w", "-m", "fast", action]  # restart keeps its options
+    if action == "start":  # as .ci/services starts it
+        command = [str(pg_ctl), "-D", data, "-o", "-h 127.0.0.1 -p 5432", "-l", f"{data}/log"]
+        command += ["-w", "start"]
+    subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True)
+
+
+def _postgres_up() -> bool:
+    return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode == 0
+
+
+def _system_cluster(online: bool = True) -> str | None:
     listing = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout
     for line in listing.splitlines():
         fields = line.split()
@@ -145,7 +172,7 @@ def _system_cluster() -> str | None:
             len(fields) >= 4
             and fields[1] == "main"
             and fields[2] == "5432"
-            and fields[3] == "online"
+            and (fields[3] == "online" or not online)
         ):
             return fields[0]
     return None

@@ -252,6 +252,32 @@ def test_a_postgres_restart_mid_batch_is_retried_and_every_article_completes(
     assert set(renders_per_article(env).values()) == {1}
 
 
+def test_a_stage_whose_database_fails_under_it_takes_its_own_lease_back_on_retry(
+    farm_env, start_worker, plan, tmp_path
+):
+    # Leases of ten minutes: a retry that waited for its own lease to run out would time out.
+    env = kit.fault_env(
+        farm_env, plan, FARM_LEASE_SECONDS="600", FARM_VISIBILITY_TIMEOUT="700",
+        FARM_RETRY_BACKOFF_SECONDS="1", FARM_BUSY_RECHECK_SECONDS="1",
+    )  # fmt: skip
+    write_plan(plan, [{"stage": "render", "action": "sleep", "seconds": 3}])
+    worker = start_worker("all", env=env)
+    submit(env, tmp_path, 2)
+    kit.wait_for_run(env, "render")
+    kit.postgres_stop()  # while the render sleeps: storing it fails
+    try:
+        kit.wait_for_log(worker.log_path, "render retry in")
+    finally:
+        kit.postgres_start()
+
+    counts = finish(env, "database stopped under a running render", timeout=90)
+    assert counts["completed"] == 2
+    assert set(renders_per_article(env).values()) == {1}
+    with kit.sessions(env)() as session:
+        outcomes = session.scalars(select(StageRun.outcome).where(StageRun.stage == "render"))
+        assert "retry" in outcomes.all()  # the run the database failed under, taken back
+
+
 def test_poison_messages_are_refused_and_a_failing_article_does_not_stop_the_others(
     farm_env, start_worker, plan, tmp_path
 ):

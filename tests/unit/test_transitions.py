@@ -14,11 +14,13 @@ from db.models import Article, ArticleStatus, Batch, Render, StageRun
 from db.transitions import (
     STAGES,
     ClaimOutcome,
+    abandon_stage,
     claim_stage,
     complete_stage,
     fail_article,
     is_past,
     release_stage,
+    release_token,
     status_counts,
     waiting_articles,
 )
@@ -50,6 +52,22 @@ def article_id(sessions):
 
 def claim(session, article_id, stage="translate", lease=60.0, max_attempts=3):
     return claim_stage(session, article_id, stage, "w1@host", lease, max_attempts)
+
+
+def add_articles(sessions, *keys: str) -> list[int]:
+    with sessions() as session, session.begin():
+        for key in keys:
+            session.add(
+                Article(batch_id="b1", key=key, file_stem=key, source_file="c.csv",
+                        source_sheet="csv", source_row=3, source_text="Rock")
+            )  # fmt: skip
+    with sessions() as session:
+        return session.scalars(select(Article.id).order_by(Article.id)).all()
+
+
+def held_by(sessions, ids: list[int]) -> list[str | None]:
+    with sessions() as session:
+        return [session.get(Article, article_id).lease_token for article_id in ids]
 
 
 def test_a_claimed_stage_is_busy_for_a_second_claimer_until_completed(sessions, article_id):
@@ -157,19 +175,60 @@ def test_a_run_whose_lease_ran_out_is_recorded_lost_when_another_copy_takes_over
 def test_waiting_articles_are_those_at_the_stage_input_never_tried_and_not_leased(
     sessions, article_id
 ):
-    with sessions() as session, session.begin():
-        for key in ("A-2", "A-3", "A-4"):
-            session.add(
-                Article(batch_id="b1", key=key, file_stem=key, source_file="c.csv",
-                        source_sheet="csv", source_row=3, source_text="Rock")
-            )  # fmt: skip
+    ids = add_articles(sessions, "A-2", "A-3", "A-4")
     with sessions() as session:
-        ids = session.scalars(select(Article.id).order_by(Article.id)).all()
         claim(session, ids[1])  # live lease: not waiting
         claim(session, ids[2], lease=-1.0)  # tried before: left to its own message
         assert waiting_articles(session, "translate", 10, exclude=ids[0]) == [ids[3]]
         assert waiting_articles(session, "translate", 10, exclude=ids[3]) == [ids[0]]
         assert waiting_articles(session, "extract", 10, exclude=ids[0]) == []
+
+
+def test_a_retry_takes_back_the_live_lease_its_failed_try_held_and_no_one_else_can(
+    sessions, article_id
+):
+    with sessions() as session:
+        first = claim_stage(session, article_id, "translate", "w1@host", 600, 3, token="t" * 32)
+        assert first.outcome is ClaimOutcome.claimed
+        other = "o" * 32
+        assert claim(session, article_id).outcome is ClaimOutcome.busy
+        taken = claim_stage(session, article_id, "translate", "w2", 600, 3, takeover=other)
+        assert taken.outcome is ClaimOutcome.busy
+        again = claim_stage(
+            session, article_id, "translate", "w1@host", 600, 3, token=first.token,
+            takeover=first.token,
+        )  # fmt: skip
+        assert again.outcome is ClaimOutcome.claimed and again.attempt == 2
+        assert complete_stage(session, again, article_id, "translate", {"translation": "Skirt"})
+        outcomes = session.scalars(select(StageRun.outcome).order_by(StageRun.id)).all()
+    assert outcomes == ["retry", "ok"]
+
+
+def test_releasing_a_token_frees_the_batch_mates_under_it_and_nothing_else(sessions, article_id):
+    ids = add_articles(sessions, "A-2", "A-3", "A-4")
+    with sessions() as session:
+        for article_id_ in ids[:3]:
+            claim_stage(session, article_id_, "translate", "w1@host", 600, 3, token="b" * 32)
+        claim_stage(session, ids[3], "translate", "w2@host", 600, 3, token="c" * 32)
+        assert release_token(session, "b" * 32, "extract", ids[0], "wrong stage") == 0
+        assert release_token(session, "b" * 32, "translate", ids[0], "db went away") == 2
+        runs = dict(session.execute(select(StageRun.article_id, StageRun.outcome)).all())
+    assert held_by(sessions, ids) == ["b" * 32, None, None, "c" * 32]
+    assert [runs[article_id_] for article_id_ in ids] == ["running", "retry", "retry", "running"]
+    with sessions() as session:  # a freed mate's own message now claims it at once
+        assert claim(session, ids[1]).outcome is ClaimOutcome.claimed
+
+
+def test_abandoning_a_timed_out_stage_also_frees_the_batch_mates_it_held(sessions, article_id):
+    ids = add_articles(sessions, "A-2", "A-3")
+    with sessions() as session:
+        for article_id_ in ids[:2]:
+            claim_stage(session, article_id_, "translate", "w1@host", 600, 3, token="b" * 32)
+        claim(session, ids[2])
+        abandon_stage(session, ids[0], "translate", "hard time limit")
+        runs = dict(session.execute(select(StageRun.article_id, StageRun.outcome)).all())
+    assert held_by(sessions, ids)[:2] == [None, None] and held_by(sessions, ids)[2] is not None
+    assert [runs[article_id_] for article_id_ in ids] == ["timeout", "timeout", "running"]
 
 
 RENDER = {
