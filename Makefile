@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint unit integration services browser bench faults
+.PHONY: setup demo test lint unit integration services browser bench faults device-wheels
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,3 +51,15 @@ bench: setup services
 # The fault-injection suite and the bad-input corpus, totalled (README "Reliability").
 faults: setup services
 	$(BIN)/python -m bench.faults
+
+# Wheels that bench/gpu_device.sh installs on a lent GPU machine (bench/README.md, "On a GPU").
+WHEEL_PYTHON ?= 3.12
+device-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d .whl \
+	  --python-version $(WHEEL_PYTHON) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+	  --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+	  -r bench/device_wheels.txt
+	du -sh .whl
