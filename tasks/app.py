@@ -68,6 +68,7 @@ def celery_config(settings: Settings) -> dict:
         # be one more broker publish per stage (about 2 ms of CPU per article in
         # bench.overhead) and 10,000 of them for every catalog submitted.
         "task_send_sent_event": False,
+        "worker_consumer": "tasks.events:BatchingConsumer",
         "task_time_limit": settings.task_time_limit,
         # The soft limit raises inside the task (a retry); the hard one kills a stuck child.
         "task_soft_time_limit": settings.task_time_limit * 0.9,

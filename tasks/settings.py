@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     busy_recheck_seconds: float = Field(default=10.0, gt=0)
     max_stage_attempts: int = 5
     worker_boot_timeout: float = 900.0
+    # A worker publishes its task events for Flower at most this often, several per
+    # message (tasks.events); 0 publishes each on its own, as Celery does.
+    event_flush_seconds: float = Field(default=0.1, ge=0, le=5)
 
     flower_basic_auth: SecretStr | None = None  # "user:password"
 

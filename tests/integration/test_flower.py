@@ -6,11 +6,15 @@ import base64
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+from celery import Celery
+from celery.events.receiver import EventReceiver
+from kombu import Connection
 
 from tests.integration.farmproc import FARM, farm, wait_until_ended
 from tests.integration.test_operations import catalog_rows, write_csv
@@ -110,3 +114,46 @@ def test_flower_shows_workers_and_each_stage_with_auth_and_401_without(
         and 'type="task-succeeded"' in line
     ]
     assert succeeded and float(succeeded[0].rsplit(" ", 1)[1]) >= 1
+
+
+class CountingReceiver(EventReceiver):
+    """Celery's event receiver (as Flower uses it), noting how many events each message held."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sizes: list[int] = []
+
+    def _receive(self, body, message, *args, **kwargs):
+        self.sizes.append(len(body) if isinstance(body, list) else 1)
+        super()._receive(body, message, *args, **kwargs)
+
+
+def test_task_events_travel_several_to_a_message_and_every_task_is_reported_ended(
+    farm_env, start_worker, tmp_path
+):
+    events: list[dict] = []
+    with Connection(farm_env["FARM_BROKER_URL"]) as connection:
+        receiver = CountingReceiver(
+            connection, handlers={"*": events.append}, app=Celery(set_as_current=False)
+        )
+        listening = threading.Thread(target=receiver.capture, kwargs={"wakeup": False})
+        listening.start()
+        try:
+            start_worker("all")
+            catalog = write_csv(tmp_path / "events.csv", catalog_rows(3))
+            assert farm(farm_env, "submit", str(catalog)).returncode == 0
+            wait_until_ended(farm_env["FARM_DATABASE_URL"])
+            time.sleep(1)  # the last flush is at most FARM_EVENT_FLUSH_SECONDS away
+        finally:
+            receiver.should_stop = True
+            listening.join(10)
+
+    kinds: dict[str, set[str]] = {}
+    for event in events:
+        if event["type"].startswith("task-"):
+            kinds.setdefault(event["uuid"], set()).add(event["type"])
+    ended = {"task-succeeded", "task-retried", "task-failed"}
+    assert len(kinds) >= 12  # three articles, four stages
+    for seen in kinds.values():
+        assert {"task-received", "task-started"} <= seen and seen & ended, seen
+    assert max(receiver.sizes) > 1, receiver.sizes
