@@ -120,12 +120,11 @@ def claim_stage(
         "p_expires": now + timedelta(seconds=lease_seconds),
         "p_worker": worker,
     }
-    dialect = session.get_bind().dialect.name
+    dialect = _hot_path_connection(session).dialect.name
     row = session.execute(
         statements.claim(dialect), params, execution_options={"populate_existing": True}
     ).first()
     if row is None:
-        session.rollback()
         return _why_not_claimed(session, article_id, stage, max_attempts, now)
     article = row[0]
     run_id = row[1] if statements.one_statement(dialect) else _start_run(session, article, params)
@@ -138,6 +137,18 @@ def claim_stage(
     return Claim(
         ClaimOutcome.claimed, token, article.stage_attempts, run_id, article=article, started_at=now
     )
+
+
+def _hot_path_connection(session: Session):
+    """The session's connection for a claim or a completion.
+
+    On PostgreSQL each is one statement, so when no transaction is open it runs in
+    autocommit: the statement commits itself, without a BEGIN and a COMMIT round trip of its
+    own (the same durable commit, two fewer messages to the server per call).
+    """
+    if session.in_transaction() or not statements.one_statement(session.get_bind().dialect.name):
+        return session.connection()
+    return session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 def new_lease_token() -> str:
@@ -228,24 +239,27 @@ def waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> 
 def _why_not_claimed(
     session: Session, article_id: int, stage: str, max_attempts: int, now: datetime
 ) -> Claim:
-    article = session.get(Article, article_id, populate_existing=True)
-    if article is None or article.status in (
-        ArticleStatus.failed.value,
-        ArticleStatus.needs_review.value,
-    ):
+    # Read in the claim's own transaction (its UPDATE changed nothing), then end it.
+    row = session.execute(
+        select(Article.status, Article.lease_expires_at, Article.stage_attempts).where(
+            Article.id == article_id
+        )
+    ).first()
+    session.rollback()
+    if row is None or row.status in (ArticleStatus.failed.value, ArticleStatus.needs_review.value):
         return Claim(ClaimOutcome.stopped)
-    if is_past(article.status, stage):
+    if is_past(row.status, stage):
         return Claim(ClaimOutcome.already_done)
-    lease = article.lease_expires_at
+    lease = row.lease_expires_at
     if lease is not None and as_utc(lease) >= now:
         return Claim(ClaimOutcome.busy, retry_in=(as_utc(lease) - now).total_seconds())
-    if article.status == STAGE_INPUT[stage].value and article.stage_attempts >= max_attempts:
+    if row.status == STAGE_INPUT[stage].value and row.stage_attempts >= max_attempts:
         fail_article(
             session,
             article_id,
             stage,
             "AttemptsExhausted",
-            f"{stage} gave up after {article.stage_attempts} attempts "
+            f"{stage} gave up after {row.stage_attempts} attempts "
             "(the worker died or timed out each time)",
         )
         return Claim(ClaimOutcome.exhausted)
@@ -293,7 +307,7 @@ def complete_stage(
     params = {"p_id": article_id, "p_token": claim.token}
     params |= statements.completion_params(values, render)
     columns = tuple(values)
-    connection = session.connection()
+    connection = _hot_path_connection(session)
     if statements.one_statement(connection.dialect.name):
         params |= {"p_run": claim.run_id, "p_seconds": _run_seconds(claim)}
         shape = tuple(render) if render is not None else None
