@@ -11,26 +11,32 @@ single ones; it only sees each task up to that much later.
 
 from __future__ import annotations
 
+import time
+
 from celery.worker.consumer import Consumer
 
 
 class BatchingConsumer(Consumer):
     """Celery's worker consumer, with task events flushed on a short timer."""
 
-    _flush_due = False
+    _flush_due_at: float | None = None
 
     def on_send_event_buffered(self) -> None:
         """Called by the event dispatcher for each buffered event: schedule one flush."""
-        delay = self.app.farm_settings.event_flush_seconds
+        settings = getattr(self.app, "farm_settings", None)
+        delay = settings.event_flush_seconds if settings is not None else 0
         if self.hub is None or delay <= 0:
             super().on_send_event_buffered()
             return
-        if not self._flush_due:
-            self._flush_due = True
+        now = time.monotonic()
+        # A flush is pending unless its time is well past: a timer lost with a broker
+        # reconnection must not leave events waiting for Celery's buffer of 24 to fill.
+        if self._flush_due_at is None or now > self._flush_due_at + 1.0:
+            self._flush_due_at = now + delay
             self.hub.call_later(delay, self._flush_due_events)
 
     def _flush_due_events(self) -> None:
-        self._flush_due = False
+        self._flush_due_at = None
         self._flush_events()
 
     def shutdown(self) -> None:
