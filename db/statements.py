@@ -63,8 +63,8 @@ def _claimable():
             or_(
                 Article.lease_expires_at.is_(None),
                 Article.lease_expires_at < _NOW,
-                # A retried task taking back the lease its failed try held (NULL: never).
-                Article.lease_token == bindparam("p_takeover", type_=String),
+                # A retried task taking back the leases its earlier tries held.
+                Article.lease_token.in_(bindparam("p_takeover", expanding=True)),
             ),
         )
         .values(
@@ -83,7 +83,7 @@ def claim(dialect: str):
     """The claim: take the lease if the article waits at the stage and is free.
 
     Parameters: ``p_id``, ``p_status``, ``p_max_attempts``, ``p_now``, ``p_token``,
-    ``p_takeover`` (a lease token that may be taken over although live, or None),
+    ``p_takeover`` (a list of lease tokens that may be taken over although live),
     ``p_stage``, ``p_expires``, and ``p_worker`` on PostgreSQL.
 
     Args:

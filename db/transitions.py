@@ -88,9 +88,9 @@ def claim_stage(
     lease_seconds: float,
     max_attempts: int,
     token: str | None = None,
-    takeover: str | None = None,
+    takeover: list[str] | None = None,
 ) -> Claim:
-    """Try to take ``stage`` of an article; commits its own transaction.
+    """Try to take ``stage`` of an article; commits what it writes.
 
     Args:
         session: a session with no transaction in progress.
@@ -101,8 +101,8 @@ def claim_stage(
         max_attempts: claims allowed per stage before the article is failed.
         token: the lease token to take; a new one when None. A batch takes all its
             articles under one token.
-        takeover: a live lease token that may be taken over: the one a retried task's
-            earlier try held when the database failed under it.
+        takeover: live lease tokens that may be taken over: those a retried task's
+            earlier tries held when the database failed under them.
 
     Returns:
         The claim; only ``claimed`` means the caller should do the work.
@@ -115,7 +115,7 @@ def claim_stage(
         "p_max_attempts": max_attempts,
         "p_now": now,
         "p_token": token,
-        "p_takeover": takeover,
+        "p_takeover": list(takeover or []),
         "p_stage": stage,
         "p_expires": now + timedelta(seconds=lease_seconds),
         "p_worker": worker,
@@ -151,13 +151,18 @@ def _hot_path_connection(session: Session):
     return session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
-def new_lease_token() -> str:
-    """A fresh lease token.
+def new_lease_token(owner: str | None = None) -> str:
+    """A fresh lease token, marked with its owner so that its claims can be found again.
+
+    Args:
+        owner: the claiming task's id (``abandon_stage`` frees what it held), or None.
 
     Returns:
-        32 hex characters.
+        ``<owner>.<16 hex characters>``, or 32 hex characters without an owner.
     """
-    return uuid.uuid4().hex
+    if owner is None:
+        return uuid.uuid4().hex
+    return f"{owner}.{uuid.uuid4().hex[:16]}"
 
 
 def _start_run(session: Session, article: Article, params: dict) -> int:
@@ -167,18 +172,23 @@ def _start_run(session: Session, article: Article, params: dict) -> int:
 
 
 def release_token(
-    session: Session, token: str, stage: str, keep: int, error: str, outcome: str = "retry"
+    session: Session,
+    tokens: list[str],
+    stage: str,
+    keep: int,
+    error: str,
+    outcome: str = "retry",
 ) -> int:
-    """Free every article still leased under ``token`` at ``stage`` except ``keep``.
+    """Free every article still leased under one of ``tokens`` at ``stage`` except ``keep``.
 
-    A batch takes its articles under one token. When its task cannot finish (the database
-    failed under it, or the hard time limit killed it), the batch mates it still holds are
-    given back this way, so their own messages run them without waiting out the lease.
+    A batch takes its articles under one token. When its task could not finish (the
+    database failed under it), the batch mates it still holds are given back this way, so
+    their own messages run them without waiting out the lease.
 
     Args:
         session: a session with no transaction in progress.
-        token: the batch's lease token.
-        stage: the stage the batch ran.
+        tokens: the batches' lease tokens.
+        stage: the stage the batches ran.
         keep: the article not to free (the task's own), or 0.
         error: why, kept on the freed articles' stage runs.
         outcome: what their stage runs still ``running`` are closed as.
@@ -186,10 +196,16 @@ def release_token(
     Returns:
         How many articles were freed.
     """
+    held = Article.lease_token.in_(tokens)
+    return _free(session, stage, held & (Article.id != keep), error, outcome)
+
+
+def _free(session: Session, stage: str, held, error: str, outcome: str) -> int:
+    # Through the status index: only articles waiting at the stage's input can hold it.
     freed = list(
         session.scalars(
             update(Article)
-            .where(Article.lease_token == token, Article.lease_stage == stage, Article.id != keep)
+            .where(Article.status == STAGE_INPUT[stage].value, Article.lease_stage == stage, held)
             .values(lease_token=None, lease_stage=None, lease_expires_at=None)
             .returning(Article.id)
             .execution_options(synchronize_session=False)
@@ -239,7 +255,8 @@ def waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> 
 def _why_not_claimed(
     session: Session, article_id: int, stage: str, max_attempts: int, now: datetime
 ) -> Claim:
-    # Read in the claim's own transaction (its UPDATE changed nothing), then end it.
+    # Read right after the claim's UPDATE that changed nothing (in its transaction, or on
+    # PostgreSQL in autocommit), then end it: no second BEGIN for the read.
     row = session.execute(
         select(Article.status, Article.lease_expires_at, Article.stage_attempts).where(
             Article.id == article_id
@@ -375,30 +392,23 @@ def release_stage(session: Session, claim: Claim, article_id: int, error: str) -
     session.commit()
 
 
-def abandon_stage(session: Session, article_id: int, stage: str, error: str) -> None:
-    """Free a stage whose worker was stopped from outside (a hard time limit killed it).
+def abandon_stage(session: Session, owner: str, stage: str, error: str) -> int:
+    """Free the claims of a task that was stopped from outside (a hard time limit killed it).
 
-    The batch mates the task held under the same lease token are freed too.
+    Its own article and the batch mates it held are found by their lease tokens, which
+    carry the task's id (:func:`new_lease_token`); a claim another task holds is left alone.
 
     Args:
         session: a session with no transaction in progress.
-        article_id: the article.
+        owner: the stopped task's id.
         stage: the stage that was running.
-        error: why it stopped, kept on its stage run.
+        error: why it stopped, kept on the stage runs.
+
+    Returns:
+        How many articles were freed.
     """
-    token = session.scalar(
-        select(Article.lease_token).where(Article.id == article_id, Article.lease_stage == stage)
-    )
-    session.execute(
-        update(Article)
-        .where(Article.id == article_id, Article.lease_stage == stage)
-        .values(lease_token=None, lease_stage=None, lease_expires_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    close_running_runs(session, article_id, "timeout", stage, error[:4000])
-    session.commit()
-    if token is not None:
-        release_token(session, token, stage, article_id, error, outcome="timeout")
+    held = Article.lease_token.startswith(f"{owner}.", autoescape=True)
+    return _free(session, stage, held, error, "timeout")
 
 
 def close_running_runs(

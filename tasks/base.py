@@ -8,7 +8,9 @@ the rest, so that delivery guarantees live in one place:
 * transient errors (full disks, out-of-memory) release the lease and retry with backoff;
   after ``stage_retries`` retries, or on :class:`InvalidArticle` at once, the article ends
   ``failed`` with its stage, error kind and message; when the database fails, nothing can
-  be released, so the retry carries the try's lease token and takes its claims back;
+  be released, so the retry carries the lease tokens its earlier tries took (``lease``)
+  and takes their claims back (each try claims under a token of its own, so a second copy
+  of the same message still finds the first one's claims held);
 * a copy that did no work stops its chain, so the next stage is sent once;
 * a batched stage (translate and extract; render and score unless ``FARM_GPU_BATCH_SIZE`` is 1)
   also claims other articles waiting at its stage and runs them in one call of its batch
@@ -72,7 +74,7 @@ class StageTask(Task):
         article_id: int,
         work: StageFunction,
         batch_work: BatchFunction | None = None,
-        lease: str | None = None,
+        lease: list[str] | None = None,
     ) -> int:
         """Claim the article for this stage, run ``work`` on it and store its outputs.
 
@@ -81,25 +83,27 @@ class StageTask(Task):
             work: the plain stage function.
             batch_work: the stage's batched form; when given, up to ``batch_setting`` - 1
                 other waiting articles are claimed and run in the same call.
-            lease: the lease token of this message's earlier try, which a retry carries:
-                the try's claims under it may be taken back although their lease is live.
+            lease: the lease tokens of this message's earlier tries, which a retry after a
+                database failure carries: their claims may be taken back although live.
 
         Returns:
             ``article_id``, which the chain hands to the next stage.
         """
         settings = self.app.farm_settings
         sessions = state.sessions(settings.database_url)
-        token = lease or new_lease_token()
+        earlier = list(lease or [])
+        token = new_lease_token(self.request.id)
         try:
             with sessions() as session:
-                return self._claim_and_run(session, article_id, work, batch_work, token, lease)
+                return self._claim_and_run(session, article_id, work, batch_work, token, earlier)
         except DBAPIError as error:
             # The database itself is away: nothing could be recorded, so retry the whole
-            # stage. The retry carries the token, so it takes back what this try held
-            # instead of waiting for the lease to run out.
+            # stage. The retry carries this try's token and the earlier ones (a claim may
+            # have committed unanswered), so it takes back what they hold instead of
+            # waiting for their leases to run out.
             limit = self.app.farm_settings.database_retries
             message = f"database error: {type(error.orig).__name__}"
-            self._retry_later(error, message, limit, token)
+            self._retry_later(error, message, limit, lease=[*earlier, token])
             raise  # unreachable: _retry_later raises
 
     def _claim_and_run(
@@ -109,12 +113,12 @@ class StageTask(Task):
         work: StageFunction,
         batch_work: BatchFunction | None,
         token: str,
-        lease: str | None,
+        earlier: list[str],
     ) -> int:
-        if lease is not None:
-            # The earlier try's batch mates go back to their own messages.
-            release_token(session, lease, self.stage, article_id, "the database failed")
-        claim = self._claim(session, article_id, token, takeover=lease)
+        if earlier:
+            # The earlier tries' batch mates go back to their own messages.
+            release_token(session, earlier, self.stage, article_id, "its batch's task failed")
+        claim = self._claim(session, article_id, token, takeover=earlier)
         if claim.outcome is ClaimOutcome.busy:
             self._look_again(claim.retry_in + 1)
         if claim.outcome is not ClaimOutcome.claimed:
@@ -131,7 +135,7 @@ class StageTask(Task):
         if isinstance(output, InvalidArticle):
             self._fail(session, claim, output)
         if isinstance(output, Exception):
-            self._after_error(session, claim, article_id, output, token)
+            self._after_error(session, claim, article_id, output)
         self._store(session, claim, output, started, len(others))
         return article_id
 
@@ -183,7 +187,9 @@ class StageTask(Task):
             alone = lambda article, ctx: batch_work([article], ctx)[0]  # noqa: E731
             return [_outcome(alone, article, ctx) for article in articles]
 
-    def _claim(self, session, article_id: int, token: str, takeover: str | None = None) -> Claim:
+    def _claim(
+        self, session, article_id: int, token: str, takeover: list[str] | None = None
+    ) -> Claim:
         settings = self.app.farm_settings
         return claim_stage(
             session,
@@ -271,15 +277,16 @@ class StageTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         """Called in the worker's main process when a hard time limit killed the pool child.
 
-        The child could record nothing, so free the stage here and start the article's chain
-        again from this stage; the claim counter bounds how often that can happen.
+        The child could record nothing, so free what it held here (its article and batch
+        mates, by the task id in their lease tokens) and start the article's chain again
+        from this stage; the claim counter bounds how often that can happen.
         """
         if not isinstance(exc, TimeLimitExceeded) or not args:
             return
         article_id, key = args[0], (kwargs or {}).get("key", "")
         settings = self.app.farm_settings
         with state.sessions(settings.database_url)() as session:
-            abandon_stage(session, article_id, self.stage, f"hard time limit: {exc}")
+            abandon_stage(session, task_id, self.stage, f"hard time limit: {exc}")
         logger.warning("article %s: %s hit the hard time limit; sent again", article_id, self.stage)
         chain = article_chain(article_id, key, self.stage, priority=URGENT_PRIORITY)
         chain.apply_async(countdown=settings.retry_backoff_seconds)
@@ -287,9 +294,7 @@ class StageTask(Task):
     def _article_ended(self, session, article: Article) -> None:
         write_statistics_if_finished(session, article.batch_id, self.app.farm_settings.output_dir)
 
-    def _after_error(
-        self, session, claim, article_id: int, error: Exception, token: str
-    ) -> NoReturn:
+    def _after_error(self, session, claim, article_id: int, error: Exception) -> NoReturn:
         kind = type(error).__name__
         message = f"{kind}: {error}"
         if self.request.retries >= self.app.farm_settings.stage_retries:
@@ -297,15 +302,19 @@ class StageTask(Task):
             self._article_ended(session, session.get(Article, article_id))
             raise error
         release_stage(session, claim, article_id, message)
-        self._retry_later(error, message, self.app.farm_settings.stage_retries, token)
+        self._retry_later(error, message, self.app.farm_settings.stage_retries)
 
-    def _retry_later(self, error: Exception, message: str, limit: int, token: str) -> NoReturn:
+    def _retry_later(
+        self, error: Exception, message: str, limit: int, lease: list[str] | None = None
+    ) -> NoReturn:
         settings = self.app.farm_settings
         if self.request.retries >= limit:
             raise error
         countdown = min(60.0, settings.retry_backoff_seconds * (2**self.request.retries))
         logger.warning("%s retry in %.1fs: %s", self.stage, countdown, message)
-        kwargs = {**(self.request.kwargs or {}), "lease": token}
+        kwargs = dict(self.request.kwargs or {})
+        if lease is not None:
+            kwargs["lease"] = lease
         raise self.retry(exc=error, countdown=countdown, kwargs=kwargs)
 
 

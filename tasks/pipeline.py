@@ -14,13 +14,15 @@ from tasks.base import StageTask
 
 
 @app.task(bind=True, base=StageTask, name="farm.translate", stage="translate")
-def translate(self: StageTask, article_id: int, key: str = "", lease: str | None = None) -> int:
+def translate(
+    self: StageTask, article_id: int, key: str = "", lease: list[str] | None = None
+) -> int:
     """German → English for one article."""
     return self.run_stage(article_id, stages.translate, stages.translate_batch, lease)
 
 
 @app.task(bind=True, base=StageTask, name="farm.extract", stage="extract")
-def extract(self: StageTask, article_id: int, key: str = "", lease: str | None = None) -> int:
+def extract(self: StageTask, article_id: int, key: str = "", lease: list[str] | None = None) -> int:
     """English text → attributes and prompts for one article."""
     return self.run_stage(article_id, stages.extract, stages.extract_batch, lease)
 
@@ -28,7 +30,7 @@ def extract(self: StageTask, article_id: int, key: str = "", lease: str | None =
 @app.task(
     bind=True, base=StageTask, name="farm.render", stage="render", batch_setting="gpu_batch_size"
 )
-def render(self: StageTask, article_id: int, key: str = "", lease: str | None = None) -> int:
+def render(self: StageTask, article_id: int, key: str = "", lease: list[str] | None = None) -> int:
     """Generation prompt → image for one article's current attempt."""
     return self.run_stage(article_id, stages.render, stages.render_batch, lease)
 
@@ -36,6 +38,6 @@ def render(self: StageTask, article_id: int, key: str = "", lease: str | None = 
 @app.task(
     bind=True, base=StageTask, name="farm.score", stage="score", batch_setting="gpu_batch_size"
 )
-def score(self: StageTask, article_id: int, key: str = "", lease: str | None = None) -> int:
+def score(self: StageTask, article_id: int, key: str = "", lease: list[str] | None = None) -> int:
     """Image → CLIP score; publishes the article's image and JSON."""
     return self.run_stage(article_id, stages.score, stages.score_batch, lease)

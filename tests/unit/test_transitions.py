@@ -19,6 +19,7 @@ from db.transitions import (
     complete_stage,
     fail_article,
     is_past,
+    new_lease_token,
     release_stage,
     release_token,
     status_counts,
@@ -188,44 +189,47 @@ def test_a_retry_takes_back_the_live_lease_its_failed_try_held_and_no_one_else_c
     sessions, article_id
 ):
     with sessions() as session:
-        first = claim_stage(session, article_id, "translate", "w1@host", 600, 3, token="t" * 32)
+        first = claim_stage(session, article_id, "translate", "w1@host", 600, 3, token="t1")
         assert first.outcome is ClaimOutcome.claimed
-        other = "o" * 32
         assert claim(session, article_id).outcome is ClaimOutcome.busy
-        taken = claim_stage(session, article_id, "translate", "w2", 600, 3, takeover=other)
+        # A second copy of the retried message has the same earlier tokens, not this one's.
+        taken = claim_stage(session, article_id, "translate", "w2", 600, 3, takeover=["t0"])
         assert taken.outcome is ClaimOutcome.busy
         again = claim_stage(
-            session, article_id, "translate", "w1@host", 600, 3, token=first.token,
-            takeover=first.token,
-        )  # fmt: skip
+            session, article_id, "translate", "w1@host", 600, 3, token="t2", takeover=["t0", "t1"]
+        )
         assert again.outcome is ClaimOutcome.claimed and again.attempt == 2
+        assert not complete_stage(session, first, article_id, "translate", {"translation": "x"})
         assert complete_stage(session, again, article_id, "translate", {"translation": "Skirt"})
         outcomes = session.scalars(select(StageRun.outcome).order_by(StageRun.id)).all()
     assert outcomes == ["retry", "ok"]
 
 
-def test_releasing_a_token_frees_the_batch_mates_under_it_and_nothing_else(sessions, article_id):
+def test_releasing_tokens_frees_the_batch_mates_under_them_and_nothing_else(sessions, article_id):
     ids = add_articles(sessions, "A-2", "A-3", "A-4")
     with sessions() as session:
         for article_id_ in ids[:3]:
-            claim_stage(session, article_id_, "translate", "w1@host", 600, 3, token="b" * 32)
-        claim_stage(session, ids[3], "translate", "w2@host", 600, 3, token="c" * 32)
-        assert release_token(session, "b" * 32, "extract", ids[0], "wrong stage") == 0
-        assert release_token(session, "b" * 32, "translate", ids[0], "db went away") == 2
+            claim_stage(session, article_id_, "translate", "w1@host", 600, 3, token="b")
+        claim_stage(session, ids[3], "translate", "w2@host", 600, 3, token="c")
+        assert release_token(session, ["b"], "extract", ids[0], "wrong stage") == 0
+        assert release_token(session, ["a", "b"], "translate", ids[0], "db went away") == 2
         runs = dict(session.execute(select(StageRun.article_id, StageRun.outcome)).all())
-    assert held_by(sessions, ids) == ["b" * 32, None, None, "c" * 32]
+    assert held_by(sessions, ids) == ["b", None, None, "c"]
     assert [runs[article_id_] for article_id_ in ids] == ["running", "retry", "retry", "running"]
     with sessions() as session:  # a freed mate's own message now claims it at once
         assert claim(session, ids[1]).outcome is ClaimOutcome.claimed
 
 
-def test_abandoning_a_timed_out_stage_also_frees_the_batch_mates_it_held(sessions, article_id):
+def test_abandoning_a_timed_out_task_frees_what_its_token_held_and_nothing_else(
+    sessions, article_id
+):
     ids = add_articles(sessions, "A-2", "A-3")
     with sessions() as session:
         for article_id_ in ids[:2]:
-            claim_stage(session, article_id_, "translate", "w1@host", 600, 3, token="b" * 32)
-        claim(session, ids[2])
-        abandon_stage(session, ids[0], "translate", "hard time limit")
+            token = new_lease_token("task-1")
+            claim_stage(session, article_id_, "translate", "w1@host", 600, 3, token=token)
+        claim_stage(session, ids[2], "translate", "w1", 600, 3, token=new_lease_token("task-10"))
+        assert abandon_stage(session, "task-1", "translate", "hard time limit") == 2
         runs = dict(session.execute(select(StageRun.article_id, StageRun.outcome)).all())
     assert held_by(sessions, ids)[:2] == [None, None] and held_by(sessions, ids)[2] is not None
     assert [runs[article_id_] for article_id_ in ids] == ["timeout", "timeout", "running"]
