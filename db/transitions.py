@@ -139,6 +139,20 @@ def claim_stage(
     )
 
 
+def autocommit_reads(session: Session) -> None:
+    """Let the session's next statements, until it commits, each commit on their own.
+
+    On PostgreSQL a stage's reads (the rows its function loads, the end-of-batch check) and
+    its completion, a single statement, need no transaction around them: in autocommit they
+    save a BEGIN and a COMMIT round trip each time. Writes of several statements still get
+    one transaction (:func:`_atomically`). Does nothing on SQLite or inside a transaction.
+
+    Args:
+        session: the stage task's session.
+    """
+    _hot_path_connection(session)
+
+
 def _hot_path_connection(session: Session):
     """The session's connection for a claim or a completion.
 
@@ -149,6 +163,14 @@ def _hot_path_connection(session: Session):
     if session.in_transaction() or not statements.one_statement(session.get_bind().dialect.name):
         return session.connection()
     return session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+def _atomically(session: Session) -> None:
+    """End an autocommit stretch, so that the statements that follow share one transaction."""
+    if session.in_transaction():
+        options = session.connection().get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            session.commit()
 
 
 def new_lease_token(owner: str | None = None) -> str:
@@ -202,6 +224,7 @@ def release_token(
 
 def _free(session: Session, stage: str, held, error: str, outcome: str) -> int:
     # Through the status index: only articles waiting at the stage's input can hold it.
+    _atomically(session)
     freed = list(
         session.scalars(
             update(Article)
@@ -382,6 +405,7 @@ def release_stage(session: Session, claim: Claim, article_id: int, error: str) -
         article_id: the article.
         error: what went wrong, kept on the stage run.
     """
+    _atomically(session)
     session.execute(
         update(Article)
         .where(Article.id == article_id, Article.lease_token == claim.token)
@@ -457,6 +481,7 @@ def fail_article(
         error: the message.
         claim: the claim held while failing, if any; its stage run is closed as ``error``.
     """
+    _atomically(session)
     session.execute(
         update(Article)
         .where(Article.id == article_id)

@@ -38,6 +38,7 @@ from db.transitions import (
     Claim,
     ClaimOutcome,
     abandon_stage,
+    autocommit_reads,
     claim_stage,
     complete_stage,
     fail_article,
@@ -129,6 +130,7 @@ class StageTask(Task):
         batched = batch_work is not None and claim.attempt == 1
         others = self._claim_others(session, article_id, token) if batched else []
         started = time.perf_counter()
+        autocommit_reads(session)  # the stage's reads and its completion
         output, *outputs = self._run(work, batch_work, [claim, *others])
         for other, other_output in zip(others, outputs, strict=True):
             self._store_other(session, other, other_output)
@@ -292,6 +294,7 @@ class StageTask(Task):
         chain.apply_async(countdown=settings.retry_backoff_seconds)
 
     def _article_ended(self, session, article: Article) -> None:
+        autocommit_reads(session)
         write_statistics_if_finished(session, article.batch_id, self.app.farm_settings.output_dir)
 
     def _after_error(self, session, claim, article_id: int, error: Exception) -> NoReturn:

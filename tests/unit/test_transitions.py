@@ -15,6 +15,7 @@ from db.transitions import (
     STAGES,
     ClaimOutcome,
     abandon_stage,
+    autocommit_reads,
     claim_stage,
     complete_stage,
     fail_article,
@@ -233,6 +234,41 @@ def test_abandoning_a_timed_out_task_frees_what_its_token_held_and_nothing_else(
         runs = dict(session.execute(select(StageRun.article_id, StageRun.outcome)).all())
     assert held_by(sessions, ids)[:2] == [None, None] and held_by(sessions, ids)[2] is not None
     assert [runs[article_id_] for article_id_ in ids] == ["timeout", "timeout", "running"]
+
+
+def test_a_stage_reading_in_autocommit_stores_its_outputs_and_fails_cleanly(sessions, article_id):
+    ids = add_articles(sessions, "A-2")
+    with sessions() as session:
+        stored = claim(session, ids[0])
+        autocommit_reads(session)  # as a stage task does once it has claimed
+        assert session.get(Article, ids[0]).source_text == "Rock"
+        assert complete_stage(session, stored, ids[0], "translate", {"translation": "Skirt"})
+        failing = claim(session, ids[1])
+        autocommit_reads(session)
+        assert session.get(Article, ids[1]).key == "A-2"
+        fail_article(session, ids[1], "translate", "InvalidArticle", "no text", failing)
+    with sessions() as session:
+        articles = [session.get(Article, article_id_) for article_id_ in ids]
+        assert [a.status for a in articles] == ["translated", "failed"]
+        assert articles[0].translation == "Skirt" and articles[1].lease_token is None
+        assert session.scalars(select(StageRun.outcome).order_by(StageRun.id)).all() == [
+            "ok",
+            "error",
+        ]
+
+
+def test_reads_run_in_autocommit_on_postgresql_only_until_the_session_commits(sessions, article_id):
+    with sessions() as session:
+        autocommit_reads(session)
+        session.get(Article, article_id)
+        isolation = session.connection().get_execution_options().get("isolation_level")
+        session.commit()
+        after = session.connection().get_execution_options().get("isolation_level")
+        driver = session.connection().connection.dbapi_connection
+        dialect = session.get_bind().dialect.name
+    assert isolation == ("AUTOCOMMIT" if dialect == "postgresql" else None)
+    assert after is None  # the next transaction, and the pooled connection, as before
+    assert dialect != "postgresql" or driver.autocommit is False
 
 
 RENDER = {
