@@ -223,8 +223,8 @@ def release_token(
 
 
 def _free(session: Session, stage: str, held, error: str, outcome: str) -> int:
-    # Through the status index: only articles waiting at the stage's input can hold it.
     _atomically(session)
+    # Through the status index: only articles waiting at the stage's input can hold it.
     freed = list(
         session.scalars(
             update(Article)
