@@ -146,17 +146,19 @@ def postgres_start() -> None:
 
 
 def _pg_ctl(action: str) -> None:
-    if shutil.which("pg_lsclusters") and _system_cluster(online=action != "start"):
-        version = _system_cluster(online=action != "start")
+    version = shutil.which("pg_lsclusters") and _system_cluster(online=action != "start")
+    if version:
         mode = ["--mode", "fast"] if action != "start" else []
         subprocess.run(["pg_ctlcluster", *mode, version, "main", action], check=True)
         return
     pg_ctl = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1]
     data = "/tmp/fashion-farm-pg"
-    command = [str(pg_ctl), "-D", data, "-w", "-m", "fast", action]  # restart keeps its options
-    if action == "start":  # as .ci/services starts it
-        command = [str(pg_ctl), "-D", data, "-o", "-h 127.0.0.1 -p 5432", "-l", f"{data}/log"]
-        command += ["-w", "start"]
+    # A start takes the options .ci/services starts it with; a restart keeps them.
+    if action == "start":
+        options = ["-o", "-h 127.0.0.1 -p 5432", "-l", f"{data}/log"]
+    else:
+        options = ["-m", "fast"]
+    command = [str(pg_ctl), "-D", data, *options, "-w", action]
     subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True)
 
 
