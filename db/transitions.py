@@ -124,8 +124,12 @@ def claim_stage(
     row = session.execute(
         statements.claim(dialect), params, execution_options={"populate_existing": True}
     ).first()
-    if row is None:
-        return _why_not_claimed(session, article_id, stage, max_attempts, now)
+    if row is None or row[0] is None:
+        found = row[2:] if row is not None else None
+        if not statements.one_statement(dialect):
+            found = _found(session, article_id)
+        session.rollback()  # ends the claim's transaction, or on PostgreSQL its autocommit
+        return _why_not_claimed(session, article_id, stage, max_attempts, now, found)
     article = row[0]
     run_id = row[1] if statements.one_statement(dialect) else _start_run(session, article, params)
     if article.stage_attempts > 1:
@@ -240,23 +244,77 @@ def _free(session: Session, stage: str, held, error: str, outcome: str) -> int:
     return len(freed)
 
 
-def waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> list[int]:
-    """Articles waiting at a stage's input, never tried at it and not leased, oldest first.
+def claim_waiting(
+    session: Session,
+    stage: str,
+    worker: str,
+    lease_seconds: float,
+    max_attempts: int,
+    *,
+    limit: int,
+    exclude: int,
+    token: str,
+) -> list[Claim]:
+    """Claim up to ``limit`` other articles waiting at a stage, for a batch; commits.
 
-    A worker that batches a stage claims some of them alongside its own article; each is
-    still claimed one by one with :func:`claim_stage`, so two workers never share one. An
-    article tried before (its batch timed out, or its worker died) is left to its own
-    message, which runs it alone, so one article cannot take a batch down twice.
+    The articles are those at the stage's input, never tried at it and not leased, oldest
+    first. An article tried before (its batch timed out, or its worker died) is left to its
+    own message, which runs it alone, so one article cannot take a batch down twice. On
+    PostgreSQL this is one statement that skips rows other workers are claiming at the same
+    moment; on SQLite the articles are found, then claimed one by one.
 
     Args:
-        session: any session (its transaction is ended before returning).
+        session: a session with no transaction in progress.
         stage: one of :data:`STAGES`.
-        limit: how many to return at most.
-        exclude: an article not to return (the caller's own).
+        worker: the worker's hostname, recorded on the stage runs.
+        lease_seconds: how long the claims hold.
+        max_attempts: claims allowed per stage (SQLite: another task may take and give
+            back an article between finding and claiming it).
+        limit: how many to claim at most.
+        exclude: an article not to claim (the caller's own).
+        token: the batch's lease token.
 
     Returns:
-        Their ids.
+        The claims, oldest article first; fewer than ``limit`` (or none) when fewer wait.
     """
+    dialect = _hot_path_connection(session).dialect.name
+    if not statements.one_statement(dialect):
+        claims = [
+            claim_stage(
+                session, article_id, stage, worker, lease_seconds, max_attempts, token=token
+            )
+            for article_id in _waiting_articles(session, stage, limit, exclude)
+        ]
+        return [claim for claim in claims if claim.outcome is ClaimOutcome.claimed]
+    now = utcnow()
+    params = {
+        "p_status": STAGE_INPUT[stage].value,
+        "p_exclude": exclude,
+        "p_limit": limit,
+        "p_now": now,
+        "p_token": token,
+        "p_stage": stage,
+        "p_expires": now + timedelta(seconds=lease_seconds),
+        "p_worker": worker,
+    }
+    rows = session.execute(
+        statements.claim_waiting(), params, execution_options={"populate_existing": True}
+    ).all()
+    session.commit()
+    return [
+        Claim(
+            ClaimOutcome.claimed,
+            token,
+            article.stage_attempts,
+            run_id,
+            article=article,
+            started_at=now,
+        )
+        for article, run_id in rows
+    ]
+
+
+def _waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> list[int]:
     now = utcnow()
     ids = list(
         session.scalars(
@@ -275,35 +333,42 @@ def waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> 
     return ids
 
 
-def _why_not_claimed(
-    session: Session, article_id: int, stage: str, max_attempts: int, now: datetime
-) -> Claim:
-    # Read right after the claim's UPDATE that changed nothing (in its transaction, or on
-    # PostgreSQL in autocommit), then end it: no second BEGIN for the read.
-    row = session.execute(
+def _found(session: Session, article_id: int):
+    """The article's status, lease expiry and attempts, read right after a missed claim."""
+    return session.execute(
         select(Article.status, Article.lease_expires_at, Article.stage_attempts).where(
             Article.id == article_id
         )
     ).first()
-    session.rollback()
-    if row is None or row.status in (ArticleStatus.failed.value, ArticleStatus.needs_review.value):
+
+
+def _why_not_claimed(
+    session: Session, article_id: int, stage: str, max_attempts: int, now: datetime, found
+) -> Claim:
+    """The outcome of a claim that took nothing, from the row as it was found (or None)."""
+    if found is None:
         return Claim(ClaimOutcome.stopped)
-    if is_past(row.status, stage):
+    status, lease, attempts = found
+    if status in (ArticleStatus.failed.value, ArticleStatus.needs_review.value):
+        return Claim(ClaimOutcome.stopped)
+    if is_past(status, stage):
         return Claim(ClaimOutcome.already_done)
-    lease = row.lease_expires_at
     if lease is not None and as_utc(lease) >= now:
         return Claim(ClaimOutcome.busy, retry_in=(as_utc(lease) - now).total_seconds())
-    if row.status == STAGE_INPUT[stage].value and row.stage_attempts >= max_attempts:
+    if status != STAGE_INPUT[stage].value:
+        return Claim(ClaimOutcome.stopped)  # not yet at this stage: a stale message
+    if attempts >= max_attempts:
         fail_article(
             session,
             article_id,
             stage,
             "AttemptsExhausted",
-            f"{stage} gave up after {row.stage_attempts} attempts "
-            "(the worker died or timed out each time)",
+            f"{stage} gave up after {attempts} attempts (the worker died or timed out each time)",
         )
         return Claim(ClaimOutcome.exhausted)
-    return Claim(ClaimOutcome.stopped)
+    # Free and waiting, yet not taken: another task claimed or released it while this claim
+    # ran (PostgreSQL's row is from the statement's snapshot). Look again; never drop it.
+    return Claim(ClaimOutcome.busy, retry_in=0.0)
 
 
 def complete_stage(

@@ -40,12 +40,12 @@ from db.transitions import (
     abandon_stage,
     autocommit_reads,
     claim_stage,
+    claim_waiting,
     complete_stage,
     fail_article,
     new_lease_token,
     release_stage,
     release_token,
-    waiting_articles,
 )
 from tasks import state
 from tasks.chains import article_chain
@@ -208,9 +208,17 @@ class StageTask(Task):
         limit = getattr(self.app.farm_settings, self.batch_setting) - 1
         if limit < 1:
             return []
-        waiting = waiting_articles(session, self.stage, limit, exclude=article_id)
-        claims = (self._claim(session, other_id, token) for other_id in waiting)
-        return [claim for claim in claims if claim.outcome is ClaimOutcome.claimed]
+        settings = self.app.farm_settings
+        return claim_waiting(
+            session,
+            self.stage,
+            self.request.hostname or "unknown",
+            settings.lease_seconds,
+            settings.max_stage_attempts,
+            limit=limit,
+            exclude=article_id,
+            token=token,
+        )
 
     def _store(self, session, claim: Claim, output: StageOutput, started: float, others: int):
         article = claim.article
