@@ -129,7 +129,7 @@ def claim_stage(
         if not statements.one_statement(dialect):
             found = _found(session, article_id)
         session.rollback()  # ends the claim's transaction, or on PostgreSQL its autocommit
-        return _why_not_claimed(session, article_id, stage, max_attempts, now, found)
+        return _why_not_claimed(session, article_id, stage, found, now, max_attempts, lease_seconds)
     article = row[0]
     run_id = row[1] if statements.one_statement(dialect) else _start_run(session, article, params)
     if article.stage_attempts > 1:
@@ -343,7 +343,13 @@ def _found(session: Session, article_id: int):
 
 
 def _why_not_claimed(
-    session: Session, article_id: int, stage: str, max_attempts: int, now: datetime, found
+    session: Session,
+    article_id: int,
+    stage: str,
+    found,
+    now: datetime,
+    max_attempts: int,
+    lease_seconds: float,
 ) -> Claim:
     """The outcome of a claim that took nothing, from the row as it was found (or None)."""
     if found is None:
@@ -366,9 +372,10 @@ def _why_not_claimed(
             f"{stage} gave up after {attempts} attempts (the worker died or timed out each time)",
         )
         return Claim(ClaimOutcome.exhausted)
-    # Free and waiting, yet not taken: another task claimed or released it while this claim
-    # ran (PostgreSQL's row is from the statement's snapshot). Look again; never drop it.
-    return Claim(ClaimOutcome.busy, retry_in=0.0)
+    # Free and waiting, yet not taken: another task claimed it (or released it) while this
+    # claim ran; PostgreSQL's row is from the statement's snapshot. Never drop the message:
+    # treat it as held by a lease as long as this claim's own would have been.
+    return Claim(ClaimOutcome.busy, retry_in=lease_seconds)
 
 
 def complete_stage(
