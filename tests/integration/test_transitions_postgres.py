@@ -11,10 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import insert, select, text, update
 
+from db import statements
 from db.engine import make_engine, session_factory
-from db.models import Article, utcnow
+from db.models import Article, Batch, utcnow
 from db.transitions import ClaimOutcome, claim_waiting
 from tests.unit.test_transitions import *  # noqa: F403 (the tests themselves, collected again)
 from tests.unit.test_transitions import add_articles, claim, held_by
@@ -80,3 +81,26 @@ def test_a_claim_that_loses_the_race_for_a_free_article_looks_again_instead_of_s
     # Its lease as the claim found it was none: it looks again after a lease of its own.
     assert lost.outcome is ClaimOutcome.busy and lost.retry_in == 60.0
     assert held_by(sessions, [article_id]) == ["other"]
+
+
+def test_a_batch_finds_its_mates_in_id_order_through_the_status_and_id_index(
+    sessions,
+):
+    rows = [
+        {"batch_id": "b1", "key": f"A-{n}", "file_stem": f"A-{n}", "source_file": "c.csv",
+         "source_sheet": "csv", "source_row": n, "source_text": "Rock",
+         "status": "done" if n < 5000 else "extracted"}
+        for n in range(5050)
+    ]  # fmt: skip
+    with sessions() as session, session.begin():
+        session.add(Batch(id="b1", profile="tiny"))
+        session.flush()
+        session.execute(insert(Article), rows)
+    with sessions() as session:
+        session.execute(text("ANALYZE articles"))
+        compiled = statements.claim_waiting().compile(dialect=session.get_bind().dialect)
+        params = compiled.params | {"p_status": "extracted", "p_exclude": 0, "p_limit": 3}
+        params |= {"p_now": utcnow(), "p_expires": utcnow(), "p_token": "b", "p_stage": "render"}
+        params["p_worker"] = "w"
+        plan = session.connection().exec_driver_sql(f"EXPLAIN {compiled}", params).scalars().all()
+    assert any("ix_articles_status_id" in line for line in plan), "\n".join(plan)
