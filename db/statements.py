@@ -140,8 +140,8 @@ def claim(dialect: str):
     ).select_from(found.outerjoin(taken, true()))  # fmt: skip
 
 
-@lru_cache(maxsize=1)
-def claim_waiting():
+@lru_cache(maxsize=2)
+def claim_waiting(settled: bool = False):
     """PostgreSQL: claim up to ``p_limit`` articles waiting at a stage, in one statement.
 
     The articles are those at the stage's input, never tried at it, not leased and not
@@ -149,7 +149,10 @@ def claim_waiting():
     now) are skipped, so two workers never take the same one and neither waits.
 
     Parameters: ``p_status``, ``p_exclude``, ``p_limit``, ``p_now``, ``p_token``,
-    ``p_stage``, ``p_expires``, ``p_worker``.
+    ``p_stage``, ``p_expires``, ``p_worker``, and ``p_settled`` when ``settled``.
+
+    Args:
+        settled: take only articles last written before ``p_settled``.
 
     Returns:
         A SELECT of (Article, stage run id) per claimed article, each with a run inserted.
@@ -160,6 +163,8 @@ def claim_waiting():
         Article.id != bindparam("p_exclude"),
         _lease_free(),
     )
+    if settled:
+        waiting += (Article.updated_at < bindparam("p_settled"),)
     picked = (
         select(Article.id)
         .where(*waiting)

@@ -254,6 +254,7 @@ def claim_waiting(
     limit: int,
     exclude: int,
     token: str,
+    settle_seconds: float = 0.0,
 ) -> list[Claim]:
     """Claim up to ``limit`` other articles waiting at a stage, for a batch; commits.
 
@@ -273,20 +274,23 @@ def claim_waiting(
         limit: how many to claim at most.
         exclude: an article not to claim (the caller's own).
         token: the batch's lease token.
+        settle_seconds: take only articles that reached the stage at least this long ago
+            (their own messages are queued, not being delivered to another worker now).
 
     Returns:
         The claims, oldest article first; fewer than ``limit`` (or none) when fewer wait.
     """
+    now = utcnow()
+    settled = now - timedelta(seconds=settle_seconds) if settle_seconds > 0 else None
     dialect = _hot_path_connection(session).dialect.name
     if not statements.one_statement(dialect):
         claims = [
             claim_stage(
                 session, article_id, stage, worker, lease_seconds, max_attempts, token=token
             )
-            for article_id in _waiting_articles(session, stage, limit, exclude)
+            for article_id in _waiting_articles(session, stage, limit, exclude, settled)
         ]
         return [claim for claim in claims if claim.outcome is ClaimOutcome.claimed]
-    now = utcnow()
     params = {
         "p_status": STAGE_INPUT[stage].value,
         "p_exclude": exclude,
@@ -296,9 +300,12 @@ def claim_waiting(
         "p_stage": stage,
         "p_expires": now + timedelta(seconds=lease_seconds),
         "p_worker": worker,
+        "p_settled": settled,
     }
     rows = session.execute(
-        statements.claim_waiting(), params, execution_options={"populate_existing": True}
+        statements.claim_waiting(settled is not None),
+        params,
+        execution_options={"populate_existing": True},
     ).all()
     session.commit()
     return [
@@ -314,21 +321,19 @@ def claim_waiting(
     ]
 
 
-def _waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> list[int]:
+def _waiting_articles(
+    session: Session, stage: str, limit: int, exclude: int, settled: datetime | None
+) -> list[int]:
     now = utcnow()
-    ids = list(
-        session.scalars(
-            select(Article.id)
-            .where(
-                Article.status == STAGE_INPUT[stage].value,
-                Article.stage_attempts == 0,
-                Article.id != exclude,
-                or_(Article.lease_expires_at.is_(None), Article.lease_expires_at < now),
-            )
-            .order_by(Article.id)
-            .limit(limit)
-        )
+    query = select(Article.id).where(
+        Article.status == STAGE_INPUT[stage].value,
+        Article.stage_attempts == 0,
+        Article.id != exclude,
+        or_(Article.lease_expires_at.is_(None), Article.lease_expires_at < now),
     )
+    if settled is not None:
+        query = query.where(Article.updated_at < settled)
+    ids = list(session.scalars(query.order_by(Article.id).limit(limit)))
     session.rollback()
     return ids
 

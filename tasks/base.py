@@ -66,6 +66,10 @@ class StageTask(Task):
 
     stage: str = ""
     batch_setting: str = "text_batch_size"  # the Settings field that sizes this stage's batches
+    # A batch takes only articles that reached the stage this long ago. A short stage's batch
+    # otherwise takes articles whose own messages other workers are receiving at that moment:
+    # each of those then finds its article held and must look again (two hand-overs, not one).
+    batch_settle_seconds: float = 0.0
     acks_late = True
     reject_on_worker_lost = True
     max_retries = None  # bounded by the farm's own attempt counters instead
@@ -218,6 +222,7 @@ class StageTask(Task):
             limit=limit,
             exclude=article_id,
             token=token,
+            settle_seconds=self.batch_settle_seconds,
         )
 
     def _store(self, session, claim: Claim, output: StageOutput, started: float, others: int):

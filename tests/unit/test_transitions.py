@@ -359,3 +359,19 @@ def test_a_completion_without_the_lease_writes_no_render_row_and_leaves_the_run_
         assert session.scalars(select(Render)).all() == []
         run = session.scalars(select(StageRun).where(StageRun.stage == "render")).one()
     assert run.outcome == "retry"
+
+
+def test_a_batch_that_asks_for_settled_articles_leaves_those_that_just_reached_the_stage(
+    sessions, article_id
+):
+    with sessions() as session:
+        translated = claim(session, article_id)
+        complete_stage(session, translated, article_id, "translate", {"translation": "Skirt"})
+        assert (
+            claim_waiting(
+                session, "extract", "w1", 60.0, 3, limit=5, exclude=0, token="b", settle_seconds=60
+            )
+            == []
+        )
+        mates = claim_waiting(session, "extract", "w1", 60.0, 3, limit=5, exclude=0, token="b")
+        assert [mate.article.id for mate in mates] == [article_id]
