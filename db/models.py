@@ -11,7 +11,6 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
-    Index,
     Integer,
     String,
     Text,
@@ -71,11 +70,7 @@ class Batch(Base):
 
 class Article(Base):
     __tablename__ = "articles"
-    __table_args__ = (
-        UniqueConstraint("batch_id", "key", name="uq_article_batch_key"),
-        # Serves "waiting at a stage, oldest first" (batch claims) and any lookup by status.
-        Index("ix_articles_status_id", "status", "id"),
-    )
+    __table_args__ = (UniqueConstraint("batch_id", "key", name="uq_article_batch_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
@@ -95,7 +90,7 @@ class Article(Base):
     image_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     clip_score: Mapped[float | None] = mapped_column(Float, nullable=True)
 
-    status: Mapped[str] = mapped_column(String(20), default=ArticleStatus.pending.value)
+    status: Mapped[str] = mapped_column(String(20), default=ArticleStatus.pending.value, index=True)
     render_attempt: Mapped[int] = mapped_column(Integer, default=1)
     # First render attempt made for the current text; earlier ones belong to older input.
     attempt_base: Mapped[int] = mapped_column(Integer, default=1)

@@ -53,53 +53,28 @@ def one_statement(dialect: str) -> bool:
     return dialect == "postgresql"
 
 
-def _lease_free():
-    return or_(Article.lease_expires_at.is_(None), Article.lease_expires_at < _NOW)
-
-
-def _take_lease(statement):
-    return statement.values(
-        lease_token=bindparam("p_token"),
-        lease_stage=bindparam("p_stage"),
-        lease_expires_at=bindparam("p_expires"),
-        stage_attempts=Article.stage_attempts + 1,
-        # Explicit: a column's Python-side ``onupdate`` is not applied inside a CTE.
-        updated_at=_NOW,
-    )
-
-
 def _claimable():
-    return _take_lease(
-        update(Article).where(
+    return (
+        update(Article)
+        .where(
             Article.id == bindparam("p_id"),
             Article.status == bindparam("p_status"),
             Article.stage_attempts < bindparam("p_max_attempts"),
             or_(
-                _lease_free(),
+                Article.lease_expires_at.is_(None),
+                Article.lease_expires_at < _NOW,
                 # A retried task taking back the leases its earlier tries held.
                 Article.lease_token.in_(bindparam("p_takeover", expanding=True)),
             ),
         )
-    )
-
-
-def _started_runs(claimed):
-    """An INSERT of a ``running`` stage run for each claimed row, returning run and article."""
-    return (
-        insert(RUNS)
-        .from_select(
-            _RUN_COLUMNS,
-            select(
-                claimed.c.id,
-                bindparam("p_stage", type_=String),
-                claimed.c.stage_attempts,
-                bindparam("p_worker", type_=String),
-                literal("running", String),
-                _NOW,
-            ),
+        .values(
+            lease_token=bindparam("p_token"),
+            lease_stage=bindparam("p_stage"),
+            lease_expires_at=bindparam("p_expires"),
+            stage_attempts=Article.stage_attempts + 1,
+            # Explicit: a column's Python-side ``onupdate`` is not applied inside a CTE.
+            updated_at=_NOW,
         )
-        .returning(RUNS.c.id, RUNS.c.article_id)
-        .cte("run")
     )
 
 
@@ -115,75 +90,30 @@ def claim(dialect: str):
         dialect: the engine's dialect name.
 
     Returns:
-        On PostgreSQL a SELECT of (Article, stage run id, and the article's ``status``,
-        ``lease_expires_at`` and ``stage_attempts`` as the statement found them) that also
-        inserts the run: Article and run id are None when the article could not be claimed,
-        and the last three say why; no row when the article does not exist. Elsewhere an
-        ORM UPDATE returning the Article (the run is inserted by :data:`start_run`), with
-        no row when the article could not be claimed.
+        On PostgreSQL a SELECT of (Article, stage run id) that also inserts the run; elsewhere
+        an ORM UPDATE returning the Article (the run is inserted by :data:`start_run`).
+        Either yields no row when the article could not be claimed.
     """
     if not one_statement(dialect):
         return _claimable().returning(Article)
     claimed = _claimable().returning(*ARTICLES.c).cte("claimed")
-    run = _started_runs(claimed)
-    # The statement's own snapshot of the row, from before its update: on a miss it tells
-    # why without a second round trip.
-    found = (
-        select(ARTICLES.c.status, ARTICLES.c.lease_expires_at, ARTICLES.c.stage_attempts)
-        .where(ARTICLES.c.id == bindparam("p_id"))
-        .subquery("found")
+    run = (
+        insert(RUNS)
+        .from_select(
+            _RUN_COLUMNS,
+            select(
+                claimed.c.id,
+                bindparam("p_stage", type_=String),
+                claimed.c.stage_attempts,
+                bindparam("p_worker", type_=String),
+                literal("running", String),
+                _NOW,
+            ),
+        )
+        .returning(RUNS.c.id)
+        .cte("run")
     )
-    taken = claimed.join(run, run.c.article_id == claimed.c.id)
-    return select(
-        aliased(Article, claimed), run.c.id, found.c.status, found.c.lease_expires_at,
-        found.c.stage_attempts,
-    ).select_from(found.outerjoin(taken, true()))  # fmt: skip
-
-
-@lru_cache(maxsize=2)
-def claim_waiting(settled: bool = False):
-    """PostgreSQL: claim up to ``p_limit`` articles waiting at a stage, in one statement.
-
-    The articles are those at the stage's input, never tried at it, not leased and not
-    ``p_exclude``, oldest first; rows another transaction holds locked (claiming them right
-    now) are skipped, so two workers never take the same one and neither waits.
-
-    Parameters: ``p_status``, ``p_exclude``, ``p_limit``, ``p_now``, ``p_token``,
-    ``p_stage``, ``p_expires``, ``p_worker``, and ``p_settled`` when ``settled``.
-
-    Args:
-        settled: take only articles last written before ``p_settled``.
-
-    Returns:
-        A SELECT of (Article, stage run id) per claimed article, each with a run inserted.
-    """
-    waiting = (
-        Article.status == bindparam("p_status"),
-        Article.stage_attempts == 0,
-        Article.id != bindparam("p_exclude"),
-        _lease_free(),
-    )
-    if settled:
-        waiting += (Article.updated_at < bindparam("p_settled"),)
-    picked = (
-        select(Article.id)
-        .where(*waiting)
-        .order_by(Article.id)
-        .limit(bindparam("p_limit"))
-        .with_for_update(skip_locked=True)
-        .cte("picked")
-    )
-    claimed = (
-        _take_lease(update(Article).where(Article.id.in_(select(picked.c.id)), *waiting))
-        .returning(*ARTICLES.c)
-        .cte("claimed")
-    )
-    run = _started_runs(claimed)
-    return (
-        select(aliased(Article, claimed), run.c.id)
-        .select_from(claimed.join(run, run.c.article_id == claimed.c.id))
-        .order_by(claimed.c.id)
-    )
+    return select(aliased(Article, claimed), run.c.id).select_from(claimed.join(run, true()))
 
 
 start_run = insert(RUNS).returning(RUNS.c.id)

@@ -124,12 +124,8 @@ def claim_stage(
     row = session.execute(
         statements.claim(dialect), params, execution_options={"populate_existing": True}
     ).first()
-    if row is None or row[0] is None:
-        found = row[2:] if row is not None else None
-        if not statements.one_statement(dialect):
-            found = _found(session, article_id)
-        session.rollback()  # ends the claim's transaction, or on PostgreSQL its autocommit
-        return _why_not_claimed(session, article_id, stage, found, now, max_attempts, lease_seconds)
+    if row is None:
+        return _why_not_claimed(session, article_id, stage, max_attempts, now)
     article = row[0]
     run_id = row[1] if statements.one_statement(dialect) else _start_run(session, article, params)
     if article.stage_attempts > 1:
@@ -244,143 +240,70 @@ def _free(session: Session, stage: str, held, error: str, outcome: str) -> int:
     return len(freed)
 
 
-def claim_waiting(
-    session: Session,
-    stage: str,
-    worker: str,
-    lease_seconds: float,
-    max_attempts: int,
-    *,
-    limit: int,
-    exclude: int,
-    token: str,
-    settle_seconds: float = 0.0,
-) -> list[Claim]:
-    """Claim up to ``limit`` other articles waiting at a stage, for a batch; commits.
+def waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> list[int]:
+    """Articles waiting at a stage's input, never tried at it and not leased, oldest first.
 
-    The articles are those at the stage's input, never tried at it and not leased, oldest
-    first. An article tried before (its batch timed out, or its worker died) is left to its
-    own message, which runs it alone, so one article cannot take a batch down twice. On
-    PostgreSQL this is one statement that skips rows other workers are claiming at the same
-    moment; on SQLite the articles are found, then claimed one by one.
+    A worker that batches a stage claims some of them alongside its own article; each is
+    still claimed one by one with :func:`claim_stage`, so two workers never share one. An
+    article tried before (its batch timed out, or its worker died) is left to its own
+    message, which runs it alone, so one article cannot take a batch down twice.
 
     Args:
-        session: a session with no transaction in progress.
+        session: any session (its transaction is ended before returning).
         stage: one of :data:`STAGES`.
-        worker: the worker's hostname, recorded on the stage runs.
-        lease_seconds: how long the claims hold.
-        max_attempts: claims allowed per stage (SQLite: another task may take and give
-            back an article between finding and claiming it).
-        limit: how many to claim at most.
-        exclude: an article not to claim (the caller's own).
-        token: the batch's lease token.
-        settle_seconds: take only articles that reached the stage at least this long ago
-            (their own messages are queued, not being delivered to another worker now).
+        limit: how many to return at most.
+        exclude: an article not to return (the caller's own).
 
     Returns:
-        The claims, oldest article first; fewer than ``limit`` (or none) when fewer wait.
+        Their ids.
     """
     now = utcnow()
-    settled = now - timedelta(seconds=settle_seconds) if settle_seconds > 0 else None
-    dialect = _hot_path_connection(session).dialect.name
-    if not statements.one_statement(dialect):
-        claims = [
-            claim_stage(
-                session, article_id, stage, worker, lease_seconds, max_attempts, token=token
+    ids = list(
+        session.scalars(
+            select(Article.id)
+            .where(
+                Article.status == STAGE_INPUT[stage].value,
+                Article.stage_attempts == 0,
+                Article.id != exclude,
+                or_(Article.lease_expires_at.is_(None), Article.lease_expires_at < now),
             )
-            for article_id in _waiting_articles(session, stage, limit, exclude, settled)
-        ]
-        return [claim for claim in claims if claim.outcome is ClaimOutcome.claimed]
-    params = {
-        "p_status": STAGE_INPUT[stage].value,
-        "p_exclude": exclude,
-        "p_limit": limit,
-        "p_now": now,
-        "p_token": token,
-        "p_stage": stage,
-        "p_expires": now + timedelta(seconds=lease_seconds),
-        "p_worker": worker,
-        "p_settled": settled,
-    }
-    rows = session.execute(
-        statements.claim_waiting(settled is not None),
-        params,
-        execution_options={"populate_existing": True},
-    ).all()
-    session.commit()
-    return [
-        Claim(
-            ClaimOutcome.claimed,
-            token,
-            article.stage_attempts,
-            run_id,
-            article=article,
-            started_at=now,
+            .order_by(Article.id)
+            .limit(limit)
         )
-        for article, run_id in rows
-    ]
-
-
-def _waiting_articles(
-    session: Session, stage: str, limit: int, exclude: int, settled: datetime | None
-) -> list[int]:
-    now = utcnow()
-    query = select(Article.id).where(
-        Article.status == STAGE_INPUT[stage].value,
-        Article.stage_attempts == 0,
-        Article.id != exclude,
-        or_(Article.lease_expires_at.is_(None), Article.lease_expires_at < now),
     )
-    if settled is not None:
-        query = query.where(Article.updated_at < settled)
-    ids = list(session.scalars(query.order_by(Article.id).limit(limit)))
     session.rollback()
     return ids
 
 
-def _found(session: Session, article_id: int):
-    """The article's status, lease expiry and attempts, read right after a missed claim."""
-    return session.execute(
+def _why_not_claimed(
+    session: Session, article_id: int, stage: str, max_attempts: int, now: datetime
+) -> Claim:
+    # Read right after the claim's UPDATE that changed nothing (in its transaction, or on
+    # PostgreSQL in autocommit), then end it: no second BEGIN for the read.
+    row = session.execute(
         select(Article.status, Article.lease_expires_at, Article.stage_attempts).where(
             Article.id == article_id
         )
     ).first()
-
-
-def _why_not_claimed(
-    session: Session,
-    article_id: int,
-    stage: str,
-    found,
-    now: datetime,
-    max_attempts: int,
-    lease_seconds: float,
-) -> Claim:
-    """The outcome of a claim that took nothing, from the row as it was found (or None)."""
-    if found is None:
+    session.rollback()
+    if row is None or row.status in (ArticleStatus.failed.value, ArticleStatus.needs_review.value):
         return Claim(ClaimOutcome.stopped)
-    status, lease, attempts = found
-    if status in (ArticleStatus.failed.value, ArticleStatus.needs_review.value):
-        return Claim(ClaimOutcome.stopped)
-    if is_past(status, stage):
+    if is_past(row.status, stage):
         return Claim(ClaimOutcome.already_done)
+    lease = row.lease_expires_at
     if lease is not None and as_utc(lease) >= now:
         return Claim(ClaimOutcome.busy, retry_in=(as_utc(lease) - now).total_seconds())
-    if status != STAGE_INPUT[stage].value:
-        return Claim(ClaimOutcome.stopped)  # not yet at this stage: a stale message
-    if attempts >= max_attempts:
+    if row.status == STAGE_INPUT[stage].value and row.stage_attempts >= max_attempts:
         fail_article(
             session,
             article_id,
             stage,
             "AttemptsExhausted",
-            f"{stage} gave up after {attempts} attempts (the worker died or timed out each time)",
+            f"{stage} gave up after {row.stage_attempts} attempts "
+            "(the worker died or timed out each time)",
         )
         return Claim(ClaimOutcome.exhausted)
-    # Free and waiting, yet not taken: another task claimed it (or released it) while this
-    # claim ran; PostgreSQL's row is from the statement's snapshot. Never drop the message:
-    # treat it as held by a lease as long as this claim's own would have been.
-    return Claim(ClaimOutcome.busy, retry_in=lease_seconds)
+    return Claim(ClaimOutcome.stopped)
 
 
 def complete_stage(

@@ -40,12 +40,12 @@ from db.transitions import (
     abandon_stage,
     autocommit_reads,
     claim_stage,
-    claim_waiting,
     complete_stage,
     fail_article,
     new_lease_token,
     release_stage,
     release_token,
+    waiting_articles,
 )
 from tasks import state
 from tasks.chains import article_chain
@@ -66,10 +66,6 @@ class StageTask(Task):
 
     stage: str = ""
     batch_setting: str = "text_batch_size"  # the Settings field that sizes this stage's batches
-    # A batch takes only articles that reached the stage this long ago. A short stage's batch
-    # otherwise takes articles whose own messages other workers are receiving at that moment:
-    # each of those then finds its article held and must look again (two hand-overs, not one).
-    batch_settle_seconds: float = 0.0
     acks_late = True
     reject_on_worker_lost = True
     max_retries = None  # bounded by the farm's own attempt counters instead
@@ -212,18 +208,9 @@ class StageTask(Task):
         limit = getattr(self.app.farm_settings, self.batch_setting) - 1
         if limit < 1:
             return []
-        settings = self.app.farm_settings
-        return claim_waiting(
-            session,
-            self.stage,
-            self.request.hostname or "unknown",
-            settings.lease_seconds,
-            settings.max_stage_attempts,
-            limit=limit,
-            exclude=article_id,
-            token=token,
-            settle_seconds=self.batch_settle_seconds,
-        )
+        waiting = waiting_articles(session, self.stage, limit, exclude=article_id)
+        claims = (self._claim(session, other_id, token) for other_id in waiting)
+        return [claim for claim in claims if claim.outcome is ClaimOutcome.claimed]
 
     def _store(self, session, claim: Claim, output: StageOutput, started: float, others: int):
         article = claim.article

@@ -12,11 +12,6 @@ from tasks import stages
 from tasks.app import app
 from tasks.base import StageTask
 
-# Score tasks take milliseconds, and a render batch sends its articles' score messages at
-# once: a score batch takes only articles rendered over a second ago, whose messages wait
-# behind it in the queue, not those other GPU workers are receiving now.
-SCORE_BATCH_SETTLE_SECONDS = 1.0
-
 
 @app.task(bind=True, base=StageTask, name="farm.translate", stage="translate")
 def translate(
@@ -41,12 +36,7 @@ def render(self: StageTask, article_id: int, key: str = "", lease: list[str] | N
 
 
 @app.task(
-    bind=True,
-    base=StageTask,
-    name="farm.score",
-    stage="score",
-    batch_setting="gpu_batch_size",
-    batch_settle_seconds=SCORE_BATCH_SETTLE_SECONDS,
+    bind=True, base=StageTask, name="farm.score", stage="score", batch_setting="gpu_batch_size"
 )
 def score(self: StageTask, article_id: int, key: str = "", lease: list[str] | None = None) -> int:
     """Image → CLIP score; publishes the article's image and JSON."""

@@ -17,7 +17,6 @@ from db.transitions import (
     abandon_stage,
     autocommit_reads,
     claim_stage,
-    claim_waiting,
     complete_stage,
     fail_article,
     is_past,
@@ -25,6 +24,7 @@ from db.transitions import (
     release_stage,
     release_token,
     status_counts,
+    waiting_articles,
 )
 
 
@@ -174,34 +174,16 @@ def test_a_run_whose_lease_ran_out_is_recorded_lost_when_another_copy_takes_over
     assert outcomes == ["lost", "ok"]
 
 
-def test_a_batch_claims_the_articles_waiting_at_its_stage_never_tried_and_not_leased(
+def test_waiting_articles_are_those_at_the_stage_input_never_tried_and_not_leased(
     sessions, article_id
 ):
-    ids = add_articles(sessions, "A-2", "A-3", "A-4", "A-5")
+    ids = add_articles(sessions, "A-2", "A-3", "A-4")
     with sessions() as session:
         claim(session, ids[1])  # live lease: not waiting
         claim(session, ids[2], lease=-1.0)  # tried before: left to its own message
-        assert waiting(session, "extract", exclude=ids[0]) == []
-        mates = waiting(session, "translate", exclude=ids[0], limit=1)
-        assert [mate.article.id for mate in mates] == [ids[3]]
-        rest = waiting(session, "translate", exclude=ids[0])
-        assert [mate.article.id for mate in rest] == [ids[4]]
-        assert waiting(session, "translate", exclude=ids[0]) == []
-        runs = dict(session.execute(select(StageRun.id, StageRun.article_id)).all())
-        for mate in (*mates, *rest):
-            assert mate.outcome is ClaimOutcome.claimed and mate.token == "batch-1"
-            assert mate.attempt == 1 and runs[mate.run_id] == mate.article.id
-    assert held_by(sessions, ids[3:]) == ["batch-1", "batch-1"]
-    with sessions() as session:  # a mate's own message finds it held, then done
-        assert claim(session, ids[3]).outcome is ClaimOutcome.busy
-        assert complete_stage(session, mates[0], ids[3], "translate", {"translation": "Skirt"})
-        assert claim(session, ids[3]).outcome is ClaimOutcome.already_done
-
-
-def waiting(session, stage, exclude, limit=10):
-    return claim_waiting(
-        session, stage, "w1@host", 60.0, 3, limit=limit, exclude=exclude, token="batch-1"
-    )
+        assert waiting_articles(session, "translate", 10, exclude=ids[0]) == [ids[3]]
+        assert waiting_articles(session, "translate", 10, exclude=ids[3]) == [ids[0]]
+        assert waiting_articles(session, "extract", 10, exclude=ids[0]) == []
 
 
 def test_a_retry_takes_back_the_live_lease_its_failed_try_held_and_no_one_else_can(
@@ -359,19 +341,3 @@ def test_a_completion_without_the_lease_writes_no_render_row_and_leaves_the_run_
         assert session.scalars(select(Render)).all() == []
         run = session.scalars(select(StageRun).where(StageRun.stage == "render")).one()
     assert run.outcome == "retry"
-
-
-def test_a_batch_that_asks_for_settled_articles_leaves_those_that_just_reached_the_stage(
-    sessions, article_id
-):
-    with sessions() as session:
-        translated = claim(session, article_id)
-        complete_stage(session, translated, article_id, "translate", {"translation": "Skirt"})
-        assert (
-            claim_waiting(
-                session, "extract", "w1", 60.0, 3, limit=5, exclude=0, token="b", settle_seconds=60
-            )
-            == []
-        )
-        mates = claim_waiting(session, "extract", "w1", 60.0, 3, limit=5, exclude=0, token="b")
-        assert [mate.article.id for mate in mates] == [article_id]
