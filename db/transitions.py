@@ -293,7 +293,9 @@ def _why_not_claimed(
     lease = row.lease_expires_at
     if lease is not None and as_utc(lease) >= now:
         return Claim(ClaimOutcome.busy, retry_in=(as_utc(lease) - now).total_seconds())
-    if row.status == STAGE_INPUT[stage].value and row.stage_attempts >= max_attempts:
+    if row.status != STAGE_INPUT[stage].value:
+        return Claim(ClaimOutcome.stopped)  # not at this stage yet: a stale message
+    if row.stage_attempts >= max_attempts:
         fail_article(
             session,
             article_id,
@@ -303,7 +305,10 @@ def _why_not_claimed(
             "(the worker died or timed out each time)",
         )
         return Claim(ClaimOutcome.exhausted)
-    return Claim(ClaimOutcome.stopped)
+    # Free and waiting, yet the claim missed: its holder gave it back (a batch whose call
+    # failed) or its lease ran out between the two statements. Look again; dropping the
+    # message would leave the article to no one.
+    return Claim(ClaimOutcome.busy, retry_in=0.0)
 
 
 def complete_stage(
