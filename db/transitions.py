@@ -306,8 +306,8 @@ def _why_not_claimed(
         )
         return Claim(ClaimOutcome.exhausted)
     # Free and waiting, yet the claim missed: its holder gave it back (a batch whose call
-    # failed) or its lease ran out between the two statements. Look again; dropping the
-    # message would leave the article to no one.
+    # failed) between the claim's UPDATE and this read. Look again; dropping the message
+    # would leave the article to no one.
     return Claim(ClaimOutcome.busy, retry_in=0.0)
 
 
