@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -70,7 +71,14 @@ class Batch(Base):
 
 class Article(Base):
     __tablename__ = "articles"
-    __table_args__ = (UniqueConstraint("batch_id", "key", name="uq_article_batch_key"),)
+    __table_args__ = (
+        UniqueConstraint("batch_id", "key", name="uq_article_batch_key"),
+        # (status, id), not status alone: "the oldest articles waiting at a stage" then reads
+        # only those articles, in id order. With the status index alone PostgreSQL often
+        # walks the primary key instead, past every finished article (it assumes the
+        # waiting ones are spread evenly), which grows slower as a catalog gets done.
+        Index("ix_articles_status_id", "status", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
@@ -90,7 +98,7 @@ class Article(Base):
     image_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     clip_score: Mapped[float | None] = mapped_column(Float, nullable=True)
 
-    status: Mapped[str] = mapped_column(String(20), default=ArticleStatus.pending.value, index=True)
+    status: Mapped[str] = mapped_column(String(20), default=ArticleStatus.pending.value)
     render_attempt: Mapped[int] = mapped_column(Integer, default=1)
     # First render attempt made for the current text; earlier ones belong to older input.
     attempt_base: Mapped[int] = mapped_column(Integer, default=1)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from db import statements
@@ -258,11 +258,17 @@ def waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> 
         Their ids.
     """
     now = utcnow()
+    # In autocommit on PostgreSQL: a BEGIN and ROLLBACK around this read would cost two round
+    # trips, and psycopg drops every prepared statement of the connection on a ROLLBACK
+    # (DEALLOCATE ALL), so the claims and completions that follow would be planned afresh.
+    _hot_path_connection(session)
     ids = list(
         session.scalars(
             select(Article.id)
             .where(
-                Article.status == STAGE_INPUT[stage].value,
+                # Written into the SQL, not bound: a prepared statement's generic plan would
+                # not know which status it looks for, and would walk the primary key.
+                Article.status == literal(STAGE_INPUT[stage].value, literal_execute=True),
                 Article.stage_attempts == 0,
                 Article.id != exclude,
                 or_(Article.lease_expires_at.is_(None), Article.lease_expires_at < now),

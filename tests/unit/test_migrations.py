@@ -1,0 +1,60 @@
+"""The Alembic migrations on SQLite: they build what the models describe, and go both ways.
+
+``tests/integration/test_migrations_postgres.py`` runs the same tests on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from db.engine import MIGRATIONS, make_engine, migrate
+from db.models import Base
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'farm.db'}"
+
+
+def downgrade(engine, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+
+def article_indexes(engine) -> dict[str, list[str]]:
+    indexes = inspect(engine).get_indexes("articles")
+    return {index["name"]: index["column_names"] for index in indexes}
+
+
+def test_the_migrations_build_the_schema_the_models_describe(database_url):
+    engine = make_engine(database_url)
+    migrate(engine)
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    assert differences == []
+
+
+def test_a_database_of_the_previous_revision_gets_the_status_id_index_and_can_go_back(
+    database_url,
+):
+    engine = make_engine(database_url)
+    migrate(engine, "0002")
+    assert article_indexes(engine)["ix_articles_status"] == ["status"]
+    migrate(engine)
+    indexes = article_indexes(engine)
+    assert indexes["ix_articles_status_id"] == ["status", "id"]
+    assert "ix_articles_status" not in indexes
+    downgrade(engine, "0002")
+    indexes = article_indexes(engine)
+    assert indexes["ix_articles_status"] == ["status"]
+    assert "ix_articles_status_id" not in indexes
+    engine.dispose()
