@@ -261,7 +261,7 @@ def waiting_articles(session: Session, stage: str, limit: int, exclude: int) -> 
     # In autocommit on PostgreSQL: a BEGIN and ROLLBACK around this read would cost two round
     # trips, and psycopg drops every prepared statement of the connection on a ROLLBACK
     # (DEALLOCATE ALL), so the claims and completions that follow would be planned afresh.
-    _hot_path_connection(session)
+    autocommit_reads(session)
     ids = list(
         session.scalars(
             select(Article.id)

@@ -18,18 +18,23 @@ REDIS = "redis://127.0.0.1:6379"
 
 
 @pytest.fixture
-def pg_url():
-    """A fresh, migrated PostgreSQL database, dropped after the test."""
+def empty_pg_url():
+    """A fresh PostgreSQL database with no tables yet, dropped after the test."""
     name = f"farm_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    engine = make_engine(url)
-    migrate(engine)
-    engine.dispose()
-    yield url
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(empty_pg_url):
+    """A fresh, migrated PostgreSQL database, dropped after the test."""
+    engine = make_engine(empty_pg_url)
+    migrate(engine)
+    engine.dispose()
+    return empty_pg_url
 
 
 @pytest.fixture
