@@ -8,6 +8,8 @@ give the same weights. Images from these models are noise.
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import io
 import json
 import math
@@ -24,14 +26,10 @@ from diffusers import (
 )
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
-from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
-from tokenizers.models import BPE
-from tokenizers.trainers import BpeTrainer
 from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
-    CLIPProcessor,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
@@ -43,6 +41,9 @@ from transformers import (
 SEED = 0
 CLIP_MAX_LENGTH = 77
 CLIP_SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"]
+CLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+# OpenAI kept 49,152 - 256 - 2 merges of the file: with 512 byte tokens and 2 specials, 49,408.
+CLIP_MERGES = 49152 - 256 - 2
 T5_MAX_LENGTH = 512
 T5_EXTRA_IDS = 100
 HIDDEN = 32  # width of every tiny text encoder and of the transformer's text inputs
@@ -92,7 +93,7 @@ def build_tiny_flux(out: Path) -> None:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        clip_tokenizer = _train_clip_tokenizer()
+        clip_tokenizer = _clip_tokenizer()
         t5_tokenizer = _train_t5_tokenizer()
         pipe = FluxPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
@@ -104,6 +105,10 @@ def build_tiny_flux(out: Path) -> None:
             transformer=_tiny_transformer(),
         )
     pipe.save_pretrained(out)
+    # FLUX.1-schnell's tokenizer folder holds CLIP's vocab.json + merges.txt, no tokenizer.json:
+    # loading it converts them, as it will for the real one.
+    (Path(out) / "tokenizer" / "tokenizer.json").unlink()
+    clip_tokenizer_files(Path(out) / "tokenizer")
 
 
 def build_tiny_flux_lora(out: Path, flux_dir: Path) -> None:
@@ -141,7 +146,7 @@ def build_tiny_clip(out: Path) -> None:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED + 2)
-        tokenizer = _train_clip_tokenizer()
+        tokenizer = _clip_tokenizer()
         config = CLIPConfig(
             text_config=_clip_text_config(tokenizer).to_dict(),
             vision_config={
@@ -161,49 +166,72 @@ def build_tiny_clip(out: Path) -> None:
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     )
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    # The real repo's layout: the image processor in preprocessor_config.json, the tokenizer
+    # both as tokenizer.json and as CLIP's vocab.json + merges.txt.
+    image_processor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    clip_tokenizer_files(Path(out))
     model.save_pretrained(out)
 
 
-def _train_clip_tokenizer(vocab_size: int = 400) -> CLIPTokenizer:
-    """Train a CLIP-style byte-level BPE on the fashion corpus and load it as a CLIPTokenizer."""
-    bpe = Tokenizer(BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
-    # Same normalizer and pre-tokenizer as transformers' CLIPTokenizer, so the merges fit it.
-    bpe.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+def clip_bpe_vocabulary() -> Path:
+    """The path of CLIP's own BPE merges, as open-clip-torch ships them (not imported).
+
+    openai/clip-vit-large-patch14's ``vocab.json`` and ``merges.txt`` (FLUX's CLIP tokenizer
+    too) are made from this file, so the tiny models tokenize exactly as the real ones do.
+
+    Returns:
+        ``bpe_simple_vocab_16e6.txt.gz``; ``FileNotFoundError`` naming the install otherwise.
+    """
+    # find_spec does not run open_clip's __init__, which imports torchvision.
+    spec = importlib.util.find_spec("open_clip")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / CLIP_BPE_FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"the tiny models use CLIP's real vocabulary ({CLIP_BPE_FILE}), which open-clip-torch "
+        "ships: pip install --no-deps open-clip-torch"
     )
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(
-                Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
-                behavior="removed",
-                invert=True,
-            ),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
-    trainer = BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=CLIP_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    bpe.train_from_iterator(FASHION_CORPUS, trainer=trainer)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(pair) for pair in model["merges"]]
-    # The trainer numbers its alphabet in hash order; renumber in real CLIP's layout (every byte,
-    # every byte as a word end, merges, special tokens) so builds are identical and no character
-    # is ever unknown.
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    pieces = alphabet + [char + "</w>" for char in alphabet] + ["".join(pair) for pair in merges]
-    pieces += sorted(set(model["vocab"]) - set(pieces) - set(CLIP_SPECIAL_TOKENS))
-    pieces += CLIP_SPECIAL_TOKENS
-    vocab = {piece: index for index, piece in enumerate(dict.fromkeys(pieces))}
+
+
+def clip_tokenizer_files(out: Path) -> None:
+    """Write CLIP's ``vocab.json`` and ``merges.txt`` into ``out``, as the real repos hold them.
+
+    The layout is OpenAI's: the 256 byte characters, the same as word ends, one token per
+    merge (48,894 of them), then the two special tokens: 49,408 tokens.
+
+    Args:
+        out: a folder.
+    """
+    with gzip.open(clip_bpe_vocabulary(), "rt", encoding="utf-8") as bpe:
+        lines = bpe.read().split("\n")
+    merges = lines[1 : CLIP_MERGES + 1]
+    alphabet = list(_bytes_to_unicode().values())
+    pieces = alphabet + [char + "</w>" for char in alphabet]
+    pieces += ["".join(merge.split()) for merge in merges] + CLIP_SPECIAL_TOKENS
+    (out / "vocab.json").write_text(json.dumps({piece: i for i, piece in enumerate(pieces)}))
+    (out / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte → printable character table, which CLIP's BPE is written in."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    table, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return dict(sorted(table.items(), key=lambda item: (item[0] not in printable, item[0])))
+
+
+def _clip_tokenizer() -> CLIPTokenizer:
+    """openai/clip-vit-large-patch14's tokenizer, built from CLIP's shipped BPE merges."""
     with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-        lines = ["#version: 0.2"] + [" ".join(pair) for pair in merges]
-        (Path(folder) / "merges.txt").write_text("\n".join(lines) + "\n")
+        clip_tokenizer_files(Path(folder))
         return CLIPTokenizer.from_pretrained(folder, model_max_length=CLIP_MAX_LENGTH)
 
 
