@@ -21,6 +21,7 @@ from producer import requeue as requeues
 from producer.catalog import CatalogError, parse_column_map, read_catalog
 from producer.export import EXPORT_FORMATS, export_rows, write_export
 from producer.imports import catalog_name, import_catalog
+from producer.models_cli import doctor, models, require_models
 from producer.progress import batch_details, batch_summaries, wait_for_batch
 from producer.report import write_report
 from producer.requeue import Selection
@@ -314,6 +315,7 @@ def demo(settings: Settings, min_clip_score) -> None:
 def _run_local(settings: Settings, files, sheet, columns, min_clip_score=None) -> None:
     started = time.perf_counter()
     rows = _read(settings, files, sheet, columns)
+    require_models(settings)
     settings = settings.model_copy(
         update={"broker_url": SecretStr("memory://"), "worker_role": "all"}
     )
@@ -366,6 +368,9 @@ def _progress_line(summary: dict) -> str:
     counts = ", ".join(f"{s.value} {summary[s.value]}" for s in ArticleStatus if summary[s.value])
     return f"batch {summary['id']}: {summary['total']} articles ({counts})"
 
+
+main.add_command(models)
+main.add_command(doctor)
 
 if __name__ == "__main__":
     main()

@@ -15,9 +15,11 @@ import signal
 from celery.signals import worker_process_init
 
 from tasks import state
+from tasks.exceptions import FarmError, ModelsMissing
 from tasks.queues import ROLE_STAGES
 from tasks.settings import Settings
 from workers.devices import release_memory
+from workers.hub import check_profile, describe_missing
 from workers.loader import load_runtimes, quiet_library_logs
 from workers.profiles import resolve_profile
 
@@ -42,6 +44,9 @@ def load_for_role(settings: Settings) -> None:
     profile = resolve_profile(
         settings.profile, settings.model_cache, **settings.profile_overrides()
     )
+    missing = describe_missing(check_profile(profile, stages), profile)
+    if missing:
+        raise ModelsMissing(missing)
     render_options = {
         "compile": settings.render_compile,
         "fp8": settings.render_fp8,
@@ -66,6 +71,10 @@ def _load_models_in_pool_child(**_) -> None:
         return
     try:
         load_for_role(app.farm_settings)
+    except FarmError as error:  # a message says it all; no traceback
+        logger.critical("worker cannot start: %s; shutting the worker down", error)
+        os.kill(os.getppid(), signal.SIGTERM)
+        os._exit(1)
     except BaseException:
         logger.critical("worker could not load its models; shutting the worker down", exc_info=True)
         os.kill(os.getppid(), signal.SIGTERM)

@@ -15,3 +15,7 @@ class InvalidArticle(FarmError):
 
 class RuntimeNotLoaded(FarmError):
     """A stage arrived at a worker that did not load the model it needs (a routing mistake)."""
+
+
+class ModelsMissing(FarmError):
+    """A model the worker needs is not in the cache: the worker stops before taking work."""

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from workers.devices import default_dtype, resolve_device
+from workers.hub import is_local
 from workers.profiles import Profile
 
 logger = logging.getLogger("farm.workers")
@@ -80,16 +81,26 @@ def quiet_library_logs() -> None:
     diffusers.logging.disable_progress_bar()
 
 
+def revision_of(profile: Profile, model_id: str) -> dict:
+    """``revision=`` for a hub repo id (the profile pins it), nothing for a local folder."""
+    return {} if is_local(model_id) else {"revision": profile.revision}
+
+
 def _translator(profile, device, dtype):
     from workers.translator import Translator
 
-    return Translator.from_pretrained(profile.translator, device=device, dtype=dtype)
+    model_id = profile.translator
+    return Translator.from_pretrained(
+        model_id, device=device, dtype=dtype, **revision_of(profile, model_id)
+    )
 
 
 def _extractor(profile, device, dtype, **options):
     from workers.extractor import Extractor
 
-    return Extractor.from_pretrained(profile.extractor, device=device, dtype=dtype, **options)
+    model_id = profile.extractor
+    options |= revision_of(profile, model_id)
+    return Extractor.from_pretrained(model_id, device=device, dtype=dtype, **options)
 
 
 def _renderer(profile, device, dtype, **options):
@@ -98,12 +109,14 @@ def _renderer(profile, device, dtype, **options):
     return Renderer.from_pretrained(
         profile.renderer,
         lora=profile.lora,
+        lora_weight_name=profile.lora_weight_name(),
         device=device,
         dtype=dtype,
         width=profile.width,
         height=profile.height,
         steps=profile.steps,
         **options,
+        **revision_of(profile, profile.renderer),
     )
 
 

@@ -1,0 +1,165 @@
+"""``farm doctor``: what a worker on this machine will do with a profile's models, and why.
+
+It reads only what is cheap to read (the device, its memory, the models' files in the cache)
+and decides the renderer's placement with the same function the renderer uses, so what it
+prints is what a worker would do. ``try_models`` then loads every model and runs one article
+through all four, for a machine's first check.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from workers.devices import default_dtype, resolve_device
+from workers.hub import check_profile, describe_missing
+from workers.profiles import Profile
+
+SAMPLE_TEXT = "Ein rotes Sommerkleid aus Baumwolle mit kurzen Ärmeln und rundem Ausschnitt."
+GIB = 2**30
+
+
+@dataclass
+class Examination:
+    """What ``farm doctor`` found: facts to print, and problems that stop a worker."""
+
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def gib(size: float) -> str:
+    """Bytes as GiB with one decimal."""
+    return f"{size / GIB:.1f} GiB"
+
+
+def host_memory() -> tuple[int, int]:
+    """This machine's (total, available) memory in bytes."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+
+
+def device_facts(device: torch.device) -> list[tuple[str, str]]:
+    """The device, its memory and what it supports (bf16, fp8, compile)."""
+    from workers.renderer import check_fp8_support
+
+    total, available = host_memory()
+    facts = [
+        ("torch / diffusers", f"{torch.__version__} / {importlib.metadata.version('diffusers')}"),
+        ("transformers", importlib.metadata.version("transformers")),
+        ("host memory", f"{gib(available)} available of {gib(total)}"),
+        ("device", str(device)),
+    ]
+    if device.type == "cuda":
+        free, whole = torch.cuda.mem_get_info(device)
+        capability = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        facts += [
+            ("card", f"{torch.cuda.get_device_name(device)} (compute capability {capability})"),
+            ("card memory", f"{gib(free)} free of {gib(whole)}"),
+        ]
+    facts.append(("dtype", str(default_dtype(device)).removeprefix("torch.")))
+    try:
+        check_fp8_support(device)
+        facts.append(("fp8 (FARM_RENDER_FP8)", "available"))
+    except ValueError as error:
+        facts.append(("fp8 (FARM_RENDER_FP8)", f"unavailable: {error}"))
+    facts.append(("compile (FARM_RENDER_COMPILE)", compile_support(device)))
+    return facts
+
+
+def compile_support(device: torch.device) -> str:
+    """Whether ``torch.compile`` can generate kernels for ``device``, in words."""
+    if device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "unavailable: triton is not installed"
+        return "available (triton found)"
+    return "available (C++ kernels on the CPU; little to gain there)"
+
+
+def examine(profile: Profile, settings) -> Examination:
+    """Collect the facts about this machine, the profile's models and the renderer's placement.
+
+    Args:
+        profile: the profile a worker would load.
+        settings: the farm's settings (device, render options).
+
+    Returns:
+        The facts, and the problems that would stop a worker at boot.
+    """
+    report = Examination()
+    try:
+        device = resolve_device(settings.device)
+    except ValueError as error:
+        report.problems.append(str(error))
+        return report
+    report.facts += device_facts(device)
+    checks = check_profile(profile)
+    for check in checks:
+        state = f"present, {gib(check.size)}" if check.present else "MISSING"
+        report.facts.append((check.role, f"{check.model_id} ({check.revision}): {state}"))
+    missing = describe_missing(checks, profile)
+    if missing:
+        report.problems.append(missing)
+        return report
+    report.facts += placement_facts(profile, settings, device, checks)
+    return report
+
+
+def placement_facts(profile: Profile, settings, device, checks) -> list[tuple[str, str]]:
+    """Where the renderer's weights will live, why, and the host memory loading needs."""
+    from workers.placement import explain_placement, host_bytes_at_start
+
+    folder = next(check.folder for check in checks if check.role == "renderer")
+    dtype, fp8, mode = default_dtype(device), settings.render_fp8, settings.render_memory_mode
+    placement, sizes, reason = explain_placement(Path(folder), device, dtype, fp8, mode)
+    text_models = sum(check.size for check in checks if check.role in ("translator", "extractor"))
+    return [
+        ("renderer components", ", ".join(f"{n} {gib(s)}" for n, s in sizes.items())),
+        ("memory mode", f"{placement}: {reason}"),
+        ("host memory at start-up", f"{gib(host_bytes_at_start(placement, sizes))} per GPU worker"),
+        ("text models (files)", gib(text_models)),
+    ]
+
+
+def try_models(profile: Profile, settings) -> list[tuple[str, str]]:
+    """Load every model of the profile and run one sample article through all four.
+
+    Args:
+        profile: the profile.
+        settings: the farm's settings (device, output folder, render options).
+
+    Returns:
+        Facts: load time, each stage's time, the score and where the image was written.
+    """
+    from workers.loader import load_runtimes
+    from workers.prompts import clip_prompt, generation_prompt
+
+    started = time.perf_counter()
+    options = {
+        "compile": settings.render_compile,
+        "fp8": settings.render_fp8,
+        "memory_mode": settings.render_memory_mode,
+    }
+    stages = ("translate", "extract", "render", "score")
+    runtimes = load_runtimes(stages, profile, settings.device, options)
+    facts = [("loaded all models", f"{time.perf_counter() - started:.1f} s")]
+    english = runtimes.translate([SAMPLE_TEXT])
+    attributes = runtimes.extract(english.texts)
+    attrs = attributes.attributes[0]
+    image = runtimes.render([generation_prompt(attrs)], [0])
+    score = runtimes.score(image.images, [clip_prompt(attrs)])
+    out = Path(settings.output_dir) / "doctor.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.images[0].save(out)
+    return facts + [
+        ("translate", f"{english.seconds:.2f} s: {english.texts[0]!r}"),
+        ("extract", f"{attributes.seconds:.2f} s: {attrs}"),
+        ("render", f"{image.seconds:.2f} s, {image.images[0].size[0]}x{image.images[0].size[1]}"),
+        ("score", f"{score.seconds:.2f} s: CLIP {score.scores[0]:.2f}"),
+        ("image", str(out)),
+    ]
