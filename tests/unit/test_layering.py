@@ -41,7 +41,18 @@ def test_db_imports_none_of_the_other_layers(path):
     assert not first_party_imports(path) & {"tasks", "workers", "producer"}
 
 
-RUNTIMES = ["translator", "extractor", "renderer", "scorer", "prompts", "text_models"]
+RUNTIMES = [
+    "translator",
+    "extractor",
+    "renderer",
+    "scorer",
+    "prompts",
+    "text_models",
+    "profiles",
+    "hub",
+    "hub_mirror",
+    "doctor",
+]
 
 
 @pytest.mark.parametrize("name", RUNTIMES)
