@@ -29,7 +29,7 @@ from producer.status_view import render_status
 from producer.submit import BrokerUnavailable, check_broker, send_chains
 from tasks.app import configure
 from tasks.outputs import batch_dir
-from tasks.queues import URGENT_PRIORITY
+from tasks.queues import ROLE_STAGES, URGENT_PRIORITY
 from tasks.settings import Settings
 
 SAMPLE_CATALOG = Path(__file__).parent / "samples" / "catalog.csv"
@@ -145,6 +145,7 @@ def worker(settings: Settings, role, gpus, concurrency, loglevel) -> None:
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
     if gpu_list and settings.device == "cpu":
         raise click.UsageError("--gpus and --device cpu exclude each other")
+    require_models(settings, ROLE_STAGES[role])
     processes = plan_workers(role, settings, gpu_list, concurrency, loglevel)
     sys.exit(run_workers(processes))
 

@@ -35,20 +35,22 @@ def _size(size: int) -> str:
     return ""
 
 
-def require_models(settings: Settings) -> None:
+def require_models(settings: Settings, stages=None) -> None:
     """Exit 1 with one message when a model of the profile is not in the cache.
 
-    ``farm run`` checks before it writes a batch, so a missing model leaves nothing behind.
+    ``farm run`` checks before it writes a batch, so a missing model leaves nothing behind;
+    ``farm worker`` before it starts a worker process.
 
     Args:
         settings: the farm's settings (profile, overrides, model cache).
+        stages: the stages whose models are needed (all four when omitted).
     """
     from workers.hub import check_profile, describe_missing
 
     if settings.runtime_factory:  # benchmarks bring their own runtimes
         return
     profile = _profile(settings)
-    message = describe_missing(check_profile(profile), profile)
+    message = describe_missing(check_profile(profile, stages), profile)
     if message:
         console.print(message, style="red", markup=False, highlight=False)
         sys.exit(EXIT_MISSING)
@@ -87,10 +89,22 @@ def fetch(settings: Settings) -> None:
 
     Models already complete in the cache are not asked for again. Exits 4 when a download fails.
     """
-    from workers.hub import check_profile, fetch_model, is_local
+    from huggingface_hub import constants
+
+    from workers.hub import check_profile, fetch_command, fetch_model, is_local
 
     profile = _profile(settings)
-    for item in check_profile(profile):
+    checks = check_profile(profile)
+    if constants.is_offline_mode() and not all(item.present for item in checks):
+        console.print(
+            "HF_HUB_OFFLINE=1 is set, so nothing can be downloaded: run "
+            f"HF_HUB_OFFLINE=0 {fetch_command(profile)}",
+            style="red",
+            markup=False,
+            highlight=False,
+        )
+        sys.exit(EXIT_FETCH_FAILED)
+    for item in checks:
         if item.present or is_local(item.model_id):
             console.print(f"{item.role} {item.model_id}: present ({_size(item.size)})")
             continue

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 
-from celery.signals import worker_process_init
+from celery.signals import celeryd_init, worker_process_init, worker_shutting_down
 
 from tasks import state
 from tasks.exceptions import FarmError, ModelsMissing
@@ -63,6 +63,29 @@ def unload_models() -> None:
     release_memory()
 
 
+_worker = None  # this main process's Celery worker, once it is made
+
+
+@celeryd_init.connect
+def _remember_worker(instance=None, **_) -> None:
+    global _worker
+    _worker = instance
+
+
+@worker_shutting_down.connect
+def _keep_exit_code(exitcode=None, **_) -> None:
+    # Celery gives a cold shutdown the exit code 1 but its worker exits with 0 after one;
+    # recorded here, the worker's own exit code is the one the shutdown asked for.
+    if _worker is not None and exitcode:
+        _worker.exitcode = exitcode
+
+
+def _stop_worker() -> None:
+    # SIGQUIT is Celery's cold shutdown, which exits 1 (SIGTERM's warm one exits 0): a service
+    # manager must see that this worker could not start. The child holds no task yet.
+    os.kill(os.getppid(), signal.SIGQUIT)
+
+
 @worker_process_init.connect
 def _load_models_in_pool_child(**_) -> None:
     from tasks.app import app
@@ -73,9 +96,9 @@ def _load_models_in_pool_child(**_) -> None:
         load_for_role(app.farm_settings)
     except FarmError as error:  # a message says it all; no traceback
         logger.critical("worker cannot start: %s; shutting the worker down", error)
-        os.kill(os.getppid(), signal.SIGTERM)
+        _stop_worker()
         os._exit(1)
     except BaseException:
         logger.critical("worker could not load its models; shutting the worker down", exc_info=True)
-        os.kill(os.getppid(), signal.SIGTERM)
+        _stop_worker()
         os._exit(1)
