@@ -96,6 +96,7 @@ class Renderer:
         steps: int = 4,
         lora_scale: float = 1.0,
         *,
+        lora_weight_name: str | None = None,
         compile: bool = False,
         fp8: bool = False,
         memory_mode: str = "auto",
@@ -114,6 +115,8 @@ class Renderer:
             height: image height in pixels.
             steps: denoising steps.
             lora_scale: strength the LoRA is fused with.
+            lora_weight_name: the LoRA's weights file in its repo; offline, diffusers cannot
+                list a hub repo to find it, so it must be named.
             compile: compile the transformer's repeated blocks once, then render one warm-up
                 image so that the first article does not pay for compiling.
             fp8: quantise the transformer's linear layers to float8 (torchao); needs a CUDA
@@ -137,7 +140,9 @@ class Renderer:
             model_id, dtype=dtype or default_dtype(device), **kwargs
         )
         fast_path = dict(compile=compile, fp8=fp8, vae_tiling=vae_tiling, vae_slicing=vae_slicing)
-        prepare_pipeline(pipeline, device, placement, lora, lora_scale, **fast_path)
+        prepare_pipeline(
+            pipeline, device, placement, lora, lora_scale, lora_weight_name, **fast_path
+        )
         renderer = cls(pipeline, device, width, height, steps, **init_kwargs)
         if compile:
             renderer.warm_up()
@@ -266,6 +271,7 @@ def prepare_pipeline(
     placement: str,
     lora: str | None = None,
     lora_scale: float = 1.0,
+    lora_weight_name: str | None = None,
     *,
     compile: bool = False,
     fp8: bool = False,
@@ -280,6 +286,7 @@ def prepare_pipeline(
         placement: the result of :func:`resolve_memory_mode`.
         lora: hub id or local folder of a LoRA to fuse, or ``None``.
         lora_scale: strength the LoRA is fused with.
+        lora_weight_name: the LoRA's weights file, or ``None`` to let diffusers find it.
         compile: compile the transformer's repeated blocks (they compile on the first call).
         fp8: quantise the transformer's linear layers to float8.
         vae_tiling: decode in tiles.
@@ -288,7 +295,7 @@ def prepare_pipeline(
     if placement in ("cpu", "gpu"):
         pipeline.to(device)  # before the LoRA: fusing is faster on the card
     if lora:
-        fuse_lora(pipeline, lora, lora_scale)
+        fuse_lora(pipeline, lora, lora_scale, weight_name=lora_weight_name)
     if fp8:
         quantize_fp8(pipeline.transformer)
     place_pipeline(pipeline, device, placement)
@@ -337,15 +344,19 @@ def check_fp8_support(device: torch.device) -> None:
         raise ValueError("fp8 needs torchao: pip install torchao") from error
 
 
-def fuse_lora(pipeline: FluxPipeline, lora: str, scale: float = 1.0) -> None:
+def fuse_lora(
+    pipeline: FluxPipeline, lora: str, scale: float = 1.0, weight_name: str | None = None
+) -> None:
     """Bake a LoRA into the pipeline's weights and drop the adapter modules.
 
     Args:
         pipeline: the FLUX pipeline.
         lora: hub id or local folder of the LoRA.
         scale: strength the LoRA is fused with.
+        weight_name: the weights file in the LoRA's repo or folder; ``None`` lets diffusers
+            look for it, which it refuses to do for a hub id with ``HF_HUB_OFFLINE=1``.
     """
-    pipeline.load_lora_weights(lora)
+    pipeline.load_lora_weights(lora, weight_name=weight_name)
     # Fusing writes the LoRA into the base weights; unloading then drops the adapter modules
     # but keeps the fused weights, so sampling pays no per-step LoRA cost.
     pipeline.fuse_lora(lora_scale=scale)

@@ -112,6 +112,54 @@ def test_the_fused_lora_matches_the_lora_applied_as_an_adapter(tiny_dirs, lora_r
     assert np.abs(fused - unfused).max() <= 1
 
 
+LORA_REPO = "aihpi/flux-fashion-lora"
+LORA_FILE = "flux-fashion-lora.safetensors"
+
+
+@pytest.fixture
+def offline_lora_cache(tiny_dirs, tmp_path, monkeypatch):
+    """The tiny LoRA as the only weights file of a hub-cached ``aihpi/flux-fashion-lora``."""
+    import huggingface_hub.constants
+    from diffusers.loaders import lora_base
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / ("models--" + LORA_REPO.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (snapshot / LORA_FILE).write_bytes(
+        (tiny_dirs[1] / "pytorch_lora_weights.safetensors").read_bytes()
+    )
+    # The libraries read these variables at import, so the environment alone moves nothing
+    # in this process: patch the constants they read at call time as well.
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(lora_base, "HF_HUB_OFFLINE", True)
+    return LORA_REPO
+
+
+def test_an_offline_lora_repo_loads_by_id_when_its_weight_name_is_given(
+    tiny_dirs, offline_lora_cache, lora_renderer
+):
+    runtime = Renderer.from_pretrained(
+        str(tiny_dirs[0]), offline_lora_cache, CPU, width=WIDTH, height=HEIGHT, steps=2,
+        lora_weight_name=LORA_FILE,
+    )  # fmt: skip
+    ours = pixels(runtime(["a red linen dress"], [3]))[0]
+    np.testing.assert_array_equal(ours, pixels(lora_renderer(["a red linen dress"], [3]))[0])
+
+
+def test_an_offline_lora_repo_without_a_weight_name_is_refused_by_diffusers(
+    tiny_dirs, offline_lora_cache
+):
+    with pytest.raises(ValueError, match="offline mode, you must specify a `weight_name`"):
+        Renderer.from_pretrained(str(tiny_dirs[0]), offline_lora_cache, CPU, width=64, height=64)
+
+
 def test_fusing_leaves_no_lora_layers_behind(lora_renderer):
     names = [name for name, _ in lora_renderer.pipeline.transformer.named_modules()]
     assert not any("lora" in name for name in names)
