@@ -19,6 +19,9 @@ from diffusers import FluxPipeline
 from workers.devices import default_dtype
 
 MAX_SEED = 2**63
+# The first diffusers release whose from_pretrained accepts dtype= (PR #14162); older ones
+# drop it with a silenced warning and load FLUX in fp32, about 67 GB.
+MIN_DIFFUSERS = "0.40.0"
 MEMORY_MODES = ("auto", "gpu", "model_offload", "sequential_offload")
 # Free VRAM needed by "auto" to keep everything on the card (FLUX.1 in bf16: transformer
 # ~24 GB, T5-XXL ~9.5 GB, CLIP and VAE < 1 GB, plus activations at 1024x1024), or to hold the
@@ -136,9 +139,9 @@ class Renderer:
         check_options(device, placement, compile=compile, fp8=fp8)
         init_keys = ("guidance_scale", "max_sequence_length")
         init_kwargs = {key: kwargs.pop(key) for key in init_keys if key in kwargs}
-        pipeline = FluxPipeline.from_pretrained(
-            model_id, dtype=dtype or default_dtype(device), **kwargs
-        )
+        dtype = dtype or default_dtype(device)
+        pipeline = FluxPipeline.from_pretrained(model_id, dtype=dtype, **kwargs)
+        check_loaded_dtype(pipeline, dtype)
         fast_path = dict(compile=compile, fp8=fp8, vae_tiling=vae_tiling, vae_slicing=vae_slicing)
         prepare_pipeline(
             pipeline, device, placement, lora, lora_scale, lora_weight_name, **fast_path
@@ -303,6 +306,24 @@ def prepare_pipeline(
     pipeline.set_progress_bar_config(disable=True)
     if compile:
         compile_transformer(pipeline.transformer)
+
+
+def check_loaded_dtype(pipeline: FluxPipeline, dtype: torch.dtype) -> None:
+    """Raise ``ValueError`` unless the transformer was loaded in ``dtype``.
+
+    A diffusers release that ignores ``dtype=`` loads fp32 silently; this stops it before
+    the weights are moved to a card they do not fit on.
+
+    Args:
+        pipeline: the pipeline fresh from ``from_pretrained``.
+        dtype: the dtype that was asked for.
+    """
+    loaded = pipeline.transformer.dtype
+    if loaded != dtype:
+        raise ValueError(
+            f"asked diffusers for {dtype} weights but the transformer loaded in {loaded}; "
+            f"diffusers {MIN_DIFFUSERS} or newer is needed (from_pretrained(dtype=...))"
+        )
 
 
 def check_options(device: torch.device, placement: str, compile: bool, fp8: bool) -> None:

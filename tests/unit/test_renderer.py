@@ -338,3 +338,38 @@ def test_eight_bit_conversion_rounds_as_diffusers_does(dtype):
     expected = [np.asarray(p) for p in VaeImageProcessor.numpy_to_pil(
         VaeImageProcessor.pt_to_numpy(images))]  # fmt: skip
     np.testing.assert_array_equal(to_uint8(images), np.stack(expected))
+
+
+# --- the dtype the weights are loaded in ----------------------------------------------------
+
+
+def test_a_pipeline_loaded_in_another_dtype_than_requested_is_refused(tiny_dirs, monkeypatch):
+    original = FluxPipeline.from_pretrained
+
+    def ignoring_dtype(cls, *args, dtype=None, **kwargs):
+        return original(*args, **kwargs)  # what diffusers < MIN_DIFFUSERS does: fp32
+
+    monkeypatch.setattr(FluxPipeline, "from_pretrained", classmethod(ignoring_dtype))
+    with pytest.raises(ValueError, match=r"torch\.bfloat16.*torch\.float32"):
+        Renderer.from_pretrained(
+            str(tiny_dirs[0]), None, CPU, dtype=torch.bfloat16, width=64, height=64
+        )
+
+
+def test_pyproject_requires_a_diffusers_that_accepts_dtype_and_it_is_installed():
+    import importlib.metadata
+    import re
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    from workers.renderer import MIN_DIFFUSERS
+
+    # tomllib is 3.11+ and the project supports 3.10: find the dependency's quoted string.
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    (line,) = re.findall(r'^\s*"(diffusers[^"]*)"', pyproject, flags=re.MULTILINE)
+    specifiers = Requirement(line).specifier
+    lower = [Version(spec.version) for spec in specifiers if spec.operator == ">="]
+    assert lower and lower[0] >= Version(MIN_DIFFUSERS)
+    assert Version(importlib.metadata.version("diffusers")) >= Version(MIN_DIFFUSERS)
