@@ -378,9 +378,12 @@ def fuse_lora(
             look for it, which it refuses to do for a hub id with ``HF_HUB_OFFLINE=1``.
     """
     pipeline.load_lora_weights(lora, weight_name=weight_name)
+    # fuse_lora fuses only the transformer unless told otherwise, and unloading drops what was
+    # not fused: name every component the LoRA went into (a text encoder too, for some).
+    components = [name for name, adapters in pipeline.get_list_adapters().items() if adapters]
     # Fusing writes the LoRA into the base weights; unloading then drops the adapter modules
     # but keeps the fused weights, so sampling pays no per-step LoRA cost.
-    pipeline.fuse_lora(lora_scale=scale)
+    pipeline.fuse_lora(components=components, lora_scale=scale)
     pipeline.unload_lora_weights()
 
 

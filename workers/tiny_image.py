@@ -24,7 +24,7 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
-from peft import LoraConfig
+from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict
 from transformers import (
     CLIPConfig,
@@ -49,6 +49,7 @@ T5_EXTRA_IDS = 100
 HIDDEN = 32  # width of every tiny text encoder and of the transformer's text inputs
 LATENT_CHANNELS = 16  # as in FLUX.1; packed 2x2 into the transformer's 64 input channels
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 FASHION_CORPUS = (
     "A slim-fit navy wool blazer with two buttons, notch lapels and a single vent.",
@@ -136,6 +137,41 @@ def build_tiny_flux_lora(out: Path, flux_dir: Path) -> None:
     # No adapter metadata: safetensors writes metadata in hash order, which would make builds
     # differ byte for byte. With alpha == rank the loader's default scale (1) is the right one.
     FluxPipeline.save_lora_weights(out, transformer_lora_layers=layers)
+
+
+def build_tiny_flux_lora_with_text_encoder(out: Path, flux_dir: Path) -> None:
+    """Build a LoRA for the tiny FLUX transformer and its CLIP text encoder, as some hub
+    LoRAs are trained.
+
+    The transformer part equals :func:`build_tiny_flux_lora`'s.
+
+    Args:
+        out: an empty folder; receives ``pytorch_lora_weights.safetensors``.
+        flux_dir: a folder made by :func:`build_tiny_flux`.
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        build_tiny_flux_lora(Path(folder), flux_dir)
+        saved = load_file(Path(folder) / "pytorch_lora_weights.safetensors")
+    prefix = "transformer."
+    transformer_layers = {name.removeprefix(prefix): weight for name, weight in saved.items()}
+    text_encoder = CLIPTextModel.from_pretrained(Path(flux_dir) / "text_encoder")
+    rank = 4
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, target_modules=TEXT_ENCODER_LORA_TARGETS, init_lora_weights=False
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED + 3)
+        # peft directly: transformers' add_adapter wants a newer peft than diffusers does.
+        inject_adapter_in_model(config, text_encoder)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+    # Scaled as the transformer's, so that the text encoder's share of the effect is plain.
+    layers = {name: weight * 4.0 for name, weight in layers.items()}
+    FluxPipeline.save_lora_weights(
+        out, transformer_lora_layers=transformer_layers, text_encoder_lora_layers=layers
+    )
 
 
 def build_tiny_clip(out: Path) -> None:

@@ -160,6 +160,26 @@ def test_an_offline_lora_repo_without_a_weight_name_is_refused_by_diffusers(
         Renderer.from_pretrained(str(tiny_dirs[0]), offline_lora_cache, CPU, width=64, height=64)
 
 
+def clip_embedding(pipeline: FluxPipeline, prompt: str) -> torch.Tensor:
+    """The pooled CLIP prompt embedding: the only thing FLUX takes from its CLIP encoder."""
+    return pipeline.encode_prompt(prompt, None, device=CPU, max_sequence_length=32)[1]
+
+
+def test_a_lora_with_text_encoder_weights_is_fused_into_the_text_encoder_too(tiny_dirs, renderer):
+    flux = tiny_dirs[0]
+    lora = flux.parent / "lora-with-text-encoder"
+    lora.mkdir()
+    tiny_image.build_tiny_flux_lora_with_text_encoder(lora, flux)
+    fused = Renderer.from_pretrained(str(flux), str(lora), CPU, width=WIDTH, height=HEIGHT)
+    adapter = FluxPipeline.from_pretrained(flux)
+    adapter.load_lora_weights(str(lora))
+    prompt = "a red linen dress"
+    ours = clip_embedding(fused.pipeline, prompt)
+    assert (ours - clip_embedding(renderer.pipeline, prompt)).abs().max() > 0.1
+    torch.testing.assert_close(ours, clip_embedding(adapter, prompt), atol=1e-5, rtol=1e-5)
+    assert not any("lora" in name for name, _ in fused.pipeline.text_encoder.named_modules())
+
+
 def test_fusing_leaves_no_lora_layers_behind(lora_renderer):
     names = [name for name, _ in lora_renderer.pipeline.transformer.named_modules()]
     assert not any("lora" in name for name in names)
