@@ -17,17 +17,12 @@ import torch
 from diffusers import FluxPipeline
 
 from workers.devices import default_dtype
+from workers.placement import placement_for
 
 MAX_SEED = 2**63
 # The first diffusers release whose from_pretrained accepts dtype= (PR #14162); older ones
 # drop it with a silenced warning and load FLUX in fp32, about 67 GB.
 MIN_DIFFUSERS = "0.40.0"
-MEMORY_MODES = ("auto", "gpu", "model_offload", "sequential_offload")
-# Free VRAM needed by "auto" to keep everything on the card (FLUX.1 in bf16: transformer
-# ~24 GB, T5-XXL ~9.5 GB, CLIP and VAE < 1 GB, plus activations at 1024x1024), or to hold the
-# largest single model while the others wait in CPU memory.
-WHOLE_PIPELINE_BYTES = 40 * 2**30
-LARGEST_MODEL_BYTES = 16 * 2**30
 FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper have float8 tensor cores
 WARM_UP_PROMPT = "a plain white cotton t-shirt"
 
@@ -105,6 +100,7 @@ class Renderer:
         memory_mode: str = "auto",
         vae_tiling: bool = False,
         vae_slicing: bool = False,
+        revision: str | None = None,
         **kwargs: object,
     ) -> Renderer:
         """Load a FLUX pipeline, bake an optional LoRA into its weights, and wrap it.
@@ -124,10 +120,12 @@ class Renderer:
                 image so that the first article does not pay for compiling.
             fp8: quantise the transformer's linear layers to float8 (torchao); needs a CUDA
                 GPU of compute capability 8.9 or newer, else ``ValueError``.
-            memory_mode: ``auto`` (see :func:`resolve_memory_mode`), ``gpu``,
-                ``model_offload`` or ``sequential_offload``.
+            memory_mode: ``auto`` (see :func:`~workers.placement.resolve_memory_mode`: sized
+                from the model's local files), ``gpu``, ``model_offload`` or
+                ``sequential_offload``.
             vae_tiling: decode the image in tiles (less VRAM at large sizes).
             vae_slicing: decode a batch one image at a time (less VRAM for big batches).
+            revision: hub revision of ``model_id`` (ignored for a local folder).
             **kwargs: passed to the renderer (``guidance_scale``, ``max_sequence_length``) or
                 else to ``FluxPipeline.from_pretrained``.
 
@@ -135,12 +133,12 @@ class Renderer:
             The renderer.
         """
         device = torch.device(device)
-        placement = resolve_memory_mode(memory_mode, device)
+        dtype = dtype or default_dtype(device)
+        placement, _sizes = placement_for(model_id, device, dtype, fp8, memory_mode, revision)
         check_options(device, placement, compile=compile, fp8=fp8)
         init_keys = ("guidance_scale", "max_sequence_length")
         init_kwargs = {key: kwargs.pop(key) for key in init_keys if key in kwargs}
-        dtype = dtype or default_dtype(device)
-        pipeline = FluxPipeline.from_pretrained(model_id, dtype=dtype, **kwargs)
+        pipeline = FluxPipeline.from_pretrained(model_id, dtype=dtype, revision=revision, **kwargs)
         check_loaded_dtype(pipeline, dtype)
         fast_path = dict(compile=compile, fp8=fp8, vae_tiling=vae_tiling, vae_slicing=vae_slicing)
         prepare_pipeline(
@@ -238,36 +236,6 @@ def free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def resolve_memory_mode(mode: str, device: torch.device, free_bytes: int | None = None) -> str:
-    """Decide where the pipeline's weights live.
-
-    Args:
-        mode: one of :data:`MEMORY_MODES`. ``auto`` keeps a CPU pipeline on the CPU; on a GPU
-            it keeps everything on the card with at least 40 GB free, offloads whole models
-            to the CPU between uses with 16-40 GB, and offloads layer by layer below that.
-        device: the device the renderer runs on.
-        free_bytes: free memory on the card; read with ``torch.cuda.mem_get_info`` if omitted.
-
-    Returns:
-        ``cpu``, ``gpu``, ``model_offload`` or ``sequential_offload``.
-    """
-    if mode not in MEMORY_MODES:
-        raise ValueError(f"unknown memory_mode {mode!r}; choose one of {', '.join(MEMORY_MODES)}")
-    if device.type != "cuda":
-        if mode != "auto":
-            raise ValueError(f"memory_mode {mode!r} needs a CUDA device, not {device}")
-        return "cpu"
-    if mode != "auto":
-        return mode
-    if free_bytes is None:
-        free_bytes, _total = torch.cuda.mem_get_info(device)
-    if free_bytes >= WHOLE_PIPELINE_BYTES:
-        return "gpu"
-    if free_bytes >= LARGEST_MODEL_BYTES:
-        return "model_offload"
-    return "sequential_offload"
-
-
 def prepare_pipeline(
     pipeline: FluxPipeline,
     device: torch.device,
@@ -286,7 +254,7 @@ def prepare_pipeline(
     Args:
         pipeline: the FLUX pipeline, still on the CPU.
         device: the device the renderer runs on.
-        placement: the result of :func:`resolve_memory_mode`.
+        placement: the result of :func:`~workers.placement.resolve_memory_mode`.
         lora: hub id or local folder of a LoRA to fuse, or ``None``.
         lora_scale: strength the LoRA is fused with.
         lora_weight_name: the LoRA's weights file, or ``None`` to let diffusers find it.
@@ -331,7 +299,7 @@ def check_options(device: torch.device, placement: str, compile: bool, fp8: bool
 
     Args:
         device: the device the renderer runs on.
-        placement: the result of :func:`resolve_memory_mode`.
+        placement: the result of :func:`~workers.placement.resolve_memory_mode`.
         compile: whether the transformer will be compiled.
         fp8: whether the transformer will be quantised to float8.
     """
@@ -403,7 +371,7 @@ def quantize_fp8(transformer: torch.nn.Module) -> None:
 
 
 def place_pipeline(pipeline: FluxPipeline, device: torch.device, placement: str) -> None:
-    """Put the pipeline where :func:`resolve_memory_mode` said.
+    """Put the pipeline where :func:`~workers.placement.resolve_memory_mode` said.
 
     Args:
         pipeline: the FLUX pipeline.

@@ -16,7 +16,6 @@ from workers.renderer import (  # noqa: E402
     RenderResult,
     check_options,
     place_pipeline,
-    resolve_memory_mode,
     to_uint8,
 )
 
@@ -218,30 +217,6 @@ GIB = 2**30
 CUDA = torch.device("cuda")  # a device object only: nothing here touches a GPU
 
 
-@pytest.mark.parametrize(
-    ("free", "expected"),
-    [(80 * GIB, "gpu"), (40 * GIB, "gpu"), (24 * GIB, "model_offload"),
-     (16 * GIB, "model_offload"), (12 * GIB, "sequential_offload")],
-)  # fmt: skip
-def test_auto_memory_mode_follows_the_free_vram(free, expected):
-    assert resolve_memory_mode("auto", CUDA, free_bytes=free) == expected
-
-
-@pytest.mark.parametrize("mode", ["gpu", "model_offload", "sequential_offload"])
-def test_an_explicit_memory_mode_is_kept_on_a_gpu(mode):
-    assert resolve_memory_mode(mode, CUDA, free_bytes=0) == mode
-
-
-def test_auto_memory_mode_stays_on_the_cpu():
-    assert resolve_memory_mode("auto", CPU) == "cpu"
-
-
-@pytest.mark.parametrize("mode", ["gpu", "model_offload", "sequential_offload", "bogus"])
-def test_gpu_memory_modes_and_unknown_modes_are_rejected_on_the_cpu(mode):
-    with pytest.raises(ValueError, match="memory_mode"):
-        resolve_memory_mode(mode, CPU)
-
-
 @pytest.mark.parametrize("option", ["compile", "fp8"])
 def test_compile_and_fp8_refuse_sequential_offload(option):
     with pytest.raises(ValueError, match="sequential_offload"):
@@ -393,3 +368,38 @@ def test_pyproject_requires_a_diffusers_that_accepts_dtype_and_it_is_installed()
     lower = [Version(spec.version) for spec in specifiers if spec.operator == ">="]
     assert lower and lower[0] >= Version(MIN_DIFFUSERS)
     assert Version(importlib.metadata.version("diffusers")) >= Version(MIN_DIFFUSERS)
+
+
+# --- placement and loading on a GPU, with CUDA pretended on the CPU -------------------------
+
+
+@pytest.fixture
+def pretend_cuda(monkeypatch):
+    """Make the renderer believe in a CUDA card with ``free`` GiB; record what it asks for."""
+    from workers import renderer as renderer_module
+
+    calls = {"free": 80 * GIB}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (calls["free"], 0))
+    original = FluxPipeline.from_pretrained
+
+    def recording(cls, model_id, **kwargs):
+        calls["from_pretrained"] = kwargs
+        loaded = {key: kwargs[key] for key in ("dtype", "revision") if key in kwargs}
+        return original(model_id, **loaded)  # on the CPU: there is no card
+
+    def prepare(pipeline, device, placement, *args, **kwargs):
+        calls["placement"] = placement
+
+    monkeypatch.setattr(FluxPipeline, "from_pretrained", classmethod(recording))
+    monkeypatch.setattr(renderer_module, "prepare_pipeline", prepare)
+    return calls
+
+
+@pytest.mark.parametrize(("free", "expected"), [(20 * GIB, "gpu"), (3 * GIB, "sequential_offload")])
+def test_auto_placement_is_sized_from_the_models_own_files(tiny_dirs, pretend_cuda, free, expected):
+    pretend_cuda["free"] = free  # the tiny pipeline is a few MB: only the headroom matters
+    Renderer.from_pretrained(
+        str(tiny_dirs[0]), None, CUDA, dtype=torch.float32, width=64, height=64
+    )
+    assert pretend_cuda["placement"] == expected

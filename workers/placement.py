@@ -1,0 +1,294 @@
+"""Where a FLUX pipeline's weights live: sized from its files, decided from the free memory.
+
+The sizes come from the safetensors headers of the pipeline folder (shapes and dtypes, no
+tensors loaded), converted to the dtype the weights will be loaded in, so the decision follows
+the model actually on disk rather than fixed thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import torch
+
+GIB = 2**30
+MEMORY_MODES = ("auto", "gpu", "model_offload", "sequential_offload")
+# Card memory a render needs besides the weights at 1024x1024: the VAE decode is the peak
+# (128- and 256-channel feature maps of 1024x1024 in bf16, GroupNorm upcasting to fp32, the
+# mid-block attention over 128x128 latents: about 3 GiB), the transformer's activations over
+# 4096 image + 256 text tokens stay under 0.5 GiB, and the caching allocator fragments some.
+HEADROOM_BYTES = 4 * GIB
+# What a GPU worker's process holds in host RAM apart from weights: Python, torch, the CUDA
+# runtime and libraries, tokenizers.
+PROCESS_HOST_BYTES = 3 * GIB
+# The pipeline folders diffusers loads weights from; the rest are tokenizers and a scheduler.
+WEIGHT_FILES = ("diffusion_pytorch_model", "model")
+SAFETENSORS_ITEMSIZE = {
+    "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+    "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1,
+}  # fmt: skip
+FLOAT_TYPES = {"F64", "F32", "F16", "BF16"}
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file: name → dtype, shape, offsets.
+
+    Args:
+        path: a ``.safetensors`` file.
+
+    Returns:
+        The header without its ``__metadata__`` entry.
+    """
+    with open(path, "rb") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+        header = json.loads(file.read(length))
+    header.pop("__metadata__", None)
+    return header
+
+
+def weight_files(component: Path) -> list[Path]:
+    """The safetensors files diffusers or transformers load for one component folder.
+
+    A sharded checkpoint lists its shards in an index; otherwise the plain file is used, so
+    variant files next to it (``*.fp16.safetensors``) are not counted twice.
+    """
+    for stem in WEIGHT_FILES:
+        index = component / f"{stem}.safetensors.index.json"
+        if index.is_file():
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+            return [component / shard for shard in sorted(shards)]
+        single = component / f"{stem}.safetensors"
+        if single.is_file():
+            return [single]
+    return []
+
+
+def tensor_bytes(name: str, info: dict, itemsize: int, fp8_linear: bool) -> int:
+    """Bytes one tensor takes once loaded (floats at ``itemsize``, integers as stored)."""
+    count = 1
+    for size in info["shape"]:
+        count *= size
+    if info["dtype"] not in FLOAT_TYPES:
+        return count * SAFETENSORS_ITEMSIZE[info["dtype"]]
+    if fp8_linear and len(info["shape"]) == 2 and name.endswith(".weight"):
+        # float8 weights with one float32 scale per output row (torchao's PerRow)
+        return count + info["shape"][0] * 4
+    return count * itemsize
+
+
+def component_bytes(folder: str | Path, dtype: torch.dtype, fp8: bool = False) -> dict[str, int]:
+    """The size of each pipeline component at the dtype it will be loaded in.
+
+    Read from the safetensors headers only. Floating-point tensors count ``dtype``'s bytes per
+    element, integer tensors their stored size. With ``fp8`` the transformer's 2-D weights (its
+    linear layers: FLUX has no embedding tables) count one byte per element plus a scale per row.
+
+    Args:
+        folder: a diffusers pipeline folder (with ``model_index.json``).
+        dtype: the dtype the weights are loaded in.
+        fp8: whether the transformer's linear layers are quantised to float8.
+
+    Returns:
+        Component name → bytes, for each component folder that holds weights.
+    """
+    folder = Path(folder)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    index = json.loads((folder / "model_index.json").read_text())
+    sizes = {}
+    for name in sorted(key for key in index if not key.startswith("_")):
+        files = weight_files(folder / name)
+        if not files:
+            continue
+        fp8_linear = fp8 and name == "transformer"
+        sizes[name] = sum(
+            tensor_bytes(tensor, info, itemsize, fp8_linear)
+            for path in files
+            for tensor, info in read_safetensors_header(path).items()
+        )
+    return sizes
+
+
+def local_model_folder(model_id: str, revision: str | None = None) -> Path | None:
+    """The local folder of a model: the directory itself, or its snapshot in the hub cache.
+
+    Never touches the network.
+
+    Args:
+        model_id: a local folder or a hub repo id.
+        revision: the hub revision (branch, tag or commit); ``None`` for the default branch.
+
+    Returns:
+        The folder, or ``None`` when the repo is not in the cache.
+    """
+    if Path(model_id).is_dir():
+        return Path(model_id)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model_id, revision=revision, local_files_only=True))
+    except LocalEntryNotFoundError:
+        return None
+
+
+def choose_placement(sizes: dict[str, int], free_bytes: int) -> tuple[str, str]:
+    """Pick ``gpu``, ``model_offload`` or ``sequential_offload`` for the free card memory.
+
+    Args:
+        sizes: component name → bytes (see :func:`component_bytes`).
+        free_bytes: free memory on the card.
+
+    Returns:
+        The placement and a one-line reason.
+    """
+    whole, largest = sum(sizes.values()), max(sizes.values(), default=0)
+    free, room = gib(free_bytes), gib(HEADROOM_BYTES)
+    if whole + HEADROOM_BYTES <= free_bytes:
+        return "gpu", f"all components ({gib(whole)}) + {room} headroom fit in {free} free"
+    biggest = max(sizes, key=sizes.get, default="none")
+    if largest + HEADROOM_BYTES <= free_bytes:
+        return "model_offload", (
+            f"all components ({gib(whole)}) + {room} headroom exceed {free} free; "
+            f"the largest ({biggest}, {gib(largest)}) + headroom fits"
+        )
+    return "sequential_offload", (
+        f"even the largest component ({biggest}, {gib(largest)}) + {room} headroom exceeds "
+        f"{free} free; offloading layer by layer"
+    )
+
+
+def check_memory_mode(mode: str, device: torch.device) -> None:
+    """Raise ``ValueError`` for an unknown mode, or a GPU mode on a device that is not CUDA."""
+    if mode not in MEMORY_MODES:
+        raise ValueError(f"unknown memory_mode {mode!r}; choose one of {', '.join(MEMORY_MODES)}")
+    if device.type != "cuda" and mode != "auto":
+        raise ValueError(f"memory_mode {mode!r} needs a CUDA device, not {device}")
+
+
+def resolve_memory_mode(
+    mode: str,
+    device: torch.device,
+    sizes: dict[str, int] | None = None,
+    free_bytes: int | None = None,
+) -> str:
+    """Decide where the pipeline's weights live.
+
+    Args:
+        mode: one of :data:`MEMORY_MODES`. ``auto`` keeps a CPU pipeline on the CPU; on a GPU
+            it keeps everything on the card when all components plus :data:`HEADROOM_BYTES`
+            fit in the free memory, offloads whole models to the CPU between uses when the
+            largest one plus the headroom fits, and offloads layer by layer otherwise.
+        device: the device the renderer runs on.
+        sizes: component name → bytes at the load dtype (:func:`component_bytes`); needed
+            only for ``auto`` on a GPU.
+        free_bytes: free memory on the card; read with ``torch.cuda.mem_get_info`` if omitted.
+
+    Returns:
+        ``cpu``, ``gpu``, ``model_offload`` or ``sequential_offload``.
+    """
+    return explain_memory_mode(mode, torch.device(device), sizes, free_bytes)[0]
+
+
+def explain_memory_mode(
+    mode: str,
+    device: torch.device,
+    sizes: dict[str, int] | None = None,
+    free_bytes: int | None = None,
+) -> tuple[str, str]:
+    """:func:`resolve_memory_mode` with a one-line reason for the choice."""
+    check_memory_mode(mode, device)
+    if device.type != "cuda":
+        return "cpu", f"{device} is not a CUDA device"
+    if mode != "auto":
+        return mode, "set explicitly"
+    if not sizes:
+        raise ValueError("memory_mode 'auto' needs the component sizes of the model")
+    if free_bytes is None:
+        free_bytes, _total = torch.cuda.mem_get_info(device)
+    return choose_placement(sizes, free_bytes)
+
+
+def explain_placement(
+    folder: str | Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    fp8: bool = False,
+    mode: str = "auto",
+) -> tuple[str, dict[str, int], str]:
+    """Where a pipeline would be placed, from its files and the card's free memory.
+
+    This is the renderer's own decision, for ``farm doctor``.
+
+    Args:
+        folder: the local pipeline folder.
+        device: the device the renderer would run on.
+        dtype: the weight dtype.
+        fp8: whether the transformer's linear layers would be float8.
+        mode: the memory mode setting.
+
+    Returns:
+        The placement, the component sizes, and a one-line reason.
+    """
+    sizes = component_bytes(folder, dtype, fp8=fp8)
+    placement, reason = explain_memory_mode(mode, torch.device(device), sizes)
+    return placement, sizes, reason
+
+
+def host_bytes_at_start(placement: str, sizes: dict[str, int]) -> int:
+    """Host RAM a process needs while it loads the pipeline.
+
+    With ``gpu`` the weights go straight onto the card: safetensors files are memory-mapped
+    (page cache the kernel can drop) and copied tensor by tensor, so only the process itself
+    counts. The offload placements and the CPU keep every weight in host RAM.
+
+    Args:
+        placement: the result of :func:`resolve_memory_mode`.
+        sizes: component name → bytes.
+
+    Returns:
+        Bytes.
+    """
+    if placement == "gpu":
+        return PROCESS_HOST_BYTES
+    return PROCESS_HOST_BYTES + sum(sizes.values())
+
+
+def gib(size: int) -> str:
+    """``size`` bytes as ``'12.3 GiB'``."""
+    return f"{size / GIB:.1f} GiB"
+
+
+def placement_for(
+    model_id: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    fp8: bool = False,
+    mode: str = "auto",
+    revision: str | None = None,
+) -> tuple[str, dict[str, int]]:
+    """The renderer's placement for a model, sized from its local files.
+
+    Args:
+        model_id: a local pipeline folder or a hub repo id (read from the cache, offline).
+        device: the device the renderer runs on.
+        dtype: the weight dtype.
+        fp8: whether the transformer's linear layers will be float8.
+        mode: the memory mode setting.
+        revision: the hub revision of ``model_id``.
+
+    Returns:
+        The placement and the component sizes (empty where they were not needed and the
+        model is not on this machine yet).
+    """
+    device = torch.device(device)
+    check_memory_mode(mode, device)
+    folder = local_model_folder(model_id, revision) if device.type == "cuda" else None
+    sizes = component_bytes(folder, dtype, fp8=fp8) if folder else {}
+    if device.type == "cuda" and mode == "auto" and not sizes:
+        raise ValueError(
+            f"memory_mode 'auto' sizes {model_id} from its files, which are not on this machine; "
+            "fetch the model first (farm models fetch) or choose a memory_mode"
+        )
+    return resolve_memory_mode(mode, device, sizes), sizes
