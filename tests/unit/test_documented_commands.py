@@ -3,7 +3,9 @@
 Where commands are found:
 
 * README.md and deploy/README.md: the lines of shell-tagged fenced blocks (sh, bash, shell,
-  console). Untagged blocks hold diagrams and sample output, not commands.
+  console), and inline code spans in the prose that start with a program a reader runs
+  (``farm``, ``make``, ``python -m``, ``pip install``, ``docker``). Untagged blocks hold
+  diagrams and sample output, not commands.
 * deploy/compose.yml, deploy/Dockerfile, deploy/farm.env.example, deploy/systemd/*.service:
   comment lines written as ``#   command`` (a hash and two or more spaces; prose comments
   have one space), each unit's ExecStart (for every worker role), and the ``command:`` of
@@ -39,6 +41,9 @@ UNITS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "deploy/systemd").glob(
 SHELL_FENCES = {"sh", "bash", "shell", "console"}
 ENV_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 COMPOSE_VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+INLINE_COMMAND = re.compile(
+    r"`((?:[A-Z_]+=\S+ )*(?:farm|make|python -m|pip install|docker) [^`]*|farm|make \w+)`"
+)
 
 
 def _read(path: str) -> str:
@@ -67,6 +72,43 @@ def fenced_commands(path: str) -> list[tuple[str, str]]:
         elif tag in SHELL_FENCES:
             lines.append((number, line))
     return [(f"{path}:{n}", line) for n, line in _joined(lines)]
+
+
+def inline_commands(path: str) -> list[tuple[str, str]]:
+    """Commands written as inline code in a markdown file's prose (outside fenced blocks)."""
+    found, fenced = [], False
+    for number, line in enumerate(_read(path).splitlines(), 1):
+        if line.strip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            found += [(f"{path}:{number}", m.group(1)) for m in INLINE_COMMAND.finditer(line)]
+    # Prose names a command ("`farm run` checks ...") without the arguments it needs: such a
+    # name is checked for existing, everything else is parsed in full.
+    return [
+        (where, "farm-name" + line.removeprefix("farm") if names_a_command(line) else line)
+        for where, line in found
+    ]
+
+
+def names_a_command(line: str) -> bool:
+    """Whether ``line`` is ``farm`` followed only by words that are (sub)command names."""
+    words, command = line.split(), main
+    if words[0] != "farm":
+        return False
+    for word in words[1:]:
+        if not isinstance(command, click.Group) or word not in command.commands:
+            return False
+        command = command.commands[word]
+    return True
+
+
+def check_farm_name(args: list[str]) -> None:
+    """``farm [GROUP] COMMAND`` named in prose: the words name a command of the CLI."""
+    command = main
+    for word in args:
+        assert isinstance(command, click.Group), f"farm {shlex.join(args)}: {word!r} is extra"
+        command = command.commands.get(word)
+        assert command is not None, f"farm {shlex.join(args)}: no command {word!r}"
 
 
 def comment_commands(path: str) -> list[tuple[str, str]]:
@@ -118,6 +160,7 @@ def compose_farm_commands() -> list[tuple[str, str]]:
 def documented_commands() -> list[tuple[str, str]]:
     """Every (where, command line) the docs show."""
     items = [item for path in MARKDOWN for item in fenced_commands(path)]
+    items += [item for path in MARKDOWN for item in inline_commands(path)]
     items += [item for path in COMMENTED + UNITS for item in comment_commands(path)]
     items += [(f"{u} ExecStart (%i={r})", exec_start(u, r)) for u in UNITS for r in worker_roles()]
     return items + compose_farm_commands()
@@ -184,6 +227,18 @@ def check_python(args: list[str]) -> None:
             parse_args(rest)
         except SystemExit as error:
             raise AssertionError(f"python -m {module}: rejects {shlex.join(rest)}") from error
+
+
+def check_pip(args: list[str]) -> None:
+    """``pip install PACKAGE`` or ``pip install -e .[EXTRA]``: the extras exist in pyproject."""
+    assert args[:1] == ["install"], f"pip {args}: only pip install is documented"
+    for target in args[1:]:
+        extras = re.fullmatch(r"\.(?:\[(.+)\])?", target)
+        if extras and extras.group(1):
+            section = _read("pyproject.toml").split("[project.optional-dependencies]")[1]
+            declared = re.findall(r"^(\w+) = \[", section.split("\n[")[0], re.MULTILINE)
+            for extra in extras.group(1).split(","):
+                assert extra in declared, f"pip install {target}: no extra {extra!r}"
 
 
 def check_cp(args: list[str]) -> None:
@@ -257,6 +312,8 @@ CHECKS = {
     "make": check_make,
     "python": check_python,
     "python3": check_python,
+    "pip": check_pip,
+    "farm-name": check_farm_name,
     "cp": check_cp,
     "systemctl": check_systemctl,
     "docker": check_docker,
