@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -236,28 +237,19 @@ def explain_placement(
     return placement, sizes, reason
 
 
-def host_bytes_at_start(placement: str, sizes: dict[str, int]) -> int:
-    """Host RAM a process needs while it loads the pipeline.
-
-    With ``gpu`` the weights go straight onto the card: safetensors files are memory-mapped
-    (page cache the kernel can drop) and copied tensor by tensor, so only the process itself
-    counts. The offload placements and the CPU keep every weight in host RAM.
+@dataclass
+class LoadPlan:
+    """How the renderer loads and places a pipeline.
 
     Args:
-        placement: the result of :func:`resolve_memory_mode`.
-        sizes: component name → bytes.
-
-    Returns:
-        Bytes.
+        placement: ``cpu``, ``gpu``, ``model_offload`` or ``sequential_offload``.
+        sizes: component name → bytes once loaded (empty where not needed and not local).
+        on_card: load the weights straight onto the card instead of into host memory.
     """
-    if placement == "gpu":
-        return PROCESS_HOST_BYTES
-    return PROCESS_HOST_BYTES + sum(sizes.values())
 
-
-def gib(size: int) -> str:
-    """``size`` bytes as ``'12.3 GiB'``."""
-    return f"{size / GIB:.1f} GiB"
+    placement: str
+    sizes: dict[str, int]
+    on_card: bool
 
 
 def placement_for(
@@ -267,7 +259,7 @@ def placement_for(
     fp8: bool = False,
     mode: str = "auto",
     revision: str | None = None,
-) -> tuple[str, dict[str, int]]:
+) -> LoadPlan:
     """The renderer's placement for a model, sized from its local files.
 
     Args:
@@ -279,8 +271,7 @@ def placement_for(
         revision: the hub revision of ``model_id``.
 
     Returns:
-        The placement and the component sizes (empty where they were not needed and the
-        model is not on this machine yet).
+        The placement, the component sizes and whether to load straight onto the card.
     """
     device = torch.device(device)
     check_memory_mode(mode, device)
@@ -291,4 +282,55 @@ def placement_for(
             f"memory_mode 'auto' sizes {model_id} from its files, which are not on this machine; "
             "fetch the model first (farm models fetch) or choose a memory_mode"
         )
-    return resolve_memory_mode(mode, device, sizes), sizes
+    placement = resolve_memory_mode(mode, device, sizes)
+    on_card = placement == "gpu" and (not fp8 or fits_before_quantising(folder, dtype, device))
+    return LoadPlan(placement, sizes, on_card)
+
+
+def fits_before_quantising(
+    folder: Path | None, dtype: torch.dtype, device: torch.device, free_bytes: int | None = None
+) -> bool:
+    """Whether the card holds the whole pipeline at ``dtype``, as it loads before float8.
+
+    float8 weights are made from the loaded ones, so loading straight onto the card needs room
+    for the unquantised transformer first; where that does not fit, the pipeline loads into
+    host memory, is quantised there and then moved.
+
+    Args:
+        folder: the local pipeline folder, or ``None`` (then: no).
+        dtype: the load dtype.
+        device: the card.
+        free_bytes: its free memory; read with ``torch.cuda.mem_get_info`` if omitted.
+    """
+    if folder is None:
+        return False
+    if free_bytes is None:
+        free_bytes, _total = torch.cuda.mem_get_info(device)
+    return sum(component_bytes(folder, dtype).values()) + HEADROOM_BYTES <= free_bytes
+
+
+def host_bytes_at_start(placement: str, sizes: dict[str, int], on_card: bool | None = None) -> int:
+    """Host RAM a process needs while it loads the pipeline.
+
+    Straight onto the card (``gpu``), safetensors files are memory-mapped (page cache the
+    kernel can drop) and copied to the card tensor by tensor, so only the process itself
+    counts. The CPU, the offload placements and a ``gpu`` pipeline quantised to float8 in
+    host memory first hold every weight in host RAM.
+
+    Args:
+        placement: the result of :func:`resolve_memory_mode`.
+        sizes: component name → bytes at the dtype they are loaded in.
+        on_card: whether the weights load straight onto the card; ``placement == "gpu"`` if
+            omitted.
+
+    Returns:
+        Bytes.
+    """
+    if placement == "gpu" if on_card is None else on_card:
+        return PROCESS_HOST_BYTES
+    return PROCESS_HOST_BYTES + sum(sizes.values())
+
+
+def gib(size: int) -> str:
+    """``size`` bytes as ``'12.3 GiB'``."""
+    return f"{size / GIB:.1f} GiB"

@@ -18,6 +18,7 @@ from workers.placement import (  # noqa: E402
     component_bytes,
     explain_memory_mode,
     explain_placement,
+    fits_before_quantising,
     host_bytes_at_start,
     local_model_folder,
     placement_for,
@@ -172,9 +173,9 @@ def test_a_hub_model_is_sized_from_its_cached_snapshot_without_the_network(
     assert local_model_folder("black-forest-labs/FLUX.1-schnell", revision=commit) == snapshot
     assert local_model_folder("black-forest-labs/FLUX.1-dev") is None
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (80 * GIB, 80 * GIB))
-    placement, sizes = placement_for("black-forest-labs/FLUX.1-schnell", CUDA, torch.bfloat16)
-    assert placement == "gpu"
-    assert sizes == component_bytes(tiny_flux, torch.bfloat16)
+    plan = placement_for("black-forest-labs/FLUX.1-schnell", CUDA, torch.bfloat16)
+    assert plan.placement == "gpu" and plan.on_card
+    assert plan.sizes == component_bytes(tiny_flux, torch.bfloat16)
 
 
 def test_auto_on_a_gpu_refuses_a_model_that_is_not_on_this_machine(tmp_path, monkeypatch):
@@ -183,3 +184,16 @@ def test_auto_on_a_gpu_refuses_a_model_that_is_not_on_this_machine(tmp_path, mon
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ValueError, match="not on this machine"):
         placement_for("black-forest-labs/FLUX.1-schnell", CUDA, torch.bfloat16)
+
+
+def test_fp8_loads_straight_onto_the_card_only_where_the_unquantised_pipeline_fits(tiny_flux):
+    whole = sum(component_bytes(tiny_flux, torch.bfloat16).values()) + HEADROOM_BYTES
+    assert fits_before_quantising(tiny_flux, torch.bfloat16, CUDA, free_bytes=whole)
+    assert not fits_before_quantising(tiny_flux, torch.bfloat16, CUDA, free_bytes=whole - 1)
+    assert not fits_before_quantising(None, torch.bfloat16, CUDA, free_bytes=80 * GIB)
+
+
+def test_host_memory_at_start_up_holds_the_weights_when_loaded_there_before_the_card():
+    assert host_bytes_at_start("gpu", BF16, on_card=False) == PROCESS_HOST_BYTES + sum(
+        BF16.values()
+    )

@@ -403,3 +403,48 @@ def test_auto_placement_is_sized_from_the_models_own_files(tiny_dirs, pretend_cu
         str(tiny_dirs[0]), None, CUDA, dtype=torch.float32, width=64, height=64
     )
     assert pretend_cuda["placement"] == expected
+
+
+def test_a_gpu_placement_loads_the_weights_straight_onto_the_card(tiny_dirs, pretend_cuda):
+    Renderer.from_pretrained(
+        str(tiny_dirs[0]), None, CUDA, dtype=torch.float32, width=64, height=64
+    )
+    assert pretend_cuda["placement"] == "gpu"
+    assert pretend_cuda["from_pretrained"]["device_map"] == "cuda"
+
+
+@pytest.mark.parametrize(
+    ("mode", "free"),
+    [("model_offload", 80 * GIB), ("sequential_offload", 80 * GIB), ("auto", 3 * GIB)],
+)
+def test_offload_placements_load_the_weights_into_host_memory(tiny_dirs, pretend_cuda, mode, free):
+    pretend_cuda["free"] = free
+    Renderer.from_pretrained(
+        str(tiny_dirs[0]), None, CUDA, dtype=torch.float32, width=64, height=64, memory_mode=mode
+    )
+    assert pretend_cuda["placement"] != "gpu"
+    assert "device_map" not in pretend_cuda["from_pretrained"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_card_the_pipeline_loads_there_without_a_copy_in_host_memory(tiny_dirs, monkeypatch):
+    original, loaded_on = FluxPipeline.from_pretrained, {}
+
+    def spying(cls, *args, **kwargs):
+        pipeline = original(*args, **kwargs)
+        for name, component in pipeline.components.items():
+            if isinstance(component, torch.nn.Module):
+                tensors = [*component.parameters(), *component.buffers()]
+                loaded_on[name] = {tensor.device.type for tensor in tensors}
+        return pipeline
+
+    monkeypatch.setattr(FluxPipeline, "from_pretrained", classmethod(spying))
+    runtime = Renderer.from_pretrained(
+        str(tiny_dirs[0]), str(tiny_dirs[1]), CUDA, width=WIDTH, height=HEIGHT, steps=2,
+        memory_mode="gpu",
+    )  # fmt: skip
+    # Every tensor was on the card when from_pretrained returned: none went through the CPU.
+    assert set(loaded_on) == {"transformer", "text_encoder", "text_encoder_2", "vae"}
+    assert all(devices == {"cuda"} for devices in loaded_on.values()), loaded_on
+    assert runtime(["a red linen dress"], [3]).images[0].size == (WIDTH, HEIGHT)
