@@ -1,0 +1,53 @@
+"""``farm doctor``: what a worker on this machine will do, and a first article through it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+from PIL import Image
+
+from producer.cli import main
+
+
+def doctor(tmp_path: Path, model_cache: Path, *args: str, load: bool = False):
+    env = {"FARM_MODEL_CACHE": str(model_cache), "FARM_OUTPUT_DIR": str(tmp_path / "out")}
+    argv = [*args, "doctor", *(["--load"] if load else [])]
+    return CliRunner().invoke(main, argv, env=env, catch_exceptions=False)
+
+
+def facts(output: str) -> dict[str, str]:
+    pairs = (line.split(": ", 1) for line in output.splitlines() if ": " in line)
+    return {name.strip(): value for name, value in pairs}
+
+
+def test_doctor_on_a_cpu_says_where_the_renderer_runs_and_what_loading_needs(tmp_path, model_cache):
+    result = doctor(tmp_path, model_cache, "--profile", "tiny", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    found = facts(result.output)
+    assert found["device"] == "cpu"
+    assert found["dtype"] == "float32"
+    assert found["memory mode"].startswith("cpu")
+    assert found["fp8 (FARM_RENDER_FP8)"].startswith("unavailable")
+    assert "GiB" in found["host memory at start-up"]
+    for role in ("translator", "extractor", "renderer", "lora", "scorer"):
+        assert "present" in found[role]
+
+
+def test_doctor_with_load_runs_one_article_through_all_four_models(tmp_path, model_cache):
+    result = doctor(tmp_path, model_cache, "--profile", "tiny", "--device", "cpu", load=True)
+    assert result.exit_code == 0, result.output
+    found = facts(result.output)
+    with Image.open(found["image"]) as image:
+        assert image.size == (64, 64)
+    assert found["score"].split("CLIP ")[1]
+
+
+def test_doctor_names_missing_models_and_exits_1(tmp_path, model_cache, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    result = doctor(tmp_path, model_cache, "--profile", "default", "--device", "cpu")
+    assert result.exit_code == 1
+    assert "black-forest-labs/FLUX.1-schnell (main): MISSING" in result.output
+    assert "farm --profile default models fetch" in result.output
