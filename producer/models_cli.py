@@ -162,11 +162,11 @@ def doctor(settings: Settings, load: bool) -> None:
     profile = _profile(settings)
     report = examine(profile, settings)
     for name, value in report.facts:
-        click.echo(f"{name:>24}: {value}")
+        click.echo(f"{name:>29}: {value}")
     if report.problems:
         for problem in report.problems:
             console.print(problem, style="red", markup=False, highlight=False)
         sys.exit(EXIT_MISSING)
     if load:
         for name, value in try_models(profile, settings):
-            click.echo(f"{name:>24}: {value}")
+            click.echo(f"{name:>29}: {value}")

@@ -34,8 +34,8 @@ class Examination:
 
 
 def gib(size: float) -> str:
-    """Bytes as GiB with one decimal."""
-    return f"{size / GIB:.1f} GiB"
+    """Bytes as GiB with one decimal, or MiB below one GiB (tiny models are a few MiB)."""
+    return f"{size / GIB:.1f} GiB" if size >= GIB else f"{size / 2**20:.1f} MiB"
 
 
 def host_memory() -> tuple[int, int]:
@@ -121,7 +121,10 @@ def placement_facts(profile: Profile, settings, device, checks) -> list[tuple[st
     return [
         ("renderer components", ", ".join(f"{n} {gib(s)}" for n, s in sizes.items())),
         ("memory mode", f"{placement}: {reason}"),
-        ("host memory at start-up", f"{gib(host_bytes_at_start(placement, sizes))} per GPU worker"),
+        (
+            "host memory at start-up",
+            f"{gib(host_bytes_at_start(placement, sizes))} per render worker",
+        ),
         ("text models (files)", gib(text_models)),
     ]
 
