@@ -1,4 +1,9 @@
-"""Extractor runtime on the tiny random-weight Phi-3: constrained JSON must always validate."""
+"""Extractor runtime on tiny random-weight Phi-3 models: constrained JSON must always validate.
+
+Most tests run on a real 32k Llama-layout SentencePiece BPE with byte fallback (mistral-common's,
+standing in for Phi-3-mini's; tests/real_tokenizers.py), so the grammar is compiled over a
+vocabulary like the real model's; a few run on the tiny profile's byte-level BPE model.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,15 @@ import json
 import huggingface_hub.constants
 import pydantic
 import pytest
+import sentencepiece as spm
 import torch
 
+from tests.real_tokenizers import (
+    PHI3_ADDED_TOKENS,
+    PHI3_VOCAB_ROWS,
+    build_spm_phi3,
+    mistral_spm_model,
+)
 from workers.extractor import Attributes, ExtractionResult, Extractor, max_json_tokens
 from workers.tiny_text import build_tiny_phi3
 
@@ -26,6 +38,13 @@ DESCRIPTIONS = [
     "Hoodie with a kangaroo pocket and logo embroidery®, 100% organic cotton.",
     "Oxford shirt with a button-down collar and a chest pocket — size M.",
 ]
+# Umlauts, €, emoji, newlines and characters the 32k vocabulary lacks (👗, 🧥, ẞ: byte fallback).
+MULTILINGUAL = [
+    "Damenkleid aus Baumwolle, kurze Ärmel, Größe M – 29,99 €.",
+    "A red cotton dress 👗 with a round neckline.\nMachine wash at 30 °C.",
+    "Wintermantel 🧥 aus Schurwolle\n\nFutter: 100 % Viskose; Knöpfe aus Horn ✓",
+    "GROẞE GRÖßE: Strickjacke in Beige mit Perlmuttknöpfen, übergroß geschnitten 😀",
+]
 FIELDS = ["product_type", "key_visual_features", "color_material_details", "design_aspects"]
 
 
@@ -39,14 +58,29 @@ def offline():
 
 @pytest.fixture(scope="module")
 def phi3_dir(tmp_path_factory, offline):
+    """The tiny profile's Phi-3: a byte-level BPE trained here (600 tokens)."""
     folder = tmp_path_factory.mktemp("phi3")
     build_tiny_phi3(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
-def extractor(phi3_dir):
-    return Extractor.from_pretrained(str(phi3_dir), torch.device("cpu"), max_batch=4)
+def spm_phi3_dir(tmp_path_factory, offline):
+    """A Phi-3 with a real 32k SentencePiece BPE with byte fallback, like Phi-3-mini's."""
+    folder = tmp_path_factory.mktemp("spm_phi3")
+    build_spm_phi3(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def extractor(spm_phi3_dir):
+    # Compiles the schema's index over the 32k vocabulary once for the module (seconds).
+    return Extractor.from_pretrained(str(spm_phi3_dir), torch.device("cpu"), max_batch=4)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece():
+    return spm.SentencePieceProcessor(model_file=str(mistral_spm_model()))
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +94,63 @@ def test_tiny_phi3_build_is_reproducible(phi3_dir, tmp_path):
         assert (tmp_path / name).read_bytes() == (phi3_dir / name).read_bytes(), name
 
 
-def test_tiny_phi3_tokenizer_is_set_up_for_batched_chat(extractor):
+def test_the_phi3_tokenizer_is_set_up_for_batched_chat(extractor):
     tokenizer = extractor.tokenizer
     assert tokenizer.padding_side == "left"
     assert tokenizer.pad_token is not None
     assert tokenizer.model_input_names == ["input_ids", "attention_mask"]
     for token in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"):
         assert len(tokenizer(token).input_ids) == 1, token
+
+
+def test_the_spm_phi3_has_phi3s_chat_tokens_stop_tokens_and_wider_logits(extractor):
+    tokenizer, model = extractor.tokenizer, extractor.model
+    ids = tokenizer.convert_tokens_to_ids(PHI3_ADDED_TOKENS)
+
+    assert ids == list(range(32000, 32000 + len(PHI3_ADDED_TOKENS)))
+    assert tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer.eos_token_id == 32000
+    assert model.generation_config.eos_token_id == [32000, 32001, 32007]
+    assert model.config.vocab_size == PHI3_VOCAB_ROWS > len(tokenizer)
+
+
+@pytest.mark.parametrize("text", DESCRIPTIONS[:3] + MULTILINGUAL)
+def test_the_spm_phi3_tokenizer_splits_text_as_sentencepiece_does(extractor, sentencepiece, text):
+    tokenizer = extractor.tokenizer
+
+    ids = tokenizer(text).input_ids
+
+    assert ids == sentencepiece.encode(text)
+    assert tokenizer.decode(ids) == text
+
+
+def test_characters_outside_the_32k_vocabulary_fall_back_to_utf8_bytes(extractor):
+    tokenizer = extractor.tokenizer
+
+    for char in ("👗", "🧥", "ẞ"):
+        pieces = tokenizer.tokenize(f"a{char}")
+        assert [f"<0x{byte:02X}>" for byte in char.encode()] == pieces[-len(char.encode()) :]
+        assert tokenizer.unk_token not in pieces
+
+
+def test_extractor_returns_schema_valid_attributes_for_umlauts_euro_emoji_and_newlines(extractor):
+    result = extractor(MULTILINGUAL)
+
+    assert len(result.attributes) == len(MULTILINGUAL)
+    for attrs in result.attributes:
+        assert list(attrs) == FIELDS
+        assert Attributes.model_validate_json(json.dumps(attrs)).model_dump() == attrs
+
+
+def test_the_tiny_profiles_byte_level_phi3_also_extracts_schema_valid_attributes(phi3_dir):
+    # The tiny profile (workers.tiny_text) still ships the byte-level BPE model.
+    tiny = Extractor.from_pretrained(str(phi3_dir), torch.device("cpu"), max_batch=2)
+
+    result = tiny([DESCRIPTIONS[0], MULTILINGUAL[1]])
+
+    assert len(result.attributes) == 2
+    for attrs in result.attributes:
+        assert Attributes.model_validate_json(json.dumps(attrs)).model_dump() == attrs
 
 
 def test_extractor_returns_schema_valid_attributes_for_twelve_different_inputs(all_results):
@@ -86,10 +170,10 @@ def test_extractor_batched_result_equals_one_by_one(extractor, all_results):
     assert one_by_one == all_results.attributes[:5]
 
 
-def test_a_static_kv_cache_extracts_the_same_attributes(phi3_dir, all_results, monkeypatch):
+def test_a_static_kv_cache_extracts_the_same_attributes(spm_phi3_dir, all_results, monkeypatch):
     caches = []
     static = Extractor.from_pretrained(
-        str(phi3_dir), torch.device("cpu"), max_batch=4, static_cache=True
+        str(spm_phi3_dir), torch.device("cpu"), max_batch=4, static_cache=True
     )
     generate = static.model.generate
 
