@@ -10,6 +10,8 @@ import torch
 # FLUX.1-schnell with its T5-XXL and CLIP encoders and VAE (~34 GB), Phi-3-mini (~7.6 GB),
 # CLIP ViT-L/14 and opus-mt (~1.2 GB), activations and the CUDA context on top.
 ALL_MODELS_BYTES = 48 * 2**30
+# The first CUDA compute capability with native bf16 (Ampere); T4 (7.5) and V100 (7.0) lack it.
+BF16_MIN_MAJOR = 8
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -30,7 +32,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on a GPU (what FLUX, Phi-3 and CLIP are served in), fp32 on a CPU.
+    """The weight dtype: bf16 on a card with native bf16, fp16 on older cards, fp32 on a CPU.
+
+    bf16 is what FLUX and Phi-3 are served in; fp16 is what the original pipeline used on
+    smaller cards.
 
     Args:
         device: the device the weights live on.
@@ -38,7 +43,12 @@ def default_dtype(device: torch.device) -> torch.dtype:
     Returns:
         The dtype to load weights in.
     """
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type != "cuda":
+        return torch.float32
+    # bf16 arithmetic came with Ampere (compute capability 8.0). torch.cuda.is_bf16_supported()
+    # also says yes on older cards where bf16 is only emulated (slowly), so ask the card itself.
+    major, _minor = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= BF16_MIN_MAJOR else torch.float16
 
 
 def holds_all_models(name: str = "auto", needed_bytes: int = ALL_MODELS_BYTES) -> bool:
