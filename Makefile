@@ -13,10 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e '.[dev]'
-	# Test-only data files (a Llama-layout SentencePiece model, CLIP's BPE merges); read, never
-	# imported, so without their dependencies: open-clip-torch would pull torchvision, which
-	# breaks beside the CPU torch.
-	$(BIN)/pip install --quiet --no-deps mistral-common==1.12.0 open-clip-torch==3.3.0
+	@# CLIP's BPE merges, from which the tiny models' CLIP tokenizers are built (demo and tests):
+	@# only that file is read, never the package, whose torchvision breaks beside the CPU torch.
+	$(BIN)/pip install --quiet --no-deps open-clip-torch==3.3.0
 	touch $@
 
 setup: $(VENV)/.installed
