@@ -120,10 +120,12 @@ def _renderer(profile, device, dtype, **options):
     )
 
 
-def _scorer(profile, device, dtype):
+def _scorer(profile, device, _dtype):
     from workers.scorer import Scorer
 
-    return Scorer.from_pretrained(profile.scorer, device=device, dtype=dtype)
+    # Not the device's dtype: CLIP scores are compared against a threshold and each other, and
+    # bf16 rounds them too coarsely for that. The scorer loads in float32 itself.
+    return Scorer.from_pretrained(profile.scorer, device=device)
 
 
 _LOADERS = {

@@ -10,9 +10,9 @@ import PIL.Image
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
-from workers.devices import default_dtype
-
 CLIP_MAX_TOKENS = 77
+# Whatever the other models run in: see Scorer.__init__.
+SCORE_DTYPE = torch.float32
 
 
 @dataclass
@@ -33,14 +33,17 @@ class Scorer:
     """Scores image/text pairs with CLIP, all pairs in one forward pass."""
 
     def __init__(self, model: CLIPModel, processor: CLIPProcessor, device: torch.device) -> None:
-        """Wire a loaded model and its processor.
+        """Wire a loaded model and its processor; the model is cast to float32 if it is not.
 
         Args:
             model: a CLIP model already on ``device``, in eval mode.
             processor: the model's processor (image processor and tokenizer).
             device: where the model runs.
         """
-        self.model = model
+        # Scores decide regeneration and best-of-N: in bf16 a score between 16 and 32 moves in
+        # steps of 0.125, which ties and flips close candidates. The original scored in fp32,
+        # and CLIP ViT-L/14 is small enough that fp32 costs little.
+        self.model = model.to(SCORE_DTYPE)
         self.processor = processor
         self.device = torch.device(device)
 
@@ -49,22 +52,20 @@ class Scorer:
         cls,
         model_id: str,
         device: torch.device,
-        dtype: torch.dtype | None = None,
         **kwargs: object,
     ) -> Scorer:
-        """Load a CLIP model and processor and wrap them.
+        """Load a CLIP model (in float32 on every device) and its processor and wrap them.
 
         Args:
             model_id: hub id or local folder of a CLIP model.
             device: where to run.
-            dtype: weight dtype; defaults to bf16 on a GPU, fp32 on a CPU.
             **kwargs: passed to ``CLIPModel.from_pretrained``.
 
         Returns:
             The scorer.
         """
         device = torch.device(device)
-        model = CLIPModel.from_pretrained(model_id, dtype=dtype or default_dtype(device), **kwargs)
+        model = CLIPModel.from_pretrained(model_id, dtype=SCORE_DTYPE, **kwargs)
         model.to(device).eval()
         processor = CLIPProcessor.from_pretrained(model_id)
         return cls(model, processor, device)

@@ -1,5 +1,6 @@
 """The CLIP scorer, run on a tiny random-weight CLIP model on the CPU."""
 
+import dataclasses
 import math
 import os
 
@@ -10,7 +11,10 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # read when the Hugging Face libraries are first imported
 
-from workers import tiny_image  # noqa: E402
+from transformers import CLIPModel  # noqa: E402
+
+from workers import devices, loader, tiny_image  # noqa: E402
+from workers.profiles import DEFAULT  # noqa: E402
 from workers.scorer import Scorer  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -18,10 +22,15 @@ TEXTS = ["a red linen dress", "blue denim jeans, 98% cotton", "black leather ank
 
 
 @pytest.fixture(scope="module")
-def scorer(tmp_path_factory):
+def clip_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-clip")
     tiny_image.build_tiny_clip(folder)
-    return Scorer.from_pretrained(str(folder), CPU)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scorer(clip_dir):
+    return Scorer.from_pretrained(str(clip_dir), CPU)
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +94,29 @@ def test_check_inputs_rejects_bad_batches(scorer, images, count, texts):
 def test_check_inputs_rejects_something_that_is_not_an_image(scorer):
     with pytest.raises(ValueError):
         scorer.check_inputs([np.zeros((8, 8, 3), dtype=np.uint8)], ["a dress"])
+
+
+def test_the_loaded_scorer_runs_in_float32_even_where_the_other_models_get_bf16(
+    clip_dir, images, monkeypatch
+):
+    # What a GPU's default dtype is; the loader reads it through its own import.
+    monkeypatch.setattr(devices, "default_dtype", lambda device: torch.bfloat16)
+    monkeypatch.setattr(loader, "default_dtype", lambda device: torch.bfloat16)
+    profile = dataclasses.replace(DEFAULT, name="tiny-clip", scorer=str(clip_dir))
+
+    scorer = loader.load_runtimes(["score"], profile, "cpu").score
+
+    assert {parameter.dtype for parameter in scorer.model.parameters()} == {torch.float32}
+    reference = CLIPModel.from_pretrained(str(clip_dir), dtype=torch.float32).eval()
+    inputs = scorer.processor(text=TEXTS, images=images, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = reference(**inputs).logits_per_image.diagonal().tolist()
+    assert scorer(images, TEXTS).scores == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+def test_a_scorer_given_a_bf16_model_scores_in_float32(clip_dir, images):
+    model = CLIPModel.from_pretrained(str(clip_dir), dtype=torch.bfloat16).eval()
+
+    scorer = Scorer(model, Scorer.from_pretrained(str(clip_dir), CPU).processor, CPU)
+
+    assert {parameter.dtype for parameter in scorer.model.parameters()} == {torch.float32}
