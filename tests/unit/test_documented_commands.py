@@ -19,7 +19,6 @@ Each line is dispatched on its program (`CHECKS`); a program without a check fai
 from __future__ import annotations
 
 import importlib
-import itertools
 import re
 import shlex
 import subprocess
@@ -293,9 +292,15 @@ def check_compose(args: list[str]) -> None:
         assert set(rest[1:]) <= {"-d", "--detach", "--build"}, f"compose up {rest[1:]}"
         return
     assert rest[0] == "run", f"docker compose {rest[0]}: not checked"
-    run_flags = list(itertools.takewhile(lambda arg: arg.startswith("-"), rest[1:]))
-    assert set(run_flags) <= {"--rm"}, f"compose run {run_flags}"
-    service, *farm_args = rest[1 + len(run_flags) :]
+    after = rest[1:]
+    while after and after[0].startswith("-"):
+        if after[0] in {"-e", "--env"}:  # -e NAME=VALUE
+            assert ENV_ASSIGNMENT.match(after[1]), f"compose run -e {after[1]}"
+            after = after[2:]
+        else:
+            assert after[0] == "--rm", f"compose run {after[0]}: not checked"
+            after = after[1:]
+    service, *farm_args = after
     assert service in services and "image" not in services[service], f"{service}: no farm image"
     check_farm(farm_args)
 
