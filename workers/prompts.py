@@ -1,9 +1,29 @@
-"""Prompts built from extracted attributes: one for FLUX (rendering), one for CLIP (scoring)."""
+"""Prompts built from extracted attributes: one for FLUX (rendering), one for CLIP (scoring).
+
+Both are the original pipeline's templates, word for word. FLUX's CLIP text encoder reads only
+the first 77 tokens of the generation prompt, so the product type stays first.
+"""
 
 from __future__ import annotations
 
-DEFAULT_PRODUCT_TYPE = "garment"
+import re
+
+DEFAULT_PRODUCT_TYPE = "product"
 ATTRIBUTE_FIELDS = ("key_visual_features", "color_material_details", "design_aspects")
+GENERATION_TEMPLATE = (
+    "Professional product photography of a {product_type}, featuring {key_visual_features}, "
+    "{color_material_details}, {design_aspects}, placed on a clean white background, laid flat, "
+    "studio lighting, 8k, 85mm lens f/2.8, no humans, no mannequins, no zoom, no tilt, "
+    "no rotation, perfectly centered"
+)
+# Without visual features "featuring" would have no object ("a dress, featuring, red cotton").
+_FEATURING = " featuring {key_visual_features},"
+CLIP_TEMPLATE = "Product image of a {product_type}"
+# CLIP prompt parts this short are debris of the extraction ("", "a", "xl"), not descriptions.
+MAX_DROPPED_PART_CHARS = 2
+_SPACE_BEFORE_COMMA = re.compile(r"\s+,")
+# ",," and ", ," (runs of any length): what empty or comma-ended fields leave behind.
+_REPEATED_COMMAS = re.compile(r",(?:\s*,)+")
 
 
 def _collapse(value: object) -> str:
@@ -15,37 +35,53 @@ def _product_type(attrs: dict) -> str:
 
 
 def _field(attrs: dict, name: str) -> str:
-    # Trailing separators would leave ", ," in the comma-joined prompt.
+    # A field's own trailing separator would end up in front of the template's comma.
     return _collapse(attrs.get(name)).strip(" ,;")
 
 
+def clean_prompt(text: str) -> str:
+    """Collapse whitespace and remove ``" ,"`` and repeated commas, as the original did.
+
+    Args:
+        text: a filled-in prompt template.
+
+    Returns:
+        The text with single spaces, no space before a comma, and no empty comma-separated slot.
+    """
+    text = _SPACE_BEFORE_COMMA.sub(",", _collapse(text))
+    # The original replaced ",," once per pass, which leaves ",," behind for two empty fields.
+    return _REPEATED_COMMAS.sub(",", text)
+
+
 def generation_prompt(attrs: dict) -> str:
-    """Build the detailed FLUX prompt for a catalog photo of the product.
+    """Build the FLUX prompt: :data:`GENERATION_TEMPLATE` filled in and cleaned.
 
     Args:
         attrs: extracted attributes (``product_type``, ``key_visual_features``,
-            ``color_material_details``, ``design_aspects``); missing or empty fields are skipped.
+            ``color_material_details``, ``design_aspects``); an empty ``product_type`` becomes
+            ``product``, other empty fields leave no trace (nor does "featuring" without its
+            features).
 
     Returns:
         One line of prompt text.
     """
-    parts = [
-        f"Professional studio product photo of a {_product_type(attrs)}",
-        "laid flat on a pure white background",
-        "centered, full garment visible",
-    ]
-    parts += [value for value in (_field(attrs, name) for name in ATTRIBUTE_FIELDS) if value]
-    parts += ["soft even lighting", "high detail", "e-commerce catalog style"]
-    return ", ".join(parts)
+    values = {name: _field(attrs, name) for name in ATTRIBUTE_FIELDS}
+    template = GENERATION_TEMPLATE
+    if not values["key_visual_features"]:
+        template = template.replace(_FEATURING, "")
+    return clean_prompt(template.format(product_type=_product_type(attrs), **values))
 
 
 def clip_prompt(attrs: dict) -> str:
-    """Build the short CLIP text for scoring (CLIP reads at most 77 tokens).
+    """Build the CLIP text the image is scored against, cleaned as the original did.
 
     Args:
         attrs: extracted attributes; only ``product_type`` is used.
 
     Returns:
-        ``"Product image of a {product_type}"``, with ``garment`` when the type is empty.
+        ``"Product image of a {product_type}"`` (``product`` when the type is empty), without
+        the comma-separated parts of two characters or fewer, whitespace collapsed.
     """
-    return f"Product image of a {_product_type(attrs)}"
+    text = CLIP_TEMPLATE.format(product_type=_product_type(attrs))
+    parts = (_collapse(part) for part in text.split(","))
+    return ", ".join(part for part in parts if len(part) > MAX_DROPPED_PART_CHARS)
