@@ -19,14 +19,21 @@ from transformers import AutoModelForCausalLM
 
 from workers.text_models import check_texts, load_model_and_tokenizer
 
+# The original pipeline's wording, which its published results came from.
 SYSTEM_PROMPT = (
-    "You extract product attributes for a fashion catalog. Read the English product "
-    "description and answer with one JSON object with exactly these fields: "
-    '"product_type" (the kind of garment or accessory, a few words), '
-    '"key_visual_features" (what is most visible: cut, shape, length, pattern), '
-    '"color_material_details" (colors, fabrics, finishes), '
-    '"design_aspects" (closures, collars, pockets, seams, trims and other details). '
-    "Be concise and use only facts from the description."
+    "You are an AI assistant that extracts structured product information from descriptions."
+)
+EXTRACT_INSTRUCTIONS = (
+    "Extract the following elements from this product description:\n"
+    "1. Product type (what exactly is it?)\n"
+    "2. Key visual features (2-3 most distinctive visual elements)\n"
+    "3. Color and material details\n"
+    "4. Any unique design aspects"
+)
+RETURN_INSTRUCTIONS = (
+    "Return the extracted elements in JSON format with these exact keys: product_type (simple "
+    "text string), key_visual_features, color_material_details, design_aspects (simple "
+    "comma-separated text strings). Do NOT include lists, arrays, or nested objects in your JSON."
 )
 # Constrained JSON can spend at most 4 bytes per character (a UTF-8 character; an escape such
 # as \n is 2), and a byte-level token is at least 1 byte, even when it is part of a character.
@@ -192,7 +199,10 @@ class Extractor:
         """
         messages = [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": text.strip()},
+            {
+                "role": "user",
+                "content": f"{EXTRACT_INSTRUCTIONS}\n\n{text.strip()}\n\n{RETURN_INSTRUCTIONS}",
+            },
         ]
         return self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False

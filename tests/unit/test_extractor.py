@@ -222,8 +222,28 @@ def test_build_prompt_uses_the_phi3_chat_format(extractor):
 
     assert prompt.startswith("<|system|>\n")
     assert "product_type" in prompt
-    assert "<|user|>\nA red dress.<|end|>\n" in prompt
+    assert "<|user|>\nExtract the following elements" in prompt
     assert prompt.endswith("<|assistant|>\n")
+
+
+def test_build_prompt_asks_in_the_original_pipelines_words_around_the_description(extractor):
+    prompt = extractor.build_prompt("  A red dress.\n")
+
+    assert prompt == (
+        "<|system|>\nYou are an AI assistant that extracts structured product information "
+        "from descriptions.<|end|>\n"
+        "<|user|>\nExtract the following elements from this product description:\n"
+        "1. Product type (what exactly is it?)\n"
+        "2. Key visual features (2-3 most distinctive visual elements)\n"
+        "3. Color and material details\n"
+        "4. Any unique design aspects\n\n"
+        "A red dress.\n\n"
+        "Return the extracted elements in JSON format with these exact keys: product_type "
+        "(simple text string), key_visual_features, color_material_details, design_aspects "
+        "(simple comma-separated text strings). Do NOT include lists, arrays, or nested objects "
+        "in your JSON.<|end|>\n"
+        "<|assistant|>\n"
+    )
 
 
 def test_each_prompt_reaches_the_model_as_a_single_chat_turn(extractor, monkeypatch):
