@@ -195,13 +195,15 @@ def build_tiny_marian(out: Path) -> None:
     )
     torch.manual_seed(SEED)
     model = MarianMTModel(config).eval()
+    # Helsinki-NLP/opus-mt-de-en's generation_config, with this vocabulary's pad id.
     model.generation_config = GenerationConfig(
         bad_words_ids=[[pad_id]],
         decoder_start_token_id=pad_id,
         eos_token_id=0,
         forced_eos_token_id=0,
         pad_token_id=pad_id,
-        num_beams=1,
+        num_beams=4,
+        max_length=512,
     )
     model.save_pretrained(out)
 

@@ -22,7 +22,7 @@ MAX_LINE_CHARS = 400
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 # from_pretrained keyword arguments that concern where files come from, so the tokenizer gets
 # them too; the rest are for the model only.
-_OPTIONS = ("max_batch_lines", "max_new_tokens", "num_beams")
+_OPTIONS = ("max_batch_lines", "max_new_tokens")
 
 
 @dataclass
@@ -67,8 +67,12 @@ class Translator:
         tokenizer: its tokenizer (``MarianTokenizer``).
         device: where the model runs.
         max_batch_lines: how many lines go through ``generate`` at once.
-        max_new_tokens: the longest translation of one line, in tokens.
-        num_beams: 1 is greedy decoding (fast); more is beam search.
+        max_new_tokens: the longest translation of one line, in tokens, in place of the
+            model's ``max_length`` (512 for opus-mt, also where Marian's positions end);
+            ``None`` keeps the model's bound.
+
+    Decoding follows the model's ``generation_config`` (for opus-mt-de-en: 4 beams, the pad
+    id banned, at most 512 tokens), as the original pipeline did.
     """
 
     def __init__(
@@ -77,15 +81,13 @@ class Translator:
         tokenizer,
         device: torch.device,
         max_batch_lines: int = 32,
-        max_new_tokens: int = 256,
-        num_beams: int = 1,
+        max_new_tokens: int | None = None,
     ):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = device
         self.max_batch_lines = max_batch_lines
         self.max_new_tokens = max_new_tokens
-        self.num_beams = num_beams
 
     @classmethod
     def from_pretrained(
@@ -177,13 +179,15 @@ class Translator:
             truncation=True,
             max_length=MAX_INPUT_TOKENS,
         ).to(self.device)
+        # No decoding overrides: the model's generation_config (for opus-mt, beam search with
+        # the pad id banned) is how its translations are meant to be decoded.
+        bound = {}
+        if self.max_new_tokens is not None:
+            # The caller's bound replaces max_length instead of competing with it (transformers
+            # warns on every call when both are set).
+            bound = {"max_new_tokens": self.max_new_tokens, "max_length": None}
         with torch.inference_mode():
-            output = self.model.generate(
-                **inputs,
-                do_sample=False,
-                num_beams=self.num_beams,
-                max_new_tokens=self.max_new_tokens,
-            )
+            output = self.model.generate(**inputs, **bound)
         decoded = self.tokenizer.batch_decode(output, skip_special_tokens=True)
         # A line must stay one line, whatever the model emits.
         return [" ".join(english.split()) for english in decoded]

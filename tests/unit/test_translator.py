@@ -40,6 +40,12 @@ def translator(marian_dir):
     )
 
 
+@pytest.fixture(scope="module")
+def configured_translator(marian_dir):
+    # No decoding options at all: only the model's generation_config decides.
+    return Translator.from_pretrained(str(marian_dir), torch.device("cpu"), max_batch_lines=3)
+
+
 def non_empty_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
@@ -122,3 +128,32 @@ def test_check_inputs_raises_value_error_for_bad_texts(translator, texts):
         translator.check_inputs(texts)
     with pytest.raises(ValueError):
         translator(texts)
+
+
+def test_tiny_marian_decodes_like_opus_mt_de_en(translator):
+    config = translator.model.generation_config
+    pad_id = translator.tokenizer.pad_token_id
+
+    assert config.num_beams == 4
+    assert config.bad_words_ids == [[pad_id]]
+    assert config.max_length == 512
+    assert (config.eos_token_id, config.pad_token_id) == (0, pad_id)
+    assert config.decoder_start_token_id == pad_id
+
+
+def test_translator_decodes_as_the_models_own_generation_config_says(configured_translator):
+    model, tokenizer = configured_translator.model, configured_translator.tokenizer
+    lines = [line.strip() for text in TEXTS for line in non_empty_lines(text)]
+
+    def direct(line: str, **overrides) -> str:
+        with torch.no_grad():
+            output = model.generate(**tokenizer(line, return_tensors="pt"), **overrides)
+        return " ".join(tokenizer.batch_decode(output, skip_special_tokens=True)[0].split())
+
+    expected = [direct(line) for line in lines]
+    # Otherwise this test could not tell beam search from the greedy decoding it replaces.
+    assert any(
+        direct(line, num_beams=1) != english for line, english in zip(lines, expected, strict=True)
+    )
+
+    assert configured_translator(["\n".join(lines)]).texts[0].split("\n") == expected
