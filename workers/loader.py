@@ -125,7 +125,9 @@ def _scorer(profile, device, _dtype):
 
     # Not the device's dtype: CLIP scores are compared against a threshold and each other, and
     # bf16 rounds them too coarsely for that. The scorer loads in float32 itself.
-    return Scorer.from_pretrained(profile.scorer, device=device)
+    return Scorer.from_pretrained(
+        profile.scorer, device=device, **revision_of(profile, profile.scorer)
+    )
 
 
 _LOADERS = {

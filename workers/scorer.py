@@ -10,6 +10,8 @@ import PIL.Image
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
+from workers.text_models import HUB_KWARGS
+
 CLIP_MAX_TOKENS = 77
 # Whatever the other models run in: see Scorer.__init__.
 SCORE_DTYPE = torch.float32
@@ -67,7 +69,9 @@ class Scorer:
         device = torch.device(device)
         model = CLIPModel.from_pretrained(model_id, dtype=SCORE_DTYPE, **kwargs)
         model.to(device).eval()
-        processor = CLIPProcessor.from_pretrained(model_id)
+        # The processor comes from the same files as the model (revision, cache folder).
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        processor = CLIPProcessor.from_pretrained(model_id, **hub_kwargs)
         return cls(model, processor, device)
 
     def check_inputs(self, images: list[PIL.Image.Image], texts: list[str]) -> None:
