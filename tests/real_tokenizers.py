@@ -1,9 +1,9 @@
-"""Real tokenizer files that test-only packages ship, and a Phi-3-like model built on one.
+"""A real tokenizer file that a test-only package ships, and a Phi-3-like model built on it.
 
 mistral-common ships ``tokenizer.model.v1``: a 32k Llama-layout SentencePiece BPE with byte
-fallback, the same kind as Phi-3-mini's tokenizer (a different vocabulary). open-clip-torch
-ships CLIP's BPE merges. The files are only read: the packages are installed without their
-dependencies (see the Makefile) and importing them could fail, so nothing here imports them.
+fallback, the same kind as Phi-3-mini's tokenizer (a different vocabulary). The file is only
+read, found without importing the package. (CLIP's BPE merges, which open-clip-torch ships,
+are read by the tiny builders themselves: ``workers.tiny_image.clip_bpe_vocabulary``.)
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ import importlib.util
 from pathlib import Path
 
 import sentencepiece as spm
-import torch
 from tokenizers import AddedToken
-from transformers import GenerationConfig, LlamaTokenizer, Phi3Config, Phi3ForCausalLM
+from transformers import LlamaTokenizer
 
-from workers.tiny_text import PHI3_CHAT_TEMPLATE, SEED
+from workers.tiny_text import PHI3_CHAT_TEMPLATE, write_tiny_phi3_model
 
-INSTALL = "pip install --no-deps mistral-common==1.12.0 open-clip-torch==3.3.0"
+INSTALL = "pip install -e '.[dev]' (mistral-common is a dev dependency)"
 
 # Phi-3-mini-4k-instruct's added tokens, at its ids (after the 32000 SentencePiece pieces).
 PHI3_ADDED_TOKENS = [
@@ -62,19 +61,12 @@ def package_data_file(package: str, *parts: str) -> Path:
         path = Path(folder, *parts)
         if path.is_file():
             return path
-    raise FileNotFoundError(
-        f"{package}/{'/'.join(parts)} not found; install the test-only data packages: {INSTALL}"
-    )
+    raise FileNotFoundError(f"{package}/{'/'.join(parts)} not found; install it: {INSTALL}")
 
 
 def mistral_spm_model() -> Path:
     """Return mistral-common's ``tokenizer.model.v1``, a 32k Llama-layout SentencePiece BPE."""
     return package_data_file("mistral_common", "data", "tokenizer.model.v1")
-
-
-def clip_bpe_vocab() -> Path:
-    """Return open-clip-torch's ``bpe_simple_vocab_16e6.txt.gz``, CLIP's BPE merges."""
-    return package_data_file("open_clip", "bpe_simple_vocab_16e6.txt.gz")
 
 
 def _vocab_and_merges(model: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -144,26 +136,5 @@ def build_spm_phi3(out: Path, model: Path | None = None) -> None:
     out = Path(out)
     tokenizer = build_spm_phi3_tokenizer(model)
     tokenizer.save_pretrained(out)
-    config = Phi3Config(
-        vocab_size=max(PHI3_VOCAB_ROWS, len(tokenizer)),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        original_max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        initializer_range=0.5,
-    )
-    torch.manual_seed(SEED)
-    model_ = Phi3ForCausalLM(config).eval()
-    model_.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.convert_tokens_to_ids(PHI3_STOP_TOKENS),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model_.save_pretrained(out)
+    stop_ids = tokenizer.convert_tokens_to_ids(PHI3_STOP_TOKENS)
+    write_tiny_phi3_model(out, tokenizer, max(PHI3_VOCAB_ROWS, len(tokenizer)), stop_ids)

@@ -244,9 +244,22 @@ def build_tiny_phi3(out: Path) -> None:
     )
     tokenizer.save_pretrained(out)
 
-    end_id = tokenizer.convert_tokens_to_ids("<|end|>")
+    # Like Phi-3-mini-4k-instruct: a chat turn may also stop at <|end|>.
+    stop_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")]
+    write_tiny_phi3_model(out, tokenizer, len(tokenizer), stop_ids)
+
+
+def write_tiny_phi3_model(out: Path, tokenizer, vocab_size: int, stop_ids: list[int]) -> None:
+    """Save a seeded random-weight one-layer Phi-3 causal LM for ``tokenizer`` into ``out``.
+
+    Args:
+        out: the folder (the tokenizer is saved there by the caller).
+        tokenizer: its bos, eos and pad ids go into the config.
+        vocab_size: rows of the embedding (Phi-3-mini has more rows than tokens).
+        stop_ids: token ids that end a generation.
+    """
     config = Phi3Config(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=16,
         intermediate_size=32,
         num_hidden_layers=1,
@@ -262,10 +275,9 @@ def build_tiny_phi3(out: Path) -> None:
     )
     torch.manual_seed(SEED)
     model = Phi3ForCausalLM(config).eval()
-    # Like Phi-3-mini-4k-instruct: a chat turn may also stop at <|end|>.
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=[tokenizer.eos_token_id, end_id],
+        eos_token_id=stop_ids,
         pad_token_id=tokenizer.pad_token_id,
     )
     model.save_pretrained(out)
