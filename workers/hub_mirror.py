@@ -22,7 +22,7 @@ from workers.hub import repo_folder, snapshot_folder
 from workers.profiles import DEFAULT, DEFAULT_REVISION, ROLES
 
 # Bump when the tiny builders change, so stale caches are rebuilt instead of reused.
-TINY_VERSION = "v3"
+TINY_VERSION = "v4"
 # How many shards the real repos split these checkpoints into (file names follow from it).
 SHARDS = {
     ("extractor", "model.safetensors"): 2,

@@ -26,6 +26,7 @@ from transformers import (
 )
 
 SEED = 0
+TINY_MARIAN_MAX_LENGTH = 48
 
 GERMAN_CORPUS = """\
 Das Damenkleid aus reiner Baumwolle hat einen runden Ausschnitt und kurze Ärmel.
@@ -195,7 +196,9 @@ def build_tiny_marian(out: Path) -> None:
     )
     torch.manual_seed(SEED)
     model = MarianMTModel(config).eval()
-    # Helsinki-NLP/opus-mt-de-en's generation_config, with this vocabulary's pad id.
+    # Helsinki-NLP/opus-mt-de-en's generation_config, with this vocabulary's pad id, except
+    # max_length (512 there): a trained model ends a line near the source's length, a random
+    # one never does, and four beams to 512 tokens per line made a catalog line cost seconds.
     model.generation_config = GenerationConfig(
         bad_words_ids=[[pad_id]],
         decoder_start_token_id=pad_id,
@@ -203,7 +206,7 @@ def build_tiny_marian(out: Path) -> None:
         forced_eos_token_id=0,
         pad_token_id=pad_id,
         num_beams=4,
-        max_length=512,
+        max_length=TINY_MARIAN_MAX_LENGTH,
     )
     model.save_pretrained(out)
 

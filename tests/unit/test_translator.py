@@ -6,7 +6,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from workers.tiny_text import build_tiny_marian
+from workers.tiny_text import TINY_MARIAN_MAX_LENGTH, build_tiny_marian
 from workers.translator import MAX_LINE_CHARS, TranslationResult, Translator, split_line
 
 TEXTS = [
@@ -136,7 +136,7 @@ def test_tiny_marian_decodes_like_opus_mt_de_en(translator):
 
     assert config.num_beams == 4
     assert config.bad_words_ids == [[pad_id]]
-    assert config.max_length == 512
+    assert config.max_length == TINY_MARIAN_MAX_LENGTH  # 512 for opus-mt: see the builder
     assert (config.eos_token_id, config.pad_token_id) == (0, pad_id)
     assert config.decoder_start_token_id == pad_id
 
