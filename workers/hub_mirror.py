@@ -99,7 +99,9 @@ def build_tiny_models(out: Path) -> None:
         out: an empty folder.
     """
     from workers import tiny_image, tiny_text
+    from workers.loader import quiet_library_logs
 
+    quiet_library_logs()  # no progress bars of the saves in a demo's output
     builders = {
         "translator": tiny_text.build_tiny_marian,
         "extractor": tiny_text.build_tiny_phi3,
