@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+from workers.hub import snapshot_folder
+from workers.profiles import DEFAULT_REVISION
+
 GIB = 2**30
 MEMORY_MODES = ("auto", "gpu", "model_offload", "sequential_offload")
 # Card memory a render needs besides the weights at 1024x1024: the VAE decode is the peak
@@ -125,13 +128,7 @@ def local_model_folder(model_id: str, revision: str | None = None) -> Path | Non
     """
     if Path(model_id).is_dir():
         return Path(model_id)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(model_id, revision=revision, local_files_only=True))
-    except LocalEntryNotFoundError:
-        return None
+    return snapshot_folder(model_id, revision or DEFAULT_REVISION)
 
 
 def choose_placement(sizes: dict[str, int], free_bytes: int) -> tuple[str, str]:

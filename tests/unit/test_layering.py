@@ -52,6 +52,7 @@ RUNTIMES = [
     "hub",
     "hub_mirror",
     "doctor",
+    "placement",
 ]
 
 
