@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 
 from tasks.settings import Settings
+from workers.hub import size_text
 
 console = Console(stderr=True, soft_wrap=True)
 # Exit codes of these commands (README, "Models").
@@ -25,14 +26,6 @@ def _profile(settings: Settings):
     from workers.profiles import resolve_profile
 
     return resolve_profile(settings.profile, settings.model_cache, **settings.profile_overrides())
-
-
-def _size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return ""
 
 
 def require_models(settings: Settings, stages=None) -> None:
@@ -75,7 +68,8 @@ def check(settings: Settings) -> None:
     click.echo(f"cache: {hub_cache()}")
     for item in checks:
         state = "present" if item.present else "missing " + (", ".join(item.missing) or "all")
-        click.echo(f"{item.role:<10}  {item.model_id}@{item.revision}  {state}  {_size(item.size)}")
+        size = size_text(item.size)
+        click.echo(f"{item.role:<10}  {item.model_id}@{item.revision}  {state}  {size}")
     message = describe_missing(checks, profile)
     if message:
         console.print(message, style="red", markup=False, highlight=False)
@@ -106,7 +100,7 @@ def fetch(settings: Settings) -> None:
         sys.exit(EXIT_FETCH_FAILED)
     for item in checks:
         if item.present or is_local(item.model_id):
-            console.print(f"{item.role} {item.model_id}: present ({_size(item.size)})")
+            console.print(f"{item.role} {item.model_id}: present ({size_text(item.size)})")
             continue
         console.print(f"{item.role} {item.model_id}: fetching revision {item.revision}...")
         try:

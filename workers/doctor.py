@@ -18,11 +18,10 @@ from pathlib import Path
 import torch
 
 from workers.devices import default_dtype, resolve_device
-from workers.hub import check_profile, describe_missing
+from workers.hub import check_profile, describe_missing, size_text
 from workers.profiles import Profile
 
 SAMPLE_TEXT = "Ein rotes Sommerkleid aus Baumwolle mit kurzen Ärmeln und rundem Ausschnitt."
-GIB = 2**30
 
 
 @dataclass
@@ -31,11 +30,6 @@ class Examination:
 
     facts: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-
-
-def gib(size: float) -> str:
-    """Bytes as GiB with one decimal, or MiB below one GiB (tiny models are a few MiB)."""
-    return f"{size / GIB:.1f} GiB" if size >= GIB else f"{size / 2**20:.1f} MiB"
 
 
 def host_memory() -> tuple[int, int]:
@@ -52,7 +46,7 @@ def device_facts(device: torch.device) -> list[tuple[str, str]]:
     facts = [
         ("torch / diffusers", f"{torch.__version__} / {importlib.metadata.version('diffusers')}"),
         ("transformers", importlib.metadata.version("transformers")),
-        ("host memory", f"{gib(available)} available of {gib(total)}"),
+        ("host memory", f"{size_text(available)} available of {size_text(total)}"),
         ("device", str(device)),
     ]
     if device.type == "cuda":
@@ -60,7 +54,7 @@ def device_facts(device: torch.device) -> list[tuple[str, str]]:
         capability = ".".join(map(str, torch.cuda.get_device_capability(device)))
         facts += [
             ("card", f"{torch.cuda.get_device_name(device)} (compute capability {capability})"),
-            ("card memory", f"{gib(free)} free of {gib(whole)}"),
+            ("card memory", f"{size_text(free)} free of {size_text(whole)}"),
         ]
     facts.append(("dtype", str(default_dtype(device)).removeprefix("torch.")))
     try:
@@ -100,7 +94,7 @@ def examine(profile: Profile, settings) -> Examination:
     report.facts += device_facts(device)
     checks = check_profile(profile)
     for check in checks:
-        state = f"present, {gib(check.size)}" if check.present else "MISSING"
+        state = f"present, {size_text(check.size)}" if check.present else "MISSING"
         report.facts.append((check.role, f"{check.model_id} ({check.revision}): {state}"))
     missing = describe_missing(checks, profile)
     if missing:
@@ -119,13 +113,13 @@ def placement_facts(profile: Profile, settings, device, checks) -> list[tuple[st
     placement, sizes, reason = explain_placement(Path(folder), device, dtype, fp8, mode)
     text_models = sum(check.size for check in checks if check.role in ("translator", "extractor"))
     return [
-        ("renderer components", ", ".join(f"{n} {gib(s)}" for n, s in sizes.items())),
+        ("renderer components", ", ".join(f"{n} {size_text(s)}" for n, s in sizes.items())),
         ("memory mode", f"{placement}: {reason}"),
         (
             "host memory at start-up",
-            f"{gib(host_bytes_at_start(placement, sizes))} per render worker",
+            f"{size_text(host_bytes_at_start(placement, sizes))} per render worker",
         ),
-        ("text models (files)", gib(text_models)),
+        ("text models (files)", size_text(text_models)),
     ]
 
 

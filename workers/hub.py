@@ -52,6 +52,14 @@ class ModelCheck:
         return self.folder is not None and not self.missing
 
 
+def size_text(size: float) -> str:
+    """Bytes for people, one decimal: GiB, or MiB / KiB for the small (tiny models, a LoRA)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size / 2**10:.1f} KiB"
+
+
 def hub_cache() -> Path:
     """The Hugging Face hub cache this process uses (``HF_HUB_CACHE``, or ``$HF_HOME/hub``)."""
     from huggingface_hub import constants

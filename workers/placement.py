@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from workers.hub import snapshot_folder
+from workers.hub import size_text, snapshot_folder
 from workers.profiles import DEFAULT_REVISION
 
 GIB = 2**30
@@ -142,17 +142,17 @@ def choose_placement(sizes: dict[str, int], free_bytes: int) -> tuple[str, str]:
         The placement and a one-line reason.
     """
     whole, largest = sum(sizes.values()), max(sizes.values(), default=0)
-    free, room = gib(free_bytes), gib(HEADROOM_BYTES)
+    free, room = size_text(free_bytes), size_text(HEADROOM_BYTES)
     if whole + HEADROOM_BYTES <= free_bytes:
-        return "gpu", f"all components ({gib(whole)}) + {room} headroom fit in {free} free"
+        return "gpu", f"all components ({size_text(whole)}) + {room} headroom fit in {free} free"
     biggest = max(sizes, key=sizes.get, default="none")
     if largest + HEADROOM_BYTES <= free_bytes:
         return "model_offload", (
-            f"all components ({gib(whole)}) + {room} headroom exceed {free} free; "
-            f"the largest ({biggest}, {gib(largest)}) + headroom fits"
+            f"all components ({size_text(whole)}) + {room} headroom exceed {free} free; "
+            f"the largest ({biggest}, {size_text(largest)}) + headroom fits"
         )
     return "sequential_offload", (
-        f"even the largest component ({biggest}, {gib(largest)}) + {room} headroom exceeds "
+        f"even the largest component ({biggest}, {size_text(largest)}) + {room} headroom exceeds "
         f"{free} free; offloading layer by layer"
     )
 
@@ -326,8 +326,3 @@ def host_bytes_at_start(placement: str, sizes: dict[str, int], on_card: bool | N
     if placement == "gpu" if on_card is None else on_card:
         return PROCESS_HOST_BYTES
     return PROCESS_HOST_BYTES + sum(sizes.values())
-
-
-def gib(size: int) -> str:
-    """``size`` bytes as ``'12.3 GiB'``."""
-    return f"{size / GIB:.1f} GiB"
