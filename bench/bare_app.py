@@ -1,7 +1,7 @@
 """A minimal Celery app for comparison: four no-op tasks chained per article, no database.
 
-It mirrors the farm's delivery settings that cost time per task (JSON, ``acks_late``, one
-prefetched message per process) but does no work of its own, so the farm's overhead is the
+It mirrors the farm's delivery settings that cost time per task (JSON, ``acks_late``, a
+prefetch multiplier of 1) but does no work of its own, so the farm's overhead is the
 difference. The last task counts finished chains in Redis and stamps the time of the last one.
 Run it with ``celery -A bench.bare_app worker``; it reads ``BENCH_BARE_BROKER_URL``.
 """
@@ -75,7 +75,7 @@ def score(article_id: int, key: str = "") -> int:
 
 
 def bare_chain(article_id: int, key: str):
-    """The four no-op tasks chained for one article, like ``tasks.pipeline.article_chain``.
+    """The four no-op tasks chained for one article, like ``tasks.chains.article_chain``.
 
     Args:
         article_id: any integer.

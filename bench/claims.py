@@ -1,7 +1,8 @@
 """The bookkeeping of one stage task alone: claim and completion in a loop on PostgreSQL.
 
-One process claims and completes the translate stage of N stored articles, one session per
-article as a stage task does, on a fresh PostgreSQL database. It prints wall-clock and this
+One process claims and completes the translate stage of N stored articles on a fresh
+PostgreSQL database with the calls a stage task makes (:func:`db.transitions.claim`, then
+:func:`db.transitions.complete`, each its own transaction). It prints wall-clock and this
 process's CPU time per stage (the client side: SQLAlchemy, psycopg); the server's share is
 the difference. The last line is ``claim_complete_ms: X``, wall-clock milliseconds per stage.
 
@@ -16,11 +17,14 @@ import time
 
 from bench.catalog import synthetic_rows
 from bench.services import fresh_database
+from db import transitions
 from db.engine import make_engine, session_factory
-from db.transitions import claim_stage, complete_stage
+from db.models import ArticleStatus
 from producer.imports import import_catalog
 
 WARM_UP = 50
+WORKER = "bench@claims"
+LEASE_SECONDS = 45
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,19 +41,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def claim_and_complete(sessions, article_ids: list[int]) -> None:
-    """Claim and complete the translate stage of each article, one session each.
+def claim_and_complete(engine, article_ids: list[int]) -> None:
+    """Claim and complete the translate stage of each article, as a stage task does.
 
     Args:
-        sessions: the database's sessions.
+        engine: the database.
         article_ids: pending articles.
     """
+    pending, translated = ArticleStatus.pending.value, ArticleStatus.translated.value
     for article_id in article_ids:
-        with sessions() as session:
-            claim = claim_stage(session, article_id, "translate", "bench@claims", 60, 5)
-            stored = complete_stage(session, claim, article_id, "translate", {"translation": "-"})
-            if not stored:
-                raise RuntimeError(f"article {article_id}: completion lost its lease")
+        token = transitions.new_token(WORKER)
+        held = transitions.claim(
+            engine, article_id, "translate", pending, token, WORKER, LEASE_SECONDS
+        )
+        if held is None:
+            raise RuntimeError(f"article {article_id}: the claim took nothing")
+        if not transitions.complete(engine, held, translated, {"translation": "-"}):
+            raise RuntimeError(f"article {article_id}: completion lost its lease")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
             rows = synthetic_rows(WARM_UP + args.articles)
             stored = import_catalog(session, rows, "claims", {"profile": "bench"}, new_batch=True)
         ids = [article_id for article_id, _key in stored.to_send]
-        claim_and_complete(sessions, ids[:WARM_UP])
+        claim_and_complete(engine, ids[:WARM_UP])
         wall, cpu = time.perf_counter(), time.process_time()
-        claim_and_complete(sessions, ids[WARM_UP:])
+        claim_and_complete(engine, ids[WARM_UP:])
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         engine.dispose()
     per_stage = 1000 / args.articles
-    print(f"{args.articles} stages claimed and completed on PostgreSQL, one session each")
+    print(f"{args.articles} stages claimed and completed on PostgreSQL, as a stage task does")
     print(f"client CPU: {cpu * per_stage:.2f} ms per stage")
     print(f"claim_complete_ms: {wall * per_stage:.2f}")
     return 0

@@ -16,7 +16,7 @@ from db.engine import make_engine, session_factory
 from db.models import TERMINAL_STATUSES, Article, ArticleStatus
 from producer.catalog import CatalogRow
 from producer.imports import ImportResult, import_catalog
-from producer.submit import send_chains
+from producer.submit import send_and_mark
 from tasks.app import configure
 from tasks.settings import Settings
 
@@ -61,7 +61,10 @@ def producer_side(database_url: str, broker_url: str):
 
 
 def submit_rows(app, sessions: sessionmaker[Session], rows: Sequence[CatalogRow]):
-    """Store rows as a batch, then send its chains; only the sending is timed.
+    """Store rows as a batch, then send its chains and mark them sent, as ``farm submit`` does.
+
+    Marking matters: the reaper sends again, after a grace period, every article stored
+    without a message recorded as sent.
 
     Args:
         app: the configured farm app.
@@ -69,14 +72,14 @@ def submit_rows(app, sessions: sessionmaker[Session], rows: Sequence[CatalogRow]
         rows: the articles.
 
     Returns:
-        (the stored batch, wall-clock time when sending started).
+        (the stored batch, wall-clock time when sending started: the timed part starts there).
     """
     with sessions() as session:
         submitted: ImportResult = import_catalog(
             session, rows, "bench", {"profile": "bench"}, new_batch=True
         )
     started = time.time()
-    send_chains(app, submitted.to_send)
+    send_and_mark(app, sessions.kw["bind"], submitted.to_send)
     return submitted, started
 
 

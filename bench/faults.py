@@ -64,6 +64,7 @@ def bad_inputs() -> tuple[int, int]:
 
 
 def main() -> None:
+    """Run the fault suite and the bad-input corpus; print their totals."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (e.g. -k redis)")
     args = parser.parse_args()

@@ -32,7 +32,9 @@ import torch
 from bench.catalog import synthetic_rows
 from bench.gpu_models import ModelSpec, Parts, build_parts, parameter_count, real_spec, tiny_spec
 from bench.gpu_timing import RenderTiming, time_render
-from bench.stream import articles, run_side
+from bench.stream import SIDES, Side, articles, run_side
+from tasks.registry import role_concurrency
+from tasks.settings import Settings
 from workers.extractor import Extractor
 from workers.profiles import build_tiny_profile
 from workers.prompts import clip_prompt, generation_prompt
@@ -42,6 +44,7 @@ from workers.tiny_image import FASHION_CORPUS
 from workers.translator import Translator
 
 MODES = ("eager", "compile", "fp8")
+STAGE_ARTICLES = 8  # articles per side of the render-stage measurement
 GIB = 2**30
 
 
@@ -286,21 +289,25 @@ def print_render(timing: RenderTiming, flush: bool = False) -> None:
     )
 
 
-def time_render_stage(renderer: Renderer, prompts: list[tuple[str, str]]) -> dict[str, float]:
-    """The farm's render stage with its PNG writes: one article per call vs a streamed batch.
+def time_render_stage(renderer: Renderer, prompts: list[tuple[str, str]]) -> dict[str, Side]:
+    """The farm's render stage with its PNG writes, as ``bench.stream`` runs it.
+
+    Caller threads feed one model executor; the PNG is written on the model thread
+    (``inline``) or by the caller while the next article renders (``streamed``).
 
     Args:
         renderer: the farm's renderer, in the configuration to measure (already warm).
-        prompts: (generation prompt, CLIP prompt) pairs; all of them form the batch.
+        prompts: (generation prompt, CLIP prompt) pairs, cycled over the articles.
 
     Returns:
-        Seconds per article for ``inline`` and ``streamed``.
+        Side → seconds per article and the renderer's idle time between renders.
     """
-    chosen = articles([prompt for prompt, _ in prompts], "gpu")
+    threads = role_concurrency("gpu", Settings())
+    chosen = [prompts[index % len(prompts)][0] for index in range(STAGE_ARTICLES)]
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as scratch:
         return {
-            side: run_side(side, renderer, chosen, len(chosen), Path(scratch))
-            for side in ("inline", "streamed")
+            side: run_side(side, renderer, articles(chosen, side), Path(scratch), threads)
+            for side in SIDES
         }
 
 
@@ -319,7 +326,7 @@ def render_prompts(attributes: list[dict], count: int) -> list[tuple[str, str]]:
 
 
 def report(
-    text: TextTiming, timings: list[RenderTiming], notes: list[str], stage: dict[str, float]
+    text: TextTiming, timings: list[RenderTiming], notes: list[str], stage: dict[str, Side]
 ) -> None:
     """Print the summary; the last line is ``images_per_hour: N``.
 
@@ -327,7 +334,7 @@ def report(
         text: the text stages' timings.
         timings: every render configuration measured.
         notes: what was skipped and why.
-        stage: the render stage's seconds per article, ``inline`` and ``streamed``.
+        stage: the render stage's figures, ``inline`` and ``streamed``.
     """
     for note in notes:
         print(f"  {note}")
@@ -353,10 +360,12 @@ def report(
             speedup = base.seconds_per_image / timing.seconds_per_image
             print(f"{timing.mode} vs {base.mode}, batch {timing.batch}: {speedup:.2f}x")
     best = min(timings, key=lambda t: t.seconds_per_image)
+    inline, streamed = stage["inline"], stage["streamed"]
     print(
-        f"render stage with PNG writes ({timings[-1].mode}): one article per call "
-        f"{stage['inline']:.3f} s/article, streamed {stage['streamed']:.3f} s/article: "
-        f"{stage['inline'] / stage['streamed']:.2f}x"
+        f"render stage with PNG writes ({timings[-1].mode}): PNG on the model thread "
+        f"{inline.seconds_per_article:.3f} s/article, renderer idle "
+        f"{inline.idle_fraction:.1%} of render time; PNG by the message's thread "
+        f"{streamed.seconds_per_article:.3f} s/article, idle {streamed.idle_fraction:.1%}"
     )
     gpu_seconds = best.seconds_per_image + best.score_seconds_per_image
     print(

@@ -1,15 +1,20 @@
-"""What the farm costs per article: bare Celery chains vs the farm with zero-cost runtimes.
+"""A diagnostic: what the farm's delivery costs per article next to bare Celery chains.
 
 Both run on the same Redis (one database, different queues) in the same run, in interleaved
-rounds, each by one real worker process with a prefork pool of two children:
+rounds, each by one real worker process with a pool of threads, as many as a ``farm worker
+all`` process holds messages (``role_concurrency("all")``):
 
 * bare: ``celery -A bench.bare_app worker``, four no-op tasks chained per article;
-* farm: ``farm worker all --concurrency 2`` with ``bench.fake_runtimes:zero_cost``, batches
-  stored with ``import_catalog`` and sent with ``send_chains``, on a fresh PostgreSQL database.
+* farm: the worker process ``farm worker all`` starts (:func:`tasks.launcher.plan_workers`)
+  with ``bench.fake_runtimes:zero_cost``, batches stored with ``import_catalog`` and sent
+  with ``send_and_mark``, on a fresh PostgreSQL database.
 
 A round's throughput is articles over the time from the first send to the last chain's end
-(the farm's ``finished_at`` in the database; the bare chain's own time stamp in Redis). The
-last line is ``overhead_ratio: X``, farm throughput over bare throughput (1 = no overhead).
+(the farm's ``finished_at`` in the database; the bare chain's own time stamp in Redis). It
+also prints the CPU time per article of each worker process, PostgreSQL and Redis. The last
+line is ``overhead_ratio: X``, farm throughput over bare throughput. With free models this
+is the price of the farm's guarantees (a claim and a completion per stage, files written);
+it is no goal in itself: with real models the model calls dominate.
 
     python -m bench.overhead [--articles N] [--rounds R] [--quick]
 """
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import redis
+from pydantic import SecretStr
 
 from bench import bare_app
 from bench.catalog import synthetic_rows
@@ -32,8 +38,11 @@ from bench.cpuload import CpuShares
 from bench.farm import farm_env, producer_side, submit_rows, wait_batch_ended
 from bench.processes import running
 from bench.services import fresh_database, interrupt_on_sigterm, redis_database
+from tasks.launcher import plan_workers
+from tasks.registry import role_concurrency
+from tasks.settings import Settings
 
-CONCURRENCY = 2
+CONCURRENCY = role_concurrency("all", Settings())  # what `farm worker all` holds per process
 FACTORY = "bench.fake_runtimes:zero_cost"
 WARMUP_ARTICLES = 20
 
@@ -87,12 +96,14 @@ def worker_commands(broker_url: str, database_url: str, workdir: Path) -> list:
     bare = [
         sys.executable, "-m", "celery", "-A", "bench.bare_app", "worker",
         "--queues", f"{bare_app.TEXT_QUEUE},{bare_app.GPU_QUEUE}", "--hostname", "bare@bench",
-        "--pool", "prefork", "--concurrency", str(CONCURRENCY), "--loglevel", "INFO",
+        "--pool", "threads", "--concurrency", str(CONCURRENCY), "--loglevel", "INFO",
     ]  # fmt: skip
-    farm = [sys.executable, "-m", "producer.cli", "worker", "all"]
-    farm += ["--concurrency", str(CONCURRENCY)]
     env = farm_env(database_url, broker_url, workdir / "output", FACTORY)
-    return [(bare, os.environ | {bare_app.BROKER_ENV: broker_url}), (farm, env)]
+    settings = Settings(database_url=database_url, broker_url=SecretStr(broker_url),
+                        output_dir=workdir / "output", runtime_factory=FACTORY)  # fmt: skip
+    # The celery process itself, not the launcher above it: its CPU is what is measured.
+    [farm] = plan_workers("all", settings, concurrency=CONCURRENCY)
+    return [(bare, os.environ | {bare_app.BROKER_ENV: broker_url}), (farm.argv, env | farm.env)]
 
 
 def bare_round(client: redis.Redis, articles: int, timeout: float) -> Measurement:
@@ -218,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(
         f"overhead: {args.rounds} rounds x {args.articles} articles per side, CPU only, "
-        f"{os.cpu_count()} cores, prefork concurrency {CONCURRENCY}",
+        f"{os.cpu_count()} cores, {CONCURRENCY} threads per worker process",
         flush=True,
     )
     with (

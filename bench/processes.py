@@ -59,6 +59,14 @@ class WorkerProcess:
         """
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def children(self) -> list[int]:
+        """Pids of the process's children (the celery worker under a ``farm worker``)."""
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            return [int(pid) for pid in path.read_text().split()]
+        except OSError:  # gone, or not Linux
+            return []
+
     def terminate(self) -> None:
         """Ask the worker for a warm shutdown (SIGTERM), without waiting."""
         if self.process.poll() is None:
@@ -70,6 +78,9 @@ class WorkerProcess:
         Args:
             timeout: seconds to wait for a warm shutdown.
         """
+        # A `farm worker` starts its celery worker in a session of its own, out of reach of
+        # our process group: note it now, to kill it below if it outlives its launcher.
+        children = self.children()
         try:
             self.terminate()
             try:
@@ -78,8 +89,19 @@ class WorkerProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+            for pid in children:
+                _kill_worker(pid)
         finally:
             self._log.close()
+
+
+def _kill_worker(pid: int) -> None:
+    # Only a celery worker still running under that pid (a pid can be reused).
+    try:
+        if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, ProcessLookupError):
+        pass  # already gone
 
 
 @contextmanager

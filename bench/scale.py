@@ -1,18 +1,20 @@
 """How close 8 GPU-queue worker processes get to perfect scaling, with a fixed render time.
 
-Eight ``farm worker gpu`` processes (the launcher's own plan for 8 GPUs: one process with one
-pool child per card) run ``bench.fake_runtimes:fixed_render``, whose renderer sleeps
-``--render-seconds`` per image; translation, extraction and scoring cost nothing, and one
-``farm worker text`` (one pool child, its default) serves the text queue. No GPU is used:
-the sleeping renderer stands in for one, so the figure is the farm's scheduling overhead. On
-a small machine the render time must stay long enough that the CPU (database, broker,
-workers) is not the bottleneck; the benchmark prints the machine's CPU use over the timed
-run to check. It also splits each process's time per article: the render call, the rest of
-the render and score tasks, the hand-over between tasks, and the idle time at the edges.
-``--gpu-processes 1`` shows that split on a quiet machine, without 8 processes sharing it.
+Eight GPU-queue worker processes as ``farm worker gpu --gpus 0,...,7`` plans them
+(:func:`tasks.launcher.plan_workers`: one ``celery worker`` with a pool of threads per card,
+each holding ``role_concurrency("gpu")`` messages and feeding one model executor) run
+``bench.fake_runtimes:fixed_render``, whose renderer sleeps ``--render-seconds`` per image;
+translation, extraction and scoring cost nothing, and one text worker process (its default
+concurrency) serves the text queue. No GPU is used: the sleeping renderer stands in for one,
+so the figure is the farm's scheduling overhead. On a small machine the render time must
+stay long enough that the CPU (database, broker, workers) is not the bottleneck; the
+benchmark prints the machine's CPU use over the timed run to check. It also splits each
+GPU-queue process's time per article, from the stage runs: the renderer busy, work held but
+the renderer idle, nothing held, and the idle time at the edges. ``--gpu-processes 1``
+shows that split on a quiet machine, without 8 processes sharing it.
 
-Ideal time is ``articles x render_seconds / processes``; actual time runs from the first chain sent
-to the last article done (``finished_at`` in the database). The last line is
+Ideal time is ``articles x render_seconds / processes``; actual time runs from the first
+chain sent to the last article done (``finished_at`` in the database). The last line is
 ``scale_efficiency: X``, ideal over actual.
 
     python -m bench.scale [--articles N] [--render-seconds S] [--gpu-processes P] [--quick]
@@ -35,12 +37,12 @@ from bench.cpuload import CpuMeter
 from bench.farm import producer_side, submit_rows, wait_batch_ended
 from bench.processes import running
 from bench.services import fresh_database, interrupt_on_sigterm, redis_database
-from db.models import Article, Render, StageRun
+from db.models import Article, Render, StageRun, as_utc
+from tasks.launcher import plan_workers
 from tasks.settings import Settings
-from workers.launcher import plan_workers
 
 GPU_PROCESSES = 8  # the issue's setting; --gpu-processes changes it
-TEXT_CONCURRENCY = 1  # the `farm worker text` default
+QUICK_ARTICLES = 200
 FACTORY = "bench.fake_runtimes:fixed_render"
 # Read by bench.fake_runtimes.fixed_render in the workers (not imported here: it pulls in
 # every model library, which this process does not need).
@@ -58,10 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--articles", type=int, default=10_000)
-    # 0.4 s: at 0.5 s the default 10,000-article run took over 15 minutes on a 2-core machine.
-    parser.add_argument("--render-seconds", type=float, default=0.4)
-    parser.add_argument("--quick", action="store_true", help="CI size: 400 articles")
-    parser.add_argument("--redis-db", type=int, default=12)
+    parser.add_argument("--render-seconds", type=float, default=0.5)
+    parser.add_argument("--quick", action="store_true", help=f"CI size: {QUICK_ARTICLES} articles")
+    parser.add_argument("--redis-db", type=int, default=13)
     parser.add_argument(
         "--gpu-processes",
         type=lambda text: max(1, int(text)),
@@ -70,12 +71,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.articles = 400
+        args.articles = QUICK_ARTICLES
     return args
 
 
 def worker_commands(args, database_url: str, broker_url: str, workdir: Path) -> list:
-    """Command lines of the 8 GPU-queue processes and the text process.
+    """Command lines of the GPU-queue processes and the text process, as the launcher plans them.
 
     Args:
         args: the options.
@@ -94,9 +95,7 @@ def worker_commands(args, database_url: str, broker_url: str, workdir: Path) -> 
     )
     env = os.environ | {RENDER_SECONDS_ENV: repr(args.render_seconds), "HF_HUB_OFFLINE": "1"}
     gpus = [str(index) for index in range(args.gpu_processes)]
-    planned = plan_workers("gpu", settings, gpus) + plan_workers(
-        "text", settings, concurrency=TEXT_CONCURRENCY
-    )
+    planned = plan_workers("gpu", settings, gpus) + plan_workers("text", settings)
     return [(worker.argv, env | worker.env) for worker in planned]
 
 
@@ -131,8 +130,8 @@ def gpu_task_seconds(sessions, batch_id: str) -> dict[str, float]:
 def gpu_timeline(sessions, batch_id: str, window: tuple[float, float]) -> dict[str, float]:
     """Where the GPU-queue processes spent their time, per article, from the stage runs.
 
-    A batch call's runs overlap (claimed one after another, stored together), so each stage's
-    time is the union of its runs' spans on each process.
+    A process holds several messages at once, so its stage runs overlap (claimed together,
+    each waiting its turn on the model executor); what counts is their union per process.
 
     Args:
         sessions: the benchmark database's sessions.
@@ -140,12 +139,39 @@ def gpu_timeline(sessions, batch_id: str, window: tuple[float, float]) -> dict[s
         window: the timed run's first send and last article done (epoch seconds).
 
     Returns:
-        Seconds per article, summed over the processes: ``render call`` (what the renderer
-        reported), ``rest of render`` and ``score`` (the rest of those stage runs, claim to
-        stored), ``between`` (gaps between stage runs on one process: message hand-over,
-        duplicates skipped, any wait for work) and ``before first, after last`` (a
+        Seconds per article, summed over the processes, which add up to the window times the
+        processes: ``render call`` (what the renderer reported: the card busy), ``held,
+        renderer idle`` (the rest of the union of the render and score runs: claims, stores,
+        score calls and PNG writes that no render hid), ``nothing held`` (gaps between the
+        runs: hand-over of messages, waiting for work) and ``before first, after last`` (a
         process's wait for its first article and its idle time at the end).
     """
+    runs, calls = _gpu_runs(sessions, batch_id)
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for worker, _stage, started, seconds in runs:
+        begin = as_utc(started).timestamp()
+        spans.setdefault(worker, []).append((begin, begin + seconds))
+    held = gaps = edges = 0.0
+    for intervals in spans.values():
+        intervals.sort()
+        first, covered_until = intervals[0]
+        held += covered_until - first
+        for begin, end in intervals[1:]:
+            gaps += max(0.0, begin - covered_until)
+            held += max(0.0, end - max(begin, covered_until))
+            covered_until = max(covered_until, end)
+        edges += first - window[0] + window[1] - covered_until
+    articles = sum(1 for run in runs if run.stage == "render") or 1
+    return {
+        "render call": calls / articles,
+        "held, renderer idle": (held - calls) / articles,
+        "nothing held": gaps / articles,
+        "before first, after last": edges / articles,
+    }
+
+
+def _gpu_runs(sessions, batch_id: str) -> tuple[list, float]:
+    # The batch's successful render and score runs, and the renderer's reported seconds.
     query = (
         select(StageRun.worker, StageRun.stage, StageRun.started_at, StageRun.seconds)
         .join(Article)
@@ -157,29 +183,7 @@ def gpu_timeline(sessions, batch_id: str, window: tuple[float, float]) -> dict[s
         calls = session.scalar(
             select(func.sum(Render.seconds)).join(Article).where(Article.batch_id == batch_id)
         )
-    spans: dict[str, list[tuple[float, float, str]]] = {}
-    for worker, stage, started, seconds in runs:
-        begin = started.timestamp()
-        spans.setdefault(worker, []).append((begin, begin + seconds, stage))
-    totals = {"render": 0.0, "score": 0.0, "between": 0.0, "edges": 0.0}
-    for intervals in spans.values():
-        intervals.sort()
-        _, covered_until, stage = intervals[0]
-        totals["edges"] += intervals[0][0] - window[0] + window[1] - max(i[1] for i in intervals)
-        totals[stage] += covered_until - intervals[0][0]
-        for begin, end, stage in intervals[1:]:
-            if begin > covered_until:
-                totals["between"] += begin - covered_until
-            totals[stage] += max(0.0, end - max(begin, covered_until))
-            covered_until = max(covered_until, end)
-    articles = sum(1 for run in runs if run.stage == "render") or 1
-    return {
-        "render call": float(calls or 0) / articles,
-        "rest of render": (totals["render"] - float(calls or 0)) / articles,
-        "score": totals["score"] / articles,
-        "between": totals["between"] / articles,
-        "before first, after last": totals["edges"] / articles,
-    }
+    return runs, float(calls or 0)
 
 
 def measure(args, database_url: str, broker_url: str, workers) -> tuple[float, dict, float]:
@@ -254,11 +258,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"--- {worker.log_path.name}\n{worker.tail(15)}", file=sys.stderr)
                 raise
     ideal = args.articles * args.render_seconds / args.gpu_processes
-    batch = Settings().gpu_batch_size
     print(
         f"mean per article on the GPU queue: renderer {tasks['renderer']:.3f}s per image; "
         f"render {tasks['render']:.3f}s and score {tasks['score']:.3f}s from claim to stored "
-        f"(FARM_GPU_BATCH_SIZE={batch}: a batch claims its articles first, stores them last)"
+        f"(a process holds several messages: a render waits its turn on the executor)"
     )
     split = ", ".join(f"{name} {value * 1000:.1f}" for name, value in tasks["timeline"].items())
     print(f"GPU-queue process time per article (ms): {split}")

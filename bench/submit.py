@@ -1,8 +1,8 @@
 """How fast the farm submits a big catalog, next to bare ``apply_async`` of the same chains.
 
 * farm: ``read_catalog`` of a generated 10,000-article ``.xlsx`` workbook (German-like text),
-  ``import_catalog`` on a fresh PostgreSQL database and ``send_chains`` to Redis, as
-  ``farm submit`` does;
+  ``import_catalog`` on a fresh PostgreSQL database and ``send_and_mark`` (the chains sent to
+  Redis, then recorded as sent), as ``farm submit`` does;
 * bare: ``article_chain(id, key).apply_async()`` once per article for the same chains, with
   no reading, validation or database.
 
@@ -30,7 +30,7 @@ from bench.farm import producer_side
 from bench.services import fresh_database, interrupt_on_sigterm, redis_database
 from producer.catalog import read_catalog
 from producer.imports import import_catalog
-from producer.submit import send_chains
+from producer.submit import send_and_mark
 from tasks.chains import article_chain
 from tasks.queues import TEXT_QUEUE
 
@@ -74,8 +74,8 @@ def farm_submit(workbook: Path, app, sessions) -> tuple[float, dict[str, float]]
     with sessions() as session:
         submitted = import_catalog(session, rows, "bench", {"profile": "bench"}, new_batch=True)
     steps["import_catalog"] = time.perf_counter() - started - sum(steps.values())
-    send_chains(app, submitted.to_send)
-    steps["send_chains"] = time.perf_counter() - started - sum(steps.values())
+    send_and_mark(app, sessions.kw["bind"], submitted.to_send)
+    steps["send_and_mark"] = time.perf_counter() - started - sum(steps.values())
     return time.perf_counter() - started, steps
 
 

@@ -111,6 +111,9 @@ class Article(Base):
     lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the message for the article's next stage was published; None while no message is
+    # known to be on its way (just stored, or never sent): the reaper sends those.
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
@@ -144,6 +147,15 @@ class Render(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     article: Mapped[Article] = relationship(back_populates="renders")
+
+
+class Timer(Base):
+    """A farm-wide periodic job's next turn: whoever moves ``due_at`` on runs this turn."""
+
+    __tablename__ = "timers"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class StageRun(Base):

@@ -16,7 +16,6 @@ from rich.live import Live
 
 from db.engine import make_engine, migrate, session_factory
 from db.models import ArticleStatus
-from db.transitions import STAGE_INPUT, STAGES
 from producer import requeue as requeues
 from producer.catalog import CatalogError, parse_column_map, read_catalog
 from producer.export import EXPORT_FORMATS, export_rows, write_export
@@ -26,10 +25,11 @@ from producer.progress import batch_details, batch_summaries, wait_for_batch
 from producer.report import write_report
 from producer.requeue import Selection
 from producer.status_view import render_status
-from producer.submit import BrokerUnavailable, check_broker, send_chains
+from producer.submit import BrokerUnavailable, check_broker, send_and_mark
 from tasks.app import configure
 from tasks.outputs import batch_dir
-from tasks.queues import ROLE_STAGES, URGENT_PRIORITY
+from tasks.queues import URGENT_PRIORITY
+from tasks.registry import ORDER, ROLES, STAGES
 from tasks.settings import Settings
 
 SAMPLE_CATALOG = Path(__file__).parent / "samples" / "catalog.csv"
@@ -111,7 +111,7 @@ def submit(settings: Settings, files, sheet, columns, catalog, new_batch, min_cl
     sessions = _sessions(settings)
     name = catalog or catalog_name(files)
     result = _import(sessions, settings, rows, name, min_clip_score, new_batch)
-    sent = send_chains(app, result.to_send)
+    sent = send_and_mark(app, sessions.kw["bind"], result.to_send)
     verb = "created" if result.created else "re-imported into"
     console.print(
         f"{verb} batch {result.batch_id}: {result.new} new, {result.changed} changed, "
@@ -135,19 +135,22 @@ def _import(sessions, settings: Settings, rows, catalog: str, min_clip_score, ne
 @main.command()
 @click.argument("role", type=click.Choice(["text", "gpu", "all"]))
 @click.option("--gpus", help="Comma-separated GPU indices; one worker process per GPU.")
-@click.option("--concurrency", default=1, show_default=True, help="Pool children (no GPU).")
+@click.option(
+    "--concurrency", type=click.IntRange(1), help="Messages per process (default: its batches)."
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.pass_obj
 def worker(settings: Settings, role, gpus, concurrency, loglevel) -> None:
     """Start worker processes for ROLE: text (translate, extract) or gpu (render, score)."""
-    from workers.launcher import plan_workers, run_workers
+    from tasks.launcher import plan_workers, recovery, run_workers
 
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
     if gpu_list and settings.device == "cpu":
         raise click.UsageError("--gpus and --device cpu exclude each other")
-    require_models(settings, ROLE_STAGES[role])
+    require_models(settings, ROLES[role])
+    _sessions(settings)  # the schema is current before any worker takes work
     processes = plan_workers(role, settings, gpu_list, concurrency, loglevel)
-    sys.exit(run_workers(processes))
+    sys.exit(run_workers(processes, on_death=recovery(settings)))
 
 
 @main.command()
@@ -197,7 +200,7 @@ def status(settings: Settings, batch, as_json, watch, window) -> None:
 @click.option("--stuck", is_flag=True, help="Only in-flight articles without progress for a lease.")
 @click.option(
     "--from-stage",
-    type=click.Choice(list(STAGES)),
+    type=click.Choice(list(ORDER)),
     help="Restart here (default: the first stage not done; render for finished articles).",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
@@ -223,7 +226,7 @@ def requeue(settings: Settings, batch, statuses, below, articles, stuck, from_st
     app = _connected_app(settings)
     with sessions() as session:
         to_send = requeues.apply(session, plans)
-    sent = send_chains(app, to_send, priority=URGENT_PRIORITY)
+    sent = send_and_mark(app, sessions.kw["bind"], to_send, priority=URGENT_PRIORITY)
     console.print(f"{sent} articles requeued")
 
 
@@ -346,8 +349,8 @@ def _serve_locally(app, sessions, submitted, on_progress) -> dict:
     article waits for a text stage, its models unloaded, then a GPU worker (so one card never
     holds the language model and the image model at once).
     """
+    from tasks.embedded import embedded_worker
     from workers.devices import holds_all_models
-    from workers.embedded import embedded_worker
 
     settings = app.farm_settings
     schedule = settings.run_schedule
@@ -356,11 +359,11 @@ def _serve_locally(app, sessions, submitted, on_progress) -> dict:
     wait = partial(wait_for_batch, sessions, submitted.batch_id, on_progress)
     if schedule == "together":
         with embedded_worker(app, "all") as alive:
-            send_chains(app, submitted.to_send)
+            send_and_mark(app, sessions.kw["bind"], submitted.to_send)
             return wait(alive=alive)
     with embedded_worker(app, "text") as alive:
-        send_chains(app, submitted.to_send)
-        wait(alive=alive, waiting=[STAGE_INPUT["translate"].value, STAGE_INPUT["extract"].value])
+        send_and_mark(app, sessions.kw["bind"], submitted.to_send)
+        wait(alive=alive, waiting=[STAGES[name].input.value for name in ROLES["text"]])
     with embedded_worker(app, "gpu") as alive:
         return wait(alive=alive)
 

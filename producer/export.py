@@ -17,8 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Article, Batch, Render, StageRun
-from db.transitions import STAGES
 from tasks.outputs import atomic_path
+from tasks.registry import ORDER as STAGES
 
 EXPORT_FORMATS = ("xlsx", "csv", "jsonl")
 

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Batch, as_utc, utcnow
-from db.transitions import STAGE_INPUT, STAGES, status_counts
 from tasks.finish import batch_scores
+from tasks.registry import ORDER, STAGES
 
 
 def batch_summaries(session: Session, batch_ids: list[str] | None = None) -> list[dict]:
@@ -116,10 +116,10 @@ def _stage_counts(session: Session, batch_id: str) -> dict[str, dict[str, int]]:
     rows = session.execute(
         select(Article.status, Article.lease_expires_at)
         .where(Article.batch_id == batch_id)
-        .where(Article.status.in_([s.value for s in STAGE_INPUT.values()]))
+        .where(Article.status.in_([s.input.value for s in STAGES.values()]))
     )
-    counts = {stage: {"queued": 0, "running": 0} for stage in STAGES}
-    waiting_at = {status.value: stage for stage, status in STAGE_INPUT.items()}
+    counts = {stage: {"queued": 0, "running": 0} for stage in ORDER}
+    waiting_at = {stage.input.value: name for name, stage in STAGES.items()}
     for status, lease in rows:
         running = lease is not None and as_utc(lease) > now
         counts[waiting_at[status]]["running" if running else "queued"] += 1
@@ -158,3 +158,25 @@ def _score_summary(session: Session, batch_id: str) -> dict[str, float]:
         "min": min(scores),
         "max": max(scores),
     }
+
+
+def status_counts(session: Session, batch_ids: list[str] | None = None) -> dict[str, dict]:
+    """Count articles per status for each batch.
+
+    Args:
+        session: any session.
+        batch_ids: restrict to these batches; all batches when None.
+
+    Returns:
+        ``{batch_id: {status: count}}`` with every status present (zeros included).
+    """
+    query = select(Article.batch_id, Article.status, func.count()).group_by(
+        Article.batch_id, Article.status
+    )
+    if batch_ids:
+        query = query.where(Article.batch_id.in_(batch_ids))
+    counts: dict[str, dict] = {}
+    for batch_id, status, count in session.execute(query):
+        per_batch = counts.setdefault(batch_id, {s.value: 0 for s in ArticleStatus})
+        per_batch[status] = count
+    return counts

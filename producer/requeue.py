@@ -9,21 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Render, as_utc, utcnow
-from db.transitions import STAGE_INPUT, STAGES, close_running_runs
-
-# Columns each stage produces; a requeue from a stage clears its own and later outputs.
-_OUTPUTS = {
-    "translate": ("translation",),
-    "extract": ("attributes", "generation_prompt", "clip_prompt"),
-    "render": ("image_path", "clip_score"),
-    "score": ("clip_score",),
-}
+from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Render
+from db.transitions import close_running_runs
+from tasks.reaper import stuck_articles
+from tasks.registry import ORDER, STAGES, stage_waiting_in, stages_from
 
 
 @dataclass(frozen=True)
@@ -69,21 +62,14 @@ def select_articles(session: Session, selection: Selection, lease_seconds: float
     if selection.keys:
         query = query.where(Article.key.in_(list(selection.keys)))
     ended = {s.value for s in TERMINAL_STATUSES}
-    quiet_since = utcnow() - timedelta(seconds=lease_seconds)
+    # The reaper's selection, and also articles quiet for a lease (a lost message).
+    stuck = {row.id for row in stuck_articles(session, quiet_seconds=lease_seconds)}
     chosen = []
     for article in session.scalars(query):
-        in_flight = article.status not in ended
-        stuck = in_flight and as_utc(article.updated_at) < quiet_since and not _leased(article)
-        if selection.stuck and not stuck:
-            continue
-        if in_flight and not stuck:
+        if article.id not in stuck and (selection.stuck or article.status not in ended):
             continue
         chosen.append(article)
     return chosen
-
-
-def _leased(article: Article) -> bool:
-    return article.lease_expires_at is not None and as_utc(article.lease_expires_at) > utcnow()
 
 
 def default_stage(article: Article) -> str:
@@ -96,11 +82,11 @@ def default_stage(article: Article) -> str:
         Its failed stage when failed; ``render`` (a new attempt) when it ended with an image;
         otherwise the stage whose input its status is.
     """
-    if article.status == ArticleStatus.failed.value and article.error_stage in STAGES:
+    if article.status == ArticleStatus.failed.value and article.error_stage in ORDER:
         return article.error_stage
     if article.status in (ArticleStatus.done.value, ArticleStatus.needs_review.value):
         return "render"
-    return next(s for s in STAGES if STAGE_INPUT[s].value == article.status)
+    return stage_waiting_in(article.status).name
 
 
 def plan(articles: Sequence[Article], from_stage: str | None = None) -> list[RequeuePlan]:
@@ -137,9 +123,10 @@ def apply(session: Session, plans: Sequence[RequeuePlan]) -> list[tuple[int, str
 
 def _reset_to(session: Session, article: Article, stage: str) -> None:
     article.requeues += 1
-    if article.status == STAGE_INPUT[stage].value:
+    if article.status == STAGES[stage].input.value:
         # A stuck article resumes where it stopped: same attempt, same seed, nothing to clear.
         article.lease_token = article.lease_stage = article.lease_expires_at = None
+        article.sent_at = None  # until its message is sent: the reaper covers a crash between
         return
     reset_to_stage(session, article, stage)
 
@@ -152,10 +139,10 @@ def reset_to_stage(session: Session, article: Article, stage: str) -> None:
     Args:
         session: the session the article belongs to (not committed here).
         article: the article.
-        stage: one of :data:`db.transitions.STAGES`.
+        stage: a stage of :data:`tasks.registry.STAGES`.
     """
-    for later in STAGES[STAGES.index(stage) :]:
-        for column in _OUTPUTS[later]:
+    for later in stages_from(stage):
+        for column in later.writes:
             setattr(article, column, None)
     if stage in ("translate", "extract", "render"):
         # A new attempt: a new seed, and the earlier attempts stay in the renders table.
@@ -166,10 +153,11 @@ def reset_to_stage(session: Session, article: Article, stage: str) -> None:
         if stage != "render":
             # New prompts: scores of earlier attempts were measured against the old ones.
             article.attempt_base = article.render_attempt
-    article.status = STAGE_INPUT[stage].value
+    article.status = STAGES[stage].input.value
     article.stage_attempts = 0
     article.error = article.error_kind = article.error_stage = None
     article.lease_token = article.lease_stage = article.lease_expires_at = None
+    article.sent_at = None
     article.finished_at = None
     # A claim after the reset counts from attempt 1 again, so it would not close these itself.
     close_running_runs(session, article.id, "lost")

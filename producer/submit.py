@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import nullcontext
-
 from celery import Celery
+from sqlalchemy import Engine
 
-from tasks.chains import article_chain
+from db.transitions import mark_sent
+from tasks.chains import send_chains
 from tasks.queues import NORMAL_PRIORITY
 
 
@@ -34,32 +33,20 @@ def check_broker(app: Celery, timeout: float = 5.0) -> None:
         connection.release()
 
 
-def send_chains(app: Celery, articles: Sequence[tuple], priority: int = NORMAL_PRIORITY) -> int:
-    """Send one chain per article over a single broker connection.
+def send_and_mark(
+    app: Celery, engine: Engine, articles: list[tuple], priority: int = NORMAL_PRIORITY
+) -> int:
+    """Send the articles' chains, then record them as sent (the reaper sends the rest).
 
     Args:
         app: the farm app.
-        articles: ``(article id, key)`` pairs to start at the first stage, or
-            ``(article id, key, stage)`` triples to start at ``stage``.
+        engine: the farm's database.
+        articles: as :func:`tasks.chains.send_chains` takes them.
         priority: Redis priority of the chains' messages.
 
     Returns:
         How many chains were sent.
     """
-    with app.producer_or_acquire() as producer, _publish_batch(producer):
-        for article_id, key, *stage in articles:
-            chain = article_chain(article_id, key, *stage, priority=priority)
-            # chain.apply_async drops its producer argument (celery's _chain.run), so every
-            # chain would take its own producer and Redis client; send the first task with the
-            # rest as its chain ourselves, which is what _chain.run does.
-            steps, _ = chain.prepare_steps((), {}, chain.tasks, app=app)
-            first = steps.pop()
-            first.apply_async(producer=producer, chain=steps)
-    return len(articles)
-
-
-def _publish_batch(producer):
-    # Newer kombu (5.7 here) pipelines publishes to Redis (flushed every 1,000 commands and on exit;
-    # an exception discards what was not flushed yet); older kombu publishes one by one.
-    batch = getattr(producer, "batch", None)
-    return batch() if batch is not None else nullcontext()
+    sent = send_chains(app, articles, priority)
+    mark_sent(engine, [item[0] for item in articles])
+    return sent

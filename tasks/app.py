@@ -11,7 +11,8 @@ import ssl
 
 from celery import Celery
 
-from tasks.queues import NORMAL_PRIORITY, PRIORITY_STEPS, ROUTES, TEXT_QUEUE
+from tasks.queues import NORMAL_PRIORITY, PRIORITY_STEPS, TEXT_QUEUE
+from tasks.registry import ROUTES
 from tasks.settings import Settings
 
 # 0, 0.5, 1, 1.5 s, then every 2 s: 32 tries over about a minute.
@@ -69,10 +70,8 @@ def celery_config(settings: Settings) -> dict:
         # bench.overhead) and 10,000 of them for every catalog submitted.
         "task_send_sent_event": False,
         "worker_consumer": "tasks.events:BatchingConsumer",
-        "task_time_limit": settings.task_time_limit,
-        # The soft limit raises inside the task (a retry); the hard one kills a stuck child.
-        "task_soft_time_limit": settings.task_time_limit * 0.9,
-        "worker_proc_alive_timeout": settings.worker_boot_timeout,
+        # Model calls are bounded by the model executor's watchdog (tasks.boot), not by
+        # Celery's time limits, which a pool of threads cannot enforce.
         "worker_hijack_root_logger": False,
     }
 

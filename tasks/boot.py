@@ -1,8 +1,12 @@
-"""Worker start-up: each pool process loads its models before it takes any work.
+"""Worker start-up: load the models, start the model executor and the worker's timers.
 
-Models load in the pool child (``worker_process_init``), never in the parent, because CUDA
-cannot be re-initialised in a forked child. A child that cannot load its models stops the
-whole worker loudly instead of serving tasks it would fail.
+A worker process is one ``celery worker`` with a pool of threads: it holds several messages
+at once, and one model executor (:mod:`workers.executor`) makes their model calls. The
+models load in ``worker_init``, before the worker connects to the broker: a worker that
+cannot load them logs one message and exits 1 without ever saying ``ready``. Beside the
+executor run two timers: lease renewal for the stages this process holds, and the reaper.
+A model call that outruns ``task_time_limit`` makes the process free its articles and exit
+with :data:`HUNG_EXIT_CODE`; ``farm worker`` starts it again.
 """
 
 from __future__ import annotations
@@ -10,37 +14,44 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import signal
 
-from celery.signals import celeryd_init, worker_process_init, worker_shutting_down
+from celery import Celery
+from celery.signals import worker_init, worker_shutdown
 
-from tasks import state
-from tasks.exceptions import FarmError, ModelsMissing
-from tasks.queues import ROLE_STAGES
+from db import transitions
+from tasks import callrecord, state
+from tasks.exceptions import HUNG_EXIT_CODE, FarmError, ModelsMissing
+from tasks.reaper import Periodic, reaper_turn
+from tasks.registry import ROLES
 from tasks.settings import Settings
 from workers.devices import release_memory
+from workers.executor import ModelExecutor
 from workers.hub import check_profile, describe_missing
 from workers.loader import load_runtimes, quiet_library_logs
 from workers.profiles import resolve_profile
 
 logger = logging.getLogger("farm.boot")
 
+_timers: list[Periodic] = []
 
-def load_for_role(settings: Settings) -> None:
-    """Load the models of ``settings.worker_role`` into this process.
+
+def load_for_role(settings: Settings):
+    """Load the models of ``settings.worker_role``.
 
     Args:
         settings: the farm's settings (profile, device, model overrides, role).
+
+    Returns:
+        The loaded :class:`workers.loader.Runtimes`.
     """
-    if settings.worker_role not in ROLE_STAGES:
+    if settings.worker_role not in ROLES:
         raise ValueError(f"unknown worker role {settings.worker_role!r}")
     quiet_library_logs()
-    stages = ROLE_STAGES[settings.worker_role]
+    stages = ROLES[settings.worker_role]
     if settings.runtime_factory:
         module_name, _, function = settings.runtime_factory.partition(":")
         factory = getattr(importlib.import_module(module_name), function)
-        state.install_runtimes(factory(stages, settings))
-        return
+        return factory(stages, settings)
     profile = resolve_profile(
         settings.profile, settings.model_cache, **settings.profile_overrides()
     )
@@ -53,52 +64,78 @@ def load_for_role(settings: Settings) -> None:
         "memory_mode": settings.render_memory_mode,
     }
     extract_options = {"static_cache": settings.extract_static_cache}
-    runtimes = load_runtimes(stages, profile, settings.device, render_options, extract_options)
-    state.install_runtimes(runtimes)
+    return load_runtimes(stages, profile, settings.device, render_options, extract_options)
 
 
-def unload_models() -> None:
-    """Drop this process's models and give their memory back (between stages of ``farm run``)."""
+def start_process(app: Celery, settings: Settings, node: str) -> None:
+    """Load the role's models, start the model executor, lease renewal and the reaper.
+
+    Args:
+        app: the configured farm app (the reaper sends through it).
+        settings: the farm's settings, role included.
+        node: the worker's node name (its model calls are recorded under it).
+    """
+    runtimes = load_for_role(settings)
+    callrecord.clear(node)
+    executor = ModelExecutor(
+        max_wait=settings.batch_wait_seconds,
+        time_limit=settings.task_time_limit,
+        on_hang=lambda stage, tokens: _stop_hung(settings, stage, tokens),
+        on_call=lambda stage, tokens: callrecord.write(node, tokens),
+    )
+    state.install_runtimes(runtimes, executor)
+    engine = state.engine(settings.database_url)
+    held = state.held_leases()
+    renew = lambda: transitions.renew(engine, held.tokens(), settings.lease_seconds)  # noqa: E731
+    _timers[:] = [
+        Periodic("leases", settings.lease_seconds / 3, renew),
+        Periodic("reaper", settings.reaper_seconds,
+                 reaper_turn(app, engine, settings.reaper_seconds)),
+    ]  # fmt: skip
+    for timer in _timers:
+        timer.start()
+
+
+def stop_process() -> None:
+    """Stop the timers and the executor, drop the models and give their memory back."""
+    for timer in _timers:
+        timer.stop()
+    _timers.clear()
     state.drop_runtimes()
     release_memory()
 
 
-_worker = None  # this main process's Celery worker, once it is made
+def _stop_hung(settings: Settings, stage: str, culprits: list[str]) -> None:
+    try:
+        engine = state.engine(settings.database_url)
+        reason = f"a {stage} call ran past the {settings.task_time_limit} s limit"
+        held = state.held_leases().tokens()
+        transitions.expire(engine, reason, "timeout", tokens=held, culprits=culprits)
+    finally:
+        logger.critical("stopping this worker: its %s call hung; its articles go elsewhere", stage)
+        logging.shutdown()
+        os._exit(HUNG_EXIT_CODE)
 
 
-@celeryd_init.connect
-def _remember_worker(instance=None, **_) -> None:
-    global _worker
-    _worker = instance
-
-
-@worker_shutting_down.connect
-def _keep_exit_code(exitcode=None, **_) -> None:
-    # Celery gives a cold shutdown the exit code 1 but its worker exits with 0 after one;
-    # recorded here, the worker's own exit code is the one the shutdown asked for.
-    if _worker is not None and exitcode:
-        _worker.exitcode = exitcode
-
-
-def _stop_worker() -> None:
-    # SIGQUIT is Celery's cold shutdown, which exits 1 (SIGTERM's warm one exits 0): a service
-    # manager must see that this worker could not start. The child holds no task yet.
-    os.kill(os.getppid(), signal.SIGQUIT)
-
-
-@worker_process_init.connect
-def _load_models_in_pool_child(**_) -> None:
+@worker_init.connect
+def _start_worker_process(sender=None, **_) -> None:
     from tasks.app import app
 
-    if state.has_runtimes():  # an embedded worker (farm run) loaded them before starting
+    if state.has_runtimes():  # an embedded worker (farm run) started them before
         return
     try:
-        load_for_role(app.farm_settings)
+        start_process(app, app.farm_settings, sender.hostname)
     except FarmError as error:  # a message says it all; no traceback
-        logger.critical("worker cannot start: %s; shutting the worker down", error)
-        _stop_worker()
+        logger.critical("worker cannot start: %s", error)
+        logging.shutdown()
         os._exit(1)
     except BaseException:
-        logger.critical("worker could not load its models; shutting the worker down", exc_info=True)
-        _stop_worker()
+        logger.critical("worker could not load its models", exc_info=True)
+        logging.shutdown()
         os._exit(1)
+
+
+@worker_shutdown.connect
+def _stop_worker_process(**_) -> None:
+    for timer in _timers:
+        timer.stop()

@@ -1,5 +1,8 @@
 """Error kinds of the farm. The kind decides what happens to an article after an error."""
 
+# The exit code of a worker process whose model call hung (its watchdog stopped it).
+HUNG_EXIT_CODE = 75
+
 
 class FarmError(Exception):
     """Base of the farm's own errors."""

@@ -42,34 +42,30 @@ class Settings(BaseSettings):
     render_memory_mode: str = "auto"
     # Phi-3 with a static KV cache; on a CUDA GPU transformers compiles its decoding step.
     extract_static_cache: bool = False
-    # Articles per call of the translator and the extractor: a text task also claims up to
-    # this many - 1 other articles waiting at its stage (1 turns batching off).
+    # Articles per model call: a worker process holds this many text messages at once and
+    # the model executor gathers the inputs waiting (for at most batch_wait_seconds) into one
+    # call. Renders go one per call (FLUX at 1024x1024 is compute-bound at one image).
     text_batch_size: int = Field(default=8, ge=1)
-    # The same for render and score on a GPU worker. A render task with several articles
-    # renders them render_images_per_call at a time and writes each PNG while the next one
-    # renders, so PNG encoding leaves the GPU's path (bench.stream); more than one image per
-    # call only where bench.gpu shows it pays (FLUX at 1024x1024 is compute-bound at one).
-    gpu_batch_size: int = Field(default=4, ge=1)
-    render_images_per_call: int = Field(default=1, ge=1)
+    score_batch_size: int = Field(default=4, ge=1)
+    batch_wait_seconds: float = Field(default=0.02, ge=0, le=5)
     # farm run on one machine: "stagewise" runs every text stage, unloads the text models,
     # then renders and scores; "together" keeps all four loaded; "auto" picks stagewise on a
     # GPU with too little free memory for all of them (workers.devices.holds_all_models).
     run_schedule: Literal["auto", "together", "stagewise"] = "auto"
 
-    # Delivery: a lease must outlive the longest task; the broker's visibility timeout must
-    # outlive the lease, or Redis hands a running task to a second worker.
-    task_time_limit: int = 900
-    lease_seconds: int = 960
+    # Delivery. A stage's lease is renewed while it runs (every third of lease_seconds), so
+    # it runs out soon after its worker dies; the reaper then sends the article again. The
+    # broker's visibility timeout only brings back messages of workers that died, which by
+    # then find their stage done. One model call may run task_time_limit seconds before the
+    # watchdog stops its worker. Each stage of an article is claimed at most
+    # max_stage_attempts times (errors, deaths and time-outs alike), then it fails.
+    task_time_limit: int = Field(default=900, gt=0)
+    lease_seconds: int = Field(default=45, ge=3)
     visibility_timeout: int = 3600
-    stage_retries: int = 3
-    database_retries: int = 20
-    retry_backoff_seconds: float = 2.0
-    # A message that finds its article leased by another task (a batch running it, or a
-    # duplicate) looks again this often until the lease would run out; such looks do not
-    # count as retries.
-    busy_recheck_seconds: float = Field(default=10.0, gt=0)
-    max_stage_attempts: int = 5
-    worker_boot_timeout: float = 900.0
+    max_stage_attempts: int = Field(default=5, ge=1)
+    retry_backoff_seconds: float = Field(default=2.0, ge=0)
+    # How often the reaper looks for articles no message will move on (one worker per turn).
+    reaper_seconds: float = Field(default=10.0, gt=0)
     # A worker publishes its task events for Flower at most this often, several per
     # message (tasks.events); 0 publishes each on its own, as Celery does.
     event_flush_seconds: float = Field(default=0.1, ge=0, le=5)

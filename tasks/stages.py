@@ -1,20 +1,20 @@
-"""The four stages as plain functions: an article row and a model runtime in, outputs out.
+"""The four stages as plain functions over plain inputs: no Celery, no sessions, no rows.
 
-Nothing here knows about Celery or sessions. Each function reads the columns it needs from
-the article, calls its runtime, writes its files, and returns the columns to store. The base
-task (``tasks.base``) claims the article before and stores the outputs after.
+Each stage has three parts. ``prepare`` turns one article into its model input (and raises
+:class:`InvalidArticle` when there is none); ``call`` runs the model once over the inputs of
+several articles (the model executor batches them); ``finish`` turns one article's model
+output into the columns to store, writing its files on the way. The base task
+(``tasks.base``) loads the :class:`ArticleInput` after its claim and stores what ``finish``
+returns; nothing here touches the database.
 """
 
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
-from db.models import Article, ArticleStatus, Render
+from db.models import ArticleStatus
 from tasks import outputs
 from tasks.exceptions import InvalidArticle, TransientStageError
 from tasks.handoff import RecentImages, read_rgb
@@ -22,17 +22,54 @@ from workers.prompts import clip_prompt, generation_prompt
 
 
 @dataclass(frozen=True)
-class StageContext:
-    """What a stage may use besides the article: its model, the profile and where files go."""
+class RenderInput:
+    """One earlier render attempt of an article, as the score stage needs it."""
 
-    runtime: object
+    attempt: int
+    seed: int
+    image_path: str
+    model_id: str
+    lora: str | None
+    clip_score: float | None
+
+
+@dataclass(frozen=True)
+class ArticleInput:
+    """What a stage may read of one article, loaded by its task right after the claim."""
+
+    id: int
+    key: str
+    batch_id: str
+    file_stem: str
+    source_text: str
+    source_file: str = ""
+    source_sheet: str = ""
+    source_row: int = 0
+    translation: str | None = None
+    attributes: dict | None = None
+    generation_prompt: str | None = None
+    clip_prompt: str | None = None
+    render_attempt: int = 1
+    attempt_base: int = 1
+    min_clip_score: float | None = None  # the batch's own threshold, if it has one
+    renders: tuple[RenderInput, ...] = ()
+
+    @classmethod
+    def from_row(cls, row: dict, renders: tuple[dict, ...] = ()) -> ArticleInput:
+        """The input of a stage from the article's columns and its render attempts."""
+        return cls(**row, renders=tuple(RenderInput(**render) for render in renders))
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage may use besides the article: the profile, where files go, its limits."""
+
     profile: object
     output_dir: Path
     worker: str
     min_clip_score: float | None = None  # the farm's default; a batch's own threshold wins
     max_attempts: int = 1
-    images_per_call: int = 1  # images per renderer call when a render task has several articles
-    images: RecentImages | None = None  # this process's just-written images, for the score stage
+    images: RecentImages | None = None  # this process's just-written images, for scoring
 
 
 @dataclass
@@ -59,53 +96,41 @@ def render_seed(key: str, attempt: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def translate_batch(articles: list[Article], ctx: StageContext) -> list[StageOutput]:
-    """German source texts → English translations, in one call of the runtime.
-
-    Args:
-        articles: the articles, each claimed for this stage.
-        ctx: the stage's context.
-
-    Returns:
-        One output per article, in order.
-    """
-    result = ctx.runtime([article.source_text for article in articles])
-    return [StageOutput(values={"translation": text}) for text in result.texts]
+# --- translate ----------------------------------------------------------------------------
 
 
-def translate(article: Article, ctx: StageContext) -> StageOutput:
-    """German source text → English translation."""
-    return translate_batch([article], ctx)[0]
+def prepare_translate(article: ArticleInput, ctx: StageContext) -> str:
+    """The German source text."""
+    return article.source_text
 
 
-def extract_batch(articles: list[Article], ctx: StageContext) -> list[StageOutput | InvalidArticle]:
-    """English texts → attributes JSON and the two prompts, in one call of the runtime.
-
-    Args:
-        articles: the articles, each claimed for this stage.
-        ctx: the stage's context.
-
-    Returns:
-        One item per article, in order: its output, or the :class:`InvalidArticle` that
-        fails it alone (an empty translation) while the others go on.
-    """
-    usable = [bool((article.translation or "").strip()) for article in articles]
-    texts = [article.translation for article, ok in zip(articles, usable, strict=True) if ok]
-    found = iter(ctx.runtime(texts).attributes if texts else [])
-    return [
-        _extracted(next(found))
-        if ok
-        else InvalidArticle("the translation is empty; nothing to extract from")
-        for ok in usable
-    ]
+def call_translate(runtime, texts: list[str]) -> list[str]:
+    """German texts → English texts, in one call of the translator."""
+    return runtime(texts).texts
 
 
-def extract(article: Article, ctx: StageContext) -> StageOutput:
-    """English text → attributes JSON and the two prompts."""
-    return _single(extract_batch([article], ctx)[0])
+def finish_translate(article: ArticleInput, text: str, ctx: StageContext) -> StageOutput:
+    """The translation to store."""
+    return StageOutput(values={"translation": text})
 
 
-def _extracted(attributes: dict) -> StageOutput:
+# --- extract ------------------------------------------------------------------------------
+
+
+def prepare_extract(article: ArticleInput, ctx: StageContext) -> str:
+    """The English text; an empty translation fails the article (nothing to extract from)."""
+    if not (article.translation or "").strip():
+        raise InvalidArticle("the translation is empty; nothing to extract from")
+    return article.translation
+
+
+def call_extract(runtime, texts: list[str]) -> list[dict]:
+    """English texts → attribute dicts, in one call of the extractor."""
+    return runtime(texts).attributes
+
+
+def finish_extract(article: ArticleInput, attributes: dict, ctx: StageContext) -> StageOutput:
+    """The attributes and the two prompts built from them."""
     return StageOutput(
         values={
             "attributes": attributes,
@@ -115,135 +140,103 @@ def _extracted(attributes: dict) -> StageOutput:
     )
 
 
-def render_batch(articles: list[Article], ctx: StageContext) -> list[StageOutput | Exception]:
-    """Generation prompts → one image per article's current attempt, saved to disk.
+# --- render -------------------------------------------------------------------------------
 
-    The articles go through the renderer ``ctx.images_per_call`` at a time (FLUX at 1024² is
-    compute-bound at one image per call), and each image is encoded and written on a
-    background thread while the next one renders, so PNG encoding stays off the GPU's path.
 
-    Args:
-        articles: the articles, each claimed for this stage.
-        ctx: the stage's context.
+@dataclass(frozen=True)
+class RenderedImage:
+    """One image the renderer made, with its seed and its share of the call's time."""
 
-    Returns:
-        One item per article, in order: its output, or what stops it alone: the renderer's
-        error for the articles of a call that failed (CUDA out of memory, say), or the
-        :class:`TransientStageError` of an image that could not be written.
+    image: object
+    seed: int
+    seconds: float
+
+
+def prepare_render(article: ArticleInput, ctx: StageContext) -> tuple[str, int]:
+    """The generation prompt and the seed of the article's current attempt."""
+    return article.generation_prompt or "", render_seed(article.key, article.render_attempt)
+
+
+def call_render(runtime, inputs: list[tuple[str, int]]) -> list[RenderedImage]:
+    """(prompt, seed) pairs → images, in one call of the renderer."""
+    prompts, seeds = [prompt for prompt, _ in inputs], [seed for _, seed in inputs]
+    result = runtime(prompts, seeds)
+    seconds = result.seconds / max(1, len(inputs))
+    pairs = zip(result.images, seeds, strict=True)
+    return [RenderedImage(image, seed, seconds) for image, seed in pairs]
+
+
+def finish_render(article: ArticleInput, made: RenderedImage, ctx: StageContext) -> StageOutput:
+    """Write the attempt's PNG (off the model's thread) and describe its render row.
+
+    Raises:
+        TransientStageError: the image could not be written (a full or read-only disk).
     """
-    seeds = [render_seed(article.key, article.render_attempt) for article in articles]
-    step = max(1, ctx.images_per_call)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-png") as writer:
-        done: list[Future | Exception] = []
-        for start in range(0, len(articles), step):
-            chunk, chunk_seeds = articles[start : start + step], seeds[start : start + step]
-            try:
-                result = ctx.runtime([article.generation_prompt for article in chunk], chunk_seeds)
-            except (RuntimeError, ValueError) as error:
-                # The renderer's own errors (CUDA out of memory, an input it refuses) stay with
-                # this call's articles; anything else, a time limit say, ends the batch.
-                done += [error] * len(chunk)
-                continue
-            seconds = result.seconds / len(chunk)
-            done += [
-                writer.submit(_saved, article, image, seed, seconds, ctx)
-                for article, image, seed in zip(chunk, result.images, chunk_seeds, strict=True)
-            ]
-        return [item.result() if isinstance(item, Future) else item for item in done]
-
-
-def render(article: Article, ctx: StageContext) -> StageOutput:
-    """Generation prompt → one image for the article's current attempt, saved to disk."""
-    return _single(render_batch([article], ctx)[0])
-
-
-def _saved(article: Article, image, seed: int, seconds: float, ctx: StageContext):
     attempt = article.render_attempt
     path = outputs.attempt_image_path(ctx.output_dir, article.batch_id, article.file_stem, attempt)
     try:
-        outputs.save_png(image, path)
+        outputs.save_png(made.image, path)
         if ctx.images is not None:
-            ctx.images.keep(path, image)
+            ctx.images.keep(path, made.image)
     except OSError as error:
-        failure = TransientStageError(f"cannot write image {path}: {error.strerror or error}")
-        failure.__cause__ = error
-        return failure
+        raise TransientStageError(
+            f"cannot write image {path}: {error.strerror or error}"
+        ) from error
     profile = ctx.profile
     return StageOutput(
         render={
             "attempt": attempt,
-            "seed": seed,
+            "seed": made.seed,
             "model_id": profile.renderer,
             "lora": profile.lora,
             "width": profile.width,
             "height": profile.height,
             "steps": profile.steps,
             "image_path": str(path),
-            "seconds": seconds,
+            "seconds": made.seconds,
             "worker": ctx.worker,
         }
     )
 
 
-def score_batch(articles: list[Article], ctx: StageContext) -> list[StageOutput | Exception]:
-    """Current attempts' images vs CLIP prompts → scores, in one runtime call; publishes.
+# --- score --------------------------------------------------------------------------------
 
-    Below the threshold (the batch's, else the farm's) an article is rendered again with the
-    next attempt's seed, up to ``max_attempts``; after that it needs review, its best image kept.
 
-    Args:
-        articles: the articles, each claimed for this stage.
-        ctx: the stage's context.
+def prepare_score(article: ArticleInput, ctx: StageContext) -> tuple[object, str]:
+    """The current attempt's picture and the CLIP prompt.
 
-    Returns:
-        One item per article, in order: its output, or the error that stops it alone
-        (:class:`InvalidArticle` without an image, :class:`TransientStageError` when its
-        outputs cannot be written).
+    Raises:
+        InvalidArticle: the current attempt has no image on disk.
     """
-    currents = [_current_render(article) for article in articles]
-    ready = [(a, c) for a, c in zip(articles, currents, strict=True) if isinstance(c, Render)]
-    images = [_picture(Path(current.image_path), ctx) for _, current in ready]
-    prompts = [article.clip_prompt for article, _ in ready]
-    values = iter(ctx.runtime(images, prompts).scores if ready else [])
-    results = []
-    for article, current in zip(articles, currents, strict=True):
-        if not isinstance(current, Render):
-            results.append(current)
-            continue
-        try:
-            results.append(_scored(article, current, float(next(values)), ctx))
-        except TransientStageError as error:
-            results.append(error)
-    return results
+    current = _current_render(article)
+    path = Path(current.image_path)
+    picture = ctx.images.load(path) if ctx.images is not None else read_rgb(path)
+    return picture, article.clip_prompt or ""
 
 
-def score(article: Article, ctx: StageContext) -> StageOutput:
-    """Current attempt's image vs CLIP prompt → score; publishes the best image and its JSON."""
-    return _single(score_batch([article], ctx)[0])
+def call_score(runtime, inputs: list[tuple[object, str]]) -> list[float]:
+    """(picture, text) pairs → CLIP scores, in one call of the scorer."""
+    return [float(s) for s in runtime([p for p, _ in inputs], [t for _, t in inputs]).scores]
 
 
-def _single(output: StageOutput | Exception) -> StageOutput:
-    if isinstance(output, Exception):
-        raise output
-    return output
+def finish_score(article: ArticleInput, value: float, ctx: StageContext) -> StageOutput:
+    """Keep the best attempt, publish its image and JSON, and decide what comes next.
 
+    Below the threshold (the batch's, else the farm's) the article is rendered again with the
+    next attempt's seed, up to ``max_attempts``; after that it needs review, its best image
+    kept.
 
-def _picture(path: Path, ctx: StageContext) -> Image.Image:
-    return ctx.images.load(path) if ctx.images is not None else read_rgb(path)
-
-
-def _current_render(article: Article) -> Render | InvalidArticle:
-    current = next((r for r in article.renders if r.attempt == article.render_attempt), None)
-    if current is None or not Path(current.image_path).is_file():
-        return InvalidArticle(f"render attempt {article.render_attempt} has no image on disk")
-    return current
-
-
-def _scored(article: Article, current: Render, value: float, ctx: StageContext) -> StageOutput:
+    Raises:
+        TransientStageError: the published files could not be written.
+    """
+    current = _current_render(article)
+    # Earlier attempts count when scored against the current prompts and still on disk.
     scored = [
         (r.clip_score, r)
         for r in article.renders
-        if r.clip_score is not None and article.attempt_base <= r.attempt != current.attempt
+        if r.clip_score is not None
+        and article.attempt_base <= r.attempt != current.attempt
+        and Path(r.image_path).is_file()
     ]
     scored.append((value, current))
     best_score, best = max(scored, key=lambda pair: pair[0])
@@ -252,7 +245,7 @@ def _scored(article: Article, current: Render, value: float, ctx: StageContext) 
         values={"clip_score": best_score, "image_path": str(final)},
         render={"attempt": current.attempt, "clip_score": value},
     )
-    threshold = article.batch.min_clip_score if article.batch else None
+    threshold = article.min_clip_score
     threshold = ctx.min_clip_score if threshold is None else threshold
     if threshold is not None and value < threshold:
         if article.render_attempt - article.attempt_base + 1 < ctx.max_attempts:
@@ -264,12 +257,19 @@ def _scored(article: Article, current: Render, value: float, ctx: StageContext) 
     return output
 
 
-def _publish(article: Article, ctx: StageContext, best, best_score: float) -> Path:
+def _current_render(article: ArticleInput) -> RenderInput:
+    current = next((r for r in article.renders if r.attempt == article.render_attempt), None)
+    if current is None or not Path(current.image_path).is_file():
+        raise InvalidArticle(f"render attempt {article.render_attempt} has no image on disk")
+    return current
+
+
+def _publish(article: ArticleInput, ctx: StageContext, best: RenderInput, score: float) -> Path:
     folder = outputs.batch_dir(ctx.output_dir, article.batch_id)
     image_path = folder / f"{article.file_stem}.png"
     try:
         outputs.publish_file(Path(best.image_path), image_path)
-        record = _record(article, ctx, best, best_score, image_path)
+        record = _record(article, ctx, best, score, image_path)
         outputs.write_json(folder / f"{article.file_stem}.json", record)
     except OSError as error:
         raise TransientStageError(
@@ -278,14 +278,16 @@ def _publish(article: Article, ctx: StageContext, best, best_score: float) -> Pa
     return image_path
 
 
-def _record(article: Article, ctx: StageContext, best, best_score: float, image_path: Path) -> dict:
+def _record(
+    article: ArticleInput, ctx: StageContext, best: RenderInput, score: float, image_path: Path
+) -> dict:
     profile = ctx.profile
     return {
         "sample_id": article.key,
         "original_description": article.source_text,
         "generation_prompt": article.generation_prompt,
         "clip_prompt": article.clip_prompt,
-        "clip_score": best_score,
+        "clip_score": score,
         "image_path": str(image_path),
         "translation": article.translation,
         "attributes": article.attributes,

@@ -56,9 +56,6 @@ def farm_env(tmp_path, pg_url, redis_url, model_cache, tiny_profile):
         "FARM_OUTPUT_DIR": str(tmp_path / "output"),
         "FARM_PROFILE": "tiny",
         "FARM_MODEL_CACHE": str(model_cache),
-        "FARM_LEASE_SECONDS": "30",
-        "FARM_TASK_TIME_LIMIT": "20",
-        "FARM_VISIBILITY_TIMEOUT": "40",
         "FARM_RETRY_BACKOFF_SECONDS": "0.2",
         "HF_HUB_OFFLINE": "1",
     }

@@ -18,15 +18,22 @@ REPO = Path(__file__).resolve().parents[2]
 REPORT_ENV = "FARM_FAULT_REPORT"
 
 
+# Delivery settings a scenario runs with as shipped, unless it is about one of them.
+SHIPPED = ("FARM_TASK_TIME_LIMIT", "FARM_LEASE_SECONDS", "FARM_VISIBILITY_TIMEOUT",
+           "FARM_REAPER_SECONDS", "FARM_MAX_STAGE_ATTEMPTS")  # fmt: skip
+
+
 def fault_env(farm_env: dict, plan: Path, **overrides: str) -> dict:
-    """Worker environment with fault-injecting tiny runtimes and short delivery timings."""
-    env = farm_env | {
+    """Worker environment with fault-injecting tiny runtimes and the shipped delivery settings.
+
+    Only the setting a scenario is about (the visibility timeout, the time limit) is given
+    in ``overrides``.
+    """
+    env = {name: value for name, value in farm_env.items() if name not in SHIPPED}
+    env |= {
         "FARM_RUNTIME_FACTORY": "tests.faults:load",
         "FARM_FAULT_PLAN": str(plan),
         "FARM_DEVICE": "cpu",
-        "FARM_TASK_TIME_LIMIT": "6",
-        "FARM_LEASE_SECONDS": "8",
-        "FARM_VISIBILITY_TIMEOUT": "12",
         "PYTHONPATH": str(REPO),
     }
     return env | overrides
@@ -34,6 +41,10 @@ def fault_env(farm_env: dict, plan: Path, **overrides: str) -> dict:
 
 def sessions(env: dict):
     return session_factory(make_engine(env["FARM_DATABASE_URL"]))
+
+
+def engine(env: dict):
+    return make_engine(env["FARM_DATABASE_URL"])
 
 
 def wait_for_run(env: dict, stage: str, outcome: str = "running", timeout: float = 60) -> None:

@@ -18,6 +18,7 @@ from db.engine import make_engine, session_factory
 from db.models import Article, ArticleStatus, Render, StageRun
 from tasks.queues import GPU_QUEUE, TEXT_QUEUE
 from tests.integration.farmproc import farm, wait_until_ended
+from tests.integration.faultkit import received
 
 pytestmark = pytest.mark.integration
 
@@ -185,10 +186,12 @@ def test_invalid_input_is_reported_whole_and_nothing_is_written_or_sent(farm_env
     assert queued_messages(farm_env["FARM_BROKER_URL"]) == 0
 
 
-def test_workers_run_waiting_articles_in_one_model_call_and_each_chain_goes_on_once(
+def test_workers_gather_waiting_articles_into_one_model_call_and_each_stage_is_received_once(
     farm_env, start_worker, tmp_path
 ):
-    env = farm_env | {"FARM_TEXT_BATCH_SIZE": "4", "FARM_GPU_BATCH_SIZE": "4"}
+    # A second to gather: the batches' size, not the machine's speed, decides what is tested.
+    env = farm_env | {"FARM_TEXT_BATCH_SIZE": "4", "FARM_SCORE_BATCH_SIZE": "4",
+                      "FARM_BATCH_WAIT_SECONDS": "1"}  # fmt: skip
     catalog = tmp_path / "twelve.csv"
     with open(catalog, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
@@ -198,10 +201,8 @@ def test_workers_run_waiting_articles_in_one_model_call_and_each_chain_goes_on_o
     assert submitted.returncode == 0, submitted.stderr
     text = start_worker("text", env=env)
     wait_until_ended(env["FARM_DATABASE_URL"], ended=("extracted",))
-    # Every render is queued before the GPU worker starts, so its first call takes four.
     gpu = start_worker("gpu", env=env | {"FARM_DEVICE": "cpu"})
     wait_until_ended(env["FARM_DATABASE_URL"])
-    # Batch mates' own messages come last and must find their stage done and stop.
     assert wait_until_drained(env["FARM_BROKER_URL"]) == 0
 
     sessions = session_factory(make_engine(env["FARM_DATABASE_URL"]))
@@ -216,7 +217,11 @@ def test_workers_run_waiting_articles_in_one_model_call_and_each_chain_goes_on_o
     assert statuses == [ArticleStatus.done.value] * 12
     assert len(ok_runs) == 12 * 4 and {count for *_, count in ok_runs} == {1}
     assert renders == 12
-    for worker, stages in ((text, ("translate", "extract")), (gpu, ("render", "score"))):
-        log = worker.log_path.read_text()
-        for stage in stages:
-            assert re.search(rf"{stage} done in \S+ with 3 more articles in the same call", log)
+    logs = [text.log_path, gpu.log_path]
+    for task in ("farm.translate", "farm.extract", "farm.render", "farm.score"):
+        assert received(logs, task) == 12, task  # no copy, no look-again
+    text_log, gpu_log = text.log_path.read_text(), gpu.log_path.read_text()
+    for stage in ("translate", "extract"):
+        assert re.search(rf"{stage}: one call over 4 inputs", text_log), stage
+    assert re.search(r"score: one call over [234] inputs", gpu_log)
+    assert not re.search(r"render: one call over [2-9]", gpu_log)  # renders go one by one

@@ -1,8 +1,8 @@
 """A missing model stops the farm at once, with one message naming the command that fetches it.
 
 Each test runs real processes with an empty Hugging Face cache and ``HF_HUB_OFFLINE=1``:
-``farm models check``, a Celery worker started as ``farm worker`` starts it (its pool child
-checks the models at boot), and ``farm run``, which must leave nothing half-written.
+``farm models check``, a Celery worker started as ``farm worker`` starts it (it checks the
+models at boot, before it connects), and ``farm run``, which must leave nothing half-written.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 import redis
 
 from producer.cli import SAMPLE_CATALOG
+from tasks.launcher import plan_workers
 from tasks.settings import Settings
 from tests.integration.farmproc import FARM, farm
-from workers.launcher import plan_workers
 from workers.profiles import DEFAULT, ROLES
 
 pytestmark = pytest.mark.integration
@@ -106,11 +106,11 @@ def test_a_gpu_worker_without_its_models_exits_non_zero_at_boot_naming_them_and_
         output_dir=tmp_path / "out",
         model_cache=tmp_path / "farm-cache",
     )
-    # The command line and environment `farm worker gpu` would exec, minus its model pre-check:
-    # the pool child's boot handler is what is under test.
-    (process,) = plan_workers("gpu", settings, (), concurrency=1)
+    # The command line and environment `farm worker gpu` would start, minus its model
+    # pre-check: the worker's own boot handler is what is under test.
+    (process,) = plan_workers("gpu", settings, ())
     argv = process.argv
-    assert argv[argv.index("--pool") + 1] == "prefork" and "--concurrency" in argv
+    assert argv[argv.index("--pool") + 1] == "threads" and "--concurrency" in argv
     log = tmp_path / "worker.log"
     started = time.monotonic()
 
@@ -118,7 +118,8 @@ def test_a_gpu_worker_without_its_models_exits_non_zero_at_boot_naming_them_and_
 
     output = log.read_text()
     assert code is not None, f"the worker still ran after 120 s:\n{output}"
-    assert code == 1, output  # Celery's cold shutdown: a service manager sees a failure
+    assert code == 1, output  # a service manager sees a failure
+    assert " ready." not in output, output  # it never took work
     assert time.monotonic() - started < 120
     assert "worker cannot start: models not found" in output, output
     for repo_id in GPU_MODELS:

@@ -1,8 +1,8 @@
 """The farm's frequent reads on PostgreSQL stay cheap as a catalog gets done.
 
-A batch looks for its mates ("the oldest articles waiting at this stage") and every finished
-article asks whether its batch is done. Both read articles by status. Two things could make
-them walk past every finished article, ever slower as a 10,000-article catalog progresses:
+The reaper looks for stuck articles every few seconds, and every finished article asks
+whether its batch is done. Both read articles by status. Two things could make them walk
+past every finished article, ever slower as a 10,000-article catalog progresses:
 
 * psycopg prepares a statement after a few runs, and PostgreSQL may then choose a generic
   plan, made without knowing which status is asked for;
@@ -11,8 +11,7 @@ them walk past every finished article, ever slower as a 10,000-article catalog p
 
 Each test fills a table the way a catalog half-way through looks (finished articles first,
 waiting ones last), gathers statistics, takes the SQL the farm sends, and runs it under both
-plan modes with ``EXPLAIN ANALYZE``: no row may be read and then thrown away. A last test
-checks that looking for batch mates leaves the connection's prepared statements in place.
+plan modes with ``EXPLAIN ANALYZE``: no finished article may be read and then thrown away.
 """
 
 from __future__ import annotations
@@ -21,11 +20,11 @@ import re
 
 import psycopg
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event
 
 from db.engine import make_engine, session_factory
-from db.transitions import claim_stage, waiting_articles
 from tasks.finish import write_statistics_if_finished
+from tasks.reaper import stuck_articles
 
 pytestmark = pytest.mark.integration
 
@@ -94,18 +93,17 @@ def _thrown_away(node: dict) -> int:
 
 
 @pytest.mark.parametrize("mode", ["force_generic_plan", "force_custom_plan"])
-def test_finding_a_batchs_mates_reads_only_the_waiting_articles_whatever_the_plan(
+def test_the_reapers_search_reads_only_the_articles_in_flight_whatever_the_plan(
     sessions, pg_url, mode
 ):
-    # One in ten waiting: planned with the status known but the status index alone,
-    # PostgreSQL walks the primary key, expecting a waiting article every tenth row.
-    fill(pg_url, "done", "translated", waiting=300)
+    # Near the end of a catalog: the reaper, every few seconds, must not walk the finished.
+    fill(pg_url, "done", "rendered", waiting=20)
     engine = sessions.kw["bind"]
-    with sessions() as session:
+    with engine.connect() as connection:
         statement, parameters = capture(
-            engine, "SELECT articles.id", lambda: waiting_articles(session, "extract", 3, 0)
+            engine, "SELECT articles.id", lambda: stuck_articles(connection)
         )
-    assert rows_thrown_away(pg_url, statement, parameters, mode) == 0
+    assert rows_thrown_away(pg_url, statement, parameters, mode) <= 20
 
 
 @pytest.mark.parametrize("mode", ["force_generic_plan", "force_custom_plan"])
@@ -118,23 +116,6 @@ def test_asking_whether_a_batch_is_done_reads_only_the_unfinished_articles_whate
         statement, parameters = capture(
             engine,
             "SELECT articles.id",
-            lambda: write_statistics_if_finished(session, "b1", tmp_path),
+            lambda: write_statistics_if_finished(session.connection(), "b1", tmp_path),
         )
     assert rows_thrown_away(pg_url, statement, parameters, mode) == 0
-
-
-def test_finding_a_batchs_mates_keeps_the_connections_prepared_statements(sessions, pg_url):
-    # A ROLLBACK makes psycopg drop every statement it prepared on the connection, so the
-    # claims and completions that follow would be parsed and planned again each time.
-    fill(pg_url, "translated", "translated", waiting=0)
-    engine = sessions.kw["bind"]
-    event.listen(engine, "connect", lambda dbapi_conn, _record: setattr(
-        dbapi_conn, "prepare_threshold", 0))  # fmt: skip
-    with sessions() as session:
-        claim_stage(session, 1, "extract", "w1@host", 600, 3)
-        prepared = text("SELECT count(*) FROM pg_prepared_statements")
-        before = session.scalar(prepared)
-        session.commit()
-        assert waiting_articles(session, "extract", 3, exclude=1)
-        after = session.scalar(prepared)
-    assert before > 0 and after >= before

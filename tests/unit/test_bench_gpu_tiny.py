@@ -8,6 +8,11 @@ import pytest
 
 LAST_LINE = re.compile(r"images_per_hour: (\d+(?:\.\d+)?)")
 CONFIG_LINE = re.compile(r"batch (\d+): ([\d.]+) s/image .*\| (\d+) images/h")
+STAGE_LINE = re.compile(
+    r"render stage with PNG writes \(\w+\): PNG on the model thread [\d.]+ s/article, "
+    r"renderer idle ([\d.]+)% of render time; PNG by the message's thread [\d.]+ s/article, "
+    r"idle ([\d.]+)%"
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +49,7 @@ def test_images_per_hour_is_the_fastest_configuration_measured(run):
 
 def test_fp8_is_refused_on_the_cpu_with_the_reason(run):
     assert "fp8: skipped, fp8 needs a CUDA GPU" in run.stdout
+
+
+def test_the_render_stage_is_measured_with_the_png_on_and_off_the_model_thread(run):
+    assert any(STAGE_LINE.search(line) for line in run.stdout.splitlines()), run.stdout

@@ -20,8 +20,12 @@ def imported_modules(code: str) -> set[str]:
     return set(result.stdout.split())
 
 
-def test_the_producer_and_the_cli_never_import_torch():
-    loaded = imported_modules("import producer.cli, producer.export, producer.report")
+PRODUCER = sorted(p.stem for p in (REPO / "producer").glob("*.py") if p.stem != "__init__")
+
+
+def test_no_producer_module_imports_torch_when_loaded():
+    modules = ", ".join(f"producer.{name}" for name in PRODUCER)
+    loaded = imported_modules(f"import {modules}")
     assert not {"torch", "transformers", "diffusers"} & loaded
 
 
@@ -53,6 +57,7 @@ RUNTIMES = [
     "hub_mirror",
     "doctor",
     "placement",
+    "executor",
 ]
 
 
@@ -60,3 +65,13 @@ RUNTIMES = [
 def test_model_runtimes_import_no_celery_no_sql_and_no_tasks(name):
     imports = first_party_imports(REPO / "workers" / f"{name}.py")
     assert not imports & {"celery", "sqlalchemy", "db", "tasks", "producer"}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "workers").rglob("*.py")), ids=lambda p: p.name)
+def test_nothing_in_workers_imports_the_tasks_the_database_or_the_producer(path):
+    assert not first_party_imports(path) & {"tasks", "db", "producer"}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "tasks").rglob("*.py")), ids=lambda p: p.name)
+def test_tasks_never_import_the_producer(path):
+    assert "producer" not in first_party_imports(path)

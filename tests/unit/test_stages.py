@@ -1,21 +1,20 @@
-"""The plain stage functions with the tiny models, no Celery and no database."""
+"""The plain stage functions with the tiny models, no Celery, no executor and no database."""
 
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from db.models import Article, Render
-from tasks import outputs, stages
+from db.models import ArticleStatus
+from tasks import handoff, outputs, stages
 from tasks.exceptions import InvalidArticle, TransientStageError
-from tasks.handoff import RecentImages
+from tasks.handoff import RecentImages, read_rgb
 from workers.extractor import Attributes
 from workers.loader import load_runtimes
 
@@ -25,7 +24,7 @@ def runtimes(tiny_profile):
     return load_runtimes(("translate", "extract", "render", "score"), tiny_profile, "cpu")
 
 
-def make_article(**columns) -> Article:
+def make_article(**columns) -> stages.ArticleInput:
     values = {
         "id": 1,
         "batch_id": "b1",
@@ -35,32 +34,55 @@ def make_article(**columns) -> Article:
         "source_sheet": "csv",
         "source_row": 2,
         "source_text": "Damen-Bluse\nLeichte Bluse aus Viskose.",
-        "render_attempt": 1,
-        "attempt_base": 1,
     } | columns
-    article = Article(**values)
-    article.renders = []
-    return article
+    return stages.ArticleInput(**values)
 
 
-def context(runtimes, stage, tmp_path):
+def context(runtimes, output_dir: Path, **fields) -> stages.StageContext:
     return stages.StageContext(
-        runtime=getattr(runtimes, stage),
-        profile=runtimes.profile,
-        output_dir=tmp_path,
-        worker="test@host",
+        profile=runtimes.profile, output_dir=output_dir, worker="test@host", **fields
     )
 
 
-def extracted_article(runtimes, tmp_path, **columns) -> Article:
+def run_stage(runtimes, name: str, article, ctx) -> stages.StageOutput:
+    """One article through one stage as its task runs it: prepare, one model call, finish."""
+    prepare = getattr(stages, f"prepare_{name}")
+    call = getattr(stages, f"call_{name}")
+    finish = getattr(stages, f"finish_{name}")
+    (output,) = call(getattr(runtimes, name), [prepare(article, ctx)])
+    return finish(article, output, ctx)
+
+
+def extracted_article(runtimes, tmp_path, **columns) -> stages.ArticleInput:
     article = make_article(**columns)
-    translated = stages.translate(article, context(runtimes, "translate", tmp_path))
-    article.translation = translated.values["translation"]
-    for name, value in stages.extract(
-        article, context(runtimes, "extract", tmp_path)
-    ).values.items():
-        setattr(article, name, value)
-    return article
+    ctx = context(runtimes, tmp_path)
+    translated = run_stage(runtimes, "translate", article, ctx)
+    article = replace(article, **translated.values)
+    extracted = run_stage(runtimes, "extract", article, ctx)
+    return replace(article, **extracted.values)
+
+
+def as_render(row: dict, clip_score: float | None = None) -> stages.RenderInput:
+    """The render row a finished render stage describes, as the score stage reads it back."""
+    return stages.RenderInput(
+        attempt=row["attempt"],
+        seed=row["seed"],
+        image_path=row["image_path"],
+        model_id=row["model_id"],
+        lora=row["lora"],
+        clip_score=clip_score,
+    )
+
+
+def rendered_article(runtimes, tmp_path, ctx=None, **columns) -> stages.ArticleInput:
+    """An extracted article with its current attempt rendered (and not yet scored)."""
+    article = extracted_article(runtimes, tmp_path, **columns)
+    row = run_stage(runtimes, "render", article, ctx or context(runtimes, tmp_path)).render
+    return replace(article, renders=(as_render(row),))
+
+
+def score_alone(runtimes, image_path: str, text: str) -> float:
+    return runtimes.score([read_rgb(Path(image_path))], [text]).scores[0]
 
 
 def test_render_seeds_depend_only_on_key_and_attempt():
@@ -70,63 +92,90 @@ def test_render_seeds_depend_only_on_key_and_attempt():
     assert 0 <= stages.render_seed("x", 7) < 2**63
 
 
+def test_an_article_input_is_built_from_its_row_and_its_render_rows():
+    render = {
+        "attempt": 1,
+        "seed": 5,
+        "image_path": "a.png",
+        "model_id": "m",
+        "lora": None,
+        "clip_score": 20.5,
+    }
+    row = {"id": 3, "key": "K", "batch_id": "b", "file_stem": "K", "source_text": "Rock"}
+    article = stages.ArticleInput.from_row(row, (render,))
+    assert article.renders == (stages.RenderInput(**render),)
+    assert (article.id, article.key, article.render_attempt) == (3, "K", 1)
+
+
 def test_the_same_article_and_attempt_render_identical_bytes_and_another_attempt_does_not(
     runtimes, tmp_path
 ):
     article = extracted_article(runtimes, tmp_path)
-    ctx = context(runtimes, "render", tmp_path)
-    first = stages.render(article, ctx).render
+    ctx = context(runtimes, tmp_path)
+    first = run_stage(runtimes, "render", article, ctx).render
     first_bytes = Path(first["image_path"]).read_bytes()
-    again = stages.render(article, ctx).render
-    assert again["seed"] == first["seed"]
+    again = run_stage(runtimes, "render", article, ctx).render
+    assert again["seed"] == first["seed"] == stages.render_seed(article.key, 1)
     assert Path(again["image_path"]).read_bytes() == first_bytes
 
-    article.render_attempt = 2
-    second = stages.render(article, ctx).render
-    assert second["seed"] != first["seed"]
+    second = run_stage(runtimes, "render", replace(article, render_attempt=2), ctx).render
+    assert second["attempt"] == 2 and second["seed"] != first["seed"]
     assert second["image_path"] != first["image_path"]
     assert Path(second["image_path"]).read_bytes() != first_bytes
 
 
-def test_score_publishes_the_best_attempt_with_its_json(runtimes, tmp_path):
+def test_a_render_row_describes_the_profile_worker_and_image(runtimes, tmp_path):
     article = extracted_article(runtimes, tmp_path)
-    ctx = context(runtimes, "render", tmp_path)
-    rendered = stages.render(article, ctx).render
-    article.renders = [Render(**rendered)]
+    row = run_stage(runtimes, "render", article, context(runtimes, tmp_path)).render
+    profile = runtimes.profile
+    assert row["model_id"] == profile.renderer and row["lora"] == profile.lora
+    assert (row["width"], row["height"], row["steps"]) == (
+        profile.width,
+        profile.height,
+        profile.steps,
+    )
+    assert row["worker"] == "test@host" and row["seconds"] >= 0
+    expected = outputs.attempt_image_path(tmp_path, "b1", "SKU-1", 1)
+    assert row["image_path"] == str(expected)
+    with Image.open(expected) as picture:
+        assert picture.size == (profile.width, profile.height)
 
-    scored = stages.score(article, context(runtimes, "score", tmp_path))
 
-    image = runtimes.score  # compute the expected score with the runtime itself
-    from PIL import Image
+def test_score_publishes_the_best_attempt_with_its_json(runtimes, tmp_path):
+    article = rendered_article(runtimes, tmp_path)
+    (rendered,) = article.renders
 
-    with Image.open(rendered["image_path"]) as picture:
-        expected = image([picture.convert("RGB")], [article.clip_prompt]).scores[0]
+    scored = run_stage(runtimes, "score", article, context(runtimes, tmp_path))
+
+    expected = score_alone(runtimes, rendered.image_path, article.clip_prompt)
     assert scored.render == {"attempt": 1, "clip_score": pytest.approx(expected)}
     assert scored.values["clip_score"] == pytest.approx(expected)
+    assert scored.values["image_path"] == str(tmp_path / "b1" / "SKU-1.png")
+    assert scored.status is None and scored.then is None  # done, as the registry says
     record = json.loads((tmp_path / "b1" / "SKU-1.json").read_text())
     assert record["sample_id"] == "SKU-1"
-    assert record["seed"] == rendered["seed"]
+    assert record["seed"] == rendered.seed and record["attempt"] == 1
+    assert record["clip_score"] == pytest.approx(expected)
     assert record["clip_prompt"] == article.clip_prompt
+    assert record["translation"] == article.translation
+    assert record["source"] == {"file": "c.csv", "sheet": "csv", "row": 2}
     assert record["models"]["renderer"] == runtimes.profile.renderer
-    assert (tmp_path / "b1" / "SKU-1.png").read_bytes() == Path(rendered["image_path"]).read_bytes()
+    published = (tmp_path / "b1" / "SKU-1.png").read_bytes()
+    assert published == Path(rendered.image_path).read_bytes()
 
 
 def test_the_score_stage_takes_the_image_its_process_just_rendered_from_memory(
     runtimes, tmp_path, monkeypatch
 ):
     images = RecentImages()
-    article = extracted_article(runtimes, tmp_path)
-    render_ctx = context(runtimes, "render", tmp_path)
-    rendered = stages.render(article, replace(render_ctx, images=images)).render
-    article.renders = [Render(**rendered)]
-    from_disk = stages.score(article, context(runtimes, "score", tmp_path))
+    article = rendered_article(runtimes, tmp_path, context(runtimes, tmp_path, images=images))
+    from_disk = run_stage(runtimes, "score", article, context(runtimes, tmp_path))
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("the image was decoded from disk again")
 
-    monkeypatch.setattr(stages.Image, "open", no_decoding)
-    score_ctx = replace(context(runtimes, "score", tmp_path), images=images)
-    from_memory = stages.score(article, score_ctx)
+    monkeypatch.setattr(handoff.Image, "open", no_decoding)
+    from_memory = run_stage(runtimes, "score", article, context(runtimes, tmp_path, images=images))
 
     assert images.hits == 1
     assert from_memory.values["clip_score"] == from_disk.values["clip_score"]
@@ -155,34 +204,155 @@ def test_a_kept_image_whose_file_changed_on_disk_is_read_from_disk(tmp_path):
 
 def test_score_keeps_an_earlier_better_attempt_as_the_article_image(runtimes, tmp_path):
     article = extracted_article(runtimes, tmp_path)
-    ctx = context(runtimes, "render", tmp_path)
-    first = stages.render(article, ctx).render
-    article.render_attempt = 2
-    second = stages.render(article, ctx).render
-    article.renders = [Render(**first, clip_score=1e9), Render(**second)]
+    ctx = context(runtimes, tmp_path)
+    first = run_stage(runtimes, "render", article, ctx).render
+    article = replace(article, render_attempt=2)
+    second = run_stage(runtimes, "render", article, ctx).render
+    article = replace(article, renders=(as_render(first, clip_score=1e9), as_render(second)))
 
-    scored = stages.score(article, context(runtimes, "score", tmp_path))
+    scored = run_stage(runtimes, "score", article, ctx)
 
     assert scored.values["clip_score"] == 1e9
+    expected = score_alone(runtimes, second["image_path"], article.clip_prompt)
+    assert scored.render == {"attempt": 2, "clip_score": pytest.approx(expected)}
     assert (tmp_path / "b1" / "SKU-1.png").read_bytes() == Path(first["image_path"]).read_bytes()
+    assert json.loads((tmp_path / "b1" / "SKU-1.json").read_text())["attempt"] == 1
+
+
+def test_score_ignores_attempts_from_before_the_articles_attempt_base(runtimes, tmp_path):
+    article = extracted_article(runtimes, tmp_path, render_attempt=2, attempt_base=2)
+    ctx = context(runtimes, tmp_path)
+    old = run_stage(runtimes, "render", replace(article, render_attempt=1), ctx).render
+    current = run_stage(runtimes, "render", article, ctx).render
+    article = replace(article, renders=(as_render(old, clip_score=1e9), as_render(current)))
+
+    scored = run_stage(runtimes, "score", article, ctx)
+
+    expected = score_alone(runtimes, current["image_path"], article.clip_prompt)
+    assert scored.values["clip_score"] == pytest.approx(expected)
+    published = (tmp_path / "b1" / "SKU-1.png").read_bytes()
+    assert published == Path(current["image_path"]).read_bytes()
 
 
 def test_score_without_an_image_on_disk_is_an_invalid_article(runtimes, tmp_path):
     article = extracted_article(runtimes, tmp_path)
-    article.renders = [
-        Render(attempt=1, seed=1, image_path=str(tmp_path / "missing.png"), clip_score=None)
-    ]
+    missing = stages.RenderInput(1, 1, str(tmp_path / "missing.png"), "m", None, None)
+    article = replace(article, renders=(missing,))
     with pytest.raises(InvalidArticle, match="no image on disk"):
-        stages.score(article, context(runtimes, "score", tmp_path))
+        stages.prepare_score(article, context(runtimes, tmp_path))
+    with pytest.raises(InvalidArticle, match="no image on disk"):
+        stages.prepare_score(replace(article, renders=()), context(runtimes, tmp_path))
 
 
-def test_an_unwritable_output_folder_is_a_transient_error(runtimes, tmp_path):
-    article = extracted_article(runtimes, tmp_path)
+def test_an_unwritable_output_folder_is_a_transient_error_for_render_and_score(runtimes, tmp_path):
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the output folder should be")
-    ctx = stages.StageContext(runtimes.render, runtimes.profile, blocked, "test@host")
+    article = extracted_article(runtimes, tmp_path)
     with pytest.raises(TransientStageError, match="cannot write image"):
-        stages.render(article, ctx)
+        run_stage(runtimes, "render", article, context(runtimes, blocked))
+
+    rendered = rendered_article(runtimes, tmp_path / "fine")
+    with pytest.raises(TransientStageError, match="cannot write outputs"):
+        run_stage(runtimes, "score", rendered, context(runtimes, blocked))
+
+
+def test_a_score_below_the_threshold_renders_the_next_attempt_then_needs_review(runtimes, tmp_path):
+    ctx = context(runtimes, tmp_path, min_clip_score=1e9, max_attempts=2)
+    first = rendered_article(runtimes, tmp_path)
+
+    again = run_stage(runtimes, "score", first, ctx)
+
+    assert again.then == "render" and again.status == ArticleStatus.extracted
+    assert again.values["render_attempt"] == 2
+    assert (tmp_path / "b1" / "SKU-1.png").is_file()  # the best so far is published meanwhile
+
+    second = replace(first, render_attempt=2)
+    row = run_stage(runtimes, "render", second, ctx).render
+    scored_first = replace(first.renders[0], clip_score=again.render["clip_score"])
+    second = replace(second, renders=(scored_first, as_render(row)))
+
+    last = run_stage(runtimes, "score", second, ctx)
+
+    assert last.status == ArticleStatus.needs_review and last.then is None
+    assert "render_attempt" not in last.values
+    best = max(again.render["clip_score"], last.render["clip_score"])
+    assert last.values["clip_score"] == best
+
+
+def test_the_batchs_own_threshold_wins_over_the_farms(runtimes, tmp_path):
+    article = rendered_article(runtimes, tmp_path)
+    farm_too_high = context(runtimes, tmp_path, min_clip_score=1e9, max_attempts=3)
+    assert run_stage(runtimes, "score", article, farm_too_high).then == "render"
+
+    passes = run_stage(runtimes, "score", replace(article, min_clip_score=-1e9), farm_too_high)
+    assert passes.status is None and passes.then is None
+
+    batch_too_high = context(runtimes, tmp_path, min_clip_score=-1e9, max_attempts=3)
+    fails = run_stage(runtimes, "score", replace(article, min_clip_score=1e9), batch_too_high)
+    assert fails.then == "render"
+
+
+def test_a_batch_of_articles_translates_as_each_would_alone(runtimes, tmp_path):
+    ctx = context(runtimes, tmp_path)
+    articles = [
+        make_article(id=i, source_text=text)
+        for i, text in enumerate(
+            ["Rock", "Damen-Bluse\nLeichte Bluse aus Viskose.", "Schwarze Jeans mit Gürtel"]
+        )
+    ]
+    inputs = [stages.prepare_translate(article, ctx) for article in articles]
+    together = stages.call_translate(runtimes.translate, inputs)
+    alone = [stages.call_translate(runtimes.translate, [text])[0] for text in inputs]
+    assert together == alone and len(together) == 3
+    finished = [stages.finish_translate(a, t, ctx) for a, t in zip(articles, together, strict=True)]
+    assert [output.values for output in finished] == [{"translation": t} for t in alone]
+
+
+def test_an_empty_translation_fails_only_its_own_article_of_an_extraction_batch(runtimes, tmp_path):
+    ctx = context(runtimes, tmp_path)
+    articles = [
+        make_article(id=1, translation="Light viscose blouse"),
+        make_article(id=2, translation="  "),
+        make_article(id=3, translation="Black jeans with a belt"),
+        make_article(id=4, translation=None),
+    ]
+    inputs, invalid = [], []
+    for article in articles:
+        try:
+            inputs.append((article, stages.prepare_extract(article, ctx)))
+        except InvalidArticle:
+            invalid.append(article.id)
+    assert invalid == [2, 4]
+
+    attributes = stages.call_extract(runtimes.extract, [text for _, text in inputs])
+    assert len(attributes) == 2
+    for (article, _), found in zip(inputs, attributes, strict=True):
+        output = stages.finish_extract(article, found, ctx)
+        assert set(output.values) == {"attributes", "generation_prompt", "clip_prompt"}
+        Attributes.model_validate(output.values["attributes"])
+
+
+def test_a_batch_of_scores_gives_each_article_what_it_would_get_alone(runtimes, tmp_path):
+    ctx = context(runtimes, tmp_path)
+    articles = [
+        rendered_article(runtimes, tmp_path, id=n, key=f"K-{n}", file_stem=f"K-{n}")
+        for n in (1, 2, 3)
+    ]
+    inputs = [stages.prepare_score(article, ctx) for article in articles]
+
+    together = stages.call_score(runtimes.score, inputs)
+
+    for article, value in zip(articles, together, strict=True):
+        alone = score_alone(runtimes, article.renders[0].image_path, article.clip_prompt)
+        assert value == pytest.approx(alone, abs=1e-3)
+        stages.finish_score(article, value, ctx)
+        assert (tmp_path / "b1" / f"{article.file_stem}.json").is_file()
+
+
+def test_tiny_runtimes_load_on_the_cpu(runtimes):
+    assert runtimes.render is not None and runtimes.score is not None
+    assert torch.get_default_dtype() == torch.float32
+    assert runtimes.profile.width == 64
 
 
 @pytest.mark.parametrize("key", ["../../etc/passwd", "a/b", "Jacke: rot?", ".hidden", "x" * 300])
@@ -198,120 +368,12 @@ def test_safe_keys_are_kept_as_they_are():
 
 
 def test_clip_statistics_match_the_python_statistics_module():
-    import statistics
-
     scores = [21.5, 30.25, 25.0, 19.0]
     stats = outputs.clip_statistics(scores)
     assert stats["Total Samples"] == 4
     assert stats["Mean"] == statistics.fmean(scores)
     assert stats["Median"] == statistics.median(scores)
     assert stats["Min"] == 19.0 and stats["Max"] == 30.25
-
-
-def test_tiny_runtimes_load_on_the_cpu(runtimes):
-    assert runtimes.render is not None and runtimes.score is not None
-    assert torch.get_default_dtype() == torch.float32
-    assert SimpleNamespace(**vars(runtimes.profile)).width == 64
-
-
-def test_a_batch_of_articles_translates_as_each_would_alone(runtimes, tmp_path):
-    ctx = context(runtimes, "translate", tmp_path)
-    articles = [
-        make_article(id=i, source_text=text)
-        for i, text in enumerate(
-            ["Rock", "Damen-Bluse\nLeichte Bluse aus Viskose.", "Schwarze Jeans mit Gürtel"]
-        )
-    ]
-    together = [output.values for output in stages.translate_batch(articles, ctx)]
-    alone = [stages.translate(article, ctx).values for article in articles]
-    assert together == alone and len(together) == 3
-
-
-def test_a_batch_extraction_fails_only_the_article_without_text(runtimes, tmp_path):
-    ctx = context(runtimes, "extract", tmp_path)
-    articles = [
-        make_article(id=1, translation="Light viscose blouse"),
-        make_article(id=2, translation="  "),
-        make_article(id=3, translation="Black jeans with a belt"),
-    ]
-    first, empty, third = stages.extract_batch(articles, ctx)
-    assert isinstance(empty, InvalidArticle)
-    for output in (first, third):
-        assert set(output.values) == {"attributes", "generation_prompt", "clip_prompt"}
-        Attributes.model_validate(output.values["attributes"])
-
-
-def test_a_batch_render_gives_each_article_its_own_seed_and_file_and_scores_them_together(
-    runtimes, tmp_path
-):
-    articles = [extracted_article(runtimes, tmp_path, id=n, key=f"K-{n}", file_stem=f"K-{n}")
-                for n in (1, 2, 3)]  # fmt: skip
-    rendered = stages.render_batch(articles, context(runtimes, "render", tmp_path))
-    for article, output in zip(articles, rendered, strict=True):
-        assert output.render["seed"] == stages.render_seed(article.key, 1)
-        assert Path(output.render["image_path"]).name.startswith(f"{article.file_stem}.")
-        article.renders = [Render(**output.render)]
-    articles[1].renders[0].image_path = str(tmp_path / "missing.png")
-
-    first, missing, third = stages.score_batch(articles, context(runtimes, "score", tmp_path))
-
-    assert isinstance(missing, InvalidArticle)
-    for article, output in ((articles[0], first), (articles[2], third)):
-        with Image.open(article.renders[0].image_path) as picture:
-            alone = runtimes.score([picture.convert("RGB")], [article.clip_prompt]).scores[0]
-        assert output.render["clip_score"] == pytest.approx(alone, abs=1e-3)
-        assert (tmp_path / "b1" / f"{article.file_stem}.json").is_file()
-
-
-class CountingRenderer:
-    """The tiny renderer, counting its calls and failing the calls numbered in ``fail_on``."""
-
-    def __init__(self, renderer, fail_on: tuple[int, ...] = ()):
-        self.renderer, self.fail_on, self.calls = renderer, fail_on, []
-
-    def __call__(self, prompts, seeds):
-        self.calls.append(len(prompts))
-        if len(self.calls) in self.fail_on:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
-        return self.renderer(prompts, seeds)
-
-
-def test_a_render_batch_streams_one_image_per_call_and_writes_what_one_big_call_writes(
-    runtimes, tmp_path
-):
-    articles = [extracted_article(runtimes, tmp_path, id=n, key=f"K-{n}", file_stem=f"K-{n}")
-                for n in (1, 2, 3)]  # fmt: skip
-    pictures = {}
-    for per_call in (1, 3):
-        renderer = CountingRenderer(runtimes.render)
-        ctx = stages.StageContext(
-            renderer, runtimes.profile, tmp_path / f"per-call-{per_call}", "test@host",
-            images_per_call=per_call,
-        )  # fmt: skip
-        outputs_ = stages.render_batch(articles, ctx)
-        assert renderer.calls == ([1, 1, 1] if per_call == 1 else [3])
-        pictures[per_call] = []
-        for output in outputs_:
-            with Image.open(output.render["image_path"]) as picture:
-                pictures[per_call].append(np.asarray(picture.convert("RGB"), dtype=int))
-    for streamed, together in zip(pictures[1], pictures[3], strict=True):
-        # As in test_renderer: CPU BLAS may round a rare pixel one level apart in a batch.
-        difference = np.abs(streamed - together)
-        assert difference.max() <= 1 and (difference > 0).mean() < 0.01
-
-
-def test_a_renderer_call_that_fails_mid_batch_fails_only_its_own_article(runtimes, tmp_path):
-    articles = [extracted_article(runtimes, tmp_path, id=n, key=f"K-{n}", file_stem=f"K-{n}")
-                for n in (1, 2, 3)]  # fmt: skip
-    renderer = CountingRenderer(runtimes.render, fail_on=(2,))
-    ctx = stages.StageContext(renderer, runtimes.profile, tmp_path, "test@host")
-    first, failed, third = stages.render_batch(articles, ctx)
-    assert isinstance(failed, torch.cuda.OutOfMemoryError) and renderer.calls == [1, 1, 1]
-    attempts = tmp_path / "b1" / "attempts"
-    assert sorted(path.name for path in attempts.iterdir()) == ["K-1.1.png", "K-3.1.png"]
-    for output in (first, third):
-        with Image.open(output.render["image_path"]) as picture:
-            assert picture.size == (runtimes.profile.width, runtimes.profile.height)
 
 
 def test_publishing_links_the_attempt_image_and_replaces_an_older_one(tmp_path):
@@ -340,17 +402,3 @@ def test_publishing_copies_where_the_file_system_has_no_hard_links(tmp_path, mon
     outputs.publish_file(source, target)
     assert target.read_bytes() == b"pixels" and target.stat().st_ino != source.stat().st_ino
     assert sorted(path.name for path in target.parent.iterdir()) == ["a.png"]
-
-
-def test_an_error_that_is_not_the_renderers_own_ends_the_batch(runtimes, tmp_path):
-    class OutOfTime(Exception):  # like Celery's soft time limit, raised into the call
-        pass
-
-    def renderer(prompts, seeds):
-        raise OutOfTime()
-
-    articles = [extracted_article(runtimes, tmp_path, id=n, key=f"K-{n}", file_stem=f"K-{n}")
-                for n in (1, 2)]  # fmt: skip
-    ctx = stages.StageContext(renderer, runtimes.profile, tmp_path, "test@host")
-    with pytest.raises(OutOfTime):
-        stages.render_batch(articles, ctx)

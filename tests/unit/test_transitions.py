@@ -1,343 +1,258 @@
-"""Article state transitions on SQLite: claims, leases, completion and failure.
+"""Article state transitions on SQLite: claims, leases, completion, release, failure, reaping.
 
-``tests/integration/test_transitions_postgres.py`` runs the same tests on PostgreSQL, where
-claim and completion are single statements.
+``tests/integration/test_transitions_postgres.py`` runs the same tests on PostgreSQL: the
+statements are the same on both, and so must be what they do.
 """
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import select
+from datetime import timedelta
 
+import pytest
+from sqlalchemy import select, update
+
+from db import transitions
 from db.engine import make_engine, migrate, session_factory
-from db.models import Article, ArticleStatus, Batch, Render, StageRun
-from db.transitions import (
-    STAGES,
-    ClaimOutcome,
-    abandon_stage,
-    autocommit_reads,
-    claim_stage,
-    complete_stage,
-    fail_article,
-    is_past,
-    new_lease_token,
-    release_stage,
-    release_token,
-    status_counts,
-    waiting_articles,
-)
+from db.models import Article, ArticleStatus, Batch, Render, StageRun, Timer, utcnow
+
+IN_FLIGHT = ["pending", "translated", "extracted", "rendered"]
 
 
 @pytest.fixture
-def sessions(tmp_path):
+def engine(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
     migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine):
     return session_factory(engine)
+
+
+def add_articles(sessions, *keys: str, sent: bool = True) -> list[int]:
+    with sessions() as session, session.begin():
+        if session.get(Batch, "b1") is None:
+            session.add(Batch(id="b1", profile="tiny", min_clip_score=21.5))
+        for key in keys:
+            session.add(
+                Article(batch_id="b1", key=key, file_stem=key, source_file="c.csv",
+                        source_sheet="csv", source_row=2, source_text=f"Rock {key}",
+                        sent_at=utcnow() if sent else None)
+            )  # fmt: skip
+    with sessions() as session:
+        return list(
+            session.scalars(select(Article.id).where(Article.key.in_(keys)).order_by(Article.id))
+        )
 
 
 @pytest.fixture
 def article_id(sessions):
+    return add_articles(sessions, "A-1")[0]
+
+
+def claim(engine, article_id, stage="translate", status="pending", worker="w1@host", lease=60):
+    token = transitions.new_token(worker)
+    return transitions.claim(engine, article_id, stage, status, token, worker, lease)
+
+
+def article(sessions, article_id) -> Article:
+    with sessions() as session:
+        return session.get(Article, article_id)
+
+
+def runs(sessions, article_id) -> list[tuple]:
+    with sessions() as session:
+        query = select(StageRun.attempt, StageRun.outcome).where(StageRun.article_id == article_id)
+        return [tuple(row) for row in session.execute(query.order_by(StageRun.id))]
+
+
+def age(sessions, article_id, seconds: float, **values) -> None:
+    """Move an article's last progress (and its lease, when it has one) into the past."""
     with sessions() as session, session.begin():
-        session.add(Batch(id="b1", profile="tiny"))
-        article = Article(
-            batch_id="b1",
-            key="A-1",
-            file_stem="A-1",
-            source_file="c.csv",
-            source_sheet="csv",
-            source_row=2,
-            source_text="Rock",
-        )
-        session.add(article)
-    return article.id
+        row = session.get(Article, article_id)
+        row.updated_at = utcnow() - timedelta(seconds=seconds)
+        if row.lease_expires_at is not None:
+            row.lease_expires_at = utcnow() - timedelta(seconds=seconds)
+        for name, value in values.items():
+            setattr(row, name, value)
 
 
-def claim(session, article_id, stage="translate", lease=60.0, max_attempts=3):
-    return claim_stage(session, article_id, stage, "w1@host", lease, max_attempts)
-
-
-def add_articles(sessions, *keys: str) -> list[int]:
-    with sessions() as session, session.begin():
-        for key in keys:
-            session.add(
-                Article(batch_id="b1", key=key, file_stem=key, source_file="c.csv",
-                        source_sheet="csv", source_row=3, source_text="Rock")
-            )  # fmt: skip
-    with sessions() as session:
-        return session.scalars(select(Article.id).order_by(Article.id)).all()
-
-
-def held_by(sessions, ids: list[int]) -> list[str | None]:
-    with sessions() as session:
-        return [session.get(Article, article_id).lease_token for article_id in ids]
-
-
-def test_a_claimed_stage_is_busy_for_a_second_claimer_until_completed(sessions, article_id):
-    with sessions() as session:
-        first = claim(session, article_id)
-        second = claim(session, article_id)
-        assert first.outcome is ClaimOutcome.claimed
-        assert second.outcome is ClaimOutcome.busy
-        assert complete_stage(session, first, article_id, "translate", {"translation": "Skirt"})
-        third = claim(session, article_id)
-    assert third.outcome is ClaimOutcome.already_done
-    with sessions() as session:
-        article = session.get(Article, article_id)
-        assert article.status == ArticleStatus.translated.value
-        assert article.translation == "Skirt"
-        assert article.lease_token is None
-
-
-def test_an_expired_lease_can_be_taken_over_and_the_old_owner_writes_nothing(sessions, article_id):
-    with sessions() as session:
-        stale = claim(session, article_id, lease=-1.0)
-        fresh = claim(session, article_id)
-        assert fresh.outcome is ClaimOutcome.claimed
-        assert not complete_stage(session, stale, article_id, "translate", {"translation": "old"})
-        assert complete_stage(session, fresh, article_id, "translate", {"translation": "new"})
-    with sessions() as session:
-        assert session.get(Article, article_id).translation == "new"
-
-
-def test_an_article_that_exhausts_its_attempts_ends_failed(sessions, article_id):
-    with sessions() as session:
-        for _ in range(2):
-            assert claim(session, article_id, lease=-1.0, max_attempts=2).outcome is (
-                ClaimOutcome.claimed
-            )
-        assert claim(session, article_id, max_attempts=2).outcome is ClaimOutcome.exhausted
-    with sessions() as session:
-        article = session.get(Article, article_id)
-        assert article.status == ArticleStatus.failed.value
-        assert article.error_kind == "AttemptsExhausted"
-        assert article.error_stage == "translate"
-
-
-def test_a_released_claim_can_be_claimed_again_and_its_run_says_retry(sessions, article_id):
-    with sessions() as session:
-        first = claim(session, article_id)
-        release_stage(session, first, article_id, "TransientStageError: disk full")
-        second = claim(session, article_id)
-        assert second.outcome is ClaimOutcome.claimed
-        assert second.attempt == 2
-        outcomes = session.scalars(select(StageRun.outcome).order_by(StageRun.id)).all()
-    assert outcomes == ["retry", "running"]
-
-
-def test_a_failed_article_stops_every_stage_and_keeps_its_error(sessions, article_id):
-    with sessions() as session:
-        held = claim(session, article_id)
-        fail_article(session, article_id, "translate", "InvalidArticle", "no text", held)
-        assert claim(session, article_id).outcome is ClaimOutcome.stopped
-        counts = status_counts(session)
-    assert counts["b1"]["failed"] == 1
-    assert counts["b1"]["pending"] == 0
-
-
-@pytest.mark.parametrize(
-    ("status", "stage", "past"),
-    [
-        ("pending", "translate", False),
-        ("translated", "translate", True),
-        ("extracted", "render", False),
-        ("rendered", "render", True),
-        ("done", "score", True),
-        ("needs_review", "score", True),
-        ("failed", "render", False),
-    ],
-)
-def test_is_past_knows_the_order_of_stages(status, stage, past):
-    assert is_past(status, stage) is past
-
-
-def test_a_claim_hands_over_the_row_and_its_run_records_worker_and_duration(sessions, article_id):
-    with sessions() as session:
-        taken = claim(session, article_id)
-        assert taken.article.id == article_id and taken.article.source_text == "Rock"
-        assert taken.article.stage_attempts == 1 and taken.article.lease_token == taken.token
-        assert complete_stage(session, taken, article_id, "translate", {"translation": "Skirt"})
-    with sessions() as session:
-        run = session.scalars(select(StageRun)).one()
-    assert (run.stage, run.attempt, run.worker, run.outcome) == ("translate", 1, "w1@host", "ok")
-    assert run.seconds is not None and run.seconds >= 0
-
-
-def test_a_run_whose_lease_ran_out_is_recorded_lost_when_another_copy_takes_over(
-    sessions, article_id
+def test_a_claimed_stage_is_refused_to_a_second_claimer_until_the_first_stores_it(
+    engine, sessions, article_id
 ):
-    with sessions() as session:
-        claim(session, article_id, lease=-1.0)
-        fresh = claim(session, article_id)
-        assert fresh.attempt == 2
-        assert complete_stage(session, fresh, article_id, "translate", {"translation": "Skirt"})
-        outcomes = session.scalars(select(StageRun.outcome).order_by(StageRun.id)).all()
-    assert outcomes == ["lost", "ok"]
+    first = claim(engine, article_id)
+    assert first is not None and first.attempt == 1
+    assert claim(engine, article_id) is None
+    assert transitions.complete(engine, first, "translated", {"translation": "Rock"})
+    assert claim(engine, article_id) is None  # done with the stage now
+    stored = article(sessions, article_id)
+    assert stored.status == "translated" and stored.translation == "Rock"
+    assert stored.lease_token is None and stored.stage_attempts == 0 and stored.sent_at is None
 
 
-def test_waiting_articles_are_those_at_the_stage_input_never_tried_and_not_leased(
-    sessions, article_id
+def test_a_claim_hands_over_the_plain_input_with_the_batch_threshold(engine, article_id):
+    held = claim(engine, article_id)
+    assert held.article["key"] == "A-1" and held.article["source_text"] == "Rock A-1"
+    assert held.article["min_clip_score"] == 21.5
+    assert held.article["render_attempt"] == 1 and held.renders == ()
+
+
+def test_an_article_in_another_status_is_not_claimed_for_the_stage(engine, article_id):
+    assert claim(engine, article_id, "extract", "translated") is None
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_holder_stores_nothing(
+    engine, sessions, article_id
 ):
-    ids = add_articles(sessions, "A-2", "A-3", "A-4")
-    with sessions() as session:
-        claim(session, ids[1])  # live lease: not waiting
-        claim(session, ids[2], lease=-1.0)  # tried before: left to its own message
-        assert waiting_articles(session, "translate", 10, exclude=ids[0]) == [ids[3]]
-        assert waiting_articles(session, "translate", 10, exclude=ids[3]) == [ids[0]]
-        assert waiting_articles(session, "extract", 10, exclude=ids[0]) == []
+    old = claim(engine, article_id)
+    age(sessions, article_id, 5)
+    new = claim(engine, article_id, worker="w2@host")
+    assert new is not None and new.attempt == 2
+    assert not transitions.complete(engine, old, "translated", {"translation": "old"})
+    assert transitions.complete(engine, new, "translated", {"translation": "new"})
+    assert article(sessions, article_id).translation == "new"
+    assert runs(sessions, article_id) == [(1, "lost"), (2, "ok")]
 
 
-def test_a_retry_takes_back_the_live_lease_its_failed_try_held_and_no_one_else_can(
-    sessions, article_id
+def test_renewing_a_lease_keeps_it_from_running_out(engine, sessions, article_id):
+    held = claim(engine, article_id, lease=3)
+    before = article(sessions, article_id).lease_expires_at
+    assert transitions.renew(engine, [held.token, "someone-else"], 600) == 1
+    after = article(sessions, article_id).lease_expires_at
+    assert after > before + timedelta(seconds=500)
+    assert transitions.renew(engine, [], 600) == 0
+
+
+def test_a_released_stage_is_held_through_its_backoff_and_its_run_says_retry(
+    engine, sessions, article_id
 ):
+    held = claim(engine, article_id)
+    transitions.release(engine, held, "OutOfMemoryError: injected", backoff_seconds=60)
+    assert claim(engine, article_id) is None  # still within the backoff
+    age(sessions, article_id, 1)
+    again = claim(engine, article_id)
+    assert again is not None and again.attempt == 2
     with sessions() as session:
-        first = claim_stage(session, article_id, "translate", "w1@host", 600, 3, token="t1")
-        assert first.outcome is ClaimOutcome.claimed
-        assert claim(session, article_id).outcome is ClaimOutcome.busy
-        # A second copy of the retried message has the same earlier tokens, not this one's.
-        taken = claim_stage(session, article_id, "translate", "w2", 600, 3, takeover=["t0"])
-        assert taken.outcome is ClaimOutcome.busy
-        again = claim_stage(
-            session, article_id, "translate", "w1@host", 600, 3, token="t2", takeover=["t0", "t1"]
-        )
-        assert again.outcome is ClaimOutcome.claimed and again.attempt == 2
-        assert not complete_stage(session, first, article_id, "translate", {"translation": "x"})
-        assert complete_stage(session, again, article_id, "translate", {"translation": "Skirt"})
-        outcomes = session.scalars(select(StageRun.outcome).order_by(StageRun.id)).all()
-    assert outcomes == ["retry", "ok"]
+        error = session.scalar(select(StageRun.error).where(StageRun.outcome == "retry"))
+    assert error == "OutOfMemoryError: injected"
 
 
-def test_releasing_tokens_frees_the_batch_mates_under_them_and_nothing_else(sessions, article_id):
-    ids = add_articles(sessions, "A-2", "A-3", "A-4")
+def test_a_failed_article_keeps_its_error_and_no_stage_claims_it(engine, sessions, article_id):
+    held = claim(engine, article_id)
+    transitions.fail(engine, article_id, "translate", "InvalidArticle", "no text", held)
+    stored = article(sessions, article_id)
+    assert stored.status == "failed" and stored.error_kind == "InvalidArticle"
+    assert stored.error_stage == "translate" and stored.finished_at is not None
+    assert stored.lease_token is None
+    assert runs(sessions, article_id) == [(1, "error")]
+    for stage, status in [("translate", "pending"), ("extract", "translated")]:
+        assert claim(engine, article_id, stage, status) is None
+
+
+def test_a_render_inserts_its_attempt_and_the_score_updates_that_row(engine, sessions, article_id):
+    age(sessions, article_id, 0, status="extracted")
+    held = claim(engine, article_id, "render", "extracted")
+    row = {"attempt": 1, "seed": 7, "model_id": "m", "lora": None, "width": 8, "height": 8,
+           "steps": 1, "image_path": "/x.png", "seconds": 0.1, "worker": "w1"}  # fmt: skip
+    assert transitions.complete(engine, held, "rendered", {}, row)
+    score = transitions.claim(
+        engine, article_id, "score", "rendered", "t2", "w1", 60, with_renders=True
+    )
+    assert [r["attempt"] for r in score.renders] == [1] and score.renders[0]["seed"] == 7
+    assert transitions.complete(
+        engine, score, "done", {"clip_score": 30.0}, {"attempt": 1, "clip_score": 30.0}, True
+    )
     with sessions() as session:
-        for article_id_ in ids[:3]:
-            claim_stage(session, article_id_, "translate", "w1@host", 600, 3, token="b")
-        claim_stage(session, ids[3], "translate", "w2@host", 600, 3, token="c")
-        assert release_token(session, ["b"], "extract", ids[0], "wrong stage") == 0
-        assert release_token(session, ["a", "b"], "translate", ids[0], "db went away") == 2
-        runs = dict(session.execute(select(StageRun.article_id, StageRun.outcome)).all())
-    assert held_by(sessions, ids) == ["b", None, None, "c"]
-    assert [runs[article_id_] for article_id_ in ids] == ["running", "retry", "retry", "running"]
-    with sessions() as session:  # a freed mate's own message now claims it at once
-        assert claim(session, ids[1]).outcome is ClaimOutcome.claimed
+        (render,) = session.scalars(select(Render)).all()
+    assert render.clip_score == 30.0 and render.seed == 7
+    assert article(sessions, article_id).finished_at is not None
 
 
-def test_abandoning_a_timed_out_task_frees_what_its_token_held_and_nothing_else(
-    sessions, article_id
+def test_rendering_an_attempt_again_replaces_its_row_instead_of_adding_one(
+    engine, sessions, article_id
 ):
-    ids = add_articles(sessions, "A-2", "A-3")
+    age(sessions, article_id, 0, status="extracted")
+    row = {"attempt": 1, "seed": 7, "model_id": "m", "lora": None, "width": 8, "height": 8,
+           "steps": 1, "image_path": "/x.png", "seconds": 0.1, "worker": "w1"}  # fmt: skip
+    first = claim(engine, article_id, "render", "extracted")
+    assert transitions.complete(engine, first, "rendered", {}, row)
+    age(sessions, article_id, 0, status="extracted")
+    second = claim(engine, article_id, "render", "extracted")
+    assert transitions.complete(engine, second, "rendered", {}, row | {"seed": 8})
     with sessions() as session:
-        for article_id_ in ids[:2]:
-            token = new_lease_token("task-1")
-            claim_stage(session, article_id_, "translate", "w1@host", 600, 3, token=token)
-        claim_stage(session, ids[2], "translate", "w1", 600, 3, token=new_lease_token("task-10"))
-        assert abandon_stage(session, "task-1", "translate", "hard time limit") == 2
-        runs = dict(session.execute(select(StageRun.article_id, StageRun.outcome)).all())
-    assert held_by(sessions, ids)[:2] == [None, None] and held_by(sessions, ids)[2] is not None
-    assert [runs[article_id_] for article_id_ in ids] == ["timeout", "timeout", "running"]
-
-
-def test_a_stage_reading_in_autocommit_stores_its_outputs_and_fails_cleanly(sessions, article_id):
-    ids = add_articles(sessions, "A-2")
-    with sessions() as session:
-        stored = claim(session, ids[0])
-        autocommit_reads(session)  # as a stage task does once it has claimed
-        assert session.get(Article, ids[0]).source_text == "Rock"
-        assert complete_stage(session, stored, ids[0], "translate", {"translation": "Skirt"})
-        failing = claim(session, ids[1])
-        autocommit_reads(session)
-        assert session.get(Article, ids[1]).key == "A-2"
-        fail_article(session, ids[1], "translate", "InvalidArticle", "no text", failing)
-    with sessions() as session:
-        articles = [session.get(Article, article_id_) for article_id_ in ids]
-        assert [a.status for a in articles] == ["translated", "failed"]
-        assert articles[0].translation == "Skirt" and articles[1].lease_token is None
-        assert session.scalars(select(StageRun.outcome).order_by(StageRun.id)).all() == [
-            "ok",
-            "error",
-        ]
-
-
-def test_reads_run_in_autocommit_on_postgresql_only_until_the_session_commits(sessions, article_id):
-    with sessions() as session:
-        autocommit_reads(session)
-        session.get(Article, article_id)
-        isolation = session.connection().get_execution_options().get("isolation_level")
-        session.commit()
-        after = session.connection().get_execution_options().get("isolation_level")
-        driver = session.connection().connection.dbapi_connection
-        dialect = session.get_bind().dialect.name
-    assert isolation == ("AUTOCOMMIT" if dialect == "postgresql" else None)
-    assert after is None  # the next transaction, and the pooled connection, as before
-    assert dialect != "postgresql" or driver.autocommit is False
-
-
-RENDER = {
-    "attempt": 1,
-    "seed": 7,
-    "model_id": "flux",
-    "lora": None,
-    "width": 64,
-    "height": 64,
-    "steps": 2,
-    "image_path": "/out/A-1.1.png",
-    "seconds": 0.5,
-    "worker": "w1@host",
-}
-
-
-def move_to(sessions, article_id, stage):
-    with sessions() as session:
-        for earlier in ("translate", "extract", "render", "score")[: STAGES.index(stage)]:
-            held = claim(session, article_id, earlier)
-            assert complete_stage(session, held, article_id, earlier, {})
-
-
-def test_a_render_inserts_its_attempt_and_the_score_updates_that_row(sessions, article_id):
-    move_to(sessions, article_id, "render")
-    with sessions() as session:
-        rendered = claim(session, article_id, "render")
-        assert complete_stage(session, rendered, article_id, "render", {}, render=RENDER)
-        scored = claim(session, article_id, "score")
-        score = {"attempt": 1, "clip_score": 27.5}
-        values = {"clip_score": 27.5, "image_path": "/out/A-1.png"}
-        assert complete_stage(session, scored, article_id, "score", values, render=score)
-    with sessions() as session:
-        row = session.scalars(select(Render)).one()
-        article = session.get(Article, article_id)
-        runs = session.scalars(select(StageRun.outcome).where(StageRun.stage == "score")).all()
-    assert (row.article_id, row.seed, row.image_path, row.clip_score) == (
-        article_id, 7, "/out/A-1.1.png", 27.5
-    )  # fmt: skip
-    assert article.status == ArticleStatus.done.value and article.finished_at is not None
-    assert (article.clip_score, article.image_path) == (27.5, "/out/A-1.png")
-    assert runs == ["ok"]
-
-
-def test_rendering_an_attempt_again_replaces_its_row_instead_of_adding_one(sessions, article_id):
-    move_to(sessions, article_id, "render")
-    with sessions() as session:
-        stale = claim(session, article_id, "render", lease=-1.0)
-        fresh = claim(session, article_id, "render")
-        again = RENDER | {"seed": 8, "worker": "w2@host"}
-        assert complete_stage(session, fresh, article_id, "render", {}, render=again)
-        assert not complete_stage(session, stale, article_id, "render", {}, render=RENDER)
-    with sessions() as session:
-        rows = session.scalars(select(Render)).all()
-        outcomes = session.scalars(
-            select(StageRun.outcome).where(StageRun.stage == "render").order_by(StageRun.id)
-        ).all()
-    assert [(row.attempt, row.seed, row.worker) for row in rows] == [(1, 8, "w2@host")]
-    assert outcomes == ["lost", "ok"]
+        assert session.scalars(select(Render.seed)).all() == [8]
 
 
 def test_a_completion_without_the_lease_writes_no_render_row_and_leaves_the_run_open(
-    sessions, article_id
+    engine, sessions, article_id
 ):
-    move_to(sessions, article_id, "render")
+    age(sessions, article_id, 0, status="extracted")
+    held = claim(engine, article_id, "render", "extracted")
+    with sessions() as session, session.begin():
+        session.execute(update(Article).values(lease_token="another"))
+    row = {"attempt": 1, "seed": 7, "model_id": "m", "lora": None, "width": 8, "height": 8,
+           "steps": 1, "image_path": "/x.png", "seconds": 0.1, "worker": "w1"}  # fmt: skip
+    assert not transitions.complete(engine, held, "rendered", {}, row)
     with sessions() as session:
-        held = claim(session, article_id, "render")
-        release_stage(session, held, article_id, "TransientStageError: disk full")
-        assert not complete_stage(session, held, article_id, "render", {}, render=RENDER)
         assert session.scalars(select(Render)).all() == []
-        run = session.scalars(select(StageRun).where(StageRun.stage == "render")).one()
-    assert run.outcome == "retry"
+    assert runs(sessions, article_id) == [(1, "running")]
+
+
+def test_ending_a_dead_workers_leases_makes_them_stuck_now_and_closes_their_runs(engine, sessions):
+    mine, other = add_articles(sessions, "A-1", "A-2")
+    claim(engine, mine, worker="gpu0@host")
+    claim(engine, other, worker="gpu1@host")
+    prefix = transitions.owner_prefix("gpu0@host")
+    assert transitions.expire(engine, "worker died", "lost", prefix=prefix) == 1
+    with engine.connect() as connection:
+        stuck = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
+    assert [row.id for row in stuck] == [mine]
+    assert runs(sessions, mine) == [(1, "lost")] and runs(sessions, other) == [(1, "running")]
+
+
+def test_stuck_articles_are_expired_leases_and_unsent_ones_past_the_grace(engine, sessions):
+    leased, unsent, fresh, queued, done = add_articles(sessions, "L", "U", "F", "Q", "D")
+    claim(engine, leased)
+    age(sessions, leased, 5)
+    age(sessions, unsent, 60, sent_at=None)
+    age(sessions, fresh, 1, sent_at=None)  # its message is about to be sent
+    age(sessions, queued, 3600)  # sent an hour ago, waiting in the queue: not stuck
+    age(sessions, done, 3600, sent_at=None, status=ArticleStatus.done.value)
+    with engine.connect() as connection:
+        reaped = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
+        quiet = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30, quiet_seconds=600)
+    assert [row.id for row in reaped] == [leased, unsent]
+    assert [row.id for row in quiet] == [leased, unsent, queued]
+
+
+def test_marking_resent_ends_expired_leases_and_skips_articles_claimed_since(engine, sessions):
+    first, second = add_articles(sessions, "A-1", "A-2")
+    claim(engine, first)
+    claim(engine, second)
+    age(sessions, first, 5)
+    age(sessions, second, 5)
+    with engine.connect() as connection:
+        rows = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
+    assert claim(engine, second) is not None  # its new message came first
+    assert transitions.mark_resent(engine, rows) == 1
+    marked = article(sessions, first)
+    assert marked.lease_token is None and marked.sent_at is not None
+    assert article(sessions, second).lease_token is not None
+
+
+def test_marking_sent_only_touches_articles_still_in_the_status_that_waited(engine, sessions):
+    moved, waiting = add_articles(sessions, "A-1", "A-2", sent=False)
+    age(sessions, moved, 0, status="extracted")
+    transitions.mark_sent(engine, [moved, waiting], status="pending")
+    assert article(sessions, moved).sent_at is None
+    assert article(sessions, waiting).sent_at is not None
+
+
+def test_one_caller_per_interval_takes_the_reapers_turn(engine, sessions):
+    assert transitions.take_turn(engine, "reaper", 60)
+    assert not transitions.take_turn(engine, "reaper", 60)
+    with sessions() as session, session.begin():
+        session.execute(update(Timer).values(due_at=utcnow()))
+    assert transitions.take_turn(engine, "reaper", 60)

@@ -2,7 +2,7 @@
 
 It consumes the same queues with the same tasks and chains as a farm of separate workers;
 only the transport differs (kombu's in-memory broker, which needs sender and worker in one
-process). The models are loaded in this process before the worker takes work.
+process). The models, the model executor and the timers start before the worker takes work.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from celery import Celery
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
-from tasks.boot import load_for_role, unload_models
-from tasks.queues import ROLE_QUEUES
+from tasks.boot import start_process, stop_process
+from tasks.registry import role_concurrency, role_queues
 
 
 class _ReadyWorker(WorkController):
@@ -46,15 +46,16 @@ def embedded_worker(
     Yields:
         A function that tells whether the worker is still running; it is stopped on exit.
     """
-    settings = app.farm_settings
-    role = role or settings.worker_role
-    load_for_role(settings.model_copy(update={"worker_role": role}))
+    settings = app.farm_settings.model_copy(
+        update={"worker_role": role or app.farm_settings.worker_role}
+    )
+    start_process(app, settings, hostname)
     worker = _ReadyWorker(
         app=app,
         hostname=hostname,
-        pool="solo",
-        concurrency=1,
-        queues=list(ROLE_QUEUES[role]),
+        pool="threads",
+        concurrency=role_concurrency(settings.worker_role, settings),
+        queues=list(role_queues(settings.worker_role)),
         loglevel="WARNING",
         without_heartbeat=True,
         without_mingle=True,
@@ -62,12 +63,12 @@ def embedded_worker(
     )
     thread = threading.Thread(target=worker.start, name="farm-worker", daemon=True)
     thread.start()
-    if not worker.ready.wait(start_timeout):
-        raise RuntimeError("the embedded worker did not start")
     try:
+        if not worker.ready.wait(start_timeout):
+            raise RuntimeError("the embedded worker did not start")
         yield thread.is_alive
     finally:
         worker_state.should_terminate = 0
         thread.join(30)
         worker_state.should_terminate = None
-        unload_models()
+        stop_process()

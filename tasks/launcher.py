@@ -1,0 +1,189 @@
+"""``farm worker``: start and supervise Celery worker processes, one per GPU for the GPU role.
+
+Each process is a real ``celery worker`` with a pool of threads: it holds several messages
+at once and feeds one model executor (:mod:`tasks.boot`). A GPU process sees only its own
+card (``CUDA_VISIBLE_DEVICES``). The launcher stays as their parent: when one dies (killed,
+by the kernel's OOM killer say, or stopped by its watchdog after a hung model call), it ends
+that process's leases at once, has the reaper send its articles again, and starts it anew.
+A process that exits on its own with an error (its models cannot load) stops them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from db import transitions
+from db.engine import make_engine
+from tasks import callrecord
+from tasks.exceptions import HUNG_EXIT_CODE
+from tasks.registry import role_concurrency, role_queues
+from tasks.settings import Settings
+
+logger = logging.getLogger("farm.launcher")
+
+# A process that dies more often than this is not started again: something else is wrong.
+MAX_RESTARTS = 5
+RESTART_WINDOW_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class WorkerProcess:
+    """One worker process to start: its node name, command line and extra environment."""
+
+    node: str
+    argv: list[str]
+    env: dict[str, str]
+
+
+def plan_workers(
+    role: str,
+    settings: Settings,
+    gpus: Sequence[str] = (),
+    concurrency: int | None = None,
+    loglevel: str = "INFO",
+) -> list[WorkerProcess]:
+    """The worker processes for a role.
+
+    Args:
+        role: ``text``, ``gpu`` or ``all``.
+        settings: the farm's settings (device, profile, database, broker, ...).
+        gpus: GPU indices; one process per GPU, each pinned to its card.
+        concurrency: messages each process holds at once; enough to fill the role's
+            batches when None (:func:`tasks.registry.role_concurrency`).
+        loglevel: Celery log level.
+
+    Returns:
+        One :class:`WorkerProcess` per process to start.
+    """
+    if role not in ("text", "gpu", "all"):
+        raise ValueError(f"unknown role {role!r}; choose one of text, gpu, all")
+    base_env = settings.as_env() | {"FARM_WORKER_ROLE": role}
+    host = socket.gethostname()
+    threads = concurrency or role_concurrency(role, settings)
+
+    def process(name: str, env: dict[str, str]) -> WorkerProcess:
+        node = f"{name}@{host}"
+        argv = [
+            sys.executable, "-m", "celery", "-A", "tasks.worker", "worker",
+            "--queues", ",".join(role_queues(role)), "--hostname", node,
+            "--pool", "threads", "--concurrency", str(threads),
+            "--task-events", "--loglevel", loglevel,
+        ]  # fmt: skip
+        return WorkerProcess(node, argv, env)
+
+    if not gpus:
+        return [process(role, base_env)]
+    return [
+        process(f"{role}{gpu}", base_env | {"CUDA_VISIBLE_DEVICES": gpu, "FARM_DEVICE": "cuda"})
+        for gpu in gpus
+    ]
+
+
+def run_workers(
+    processes: Sequence[WorkerProcess], on_death: Callable[[WorkerProcess], None] | None = None
+) -> int:
+    """Run the worker processes until they stop, starting again any that die.
+
+    SIGINT and SIGTERM are passed on to every process (a warm shutdown).
+
+    Args:
+        processes: from :func:`plan_workers`.
+        on_death: called with a process that died, before it is started again.
+
+    Returns:
+        The exit code: the first non-zero code of a process that failed on its own, else 0.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="[%(asctime)s: %(levelname)s/launcher] %(message)s"
+        )
+    running = {spec.node: _start(spec) for spec in processes}
+    specs = {spec.node: spec for spec in processes}
+    deaths: dict[str, list[float]] = {node: [] for node in specs}
+    stopping = False
+
+    def forward(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        for child in running.values():
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    code = 0
+    while True:
+        for node, child in list(running.items()):
+            returned = child.poll()
+            if returned is None or returned == 0 or child.farm_handled:
+                continue
+            child.farm_handled = True
+            if not stopping and _should_restart(returned, deaths[node]):
+                logger.warning("worker %s died (exit %s); starting it again", node, returned)
+                if on_death is not None:
+                    on_death(specs[node])
+                running[node] = _start(specs[node])
+            elif code == 0:
+                code = returned if returned > 0 else 1
+                forward(signal.SIGTERM, None)
+        if all(_finished(child) for child in running.values()):
+            return code
+        time.sleep(0.3)
+
+
+def _finished(child: subprocess.Popen) -> bool:
+    returned = child.poll()
+    return returned == 0 or (returned is not None and child.farm_handled)
+
+
+def _start(spec: WorkerProcess) -> subprocess.Popen:
+    child = subprocess.Popen(spec.argv, env=os.environ | spec.env, start_new_session=True)
+    child.farm_handled = False
+    return child
+
+
+def _should_restart(returncode: int, deaths: list[float]) -> bool:
+    # Killed by a signal, or stopped by its watchdog: start again. An error exit of its own
+    # (models missing) would only repeat.
+    if returncode >= 0 and returncode != HUNG_EXIT_CODE:
+        return False
+    now = time.monotonic()
+    deaths[:] = [t for t in deaths if now - t < RESTART_WINDOW_SECONDS] + [now]
+    return len(deaths) <= MAX_RESTARTS
+
+
+def recovery(settings: Settings) -> Callable[[WorkerProcess], None]:
+    """What the launcher does when one of its processes died: its articles go out again.
+
+    The process's leases end at once (their tokens carry its node name) and the reaper
+    sends their articles, so they run again within seconds instead of after the lease.
+
+    Args:
+        settings: the farm's settings (database and broker).
+    """
+    from tasks.app import configure
+    from tasks.reaper import reap
+
+    app = configure(settings)
+    engine = make_engine(settings.database_url)
+
+    def on_death(process: WorkerProcess) -> None:
+        prefix = transitions.owner_prefix(process.node)
+        culprits = callrecord.read(process.node)
+        reason = f"worker {process.node} died"
+        try:
+            # Its watchdog may have ended them already (a hung call): reap in any case.
+            transitions.expire(engine, reason, "lost", prefix=prefix, culprits=culprits)
+            reap(app, engine)
+        except Exception as error:  # the timers' reaper will find them instead
+            logger.warning("could not send the articles of %s again: %s", process.node, error)
+
+    return on_death
