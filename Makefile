@@ -42,13 +42,14 @@ integration: setup services browser
 test: setup services browser lint
 	$(BIN)/pytest tests -q -ra
 
-# The CPU benchmarks in quick mode (Redis and PostgreSQL needed); bench/README.md has the rest.
+# The CPU benchmarks in their quick sizes (Redis and PostgreSQL needed); bench/README.md has the rest.
 bench: setup services
-	$(BIN)/python -m bench.overhead --quick
 	$(BIN)/python -m bench.submit --quick
 	$(BIN)/python -m bench.scale --quick
 	$(BIN)/python -m bench.text --quick
 	$(BIN)/python -m bench.stream --quick
+	$(BIN)/python -m bench.messages
+	$(BIN)/python -m bench.recovery --rounds 1
 	$(BIN)/python -m bench.claims --articles 200
 
 # The fault-injection suite and the bad-input corpus, totalled (README "Reliability").

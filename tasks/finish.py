@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from db.models import TERMINAL_STATUSES, Article, ArticleStatus
@@ -13,11 +13,11 @@ from tasks import outputs
 STATISTICS_FILE = "clip_statistics.txt"
 
 
-def batch_scores(session: Session, batch_id: str) -> list[float]:
+def batch_scores(session: Session | Connection, batch_id: str) -> list[float]:
     """Best CLIP score of every scored article of a batch.
 
     Args:
-        session: any session.
+        session: any session or connection.
         batch_id: the batch.
 
     Returns:
@@ -31,11 +31,13 @@ def batch_scores(session: Session, batch_id: str) -> list[float]:
     return list(session.scalars(query))
 
 
-def write_statistics_if_finished(session: Session, batch_id: str, output_dir: Path) -> bool:
+def write_statistics_if_finished(
+    session: Session | Connection, batch_id: str, output_dir: Path
+) -> bool:
     """Write the batch's ``clip_statistics.txt`` once no article of it is still in flight.
 
     Args:
-        session: any session.
+        session: any session or connection.
         batch_id: the batch.
         output_dir: the farm's output root.
 

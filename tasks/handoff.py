@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-# Enough for a render batch and the next one (about 3 MB per 1024² picture).
+# Enough for the renders whose scores wait in one score batch (about 3 MB per 1024² picture).
 CAPACITY = 8
 
 

@@ -117,8 +117,17 @@ def run_workers(
             if child.poll() is None:
                 child.send_signal(signum)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    previous = {
+        signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        return _supervise(running, specs, deaths, on_death, forward, lambda: stopping)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _supervise(running, specs, deaths, on_death, forward, stopping) -> int:
     code = 0
     while True:
         for node, child in list(running.items()):
@@ -126,7 +135,7 @@ def run_workers(
             if returned is None or returned == 0 or child.farm_handled:
                 continue
             child.farm_handled = True
-            if not stopping and _should_restart(returned, deaths[node]):
+            if not stopping() and _should_restart(returned, deaths[node]):
                 logger.warning("worker %s died (exit %s); starting it again", node, returned)
                 if on_death is not None:
                     on_death(specs[node])
