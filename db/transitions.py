@@ -431,6 +431,20 @@ def mark_resent(engine: Engine, rows: list) -> int:
     return marked
 
 
+def unclaimed(engine: Engine, pairs: list[tuple[int, str]]) -> list[int]:
+    """Of (article id, status) pairs, the articles still in that status and free to claim."""
+    now = utcnow()
+    found = []
+    with engine.connect() as connection:
+        for article_id, status in pairs:
+            query = select(ARTICLES.c.id).where(
+                ARTICLES.c.id == article_id, ARTICLES.c.status == status, _free_or_expired(now)
+            )
+            if connection.scalar(query) is not None:
+                found.append(article_id)
+    return found
+
+
 def take_turn(engine: Engine, name: str, interval_seconds: float) -> bool:
     """Whether this caller runs this turn of a farm-wide periodic job.
 

@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 
 from db import transitions
 from db.models import TERMINAL_STATUSES
-from tasks import state
+from tasks import callrecord, state
 from tasks.chains import article_chain
 from tasks.exceptions import InvalidArticle
 from tasks.finish import write_statistics_if_finished
@@ -72,9 +72,11 @@ class StageTask(Task):
                 settings.lease_seconds, with_renders=stage.needs_renders,
             )  # fmt: skip
         except DBAPIError as error:
+            callrecord.claimed(self.request.id)
             countdown = min(60.0, settings.retry_backoff_seconds * 2**self.request.retries)
             logger.warning("%s: database away (%s); retry in %.1fs", stage.name, error, countdown)
             raise self.retry(exc=error, countdown=countdown) from error
+        callrecord.claimed(self.request.id)
         if held is None:
             logger.info("article %s: %s skipped (done, held or not there)", article_id, stage.name)
             self.request.chain = None

@@ -16,13 +16,13 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import worker_init, worker_shutdown
+from celery.signals import task_received, worker_init, worker_shutdown
 
 from db import transitions
 from tasks import callrecord, state
 from tasks.exceptions import HUNG_EXIT_CODE, FarmError, ModelsMissing
 from tasks.reaper import Periodic, reaper_turn
-from tasks.registry import ROLES
+from tasks.registry import ROLES, STAGES
 from tasks.settings import Settings
 from workers.devices import release_memory
 from workers.executor import ModelExecutor
@@ -33,6 +33,7 @@ from workers.profiles import resolve_profile
 logger = logging.getLogger("farm.boot")
 
 _timers: list[Periodic] = []
+STAGE_OF_TASK = {stage.task: name for name, stage in STAGES.items()}
 
 
 def load_for_role(settings: Settings):
@@ -76,12 +77,12 @@ def start_process(app: Celery, settings: Settings, node: str) -> None:
         node: the worker's node name (its model calls are recorded under it).
     """
     runtimes = load_for_role(settings)
-    callrecord.clear(node)
+    record = callrecord.start(node)
     executor = ModelExecutor(
         max_wait=settings.batch_wait_seconds,
         time_limit=settings.task_time_limit,
         on_hang=lambda stage, tokens: _stop_hung(settings, stage, tokens),
-        on_call=lambda stage, tokens: callrecord.write(node, tokens),
+        on_call=lambda stage, tokens: record.calling(tokens),
     )
     state.install_runtimes(runtimes, executor)
     engine = state.engine(settings.database_url)
@@ -133,6 +134,14 @@ def _start_worker_process(sender=None, **_) -> None:
         logger.critical("worker could not load its models", exc_info=True)
         logging.shutdown()
         os._exit(1)
+
+
+@task_received.connect
+def _note_received(request=None, **_) -> None:
+    stage = STAGE_OF_TASK.get(getattr(request, "name", None))
+    if stage is not None and request.args:
+        key = (request.kwargs or {}).get("key", "")
+        callrecord.received(request.id, request.args[0], stage, key)
 
 
 @worker_shutdown.connect

@@ -186,13 +186,33 @@ def recovery(settings: Settings) -> Callable[[WorkerProcess], None]:
 
     def on_death(process: WorkerProcess) -> None:
         prefix = transitions.owner_prefix(process.node)
-        culprits = callrecord.read(process.node)
+        culprits, waiting = callrecord.read(process.node)
         reason = f"worker {process.node} died"
         try:
             # Its watchdog may have ended them already (a hung call): reap in any case.
             transitions.expire(engine, reason, "lost", prefix=prefix, culprits=culprits)
             reap(app, engine)
+            _resend_unclaimed(app, engine, waiting)
         except Exception as error:  # the timers' reaper will find them instead
             logger.warning("could not send the articles of %s again: %s", process.node, error)
 
     return on_death
+
+
+def _resend_unclaimed(app, engine, waiting: list[list]) -> None:
+    """Send again the messages a dead process received but never claimed.
+
+    Their articles hold no lease, so no reaper sees them; Redis would deliver the messages
+    again only after the visibility timeout. A copy of one still on its way finds the stage
+    done or held and stops.
+    """
+    from tasks.chains import send_chains
+    from tasks.queues import URGENT_PRIORITY
+    from tasks.registry import STAGES
+
+    pairs = [(article_id, STAGES[stage].input.value) for article_id, stage, _ in waiting]
+    unclaimed = set(transitions.unclaimed(engine, pairs))
+    chains = [(a, key, stage) for a, stage, key in waiting if a in unclaimed]
+    if chains:
+        send_chains(app, chains, priority=URGENT_PRIORITY)
+        logger.warning("%d messages the process had not claimed sent again", len(chains))
