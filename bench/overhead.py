@@ -166,7 +166,7 @@ def run_rounds(args, broker_url: str, database_url: str, workers) -> list[Measur
     client = redis.Redis.from_url(broker_url)
     farm_alive = lambda: workers[1].process.poll() is None  # noqa: E731
     timeout = 60 + args.articles
-    # Untimed: the pool children open their database and broker connections on first use.
+    # Untimed: the worker threads open their database and broker connections on first use.
     bare_round(client, WARMUP_ARTICLES, timeout)
     farm_round(app, sessions, WARMUP_ARTICLES, -1, timeout, farm_alive)
     shares = {

@@ -203,7 +203,7 @@ def measure(args, database_url: str, broker_url: str, workers) -> tuple[float, d
     alive = lambda: all(w.process.poll() is None for w in workers)  # noqa: E731
     ideal = args.articles * args.render_seconds / args.gpu_processes
     timeout = 120 + 3 * ideal
-    # Untimed: one render per process, so every pool child has connected before the clock runs.
+    # Untimed: one render per process, so every process has connected before the clock runs.
     warm, _ = submit_rows(app, sessions, synthetic_rows(args.gpu_processes, seed=-1))
     wait_batch_ended(sessions, warm.batch_id, timeout, alive)
     last_report = [time.monotonic()]

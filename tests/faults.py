@@ -23,7 +23,7 @@ def write_plan(path: Path, rules: list[dict]) -> Path:
     """Write a fault plan: rules like ``{"stage": "render", "action": "sleep", "seconds": 3}``.
 
     Actions: ``sleep`` (then run normally), ``hang`` (ignores the soft time limit),
-    ``kill`` (SIGKILL this pool child), ``oom`` (CUDA out-of-memory), ``raise`` (RuntimeError).
+    ``kill`` (SIGKILL this worker process), ``oom`` (CUDA out-of-memory), ``raise`` (RuntimeError).
     ``times`` defaults to 1; ``match`` to any call.
     """
     path.write_text(json.dumps({"rules": rules, "fired": []}))

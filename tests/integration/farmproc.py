@@ -34,7 +34,7 @@ class WorkerProcess:
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stop() reaches the pool children
+            start_new_session=True,  # its own process group: stop() reaches the worker processes
         )
 
     def wait_ready(self, timeout: float = 120) -> None:
@@ -56,12 +56,12 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait()
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # orphaned pool children, if any
+            os.killpg(self.process.pid, signal.SIGKILL)  # orphaned worker processes, if any
         if not self.log.closed:
             self.log.close()
 
     def children(self) -> list[int]:
-        """Pids of the worker's pool children."""
+        """Pids of the launcher's worker processes (the celery workers under ``farm worker``)."""
         path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return [int(pid) for pid in path.read_text().split()] if path.exists() else []
 

@@ -35,8 +35,8 @@ def queued_messages(broker_url: str) -> int:
 def wait_until_drained(broker_url: str, timeout: float = 30) -> int:
     """Messages still queued once the queues have emptied, or when ``timeout`` runs out.
 
-    A batch mate's own message is still queued when its article ends (the mate was run by
-    another article's task); the worker takes it afterwards and skips it.
+    Every stage's message is taken by the stage that runs it, so nothing should be left: a
+    copy left over (a look-again, a duplicate) would show here.
     """
     deadline = time.monotonic() + timeout
     while (left := queued_messages(broker_url)) and time.monotonic() < deadline:

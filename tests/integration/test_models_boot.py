@@ -59,7 +59,7 @@ def broker_url():
 def run_until_exit(argv: list[str], env: dict, log: Path, timeout: float) -> int | None:
     """Run a process with its output in ``log`` until it exits or ``timeout`` passes.
 
-    The process and its pool children are killed afterwards in every case.
+    The process and whatever it started are killed afterwards in every case.
 
     Returns:
         Its exit code, or ``None`` when it was still running at the timeout.
