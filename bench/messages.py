@@ -154,13 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         fresh_database("farm_bench_messages") as database_url,
     ):
         commands = worker_commands(args, database_url, broker_url, Path(workdir))
-        with running(commands, Path(workdir), "worker", ready_timeout=300) as workers:
-            try:
-                ratios = count_messages(args, database_url, broker_url, workers)
-            except Exception:
-                for worker in workers:
-                    print(f"--- {worker.log_path.name}\n{worker.tail(15)}", file=sys.stderr)
-                raise
+        with running(
+            commands, Path(workdir), "worker", ready_timeout=300, tail_lines=15
+        ) as workers:
+            ratios = count_messages(args, database_url, broker_url, workers)
     for name, ratio in ratios.items():
         print(f"{name}: {ratio:.3f} messages received per article")
     print(f"messages_per_stage: {max(ratios.values()):.3f}")

@@ -240,12 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         commands = worker_commands(broker_url, database_url, Path(workdir))
         with running(commands, Path(workdir), "worker") as workers:
-            try:
-                measurements = run_rounds(args, broker_url, database_url, workers)
-            except Exception:
-                for worker in workers:
-                    print(f"--- {worker.log_path.name}\n{worker.tail()}", file=sys.stderr)
-                raise
+            measurements = run_rounds(args, broker_url, database_url, workers)
     report(measurements)
     return 0
 

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -110,14 +111,19 @@ def running(
     log_dir: Path,
     name: str,
     ready_timeout: float = 120.0,
+    tail_lines: int = 40,
 ) -> Iterator[list[WorkerProcess]]:
     """Start worker processes, wait until every one is ready, stop them all on the way out.
+
+    When the block raises, the end of each process's log goes to standard error first: what
+    a worker said is usually why a benchmark failed.
 
     Args:
         commands: (argv, environment) per process.
         log_dir: folder for the logs.
         name: prefix of the log file names.
         ready_timeout: seconds each process may take to become ready.
+        tail_lines: how many lines of each log to show when the block raises.
 
     Yields:
         The running processes.
@@ -128,7 +134,12 @@ def running(
             started.append(WorkerProcess(argv, env, Path(log_dir) / f"{name}-{index}.log"))
         for worker in started:
             worker.wait_ready(ready_timeout)
-        yield started
+        try:
+            yield started
+        except Exception:
+            for worker in started:
+                print(f"--- {worker.log_path.name}\n{worker.tail(tail_lines)}", file=sys.stderr)
+            raise
     finally:
         # All at once: warm shutdowns then overlap instead of adding up.
         for worker in started:

@@ -245,12 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     ):
         command = worker_command(args, database_url, broker_url, Path(workdir))
         farm = producer_side(database_url, broker_url)
-        with running([command], Path(workdir), "worker", ready_timeout=300) as [worker]:
-            try:
-                taken = [run_round(args, n, farm, worker) for n in range(1, args.rounds + 1)]
-            except Exception:
-                print(f"--- {worker.log_path.name}\n{worker.tail(30)}", file=sys.stderr)
-                raise
+        with running([command], Path(workdir), "worker", ready_timeout=300, tail_lines=30) as [
+            worker
+        ]:
+            taken = [run_round(args, n, farm, worker) for n in range(1, args.rounds + 1)]
     print(f"slowest round: {max(r.rerun for r in taken):.1f}s")
     print(f"recovery_seconds: {sum(r.rerun for r in taken) / len(taken):.2f}")
     return 0

@@ -249,14 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     ):
         commands = worker_commands(args, database_url, broker_url, Path(workdir))
         booting = time.perf_counter()
-        with running(commands, Path(workdir), "worker", ready_timeout=300) as workers:
+        with running(
+            commands, Path(workdir), "worker", ready_timeout=300, tail_lines=15
+        ) as workers:
             print(f"{len(workers)} worker processes ready in {time.perf_counter() - booting:.1f}s")
-            try:
-                actual, tasks, busy = measure(args, database_url, broker_url, workers)
-            except Exception:
-                for worker in workers:
-                    print(f"--- {worker.log_path.name}\n{worker.tail(15)}", file=sys.stderr)
-                raise
+            actual, tasks, busy = measure(args, database_url, broker_url, workers)
     ideal = args.articles * args.render_seconds / args.gpu_processes
     print(
         f"mean per article on the GPU queue: renderer {tasks['renderer']:.3f}s per image; "

@@ -147,12 +147,8 @@ def timed_side(farm: Farm, batch_size: int, args, round_number: int, workdir: Pa
     name = f"text-r{round_number}-b{batch_size}"
     with running([command], workdir, name, ready_timeout=300) as [worker]:
         alive = lambda: worker.process.poll() is None  # noqa: E731
-        try:
-            text_round(farm, 4, -1 - round_number, timeout, alive)  # untimed warm-up
-            return text_round(farm, args.articles, round_number, timeout, alive)
-        except Exception:
-            print(f"--- {worker.log_path.name}\n{worker.tail()}", file=sys.stderr)
-            raise
+        text_round(farm, 4, -1 - round_number, timeout, alive)  # untimed warm-up
+        return text_round(farm, args.articles, round_number, timeout, alive)
 
 
 def run_rounds(args, farm: Farm, workdir: Path) -> dict[int, list[float]]:
