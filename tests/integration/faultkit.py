@@ -47,8 +47,10 @@ def engine(env: dict):
     return make_engine(env["FARM_DATABASE_URL"])
 
 
-def wait_for_run(env: dict, stage: str, outcome: str = "running", timeout: float = 60) -> None:
-    """Wait until a stage run of ``stage`` with ``outcome`` exists."""
+def wait_for_run(
+    env: dict, stage: str, outcome: str = "running", timeout: float = 60, count: int = 1
+) -> None:
+    """Wait until ``count`` stage runs of ``stage`` with ``outcome`` exist."""
     deadline = time.monotonic() + timeout
     factory = sessions(env)
     while time.monotonic() < deadline:
@@ -58,10 +60,26 @@ def wait_for_run(env: dict, stage: str, outcome: str = "running", timeout: float
                 .select_from(StageRun)
                 .where(StageRun.stage == stage, StageRun.outcome == outcome)
             )
-        if found:
+        if found >= count:
             return
         time.sleep(0.2)
-    raise AssertionError(f"no {outcome} {stage} run within {timeout}s")
+    raise AssertionError(f"fewer than {count} {outcome} {stage} runs within {timeout}s")
+
+
+def wait_for_fault(plan: Path, count: int = 1, timeout: float = 60) -> None:
+    """Wait until ``count`` faults of the plan fired: the model call they sit in is under way.
+
+    A stage run is marked running at its claim, a moment before its model call starts;
+    a scenario about a process dying inside the call waits for this instead.
+    """
+
+    def fired() -> int:
+        try:
+            return len(json.loads(plan.read_text())["fired"])
+        except ValueError:  # caught while a worker rewrites the plan
+            return 0
+
+    _wait(lambda: fired() >= count, "the fault", timeout)
 
 
 def ok_runs(env: dict) -> dict[tuple[str, str], int]:

@@ -64,12 +64,12 @@ def test_a_worker_process_killed_mid_render_is_started_again_and_its_articles_co
     write_plan(plan, [{"stage": "render", "action": "sleep", "seconds": 4}])
     worker = start_worker("all", env=env)
     submit(env, tmp_path, 2)
-    kit.wait_for_run(env, "render")
+    kit.wait_for_fault(plan)  # inside the render call, so its attempt is the one counted
     killed_at = time.monotonic()
     for child in worker.children():  # the celery worker under `farm worker`, as OOM kills it
         os.kill(child, signal.SIGKILL)
     kit.wait_for_run(env, "render", outcome="lost")
-    kit.wait_for_run(env, "render", outcome="running")  # sent again by the launcher
+    kit.wait_for_run(env, "render", outcome="ok", count=2)  # sent again by the launcher
     recovered_in = time.monotonic() - killed_at
 
     counts = finish(env, "worker process killed mid-render")
