@@ -90,6 +90,10 @@ class Article(Base):
     source_text: Mapped[str] = mapped_column(Text)
     # Hash of the model input and the settings that shape the output (re-import skips equal).
     content_hash: Mapped[str] = mapped_column(String(64), default="")
+    # The cells read from the source row, under the catalog's own headers (exports show them).
+    source_columns: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Set when a re-import no longer found the article's row; it then counts nowhere.
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     translation: Mapped[str | None] = mapped_column(Text, nullable=True)
     attributes: Mapped[dict | None] = mapped_column(JSON, nullable=True)
