@@ -49,6 +49,10 @@ _BINARY_SIGNATURES = (
 # Bytes that text never holds (C0 controls other than tab, line feed, form feed and return).
 _BINARY_BYTES = bytes([*range(0, 9), 11, *range(14, 32)])
 _SNIFF_BYTES = 4096
+# Lines looked at for the header when choosing the delimiter (the catalog reader looks as far),
+# and the delimiters a header line holds at least: it has four columns or more.
+_SNIFF_LINES = 10
+_HEADER_DELIMITERS = 3
 
 Row = Sequence[object]
 
@@ -92,7 +96,8 @@ def open_tables(path: Path, sheet: str | None = None) -> Iterator[Iterator[Table
 
     Args:
         path: an ``.xlsx``/``.xlsm`` workbook or a ``.csv``/``.tsv`` file.
-        sheet: read only this sheet of a workbook, matched ignoring case; CSV files ignore it.
+        sheet: read only this sheet of a workbook, matched ignoring case; a CSV file has one
+            table and ignores it (``producer.catalog`` tells the user in a notice).
 
     Returns:
         A context manager giving an iterator over the file's tables, workbook sheets in order.
@@ -344,9 +349,19 @@ def _binary_kind(data: bytes) -> str | None:
 
 
 def _sniff_delimiter(text: str) -> str:
-    """Pick the delimiter that occurs most often in the first non-blank line (the header)."""
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    counts = {delimiter: first.count(delimiter) for delimiter in CSV_DELIMITERS}
+    """Pick the delimiter that occurs most often in the header line.
+
+    The header is taken to be the first of the first ten non-blank lines holding at least
+    three of one delimiter (it has at least four columns), else the first non-blank line: a
+    title above the table, which the catalog reader skips, must not choose the delimiter.
+    """
+    lines = (line for line in io.StringIO(text, newline=None) if line.strip())
+    head = list(itertools.islice(lines, _SNIFF_LINES))
+    header = next(
+        (line for line in head if max(map(line.count, CSV_DELIMITERS)) >= _HEADER_DELIMITERS),
+        head[0] if head else "",
+    )
+    counts = {delimiter: header.count(delimiter) for delimiter in CSV_DELIMITERS}
     best = max(CSV_DELIMITERS, key=lambda d: counts[d])
     return best if counts[best] else ","
 

@@ -445,7 +445,7 @@ CORPUS: list[Case] = [
     Case(
         "empty-workbook",
         _one("cat.xlsx", lambda: _workbook({"Tabelle1": []})),
-        rejected(("cat.xlsx", "Tabelle1", None, None, "sheet is empty (no header)")),
+        rejected(("cat.xlsx", None, None, None, "no articles found in the input")),
     ),
     Case(
         "header-only",
@@ -651,7 +651,7 @@ CORPUS: list[Case] = [
     Case(
         "sheet-name-with-unicode-and-quotes",
         _one("cat.xlsx", lambda: _workbook({'Damen\'s "Größe" 👗': [HEADER, _article(1)]})),
-        accepted("sheet key", ('Damen\'s "Größe" 👗', 'cat:Damen\'s "Größe" 👗:2')),
+        accepted("sheet row name", ('Damen\'s "Größe" 👗', 2, "Shirt 1")),
     ),
     Case(
         "whitespace-only-descriptions",

@@ -15,7 +15,9 @@ import pytest
 from producer.catalog import (
     CatalogError,
     CatalogRow,
+    Notice,
     Problem,
+    content_key,
     parse_column_map,
     read_catalog,
 )
@@ -176,23 +178,37 @@ def test_the_key_column_gives_the_article_key_whatever_its_case(tmp_path):
     assert read_catalog([path])[0].key == "X-9"
 
 
-def test_without_a_key_column_the_key_is_file_stem_sheet_and_row(tmp_path):
+def test_without_a_key_column_the_key_is_the_content_key_of_the_source_text(tmp_path):
     path = write_xlsx(tmp_path / "herbst.xlsx", {"Damen": [HEADER, article(1)]})
     csv_path = write_csv(tmp_path / "winter.csv", [HEADER, article(2)])
-    assert [r.key for r in read_catalog([path, csv_path])] == [
-        "herbst:Damen:2",
-        "winter:csv:2",
-    ]
+    rows = read_catalog([path, csv_path])
+    assert [r.key for r in rows] == [content_key(r.source_text) for r in rows]
+    assert all(r.key.startswith("c-") and len(r.key) == 14 and not r.keyed for r in rows)
 
 
-def test_an_empty_key_cell_falls_back_to_the_default_key(tmp_path):
-    path = write_csv(tmp_path / "cat.csv", [HEADER + ["sku"], article(1) + [""]])
-    assert read_catalog([path])[0].key == "cat:csv:2"
+def test_a_key_column_gives_keyed_rows_and_its_header_among_the_source_columns(tmp_path):
+    header = ["Titel", "Text", "Modell", "Modelltext", "Art.-Nr."]
+    path = write_csv(tmp_path / "cat.csv", [header, article(1) + [" A-1 "]])
+    columns = dict(zip([*HEADER, "key"], header, strict=True))
+    (read,) = read_catalog([path], columns=columns)
+    assert read.keyed and read.headers == tuple(header)
+    assert read.source_columns == dict(zip(header, [*article(1), "A-1"], strict=True))
 
 
 def test_source_text_joins_the_non_empty_stripped_fields_by_newlines():
     row = CatalogRow("f.csv", "csv", 2, "k", " Shirt ", "\tSchön.\n\n", "", "basic ")
     assert row.source_text == "Shirt\nSchön.\nbasic"
+
+
+def test_a_row_built_by_hand_is_keyed_and_its_source_columns_use_our_field_names():
+    row = CatalogRow("f.csv", "csv", 2, "k", "Shirt", "Schön.", "", "basic")
+    assert row.keyed
+    assert row.source_columns == {
+        "name": "Shirt",
+        "description": "Schön.",
+        "model_name": "",
+        "model_descr": "basic",
+    }
 
 
 def test_parse_column_map_rejects_bad_syntax_and_unknown_fields():
@@ -266,11 +282,20 @@ def test_a_missing_sheet_is_reported_with_the_sheets_the_workbook_has(tmp_path):
     assert "'Herbst'" in problem.message
 
 
-def test_an_empty_sheet_is_reported(tmp_path):
+def test_an_empty_sheet_beside_articles_is_skipped_with_a_notice(tmp_path):
     path = write_xlsx(tmp_path / "cat.xlsx", {"Daten": [HEADER, article(1)], "Leer": []})
-    problem = only_problem([path])
-    assert (problem.sheet, problem.row, problem.column) == ("Leer", None, None)
-    assert "empty" in problem.message
+    notices: list[Notice] = []
+    assert len(read_catalog([path], notices=notices)) == 1
+    assert [(n.sheet, n.row, n.column, n.kind) for n in notices] == [
+        ("Leer", None, None, "empty sheet")
+    ]
+
+
+def test_an_input_of_empty_sheets_only_has_no_articles(tmp_path):
+    path = write_xlsx(tmp_path / "cat.xlsx", {"Leer": []})
+    notices: list[Notice] = []
+    assert only_problem([path], notices=notices).message == "no articles found in the input"
+    assert [n.kind for n in notices] == ["empty sheet"]
 
 
 def test_each_missing_required_column_is_reported_on_the_header_row(tmp_path):
@@ -355,10 +380,17 @@ def test_a_duplicate_key_across_files_names_both_places(tmp_path):
     assert f"first used in {first}, sheet 'csv', row 2" in problem.message
 
 
-def test_the_same_file_given_twice_is_reported_as_duplicate_keys(tmp_path):
-    path = write_csv(tmp_path / "a.csv", [HEADER, article(1)])
+def test_the_same_keyed_file_given_twice_is_reported_as_duplicate_keys(tmp_path):
+    path = write_csv(tmp_path / "a.csv", [HEADER + ["sku"], article(1) + ["A-1"]])
     problem = only_problem([path, path])
-    assert "duplicate article key 'a:csv:2'" in problem.message
+    assert "duplicate article key 'A-1'" in problem.message
+
+
+def test_the_same_unkeyed_file_given_twice_is_read_once_with_a_notice_per_row(tmp_path):
+    path = write_csv(tmp_path / "a.csv", [HEADER, article(1), article(2)])
+    notices: list[Notice] = []
+    assert len(read_catalog([path, path], notices=notices)) == 2
+    assert [(n.row, n.kind) for n in notices] == [(2, "duplicate"), (3, "duplicate")]
 
 
 def test_an_input_without_article_rows_is_reported_as_having_no_articles(tmp_path):
