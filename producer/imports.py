@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,22 +20,32 @@ from pathlib import Path
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from db.models import Article, Batch
+from db.models import TERMINAL_STATUSES, Article, Batch, as_utc, utcnow
 from producer.catalog import CatalogRow
 from producer.requeue import reset_to_stage
+from producer.thresholds import Recheck, recheck_scores
 from tasks.outputs import safe_stem
+from tasks.registry import stage_waiting_in
 
 
 @dataclass
 class ImportResult:
-    """What an import did: the batch, counts, and the articles to start."""
+    """What an import did: the batch, counts, and the articles to start.
+
+    ``removed`` counts articles whose row is gone from a file that was read again;
+    ``resumed`` counts unfinished articles sent again (``resume``).
+    """
 
     batch_id: str
     created: bool
     new: int = 0
     changed: int = 0
     unchanged: int = 0
-    to_send: list[tuple[int, str]] = field(default_factory=list)  # (article id, key)
+    removed: int = 0
+    resumed: int = 0
+    recheck: Recheck | None = None  # when a new threshold judged the scored articles again
+    # (article id, key) from the first stage, or (article id, key, stage) from that stage
+    to_send: list[tuple] = field(default_factory=list)
 
 
 def new_batch_id() -> str:
@@ -75,16 +87,28 @@ def import_catalog(
     shape: Mapping[str, object],
     min_clip_score: float | None = None,
     new_batch: bool = False,
+    resume: bool = False,
+    max_attempts: int = 3,
 ) -> ImportResult:
     """Store ``rows`` into the catalog's latest batch (or a new one), in one transaction.
 
+    Articles are matched by key: the SKU where the sheet has a key column, else the content
+    key (:func:`producer.catalog.content_key`), so an inserted, moved or deleted row leaves
+    the other articles as they were. Every article found gets its file, sheet and row
+    refreshed. An article of a file read again whose row is gone is marked removed: it
+    leaves the batch's counts and exports, and comes back if its row returns.
+
     Args:
         session: a session with no transaction in progress.
-        rows: validated catalog rows.
+        rows: validated catalog rows, no two with the same key.
         catalog: the catalog's name.
         shape: settings that shape the output (``profile`` first); part of the content hash.
         min_clip_score: the batch's score threshold; kept as it is when None.
         new_batch: start a new batch even if the catalog has one.
+        resume: also send the unchanged articles that have not finished (a run that stopped
+            half-way); only for a batch no other worker is serving.
+        max_attempts: render attempts per article (``FARM_MAX_ATTEMPTS``), for judging the
+            batch's scored articles again when ``min_clip_score`` changes it.
 
     Returns:
         The counts and the articles whose chains must be sent.
@@ -96,26 +120,87 @@ def import_catalog(
             batch = Batch(id=new_batch_id(), catalog=catalog, profile=str(shape["profile"]))
             session.add(batch)
         batch.sources = sorted({row.file for row in rows} | set(batch.sources or []))
+        rejudge = not created and min_clip_score not in (None, batch.min_clip_score)
         if min_clip_score is not None:
             batch.min_clip_score = min_clip_score
         result = ImportResult(batch.id, created)
         existing = {} if created else {a.key: a for a in batch.articles}
-        fresh, redo = [], []
+        fresh, redo, waiting = [], [], []
         for row in rows:
             digest = content_hash(row, shape)
-            article = existing.get(row.key)
+            article = existing.pop(row.key, None)
             if article is None:
                 fresh.append(_new_article(batch.id, row, digest))
-            elif article.content_hash == digest:
-                result.unchanged += 1
-            else:
+                continue
+            _locate(article, row)
+            if article.content_hash != digest:
                 _reset(session, article, row, digest)
                 redo.append((article.id, article.key))
+                continue
+            result.unchanged += 1
+            if resume and article.status not in _ENDED:
+                waiting.append(article)
+        result.removed = _mark_removed(existing.values(), {row.file for row in rows})
         session.flush()
         fresh_ids = _insert_articles(session, fresh)
-    result.new, result.changed = len(fresh), len(redo)
-    result.to_send = [*zip(fresh_ids, (a["key"] for a in fresh), strict=True), *redo]
+        resumed = _release(waiting)
+        if rejudge:
+            result.recheck = recheck_scores(session, batch.id, min_clip_score, max_attempts)
+    result.new, result.changed, result.resumed = len(fresh), len(redo), len(resumed)
+    again = [(*pair, "render") for pair in (result.recheck.regenerate if result.recheck else [])]
+    fresh_pairs = zip(fresh_ids, (a["key"] for a in fresh), strict=True)
+    result.to_send = [*fresh_pairs, *redo, *resumed, *again]
     return result
+
+
+_ENDED = {status.value for status in TERMINAL_STATUSES}
+
+
+def _locate(article: Article, row: CatalogRow) -> None:
+    """Point an article at the row it was found in now, and bring it back if it was removed."""
+    if (article.source_file, article.source_sheet, article.source_row) != (
+        row.file,
+        row.sheet,
+        row.row,
+    ):
+        article.source_file, article.source_sheet, article.source_row = row.file, row.sheet, row.row
+    if article.source_columns != row.source_columns:
+        article.source_columns = row.source_columns
+    if article.removed_at is not None:
+        article.removed_at = None
+
+
+def _mark_removed(missing, files_read: set[str]) -> int:
+    """Mark removed the articles of files read again whose rows were not found.
+
+    Articles of files not given this time are kept: a catalog re-imported from some of its
+    files does not lose the others.
+    """
+    removed = 0
+    now = utcnow()
+    for article in missing:
+        if article.source_file in files_read and article.removed_at is None:
+            article.removed_at = now
+            removed += 1
+    return removed
+
+
+def _release(articles: list[Article]) -> list[tuple[int, str, str]]:
+    """Unfinished articles of a stopped run, ready to be sent from where they stand.
+
+    A live lease means a worker still holds the article: it is left to that worker, or to
+    the reaper once the lease runs out.
+    """
+    now = utcnow()
+    ready = []
+    for article in articles:
+        lease = article.lease_expires_at
+        if lease is not None and as_utc(lease) > now:
+            continue
+        article.lease_token = article.lease_stage = article.lease_expires_at = None
+        article.sent_at = None  # until its message is sent: the reaper covers a crash between
+        ready.append((article.id, article.key, stage_waiting_in(article.status).name))
+    return ready
 
 
 def _insert_articles(session: Session, articles: list[dict]) -> list[int]:
@@ -136,7 +221,8 @@ def _new_article(batch_id: str, row: CatalogRow, digest: str) -> dict:
     return {
         "batch_id": batch_id,
         "key": row.key,
-        "file_stem": safe_stem(row.key),
+        "file_stem": file_stem(row),
+        "source_columns": row.source_columns,
         "source_file": row.file,
         "source_sheet": row.sheet,
         "source_row": row.row,
@@ -145,8 +231,28 @@ def _new_article(batch_id: str, row: CatalogRow, digest: str) -> dict:
     }
 
 
+def file_stem(row: CatalogRow) -> str:
+    """The file name stem of a row's images: its SKU, or its name beside its content key.
+
+    Args:
+        row: the catalog row.
+
+    Returns:
+        ``SKU-123``, or ``leinenhemd-blau-c-3fa2b1c9d0e1`` for a row without a key column.
+    """
+    if row.keyed:
+        return safe_stem(row.key)
+    folded = unicodedata.normalize("NFKD", row.name.translate(_GERMAN_LETTERS))
+    slug = re.sub(r"[^a-z0-9]+", "-", folded.encode("ascii", "ignore").decode().lower())
+    slug = slug.strip("-")[:60].rstrip("-")
+    return safe_stem(f"{slug}-{row.key}" if slug else row.key)
+
+
+_GERMAN_LETTERS = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe",
+                                 "Ü": "Ue", "ß": "ss"})  # fmt: skip
+
+
 def _reset(session: Session, article: Article, row: CatalogRow, digest: str) -> None:
-    article.source_file, article.source_sheet, article.source_row = row.file, row.sheet, row.row
     article.source_text = row.source_text
     article.content_hash = digest
     reset_to_stage(session, article, "translate")

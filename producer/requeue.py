@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Render
+from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Batch, Render
 from db.transitions import close_running_runs
+from tasks.exceptions import SelectionError
 from tasks.reaper import stuck_articles
 from tasks.registry import ORDER, STAGES, stage_waiting_in, stages_from
 
@@ -51,8 +52,12 @@ def select_articles(session: Session, selection: Selection, lease_seconds: float
 
     Returns:
         The articles, by id.
+
+    Raises:
+        SelectionError: the batch or some of the keys do not exist.
     """
-    query = select(Article).order_by(Article.id)
+    _check_names(session, selection)
+    query = select(Article).where(Article.removed_at.is_(None)).order_by(Article.id)
     if selection.batch:
         query = query.where(Article.batch_id == selection.batch)
     if selection.statuses:
@@ -70,6 +75,42 @@ def select_articles(session: Session, selection: Selection, lease_seconds: float
             continue
         chosen.append(article)
     return chosen
+
+
+def _check_names(session: Session, selection: Selection) -> None:
+    """Refuse a batch or article keys that do not exist, naming them."""
+    if selection.batch and session.get(Batch, selection.batch) is None:
+        raise SelectionError(f"no batch {selection.batch!r}; `farm status` lists the batches")
+    if not selection.keys:
+        return
+    query = select(Article.key).where(Article.key.in_(list(selection.keys)))
+    if selection.batch:
+        query = query.where(Article.batch_id == selection.batch)
+    known = set(session.scalars(query))
+    unknown = [key for key in selection.keys if key not in known]
+    if unknown:
+        where = f" in batch {selection.batch}" if selection.batch else ""
+        listed = ", ".join(repr(key) for key in unknown[:20])
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        raise SelectionError(f"no article{where} with key {listed}{more}")
+
+
+def first_unfinished(article: Article) -> int:
+    """Index in :data:`ORDER` of the first stage the article has not finished.
+
+    Args:
+        article: the article.
+
+    Returns:
+        ``len(ORDER)`` when every stage is finished.
+    """
+    if article.status == ArticleStatus.failed.value and article.error_stage in ORDER:
+        return ORDER.index(article.error_stage)
+    if article.status in (ArticleStatus.done.value, ArticleStatus.needs_review.value):
+        return len(ORDER)
+    if article.status == ArticleStatus.failed.value:
+        return 0
+    return ORDER.index(stage_waiting_in(article.status).name)
 
 
 def default_stage(article: Article) -> str:
@@ -98,11 +139,31 @@ def plan(articles: Sequence[Article], from_stage: str | None = None) -> list[Req
 
     Returns:
         One plan per article.
+
+    Raises:
+        SelectionError: ``from_stage`` needs outputs that some article does not have yet.
     """
+    if from_stage is not None:
+        _check_inputs(articles, from_stage)
     return [
         RequeuePlan(a.id, a.key, a.batch_id, a.status, from_stage or default_stage(a))
         for a in articles
     ]
+
+
+def _check_inputs(articles: Sequence[Article], from_stage: str) -> None:
+    """Refuse a start stage whose inputs some article does not have yet."""
+    wanted = ORDER.index(from_stage)
+    short = [a for a in articles if first_unfinished(a) < wanted]
+    if not short:
+        return
+    earliest = min(first_unfinished(a) for a in short)
+    keys = ", ".join(repr(a.key) for a in short[:10])
+    more = f" and {len(short) - 10} more" if len(short) > 10 else ""
+    raise SelectionError(
+        f"cannot start {len(short)} article(s) at {from_stage}: {keys}{more} have not "
+        f"finished {ORDER[earliest]} yet; use --from-stage {ORDER[earliest]} (or leave it out)"
+    )
 
 
 def apply(session: Session, plans: Sequence[RequeuePlan]) -> list[tuple[int, str, str]]:

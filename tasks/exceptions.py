@@ -22,3 +22,13 @@ class RuntimeNotLoaded(FarmError):
 
 class ModelsMissing(FarmError):
     """A model the worker needs is not in the cache: the worker stops before taking work."""
+
+
+class UserError(FarmError):
+    """Something a user asked for cannot be done as asked; the CLI prints it and exits."""
+
+    exit_code = 2
+
+
+class SelectionError(UserError):
+    """A requeue named a batch or articles that do not exist, or a stage they cannot start at."""

@@ -14,7 +14,7 @@ STATISTICS_FILE = "clip_statistics.txt"
 
 
 def batch_scores(session: Session | Connection, batch_id: str) -> list[float]:
-    """Best CLIP score of every scored article of a batch.
+    """Best CLIP score of every scored article of a batch that is still in its catalog.
 
     Args:
         session: any session or connection.
@@ -26,6 +26,7 @@ def batch_scores(session: Session | Connection, batch_id: str) -> list[float]:
     query = (
         select(Article.clip_score)
         .where(Article.batch_id == batch_id, Article.clip_score.is_not(None))
+        .where(Article.removed_at.is_(None))  # its row left the catalog
         .order_by(Article.id)
     )
     return list(session.scalars(query))
@@ -53,6 +54,7 @@ def write_statistics_if_finished(
     unfinished = session.scalar(
         select(Article.id)
         .where(Article.status.in_(statuses), Article.batch_id == batch_id)
+        .where(Article.removed_at.is_(None))
         .limit(1)
     )
     if unfinished is not None:
