@@ -1,14 +1,19 @@
-"""A batch's results as a table: one row per article, written as xlsx, csv or jsonl.
+"""A batch's results as a table: one row per article, written as xlsx, csv, jsonl or parquet.
 
-Catalog text and model output end up in spreadsheet cells, so every text cell of the xlsx and
-csv files is neutralised against formula injection; jsonl is data for programs and keeps the
+A row locates its article (key, source file, sheet and row), then repeats the cells the farm
+read from the catalog under the catalog's own headers, then gives the results. Catalog text
+and model output end up in spreadsheet cells, so every text cell of the xlsx and csv files is
+neutralised against formula injection; jsonl and parquet are data for programs and keep the
 values as they are.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from openpyxl import Workbook
@@ -20,14 +25,12 @@ from db.models import Article, Batch, Render, StageRun
 from tasks.outputs import atomic_path
 from tasks.registry import ORDER as STAGES
 
-EXPORT_FORMATS = ("xlsx", "csv", "jsonl")
+EXPORT_FORMATS = ("xlsx", "csv", "jsonl", "parquet")
 
-COLUMNS = (
-    "batch",
-    "key",
-    "source_file",
-    "source_sheet",
-    "source_row",
+# Where the article came from; the source cells follow these.
+LOCATING_COLUMNS = ("batch", "key", "source_file", "source_sheet", "source_row")
+
+RESULT_COLUMNS = (
     "status",
     "translation",
     "attributes",
@@ -45,8 +48,66 @@ COLUMNS = (
     *(f"{stage}_seconds" for stage in STAGES),
 )
 
+# The export's own columns; a batch's rows hold its source columns between the two groups.
+COLUMNS = LOCATING_COLUMNS + RESULT_COLUMNS
+
+# The text the farm read, for articles stored before their source cells were kept.
+SOURCE_TEXT = "source_text"
+
+# A catalog header that would land on one of the export's own columns gets this prefix.
+SOURCE_PREFIX = "source: "
+
+_RESERVED = frozenset(COLUMNS) | {SOURCE_TEXT}
+
+# Parquet columns hold one type each; every column not named here is text.
+_FLOAT_COLUMNS = frozenset({"best_clip_score", *(f"{stage}_seconds" for stage in STAGES)})
+_INT_COLUMNS = frozenset({"source_row", "attempts"})
+_NULLABLE_INT_COLUMNS = frozenset({"seed"})
+
 # OWASP's list: a spreadsheet may evaluate a cell that starts with any of these.
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+_REASONS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    # mkdir of a folder whose name a file already has, or of one below such a file.
+    errno.EEXIST: "a file stands where a folder should be",
+    errno.ENOTDIR: "a file stands where a folder should be",
+    errno.EISDIR: "a folder stands where the file should be",
+}
+
+
+class ExportError(Exception):
+    """An export, report or statistics file could not be written; nothing was left behind.
+
+    Attributes:
+        path: the file that was to be written.
+    """
+
+    def __init__(self, message: str, path: Path):
+        super().__init__(message)
+        self.path = path
+
+
+@contextmanager
+def writing(what: str, path: Path) -> Iterator[None]:
+    """Turn an OSError raised while writing ``path`` into an :class:`ExportError`.
+
+    Args:
+        what: the file's kind for the message, such as ``the export``.
+        path: the file being written.
+
+    Raises:
+        ExportError: ``cannot write <what> to <path>: <reason>``, from the OSError.
+    """
+    try:
+        yield
+    except OSError as error:
+        reason = _REASONS.get(error.errno) or error.strerror or str(error) or type(error).__name__
+        raise ExportError(f"cannot write {what} to {path}: {reason}", Path(path)) from error
 
 
 def neutralise(value: object) -> object:
@@ -64,44 +125,82 @@ def neutralise(value: object) -> object:
     return value
 
 
-def export_rows(session: Session, batch_id: str) -> list[dict]:
-    """One row per article of a batch, with its best render and its latest successful stages.
+def source_column(header: str) -> str:
+    """The export column that shows a catalog header's cells.
 
-    Reads each table once for the whole batch.
+    Args:
+        header: a header of the catalog, as written there.
+
+    Returns:
+        ``header`` itself, or ``source: <header>`` when it is one of the export's own column
+        names (or already starts with that prefix, so two headers never share a column).
+    """
+    if header in _RESERVED or header.startswith(SOURCE_PREFIX):
+        return SOURCE_PREFIX + header
+    return header
+
+
+def export_rows(session: Session, batch_id: str) -> list[dict]:
+    """One row per article of a batch, with its source cells, best render and latest stages.
+
+    Removed articles (their row left the catalog) are left out. Reads each table once for
+    the whole batch.
 
     Args:
         session: any session.
         batch_id: the batch.
 
     Returns:
-        Dicts with the keys of :data:`COLUMNS`, ordered by article id.
+        Dicts ordered by article id, all with the same keys: :data:`LOCATING_COLUMNS`, the
+        source columns of all rows (headers in first-seen order, see :func:`source_column`;
+        ``source_text`` for articles without source cells), then :data:`RESULT_COLUMNS`.
 
     Raises:
         LookupError: no batch ``batch_id``.
     """
     if session.get(Batch, batch_id) is None:
         raise LookupError(f"no batch {batch_id!r}")
-    articles = session.scalars(
-        select(Article).where(Article.batch_id == batch_id).order_by(Article.id)
-    ).all()
+    kept = (Article.batch_id == batch_id, Article.removed_at.is_(None))
+    articles = session.scalars(select(Article).where(*kept).order_by(Article.id)).all()
     renders: dict[int, list[Render]] = {}
     render_query = (
         select(Render)
         .join(Article, Render.article_id == Article.id)
-        .where(Article.batch_id == batch_id)
+        .where(*kept)
         .order_by(Render.article_id, Render.attempt)
     )
     for render in session.scalars(render_query):
         renders.setdefault(render.article_id, []).append(render)
-    latest_ok = _latest_ok_runs(session, batch_id)
-    return [_row(a, renders.get(a.id, []), latest_ok.get(a.id, {})) for a in articles]
+    latest_ok = _latest_ok_runs(session, kept)
+    sources = [_source_cells(a) for a in articles]
+    # Sheets of one batch may have different headers: every row gets all of them.
+    blank = dict.fromkeys(column for cells in sources for column in cells)
+    rows = []
+    for article, cells in zip(articles, sources, strict=True):
+        own = _row(article, renders.get(article.id, []), latest_ok.get(article.id, {}))
+        row = {column: own[column] for column in LOCATING_COLUMNS}
+        row |= blank | cells
+        row |= {column: own[column] for column in RESULT_COLUMNS}
+        rows.append(row)
+    return rows
 
 
-def _latest_ok_runs(session: Session, batch_id: str) -> dict[int, dict[str, StageRun]]:
+def _source_cells(article: Article) -> dict[str, object]:
+    if article.source_columns is None:  # stored before the cells were kept
+        return {SOURCE_TEXT: article.source_text}
+    return {
+        source_column(header): json.dumps(value, ensure_ascii=False)
+        if isinstance(value, (dict, list))  # a cell must be a scalar in every format
+        else value
+        for header, value in article.source_columns.items()
+    }
+
+
+def _latest_ok_runs(session: Session, kept: tuple) -> dict[int, dict[str, StageRun]]:
     query = (
         select(StageRun)
         .join(Article, StageRun.article_id == Article.id)
-        .where(Article.batch_id == batch_id, StageRun.outcome == "ok")
+        .where(*kept, StageRun.outcome == "ok")
         .order_by(StageRun.id)  # insertion order: immune to clock skew between workers
     )
     latest: dict[int, dict[str, StageRun]] = {}
@@ -163,7 +262,8 @@ def write_export(rows: list[dict], path: Path, fmt: str) -> int:
     """Write rows to ``path`` atomically (a temporary file renamed into place).
 
     Args:
-        rows: from :func:`export_rows` (any dicts sharing the first row's keys).
+        rows: from :func:`export_rows` (any dicts; the columns are their keys in first-seen
+            order, :data:`COLUMNS` when there is no row).
         path: the file to write; its folder is created.
         fmt: one of :data:`EXPORT_FORMATS`.
 
@@ -172,12 +272,19 @@ def write_export(rows: list[dict], path: Path, fmt: str) -> int:
 
     Raises:
         ValueError: an unknown ``fmt``.
+        ExportError: the file could not be written (a folder without write permission, a
+            file where a folder should be, a full disk); no file is left behind.
     """
-    writers = {"xlsx": _write_xlsx, "csv": _write_csv, "jsonl": _write_jsonl}
+    writers = {
+        "xlsx": _write_xlsx,
+        "csv": _write_csv,
+        "jsonl": _write_jsonl,
+        "parquet": _write_parquet,
+    }
     if fmt not in writers:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
-    columns = list(rows[0]) if rows else list(COLUMNS)
-    with atomic_path(Path(path)) as scratch:
+    columns = list(dict.fromkeys(c for row in rows for c in row)) if rows else list(COLUMNS)
+    with writing("the export", path), atomic_path(Path(path)) as scratch:
         writers[fmt](rows, columns, scratch)
     return len(rows)
 
@@ -211,3 +318,30 @@ def _write_jsonl(rows: list[dict], columns: list[str], scratch: Path) -> None:
     with open(scratch, "w", encoding="utf-8") as stream:
         for row in rows:
             stream.write(json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False) + "\n")
+
+
+def _write_parquet(rows: list[dict], columns: list[str], scratch: Path) -> None:
+    # Imported here: pandas takes a noticeable share of a second to load, and only this
+    # format needs it, so the other commands of the CLI start without it.
+    import pandas as pd
+
+    series = {}
+    for column in columns:
+        dtype = _parquet_dtype(column)
+        values = [row.get(column) for row in rows]
+        if dtype == "string":  # a catalog cell may be a number in one row, text in the next
+            values = [None if value is None else str(value) for value in values]
+        series[column] = pd.Series(values, dtype=dtype)
+    pd.DataFrame(series).to_parquet(scratch, engine="pyarrow", index=False)
+
+
+def _parquet_dtype(column: str) -> str:
+    # Fixed by the column's name, never guessed from its values: a column that is all None
+    # in one batch still has the type it has in the next, and nullable ints stay ints.
+    if column in _FLOAT_COLUMNS:
+        return "float64"
+    if column in _INT_COLUMNS:
+        return "int64"
+    if column in _NULLABLE_INT_COLUMNS:
+        return "Int64"
+    return "string"

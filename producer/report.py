@@ -18,8 +18,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Article, ArticleStatus, Batch, Render
+from producer.export import writing
 from tasks import outputs
-from tasks.finish import STATISTICS_FILE, batch_scores
+from tasks.finish import STATISTICS_FILE
 
 REPORT_FILE = "report.html"
 
@@ -110,6 +111,8 @@ def write_report(
 ) -> Path:
     """Write a batch's HTML contact sheet and (re)write its ``clip_statistics.txt``.
 
+    Removed articles (their row left the catalog) are in neither, nor in the counts.
+
     Args:
         session: any session.
         batch_id: the batch.
@@ -122,30 +125,35 @@ def write_report(
 
     Raises:
         LookupError: no batch ``batch_id``.
+        ExportError: the statistics or the report could not be written (see
+            :func:`producer.export.writing`); the file that failed is not left behind.
     """
     batch = session.get(Batch, batch_id)
     if batch is None:
         raise LookupError(f"no batch {batch_id!r}")
-    articles = session.scalars(
-        select(Article).where(Article.batch_id == batch_id).order_by(Article.id)
-    ).all()
+    kept = (Article.batch_id == batch_id, Article.removed_at.is_(None))
+    articles = session.scalars(select(Article).where(*kept).order_by(Article.id)).all()
     attempts = dict(
         session.execute(
             select(Render.article_id, func.count())
             .join(Article, Render.article_id == Article.id)
-            .where(Article.batch_id == batch_id)
+            .where(*kept)
             .group_by(Render.article_id)
         ).all()
     )
     folder = outputs.batch_dir(output_dir, batch_id)
-    scores = batch_scores(session, batch_id)
-    outputs.write_clip_statistics(folder / STATISTICS_FILE, scores)
+    # From the articles kept, not tasks.finish.batch_scores, which counts removed ones too.
+    scores = [a.clip_score for a in articles if a.clip_score is not None]
+    statistics = folder / STATISTICS_FILE
+    with writing("the CLIP statistics", statistics):
+        outputs.write_clip_statistics(statistics, scores)
     target = Path(path) if path is not None else folder / REPORT_FILE
     cards = (
         _card(index, a, attempts.get(a.id, 0), _thumbnail(_image_file(a, folder), thumb_px))
         for index, a in enumerate(articles)
     )
-    _write_atomically(target, _document(batch, articles, scores, thumb_px, cards))
+    with writing("the report", target):
+        _write_atomically(target, _document(batch, articles, scores, thumb_px, cards))
     return target
 
 
@@ -242,8 +250,11 @@ def _image_file(article: Article, folder: Path) -> Path | None:
     # A relative path in the database is relative to the worker's folder; the published image
     # also always lies in the batch folder, which is where to look when the first is gone.
     for candidate in (Path(article.image_path), folder / f"{article.file_stem}.png"):
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError:  # an unreadable folder: a placeholder, not a failed report
+            continue
     return None
 
 

@@ -1,22 +1,40 @@
-"""Exporting a batch's results as xlsx, csv and jsonl from a real SQLite database."""
+"""Exporting a batch's results as xlsx, csv, jsonl and parquet from a real SQLite database."""
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from openpyxl import load_workbook
 from sqlalchemy import event
 
 from db.engine import make_engine, migrate, session_factory
 from db.models import Article, ArticleStatus, Batch, Render, StageRun
-from producer.export import COLUMNS, EXPORT_FORMATS, export_rows, neutralise, write_export
+from producer import export
+from producer.export import (
+    COLUMNS,
+    EXPORT_FORMATS,
+    LOCATING_COLUMNS,
+    RESULT_COLUMNS,
+    ExportError,
+    export_rows,
+    neutralise,
+    source_column,
+    write_export,
+)
 
 HYPERLINK = '=HYPERLINK("http://evil.example","click")'
+REMOVED_AT = datetime(2024, 5, 1, tzinfo=timezone.utc)
+# The columns of a batch whose articles were all stored before their source cells were kept.
+OLDER_COLUMNS = (*LOCATING_COLUMNS, "source_text", *RESULT_COLUMNS)
 
 
 def add_article(session, batch_id: str, key: str, **columns) -> Article:
@@ -71,7 +89,8 @@ def add_run(session, article: Article, stage: str, worker: str, outcome: str, se
 
 @pytest.fixture
 def sessions(tmp_path):
-    """A migrated SQLite database holding batch b1 (three articles) and a decoy batch b2."""
+    """A migrated SQLite database holding batch b1 (three articles and a removed one) and a
+    decoy batch b2; none of them has source cells."""
     engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
     migrate(engine)
     factory = session_factory(engine)
@@ -120,6 +139,9 @@ def sessions(tmp_path):
         decoy = add_article(session, "b2", "SKU-1", status=ArticleStatus.done.value)
         add_render(session, decoy, 1, seed=99, score=0.9)
         add_run(session, decoy, "translate", "text@z", "ok", 5.0)
+        gone = add_article(session, "b1", "SKU-GONE", source_row=9, removed_at=REMOVED_AT)
+        add_render(session, gone, 1, seed=7, score=0.5)
+        add_run(session, gone, "translate", "text@a", "ok", 1.0)
         session.commit()
     yield factory
     engine.dispose()
@@ -131,13 +153,16 @@ def read_back(path: Path, fmt: str) -> list[dict]:
     if fmt == "csv":
         with open(path, encoding="utf-8-sig", newline="") as stream:
             return list(csv.DictReader(stream))
+    if fmt == "parquet":
+        frame = pd.read_parquet(path)
+        return frame.astype(object).where(frame.notna(), None).to_dict("records")
     sheet = load_workbook(path).active
     header, *body = sheet.iter_rows(values_only=True)
     return [dict(zip(header, values, strict=True)) for values in body]
 
 
 def expected_cell(value: object, fmt: str) -> object:
-    if fmt == "jsonl":
+    if fmt in ("jsonl", "parquet"):
         return value
     if isinstance(value, str) and fmt == "xlsx":
         value = value.replace("\x01", "")  # a control character the xlsx format cannot hold
@@ -151,7 +176,8 @@ def test_rows_are_one_per_article_of_the_batch_in_article_order(sessions):
     with sessions() as session:
         rows = export_rows(session, "b1")
     assert [r["key"] for r in rows] == ["SKU-1", HYPERLINK, "SKU-3"]
-    assert all(tuple(r) == COLUMNS for r in rows)
+    assert all(tuple(r) == OLDER_COLUMNS for r in rows)
+    assert {r["source_text"] for r in rows} == {"Bluse aus Viskose"}
     assert [r["attempts"] for r in rows] == [2, 0, 2]
     assert json.loads(rows[0]["attributes"]) == {"garment": "Bluse", "colour": "weiß"}
     assert rows[1]["attributes"] is None
@@ -198,8 +224,8 @@ def test_every_format_round_trips_and_is_written_without_leftovers(sessions, tmp
     back = read_back(path, fmt)
     assert len(back) == len(rows)
     for written, original in zip(back, rows, strict=True):
-        assert list(written) == list(COLUMNS)
-        assert written == {c: expected_cell(original[c], fmt) for c in COLUMNS}
+        assert list(written) == list(OLDER_COLUMNS)
+        assert written == {c: expected_cell(original[c], fmt) for c in OLDER_COLUMNS}
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
@@ -274,3 +300,195 @@ def test_the_export_and_report_modules_do_not_import_torch():
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+LINEN = {
+    "SKU": "A-1",
+    "name": "Leinenhemd",
+    "description": "Hemd aus Leinen",
+    "model_name": "Fynn",
+    "model_descr": "Regular Fit",
+}
+BLOUSE = {"Artikelnummer": "B-7", "Titel": "Bluse", "Beschreibung": "=1+1", "Preis": 19.99}
+
+
+def add_sourced_batch(session, batch_id: str, *cells: dict, sheets=("Herren", "Damen")) -> None:
+    """A batch with one article per dict of source cells, alternating between two sheets."""
+    session.add(Batch(id=batch_id, profile="tiny"))
+    for index, source in enumerate(cells):
+        add_article(
+            session,
+            batch_id,
+            f"K-{index}",
+            source_sheet=sheets[index % len(sheets)],
+            source_row=index + 2,
+            source_columns=source,
+        )
+    session.commit()
+
+
+def test_source_cells_sit_between_the_locating_and_the_result_columns(sessions):
+    with sessions() as session:
+        add_sourced_batch(session, "s1", LINEN)
+        (row,) = export_rows(session, "s1")
+    assert tuple(row) == (*LOCATING_COLUMNS, *LINEN, *RESULT_COLUMNS)
+    assert {header: row[header] for header in LINEN} == LINEN
+    assert "source_text" not in row
+
+
+def test_the_headers_of_two_sheets_are_united_in_first_seen_order(sessions):
+    with sessions() as session:
+        add_sourced_batch(session, "s1", LINEN, BLOUSE, {"SKU": "A-2", "name": "Hose"})
+        rows = export_rows(session, "s1")
+    source = [c for c in rows[0] if c not in COLUMNS]
+    assert source == [*LINEN, *BLOUSE]
+    assert all(list(row) == list(rows[0]) for row in rows)
+    assert [rows[1][c] for c in source] == [None] * len(LINEN) + list(BLOUSE.values())
+    assert (rows[2]["SKU"], rows[2]["name"], rows[2]["description"]) == ("A-2", "Hose", None)
+
+
+def test_older_articles_without_source_cells_fall_back_to_their_source_text(sessions):
+    with sessions() as session:
+        add_sourced_batch(session, "s1", LINEN)
+        add_article(session, "s1", "OLD", source_row=9, source_text="Alte Jacke")
+        session.commit()
+        new, old = export_rows(session, "s1")
+    assert tuple(new) == (*LOCATING_COLUMNS, *LINEN, "source_text", *RESULT_COLUMNS)
+    assert (new["source_text"], new["name"]) == (None, "Leinenhemd")
+    assert (old["source_text"], old["name"], old["SKU"]) == ("Alte Jacke", None, None)
+
+
+def test_a_source_header_named_like_an_export_column_gets_a_prefix(sessions):
+    cells = {"key": "A-1", "status": "aktiv", "source_text": "x", "source: status": "y"}
+    with sessions() as session:
+        add_sourced_batch(session, "s1", cells)
+        (row,) = export_rows(session, "s1")
+    assert (row["key"], row["status"]) == ("K-0", "pending")
+    assert row["source: key"] == "A-1" and row["source: status"] == "aktiv"
+    assert row["source: source_text"] == "x" and row["source: source: status"] == "y"
+    assert tuple(row)[5:9] == tuple(source_column(h) for h in cells)
+
+
+@pytest.mark.parametrize("fmt", ["xlsx", "csv"])
+def test_a_formula_in_a_source_cell_is_neutralised(sessions, tmp_path, fmt):
+    with sessions() as session:
+        add_sourced_batch(session, "s1", BLOUSE)
+        write_export(export_rows(session, "s1"), tmp_path / f"s1.{fmt}", fmt)
+    (row,) = read_back(tmp_path / f"s1.{fmt}", fmt)
+    assert row["Beschreibung"] == "'=1+1"
+    assert row["Preis"] == (19.99 if fmt == "xlsx" else "19.99")
+    if fmt == "xlsx":
+        cells = load_workbook(tmp_path / "s1.xlsx").active
+        assert all(cell.data_type != "f" for row in cells.iter_rows() for cell in row)
+
+
+def test_parquet_keeps_values_and_gives_each_column_one_type(sessions, tmp_path):
+    path = tmp_path / "s1.parquet"
+    with sessions() as session:
+        add_sourced_batch(session, "s1", LINEN, BLOUSE)
+        done = add_article(session, "s1", "DONE", clip_score=0.31, source_columns={"SKU": "D"})
+        add_render(session, done, 1, seed=2**40, score=0.31)
+        add_run(session, done, "render", "gpu@a", "ok", 3.0)
+        session.commit()
+        rows = export_rows(session, "s1")
+    assert write_export(rows, path, "parquet") == 3
+    frame = pd.read_parquet(path)
+    assert list(frame.columns) == list(rows[0])
+    types = {c: str(frame[c].dtype) for c in frame.columns}
+    assert types["best_clip_score"] == types["render_seconds"] == "float64"
+    assert types["attempts"] == types["source_row"] == "int64"
+    assert types["seed"] == "Int64"
+    assert types["key"] == types["lora"] == types["Preis"] == types["SKU"] == "string"
+    assert frame["key"].tolist() == ["K-0", "K-1", "DONE"]
+    assert frame["Preis"].isna().tolist() == [True, False, True]
+    assert frame["Preis"][1] == "19.99" and frame["Beschreibung"][1] == "=1+1"
+    assert frame["best_clip_score"].isna().tolist() == [True, True, False]
+    assert frame["best_clip_score"][2] == 0.31 and frame["render_seconds"][2] == 3.0
+    assert frame["seed"][2] == 2**40 and frame["seed"].isna().tolist() == [True, True, False]
+    assert frame["attempts"].tolist() == [0, 0, 1]
+    assert [p.name for p in tmp_path.glob("*.parquet*")] == [path.name]
+
+
+def test_an_empty_batch_exports_a_typed_parquet_file(sessions, tmp_path):
+    with sessions() as session:
+        session.add(Batch(id="empty", profile="tiny"))
+        session.commit()
+        rows = export_rows(session, "empty")
+    write_export(rows, tmp_path / "empty.parquet", "parquet")
+    frame = pd.read_parquet(tmp_path / "empty.parquet")
+    assert list(frame.columns) == list(COLUMNS) and len(frame) == 0
+    assert str(frame["best_clip_score"].dtype) == "float64"
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_removed_articles_are_left_out_of_the_export(sessions, tmp_path, fmt):
+    with sessions() as session:
+        rows = export_rows(session, "b1")
+        assert "SKU-GONE" not in [r["key"] for r in rows]
+        session.get(Article, 1).removed_at = REMOVED_AT
+        session.commit()
+        rows = export_rows(session, "b1")
+    assert [r["key"] for r in rows] == [HYPERLINK, "SKU-3"]
+    write_export(rows, tmp_path / f"b1.{fmt}", fmt)
+    assert len(read_back(tmp_path / f"b1.{fmt}", fmt)) == 2
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_a_file_where_the_folder_should_be_is_an_export_error(sessions, tmp_path, fmt):
+    (tmp_path / "out").mkdir()
+    blocker = tmp_path / "out" / "exports"
+    blocker.write_text("not a folder")
+    path = blocker / f"b1.{fmt}"
+    with sessions() as session:
+        rows = export_rows(session, "b1")
+    message = f"cannot write the export to {path}: a file stands where a folder should be"
+    with pytest.raises(ExportError, match="^" + message.replace(".", r"\.") + "$") as raised:
+        write_export(rows, path, fmt)
+    assert raised.value.path == path
+    assert list(blocker.parent.iterdir()) == [blocker]
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_a_folder_without_write_permission_is_an_export_error(sessions, tmp_path, fmt):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    path = folder / f"b1.{fmt}"
+    with sessions() as session:
+        rows = export_rows(session, "b1")
+    try:
+        with pytest.raises(ExportError) as raised:
+            write_export(rows, path, fmt)
+        assert str(raised.value) == f"cannot write the export to {path}: permission denied"
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o700)
+
+
+def test_a_full_disk_is_an_export_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    def half_written(rows, columns, scratch):
+        scratch.write_text("batch,key\n")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "_write_csv", half_written)
+    path = tmp_path / "out" / "b1.csv"
+    with pytest.raises(ExportError, match="disk full$"):
+        write_export([{"batch": "b1", "key": "K"}], path, "csv")
+    assert list(path.parent.iterdir()) == []
+
+
+def test_a_refused_scratch_file_reads_permission_denied_even_when_run_as_root(
+    tmp_path, monkeypatch
+):
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    # What mkstemp raises in a folder without write permission, which root does not get.
+    monkeypatch.setattr("tasks.outputs.tempfile.mkstemp", refuse)
+    path = tmp_path / "out" / "b1.jsonl"
+    with pytest.raises(ExportError) as raised:
+        write_export([], path, "jsonl")
+    assert str(raised.value) == f"cannot write the export to {path}: permission denied"
+    assert list(path.parent.iterdir()) == []

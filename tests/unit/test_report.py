@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, migrate, session_factory
 from db.models import Article, ArticleStatus, Batch, Render
+from producer.export import ExportError
 from producer.report import write_report
 from tasks.finish import STATISTICS_FILE
 
@@ -198,3 +202,57 @@ def test_the_report_goes_to_an_explicit_path_without_leftovers(batch, tmp_path):
 def test_an_unknown_batch_is_a_lookup_error(batch):
     with batch.sessions() as session, pytest.raises(LookupError, match="no batch 'nope'"):
         write_report(session, "nope", batch.output_dir)
+
+
+def test_removed_articles_are_left_out_of_the_cards_counts_and_statistics(batch):
+    with batch.sessions() as session:
+        gone = session.scalar(select(Article).where(Article.key == "SKU-2"))
+        gone.removed_at = datetime(2024, 5, 1, tzinfo=timezone.utc)
+        session.commit()
+    _, text = report(batch)
+    cards = Elements(text).find("article", "card")
+    assert [c["data-key"] for c in cards] == [k for k in batch.keys if k != "SKU-2"]
+    assert [c["data-index"] for c in cards] == ["0", "1", "2", "3"]
+    assert "done <b>3</b>" in text and "4 articles" in text
+    assert "<td>3</td>" in text and "<td>0.2667</td>" in text  # the mean of 0.31, 0.27, 0.22
+    statistics = (batch.output_dir / "b1" / STATISTICS_FILE).read_text().splitlines()
+    assert statistics[2:4] == ["Total Samples: 3", "Mean: 0.2667"]
+
+
+def test_a_file_where_the_report_folder_should_be_is_an_export_error(batch, tmp_path):
+    blocker = tmp_path / "reports"
+    blocker.write_text("not a folder")
+    target = blocker / "sheet.html"
+    with pytest.raises(ExportError) as raised:
+        report(batch, path=target)
+    assert str(raised.value) == (
+        f"cannot write the report to {target}: a file stands where a folder should be"
+    )
+    assert raised.value.path == target
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_file_where_the_batch_folder_should_be_is_an_export_error(batch):
+    folder = batch.output_dir / "b1"
+    for image in folder.iterdir():
+        image.unlink()
+    folder.rmdir()
+    folder.write_text("not a folder")
+    with pytest.raises(ExportError, match="^cannot write the CLIP statistics to .*b1/clip_"):
+        report(batch)
+    assert folder.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+def test_a_report_folder_without_write_permission_is_an_export_error(batch, tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    target = folder / "sheet.html"
+    try:
+        with pytest.raises(ExportError) as raised:
+            report(batch, path=target)
+        assert str(raised.value) == f"cannot write the report to {target}: permission denied"
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o700)
