@@ -2,8 +2,11 @@
 
 A worker process is one ``celery worker`` with a pool of threads: it holds several messages
 at once, and one model executor (:mod:`workers.executor`) makes their model calls. The
-models load in ``worker_init``, before the worker connects to the broker: a worker that
-cannot load them logs one message and exits 1 without ever saying ``ready``. Beside the
+models load in ``worker_init``, before the worker connects to the broker. First the process
+checks that its CUDA device is there and that the database answers; a worker that cannot
+serve (no device, database away, models missing or failing to load) logs one message and
+exits 1 without ever saying ``ready``: Celery would log an exception raised from a signal
+handler and carry on, so the handler ends the process itself (``os._exit``). Beside the
 executor run two timers: lease renewal for the stages this process holds, and the reaper.
 A model call that outruns ``task_time_limit`` makes the process free its articles and exit
 with :data:`HUNG_EXIT_CODE`; ``farm worker`` starts it again.
@@ -19,8 +22,11 @@ from celery import Celery
 from celery.signals import task_received, worker_init, worker_shutdown
 
 from db import transitions
+from db.engine import open_database
+from db.exceptions import DatabaseError
 from tasks import callrecord, state
 from tasks.exceptions import HUNG_EXIT_CODE, FarmError, ModelsMissing
+from tasks.launcher import check_device
 from tasks.reaper import Periodic, reaper_turn
 from tasks.registry import ROLES, STAGES
 from tasks.settings import Settings
@@ -76,6 +82,7 @@ def start_process(app: Celery, settings: Settings, node: str) -> None:
         settings: the farm's settings, role included.
         node: the worker's node name (its model calls are recorded under it).
     """
+    check_serviceable(settings)
     runtimes = load_for_role(settings)
     record = callrecord.start(node)
     executor = ModelExecutor(
@@ -95,6 +102,22 @@ def start_process(app: Celery, settings: Settings, node: str) -> None:
     ]  # fmt: skip
     for timer in _timers:
         timer.start()
+
+
+def check_serviceable(settings: Settings) -> None:
+    """Fail fast, before the models load, when this process could not serve anyway.
+
+    Args:
+        settings: the process's settings (device, database).
+
+    Raises:
+        tasks.launcher.DeviceUnavailable: its CUDA device is not visible.
+        db.exceptions.DatabaseError: the database cannot be reached or is missing (a
+            missing SQLite file is not created: ``farm worker`` made it before).
+    """
+    if not settings.runtime_factory:  # a benchmark's runtimes choose their own device
+        check_device(settings.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    open_database(settings.database_url, create=False).dispose()
 
 
 def stop_process() -> None:
@@ -126,7 +149,7 @@ def _start_worker_process(sender=None, **_) -> None:
         return
     try:
         start_process(app, app.farm_settings, sender.hostname)
-    except FarmError as error:  # a message says it all; no traceback
+    except (FarmError, DatabaseError) as error:  # a message says it all; no traceback
         logger.critical("worker cannot start: %s", error)
         logging.shutdown()
         os._exit(1)

@@ -5,7 +5,9 @@ at once and feeds one model executor (:mod:`tasks.boot`). A GPU process sees onl
 card (``CUDA_VISIBLE_DEVICES``). The launcher stays as their parent: when one dies (killed,
 by the kernel's OOM killer say, or stopped by its watchdog after a hung model call), it ends
 that process's leases at once, has the reaper send its articles again, and starts it anew.
-A process that exits on its own with an error (its models cannot load) stops them all.
+A process that exits on its own with an error (its models cannot load, its GPU is not there,
+the database is away) stops them all, and ``farm worker`` exits with that process's code.
+Before any process starts, :func:`check_devices` makes sure the GPUs asked for are there.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from db import transitions
 from db.engine import make_engine
 from tasks import callrecord
-from tasks.exceptions import HUNG_EXIT_CODE
+from tasks.exceptions import HUNG_EXIT_CODE, FarmError
 from tasks.registry import role_concurrency, role_queues
 from tasks.settings import Settings
 
@@ -32,6 +34,13 @@ logger = logging.getLogger("farm.launcher")
 # A process that dies more often than this is not started again: something else is wrong.
 MAX_RESTARTS = 5
 RESTART_WINDOW_SECONDS = 600.0
+
+
+class DeviceUnavailable(FarmError):
+    """A GPU or CUDA device was asked for that is not there: no worker takes work."""
+
+    # As for missing models: a process that cannot serve stops at boot and exits 1.
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,82 @@ def plan_workers(
         process(f"{role}{gpu}", base_env | {"CUDA_VISIBLE_DEVICES": gpu, "FARM_DEVICE": "cuda"})
         for gpu in gpus
     ]
+
+
+def check_devices(device: str, gpus: Sequence[str] = (), count: int | None = None) -> None:
+    """Fail before any worker process starts when the GPUs asked for are not there.
+
+    Each process checks its own device again at boot (:func:`check_device`); checking here
+    first gives one message instead of one per process, before any loads its models.
+
+    Args:
+        device: the device setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+        gpus: the ``--gpus`` indices; each process gets its own ``CUDA_VISIBLE_DEVICES``.
+        count: the CUDA devices this machine shows; asked of torch when None.
+
+    Raises:
+        DeviceUnavailable: CUDA is asked for and no device is visible, or an index is past
+            the last device.
+    """
+    if not gpus and not device.startswith("cuda"):
+        return
+    if gpus and count is None and "CUDA_VISIBLE_DEVICES" in os.environ:
+        # The processes get CUDA_VISIBLE_DEVICES of their own, so what this process sees
+        # says nothing about them: each checks its card at boot instead.
+        return
+    if count is None:
+        count = _cuda_device_count()
+    if not gpus:
+        check_device(device, count=count)
+        return
+    asked = f"GPU{'s' if len(gpus) > 1 else ''} {','.join(gpus)}"
+    if count == 0:
+        raise DeviceUnavailable(f"{asked} asked for, but {_NO_CUDA}")
+    missing = [gpu for gpu in gpus if gpu.isdigit() and int(gpu) >= count]
+    if missing:
+        raise DeviceUnavailable(
+            f"GPU {','.join(missing)} asked for (--gpus), but this machine shows {count} CUDA "
+            f"device{'s' if count > 1 else ''}, numbered from 0; see nvidia-smi -L"
+        )
+
+
+def check_device(device: str, visible: str | None = None, count: int | None = None) -> None:
+    """In a worker process, before its models load: fail when its CUDA device is not there.
+
+    Args:
+        device: the device setting of the process (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+        visible: its ``CUDA_VISIBLE_DEVICES`` (the GPU ``farm worker --gpus`` gave it), for
+            the message.
+        count: the CUDA devices this process sees; asked of torch when None.
+
+    Raises:
+        DeviceUnavailable: CUDA is asked for and the device is not visible.
+    """
+    if not device.startswith("cuda"):
+        return
+    if count is None:
+        count = _cuda_device_count()
+    _, _, index = device.partition(":")
+    needed = int(index) + 1 if index.isdigit() else 1
+    if count >= needed:
+        return
+    asked = f"GPU {visible}" if visible else f"device {device!r} (FARM_DEVICE/--device)"
+    if count == 0:
+        raise DeviceUnavailable(f"{asked} asked for, but {_NO_CUDA}")
+    raise DeviceUnavailable(f"{asked} asked for, but this process sees only {count} CUDA devices")
+
+
+_NO_CUDA = (
+    "no CUDA device is visible on this machine; check the driver with nvidia-smi, or run "
+    "the worker on the CPU (without --gpus, with --device cpu)"
+)
+
+
+def _cuda_device_count() -> int:
+    # torch only here: the launcher itself runs no model, and importing torch takes seconds.
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def run_workers(

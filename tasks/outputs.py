@@ -1,11 +1,14 @@
 """Files the farm writes: images per attempt, the final image and JSON per article, statistics.
 
 Every file is written to a temporary name in its folder and renamed into place, so a crash
-never leaves a half-written image under a name that the database points to.
+never leaves a half-written image under a name that the database points to. A write that
+fails because of where it goes (no permission, a read-only or full disk, a file where a folder
+should be) raises :class:`OutputNotWritable`, which says so and names the place.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -21,6 +24,103 @@ from pathlib import Path
 from PIL import Image
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# The errors that come from where a file goes rather than from what is written to it.
+_PLACE_ERRNOS = {
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+    errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+}  # fmt: skip
+
+
+class OutputNotWritable(OSError):
+    """An output file or folder cannot be written there: permissions, a read-only or full disk,
+    or a file where a folder should be.
+
+    An ``OSError`` with the original ``errno`` and ``strerror``, so code that handles
+    ``OSError`` (a stage retries on a full disk) keeps doing so; ``str()`` is one message
+    naming the place and the reason.
+    """
+
+    def __init__(self, message: str, error: OSError, path: Path) -> None:
+        super().__init__(error.errno, error.strerror, str(path))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def not_writable(error: OSError, path: Path, what: str = "") -> OSError:
+    """The :class:`OutputNotWritable` an ``OSError`` on writing ``path`` means.
+
+    Args:
+        error: what the system raised.
+        path: the file or folder being written.
+        what: what it is, for the message (``export``, ``output folder``); may be empty.
+
+    Returns:
+        An :class:`OutputNotWritable`, or ``error`` itself when its cause is not the place
+        (an I/O error, say) or it already is one.
+    """
+    if isinstance(error, OutputNotWritable) or error.errno not in _PLACE_ERRNOS:
+        return error
+    path = Path(path)
+    name = f"{what} {path}" if what else str(path)
+    code = error.errno
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        reason = "the disk is full"
+    elif code in (errno.EACCES, errno.EPERM):
+        reason = f"permission denied in {_existing(path)}"
+    elif code == errno.EROFS:
+        reason = f"{_existing(path)} is on a read-only file system"
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        reason = f"{_in_the_way(path)} is a file, not a folder"
+    else:
+        reason = f"{_in_the_way(path)} is a folder, not a file"
+    return OutputNotWritable(f"cannot write {name}: {reason}", error, path)
+
+
+def writable_folder(folder: Path, what: str = "output folder") -> Path:
+    """Create ``folder`` when missing and prove that a file can be written in it.
+
+    The probe writes and syncs one byte, so a full disk shows here and not halfway through
+    a batch's files; it is removed again.
+
+    Args:
+        folder: the folder.
+        what: what it is, for the message.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        OutputNotWritable: it cannot be created or written.
+    """
+    folder = Path(folder)
+    with _place_errors(folder, what):
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".farm-write-check.", dir=folder)
+        try:
+            os.write(handle, b"\0")
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+            os.unlink(probe)
+    return folder
+
+
+def _existing(path: Path) -> Path:
+    """The nearest existing folder of ``path`` and its parents (where permission is missing)."""
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            return candidate
+    return path.parent
+
+
+def _in_the_way(path: Path) -> Path:
+    """The nearest of ``path`` and its parents that exists and is not what it should be."""
+    for candidate in (*reversed(path.parents), path):
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return path
 
 
 def safe_stem(key: str) -> str:
@@ -71,21 +171,39 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
     Yields:
         The scratch path to write. On an exception it is removed and ``path`` is untouched.
+
+    Raises:
+        OutputNotWritable: the folder or the file cannot be written there (also for such an
+            error raised by the block while it writes the scratch file).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with _place_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
+    with _place_errors(path):
+        try:
+            yield Path(scratch)
+            with open(scratch, "rb") as written:
+                os.fsync(written.fileno())
+            # mkstemp makes the file private; outputs are meant to be read by other services.
+            os.chmod(scratch, 0o644)
+            os.replace(scratch, path)
+        except BaseException:
+            Path(scratch).unlink(missing_ok=True)
+            raise
+
+
+@contextmanager
+def _place_errors(path: Path, what: str = "") -> Iterator[None]:
+    """Raise an ``OSError`` caused by where ``path`` goes as :class:`OutputNotWritable`."""
     try:
-        yield Path(scratch)
-        with open(scratch, "rb") as written:
-            os.fsync(written.fileno())
-        # mkstemp makes the file private; outputs are meant to be read by other services.
-        os.chmod(scratch, 0o644)
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as error:
+        converted = not_writable(error, path, what)
+        if converted is error:
+            raise
+        raise converted from error
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -114,7 +232,8 @@ def publish_file(source: Path, target: Path) -> None:
         target: where it is published.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with _place_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
     try:
         os.link(source, scratch)
@@ -122,7 +241,8 @@ def publish_file(source: Path, target: Path) -> None:
         copy_file(source, target)
         return
     try:
-        os.replace(scratch, target)
+        with _place_errors(target):
+            os.replace(scratch, target)
     finally:
         # Gone after a rename; still there when target already was this file (POSIX rename
         # of two links to one file does nothing), e.g. the same best attempt published again.

@@ -1,0 +1,151 @@
+"""What the command line checks before it works, and how it reports what a user can fix.
+
+Every error a user can cause ends the command with one message (what, where, what to do) on
+stderr and a documented exit code, never a traceback. The exit codes of the ``farm`` command:
+
+====  ==========================================================================
+ 0    done
+ 1    a model is missing, a worker cannot serve (no CUDA device, its models fail
+      to load), or articles of ``farm run`` failed
+ 2    bad input or usage: catalog problems, options (click's own code for usage)
+ 3    the broker cannot be reached
+ 4    a model download failed
+ 5    the database cannot be used: an unsupported or malformed URL, no database
+      there, the server unreachable, a file or folder that cannot be written, a
+      schema newer than this version
+ 6    an output folder or file cannot be written: no permission, a read-only or
+      full disk, a file where a folder should be
+ 75   (a worker process) a model call hung; ``farm worker`` starts it again
+ 130  interrupted (Ctrl-C)
+====  ==========================================================================
+
+Nothing here imports click: :func:`reported` works around any block.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import ensure_schema, open_database, session_factory
+from db.exceptions import DatabaseError
+from producer.catalog import CatalogError
+from producer.export import ExportError
+from producer.submit import BrokerUnavailable
+from tasks import outputs
+from tasks.exceptions import FarmError
+from tasks.outputs import OutputNotWritable
+from tasks.settings import Settings
+
+EXIT_MODEL_MISSING = 1
+EXIT_USAGE = 2
+EXIT_BROKER = 3
+EXIT_FETCH_FAILED = 4
+EXIT_DATABASE = 5
+EXIT_OUTPUT = 6
+
+# Errors of other layers, which know nothing of exit codes. The farm's own errors may say
+# theirs in an ``exit_code`` attribute instead (tasks.launcher.DeviceUnavailable).
+EXIT_CODES: dict[type[BaseException], int] = {
+    CatalogError: EXIT_USAGE,
+    BrokerUnavailable: EXIT_BROKER,
+    DatabaseError: EXIT_DATABASE,
+    OutputNotWritable: EXIT_OUTPUT,
+    ExportError: EXIT_OUTPUT,
+}
+
+# soft_wrap: a message stays on one line however narrow the terminal (scripts read it).
+console = Console(stderr=True, soft_wrap=True)
+
+
+def database(settings: Settings, create: bool = False) -> sessionmaker[Session]:
+    """Open the farm's database, check it and bring its schema to the latest revision.
+
+    Commands that write a batch (``submit``, ``run``) pass ``create=True``: a missing SQLite
+    file is created with its folder. The others pass False: a missing database is an error
+    and nothing is created; an existing one of an older schema is migrated in place.
+
+    Args:
+        settings: the farm's settings (``database_url``).
+        create: whether a missing SQLite database may be created.
+
+    Returns:
+        Sessions bound to the database.
+
+    Raises:
+        db.exceptions.DatabaseError: a subclass saying why the database cannot be used.
+    """
+    engine = open_database(settings.database_url, create=create)
+    try:
+        ensure_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return session_factory(engine)
+
+
+def writable_folder(path: Path, what: str = "output folder") -> Path:
+    """Create ``path`` when missing and make sure a file can be written in it.
+
+    Args:
+        path: the folder (``--output-dir``, or the folder of an ``--out`` file).
+        what: what it is, named in the message.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        tasks.outputs.OutputNotWritable: no permission, a read-only or full disk, or a file
+            where a folder should be.
+    """
+    return outputs.writable_folder(Path(path), what)
+
+
+def exit_code_of(error: BaseException) -> int | None:
+    """The exit code for an error a user can fix, or None for any other (a bug).
+
+    Args:
+        error: the exception.
+
+    Returns:
+        Its exit code: from :data:`EXIT_CODES` by type, or the ``exit_code`` of one of the
+        farm's own errors; None when it is neither.
+    """
+    for kind, code in EXIT_CODES.items():
+        if isinstance(error, kind):
+            return code
+    code = getattr(error, "exit_code", None)
+    if isinstance(error, FarmError) and isinstance(code, int):
+        return code
+    return None
+
+
+def fail(message: object, code: int) -> None:
+    """Print ``message`` in red on stderr, as it is (no markup), and exit with ``code``.
+
+    Args:
+        message: the message, or an exception whose ``str()`` is one.
+        code: the exit code.
+    """
+    console.print(str(message), style="red", markup=False, highlight=False)
+    sys.exit(code)
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """Turn an error a user can fix, raised in the block, into its message and exit code.
+
+    Any other exception goes on as it is. Usable as a decorator too (``@reported()``).
+    """
+    try:
+        yield
+    except Exception as error:
+        code = exit_code_of(error)
+        if code is None:
+            raise
+        fail(error, code)
