@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import click
@@ -14,22 +13,24 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 
-from db.engine import make_engine, migrate, session_factory
-from db.models import ArticleStatus
+from db.models import TERMINAL_STATUSES, ArticleStatus
+from producer import guards
 from producer import requeue as requeues
-from producer.catalog import CatalogError, parse_column_map, read_catalog
+from producer.catalog import CatalogError, Notice, parse_column_map, read_catalog
 from producer.export import EXPORT_FORMATS, export_rows, write_export
 from producer.imports import catalog_name, import_catalog
+from producer.local_run import INTERRUPTED_EXIT_CODE, free_interrupted, serve_locally
 from producer.models_cli import doctor, models, require_models
-from producer.progress import batch_details, batch_summaries, wait_for_batch
+from producer.progress import DEFAULT_HALF_LIFE_MINUTES, batch_details, batch_summaries
 from producer.report import write_report
 from producer.requeue import Selection
+from producer.run_view import RunProgress, summary_line
 from producer.status_view import render_status
 from producer.submit import BrokerUnavailable, check_broker, send_and_mark
 from tasks.app import configure
 from tasks.outputs import batch_dir
 from tasks.queues import URGENT_PRIORITY
-from tasks.registry import ORDER, ROLES, STAGES
+from tasks.registry import ORDER, ROLES
 from tasks.settings import Settings
 
 SAMPLE_CATALOG = Path(__file__).parent / "samples" / "catalog.csv"
@@ -37,7 +38,16 @@ SAMPLE_CATALOG = Path(__file__).parent / "samples" / "catalog.csv"
 console = Console(stderr=True, soft_wrap=True)
 
 
-@click.group()
+class FarmGroup(click.Group):
+    """Ends a command with one message and its exit code when a user can fix the error
+    (producer.guards); a bug still shows its traceback."""
+
+    def invoke(self, ctx: click.Context):
+        with guards.reported():
+            return super().invoke(ctx)
+
+
+@click.group(cls=FarmGroup)
 @click.option("--database-url", help="SQLAlchemy URL [env FARM_DATABASE_URL].")
 @click.option("--broker-url", help="Celery broker URL [env FARM_BROKER_URL].")
 @click.option("--output-dir", type=click.Path(path_type=Path), help="[env FARM_OUTPUT_DIR]")
@@ -51,19 +61,39 @@ def main(ctx: click.Context, **flags) -> None:
 
 
 def _read(settings: Settings, files, sheet, columns) -> list:
+    notices: list[Notice] = []
     try:
         column_map = parse_column_map(columns) if columns else None
-        return read_catalog(
+        rows = read_catalog(
             [Path(f) for f in files],
             sheet=sheet,
             columns=column_map,
             max_cell_chars=settings.max_cell_chars,
+            notices=notices,
         )
     except CatalogError as error:
-        console.print(str(error), style="red", markup=False, highlight=False)
+        _show_notices(notices)
+        console.print(str(error), style="red", markup=False, highlight=False, emoji=False)
         sys.exit(2)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--columns") from error
+    _show_notices(notices)
+    return rows
+
+
+def _show_notices(notices: list[Notice], listed: int = 5) -> None:
+    """Print what reading noticed: repeated rows counted with a few examples, the rest whole."""
+    repeats = [n for n in notices if n.kind == "duplicate"]
+    for notice in [n for n in notices if n.kind != "duplicate"]:
+        console.print(f"note: {notice}", style="yellow", markup=False, highlight=False, emoji=False)
+    if repeats:
+        console.print(
+            f"note: {plural(len(repeats), 'row')} repeat an earlier row cell for cell and "
+            "were imported once, e.g.:",
+            style="yellow",
+        )
+        for notice in repeats[:listed]:
+            console.print(f"  {notice}", markup=False, highlight=False, emoji=False)
 
 
 def _connected_app(settings: Settings):
@@ -71,15 +101,13 @@ def _connected_app(settings: Settings):
     try:
         check_broker(app)
     except BrokerUnavailable as error:
-        console.print(str(error), style="red", markup=False, highlight=False)
+        console.print(str(error), style="red", markup=False, highlight=False, emoji=False)
         sys.exit(3)
     return app
 
 
-def _sessions(settings: Settings):
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    return session_factory(engine)
+def _sessions(settings: Settings, create: bool = False):
+    return guards.database(settings, create=create)
 
 
 catalog_files = click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -104,23 +132,41 @@ def submit(settings: Settings, files, sheet, columns, catalog, new_batch, min_cl
     """Validate catalog FILES, import them into a batch and send a chain per new/changed article.
 
     Submitting the same catalog again redoes only the rows whose text (or output settings)
-    changed; unchanged rows keep their results.
+    changed; unchanged rows keep their results, rows gone from a file are marked removed.
     """
     rows = _read(settings, files, sheet, columns)
     app = _connected_app(settings)
-    sessions = _sessions(settings)
+    sessions = _sessions(settings, create=True)
     name = catalog or catalog_name(files)
     result = _import(sessions, settings, rows, name, min_clip_score, new_batch)
     sent = send_and_mark(app, sessions.kw["bind"], result.to_send)
-    verb = "created" if result.created else "re-imported into"
-    console.print(
-        f"{verb} batch {result.batch_id}: {result.new} new, {result.changed} changed, "
-        f"{result.unchanged} unchanged; {sent} chains sent"
-    )
+    console.print(f"{_import_line(result)}; {plural(sent, 'chain')} sent")
     click.echo(result.batch_id)
 
 
-def _import(sessions, settings: Settings, rows, catalog: str, min_clip_score, new_batch: bool):
+def _import_line(result) -> str:
+    verb = "created" if result.created else "re-imported into"
+    line = (
+        f"{verb} batch {result.batch_id}: {result.new} new, {result.changed} changed, "
+        f"{result.unchanged} unchanged, {result.removed} removed"
+    )
+    recheck = result.recheck
+    if recheck is not None:
+        line += (
+            f"; new threshold: {plural(len(recheck.regenerate), 'article')} to render again, "
+            f"{recheck.to_review} to needs_review, {recheck.to_done} to done"
+        )
+    return line
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 chain``, ``2 chains``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _import(
+    sessions, settings: Settings, rows, catalog: str, min_clip_score, new_batch, resume=False
+):
     with sessions() as session:
         return import_catalog(
             session,
@@ -129,6 +175,8 @@ def _import(sessions, settings: Settings, rows, catalog: str, min_clip_score, ne
             settings.output_shape(),
             min_clip_score if min_clip_score is not None else settings.min_clip_score,
             new_batch,
+            resume=resume,
+            max_attempts=settings.max_attempts,
         )
 
 
@@ -142,13 +190,16 @@ def _import(sessions, settings: Settings, rows, catalog: str, min_clip_score, ne
 @click.pass_obj
 def worker(settings: Settings, role, gpus, concurrency, loglevel) -> None:
     """Start worker processes for ROLE: text (translate, extract) or gpu (render, score)."""
-    from tasks.launcher import plan_workers, recovery, run_workers
+    from tasks.launcher import check_devices, plan_workers, recovery, run_workers
 
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
     if gpu_list and settings.device == "cpu":
         raise click.UsageError("--gpus and --device cpu exclude each other")
     require_models(settings, ROLES[role])
-    _sessions(settings)  # the schema is current before any worker takes work
+    check_devices(settings.device, gpu_list)
+    if role in ("gpu", "all"):  # they write the images
+        guards.writable_folder(settings.output_dir)
+    _sessions(settings, create=True)  # the schema is current before any worker takes work
     processes = plan_workers(role, settings, gpu_list, concurrency, loglevel)
     sys.exit(run_workers(processes, on_death=recovery(settings)))
 
@@ -157,16 +208,22 @@ def worker(settings: Settings, role, gpus, concurrency, loglevel) -> None:
 @click.argument("batch", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--watch", is_flag=True, help="Redraw live until interrupted.")
-@click.option("--window", default=10.0, show_default=True, help="Minutes the rate looks back.")
+@click.option(
+    "--half-life",
+    default=DEFAULT_HALF_LIFE_MINUTES,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Minutes after which a finished article weighs half in the rate and ETA.",
+)
 @click.pass_obj
-def status(settings: Settings, batch, as_json, watch, window) -> None:
+def status(settings: Settings, batch, as_json, watch, half_life) -> None:
     """Per batch (or only BATCH): counts per status and stage, rate, ETA, failures, scores."""
     sessions = _sessions(settings)
 
     def collect() -> list[dict]:
         with sessions() as session:
             summaries = batch_summaries(session, [batch] if batch else None)
-            return [s | batch_details(session, s, window) for s in summaries]
+            return [s | batch_details(session, s, half_life) for s in summaries]
 
     batches = collect()
     if batch and not batches:
@@ -203,31 +260,43 @@ def status(settings: Settings, batch, as_json, watch, window) -> None:
     type=click.Choice(list(ORDER)),
     help="Restart here (default: the first stage not done; render for finished articles).",
 )
+@click.option(
+    "--all-batches", is_flag=True, help="Select in every batch (without --batch, required)."
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
 @click.pass_obj
-def requeue(settings: Settings, batch, statuses, below, articles, stuck, from_stage, dry_run):
+def requeue(
+    settings: Settings, batch, statuses, below, articles, stuck, from_stage, all_batches, dry_run
+):
     """Reset selected articles to a stage and send their chains again, ahead of other work."""
     keys = [k.strip() for k in articles.split(",") if k.strip()] if articles else []
     if not (batch or statuses or below is not None or keys or stuck):
         raise click.UsageError(
             "name at least one of --batch, --status, --below, --articles, --stuck"
         )
+    if batch and all_batches:
+        raise click.UsageError("--batch and --all-batches exclude each other")
+    if not batch and not all_batches:
+        raise click.UsageError(
+            "name the batch with --batch BATCH (`farm status` lists them), or pass "
+            "--all-batches to select in every batch"
+        )
     selection = Selection(batch, statuses, below, keys, stuck)
     sessions = _sessions(settings)
     with sessions() as session:
-        plans = requeues.plan(
-            requeues.select_articles(session, selection, settings.lease_seconds), from_stage
-        )
+        chosen = requeues.select_articles(session, selection, settings.lease_seconds)
+        plans = requeues.plan(chosen, from_stage)
     for item in plans:
         console.print(f"{item.batch_id} {item.key}: {item.status} → from {item.from_stage}")
     if dry_run or not plans:
-        console.print(f"{len(plans)} articles {'would be ' if dry_run else ''}requeued")
+        verb = "would be requeued" if dry_run else "requeued"
+        console.print(f"{plural(len(plans), 'article')} {verb}")
         return
     app = _connected_app(settings)
     with sessions() as session:
         to_send = requeues.apply(session, plans)
     sent = send_and_mark(app, sessions.kw["bind"], to_send, priority=URGENT_PRIORITY)
-    console.print(f"{sent} articles requeued")
+    console.print(f"{plural(sent, 'article')} requeued")
 
 
 @main.command("export")
@@ -242,13 +311,14 @@ def requeue(settings: Settings, batch, statuses, below, articles, stuck, from_st
 )
 @click.pass_obj
 def export(settings: Settings, batch, fmt, out) -> None:
-    """One row per article of BATCH, joined back to its source, as xlsx, csv or jsonl."""
+    """One row per article of BATCH, joined back to its source, as xlsx, csv, jsonl or parquet."""
     with _sessions(settings)() as session:
         try:
             rows = export_rows(session, batch)
         except LookupError as error:
             raise click.ClickException(str(error)) from error
     path = out or batch_dir(settings.output_dir, batch) / f"{batch}.{fmt}"
+    guards.writable_folder(path.parent, "export folder")
     console.print(f"{write_export(rows, path, fmt)} rows written")
     click.echo(path)
 
@@ -295,82 +365,86 @@ def flower(settings: Settings, address, port, localhost_only) -> None:
     os.execve(sys.executable, argv, env)
 
 
+new_batch_option = click.option(
+    "--new-batch", is_flag=True, help="Start a new batch instead of continuing the catalog's."
+)
+
+
 @main.command()
 @catalog_files
 @sheet_option
 @columns_option
 @min_score_option
+@new_batch_option
 @click.pass_obj
-def run(settings: Settings, files, sheet, columns, min_clip_score) -> None:
-    """Run the whole farm on this machine: SQLite, in-process broker and worker."""
-    _run_local(settings, files, sheet, columns, min_clip_score)
+def run(settings: Settings, files, sheet, columns, min_clip_score, new_batch) -> None:
+    """Run the whole farm on this machine: SQLite, in-process broker and worker.
+
+    Running the same FILES again continues their batch: finished articles are kept, the
+    rest is done. Ctrl-C stops cleanly (exit 130).
+    """
+    _run_local(settings, files, sheet, columns, min_clip_score, new_batch)
 
 
 @main.command()
 @min_score_option
+@new_batch_option
 @click.pass_obj
-def demo(settings: Settings, min_clip_score) -> None:
+def demo(settings: Settings, min_clip_score, new_batch) -> None:
     """`farm run` on the shipped sample catalog with the tiny random-weight models."""
     if "profile" not in settings.model_fields_set:
         settings = settings.model_copy(update={"profile": "tiny"})
-    _run_local(settings, [SAMPLE_CATALOG], None, None, min_clip_score)
+    _run_local(settings, [SAMPLE_CATALOG], None, None, min_clip_score, new_batch)
 
 
-def _run_local(settings: Settings, files, sheet, columns, min_clip_score=None) -> None:
+def _run_local(settings: Settings, files, sheet, columns, min_clip_score, new_batch) -> None:
     started = time.perf_counter()
     rows = _read(settings, files, sheet, columns)
     require_models(settings)
+    guards.writable_folder(settings.output_dir)
     settings = settings.model_copy(
         update={"broker_url": SecretStr("memory://"), "worker_role": "all"}
     )
     app = configure(settings)
-    sessions = _sessions(settings)
+    sessions = _sessions(settings, create=True)
+    name = catalog_name(files)
     submitted = _import(
-        sessions, settings, rows, catalog_name(files), min_clip_score, new_batch=True
+        sessions, settings, rows, name, min_clip_score, new_batch, resume=not new_batch
     )
-    console.print(f"batch {submitted.batch_id}: {len(rows)} articles, loading models...")
-    with console.status("rendering") as spinner:
-        summary = _serve_locally(
-            app, sessions, submitted, lambda s: spinner.update(_progress_line(s))
+    console.print(_import_line(submitted))
+    if not submitted.to_send and _ended(sessions, submitted.batch_id):
+        console.print(
+            f"batch {submitted.batch_id} has ended; nothing to do (--new-batch starts over)"
         )
+        click.echo(submitted.batch_id)
+        return
+    try:
+        with RunProgress(console, submitted.batch_id, len(rows)) as view:
+            summary = serve_locally(
+                app, sessions, submitted, view.update, on_ready=view.ready, on_loading=view.loading
+            )
+    except KeyboardInterrupt:
+        freed = free_interrupted(sessions)
+        console.print(
+            f"stopped; {plural(freed, 'article')} in progress freed. Run the same command "
+            f"again to continue batch {submitted.batch_id}.",
+            style="yellow",
+        )
+        sys.exit(INTERRUPTED_EXIT_CODE)
     elapsed = time.perf_counter() - started
     out = Path(settings.output_dir).resolve() / submitted.batch_id
-    console.print(f"{_progress_line(summary)} in {elapsed:.1f}s")
+    console.print(summary_line(summary, elapsed))
     console.print(f"outputs: {out}")
     click.echo(submitted.batch_id)
     if summary[ArticleStatus.failed.value]:
         sys.exit(1)
 
 
-def _serve_locally(app, sessions, submitted, on_progress) -> dict:
-    """Send the batch's chains to in-process workers and wait for the batch to end.
-
-    ``together``: one worker with all four models. ``stagewise``: a text worker until no
-    article waits for a text stage, its models unloaded, then a GPU worker (so one card never
-    holds the language model and the image model at once).
-    """
-    from tasks.embedded import embedded_worker
-    from workers.devices import holds_all_models
-
-    settings = app.farm_settings
-    schedule = settings.run_schedule
-    if schedule == "auto":
-        schedule = "together" if holds_all_models(settings.device) else "stagewise"
-    wait = partial(wait_for_batch, sessions, submitted.batch_id, on_progress)
-    if schedule == "together":
-        with embedded_worker(app, "all") as alive:
-            send_and_mark(app, sessions.kw["bind"], submitted.to_send)
-            return wait(alive=alive)
-    with embedded_worker(app, "text") as alive:
-        send_and_mark(app, sessions.kw["bind"], submitted.to_send)
-        wait(alive=alive, waiting=[STAGES[name].input.value for name in ROLES["text"]])
-    with embedded_worker(app, "gpu") as alive:
-        return wait(alive=alive)
-
-
-def _progress_line(summary: dict) -> str:
-    counts = ", ".join(f"{s.value} {summary[s.value]}" for s in ArticleStatus if summary[s.value])
-    return f"batch {summary['id']}: {summary['total']} articles ({counts})"
+def _ended(sessions, batch_id: str) -> bool:
+    with sessions() as session:
+        (summary,) = batch_summaries(session, [batch_id])
+    ended = sum(summary[s.value] for s in TERMINAL_STATUSES)
+    return ended == summary["total"]
 
 
 main.add_command(models)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from db.engine import make_engine, session_factory
 from db.models import Article, ArticleStatus, Render, StageRun, as_utc
 from producer.catalog import read_catalog
 from producer.cli import SAMPLE_CATALOG
-from tests.integration.farmproc import farm
+from tests.integration.farmproc import FARM, farm
 from tests.integration.test_farm_end_to_end import write_catalog
 
 pytestmark = pytest.mark.integration
@@ -128,3 +132,51 @@ def test_the_demo_runs_the_default_profiles_loading_code_over_the_mirror(mirrore
     assert len(list(output.glob("*.png"))) == len(read_catalog([SAMPLE_CATALOG]))
     rows = articles(mirrored_env["FARM_DATABASE_URL"])
     assert {a.status for a in rows} == {ArticleStatus.done.value}
+
+
+SEED_SHEET = Path(__file__).resolve().parents[3] / "shared/seed-catalog/article_descriptions_1.xlsx"
+
+
+def done_so_far(url: str) -> int:
+    try:
+        return sum(a.status == ArticleStatus.done.value for a in articles(url))
+    except OperationalError:  # the run has not made its database yet
+        return 0
+
+
+@pytest.mark.skipif(not SEED_SHEET.is_file(), reason="the seed catalog is not beside the repo")
+def test_an_interrupted_farm_run_resumes_its_batch_and_does_no_stage_twice(local_env, tmp_path):
+    sheet = tmp_path / SEED_SHEET.name
+    sheet.write_bytes(SEED_SHEET.read_bytes())
+    env = local_env | {"FARM_PROFILE": "tiny", "FARM_RUN_SCHEDULE": "together"}
+    url = env["FARM_DATABASE_URL"]
+    running = subprocess.Popen(
+        [*FARM, "run", str(sheet)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and running.poll() is None:
+        if done_so_far(url) >= 3:
+            break
+        time.sleep(0.3)
+    running.send_signal(signal.SIGINT)
+    _out, err = running.communicate(timeout=120)
+
+    assert running.returncode == 130, err
+    assert "Run the same command again" in err and "Traceback" not in err
+    stopped = articles(url)
+    assert 3 <= sum(a.status == ArticleStatus.done.value for a in stopped) < len(stopped)
+
+    resumed = farm(env, "run", str(sheet), timeout=600)
+
+    assert resumed.returncode == 0, resumed.stderr
+    batch_id = resumed.stdout.strip().splitlines()[-1]
+    assert f"re-imported into batch {batch_id}" in resumed.stderr
+    finished = articles(url)
+    assert {a.batch_id for a in finished} == {batch_id}
+    assert {a.status for a in finished} == {ArticleStatus.done.value}
+    with session_factory(make_engine(url))() as session:
+        ok = session.execute(
+            select(StageRun.article_id, StageRun.stage).where(StageRun.outcome == "ok")
+        ).all()
+    assert len(ok) == len(set(ok)) == 4 * len(finished)  # every stage once per article
