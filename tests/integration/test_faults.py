@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -189,7 +190,7 @@ def requeue_stuck_until_ended(env: dict, timeout: float = 200) -> None:
             ended = session.scalars(select(Article.status)).all()
         if all(s in ("done", "failed", "needs_review") for s in ended):
             return
-        farm(env, "requeue", "--stuck")
+        farm(env, "requeue", "--all-batches", "--stuck")
         time.sleep(3)
     raise AssertionError("articles still in flight")
 
@@ -338,11 +339,12 @@ def test_an_unwritable_output_folder_fails_the_attempt_clearly_and_it_is_retried
     farm_env, start_worker, plan, tmp_path
 ):
     blocked = tmp_path / "out"
-    blocked.write_text("a file where the output folder should be")
     env = kit.fault_env(
         farm_env, plan, FARM_OUTPUT_DIR=str(blocked), FARM_RETRY_BACKOFF_SECONDS="2"
     )
-    start_worker("all", env=env)
+    start_worker("all", env=env)  # a worker refuses to start without a writable folder
+    shutil.rmtree(blocked)
+    blocked.write_text("a file where the output folder should be")  # as a disk gone bad
     submit(env, tmp_path, 1)
     kit.wait_for_run(env, "render", outcome="retry")
     with kit.sessions(env)() as session:

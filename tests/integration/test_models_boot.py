@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from db.engine import make_engine, migrate
 from producer.cli import SAMPLE_CATALOG
 from tasks.launcher import plan_workers
 from tasks.settings import Settings
@@ -107,7 +108,9 @@ def test_a_gpu_worker_without_its_models_exits_non_zero_at_boot_naming_them_and_
         model_cache=tmp_path / "farm-cache",
     )
     # The command line and environment `farm worker gpu` would start, minus its model
-    # pre-check: the worker's own boot handler is what is under test.
+    # pre-check: the worker's own boot handler is what is under test. `farm worker` has
+    # made the database before it starts a process.
+    migrate(make_engine(settings.database_url))
     (process,) = plan_workers("gpu", settings, ())
     argv = process.argv
     assert argv[argv.index("--pool") + 1] == "threads" and "--concurrency" in argv

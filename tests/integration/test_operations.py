@@ -72,7 +72,7 @@ def test_requeue_dry_run_changes_nothing_and_a_real_requeue_renders_a_new_attemp
     dry = farm(env, "requeue", "--batch", batch_id, "--articles", "SKU-2", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "SKU-2: done → from render" in dry.stderr
-    assert "1 articles would be requeued" in dry.stderr
+    assert "1 article would be requeued" in dry.stderr
     with sessions_for(env)() as session:
         assert session.scalar(select(func.count()).select_from(Render)) == 3
 
@@ -99,7 +99,9 @@ def test_requeued_articles_do_not_wait_behind_a_queued_catalog(farm_env, start_w
 
     big = [[f"BIG-{n}", *_article(n)] for n in range(1, 41)]
     submit(env, str(write_csv(tmp_path / "big.csv", big)))
-    requeued = farm(env, "requeue", "--articles", "SKU-1", "--from-stage", "translate")
+    requeued = farm(
+        env, "requeue", "--all-batches", "--articles", "SKU-1", "--from-stage", "translate"
+    )
     assert requeued.returncode == 0, requeued.stderr
     start_worker("all", env=env)
     wait_until_ended(env["FARM_DATABASE_URL"])
@@ -128,7 +130,9 @@ def test_submitting_an_edited_catalog_again_redoes_only_the_changed_rows(
     again = farm(env, "submit", str(catalog))
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip().splitlines()[-1] == batch_id
-    assert "1 new, 1 changed, 3 unchanged; 2 chains sent" in again.stderr.replace("\n", " ")
+    assert "1 new, 1 changed, 3 unchanged, 0 removed; 2 chains sent" in again.stderr.replace(
+        "\n", " "
+    )
     wait_until_ended(env["FARM_DATABASE_URL"])
 
     with sessions_for(env)() as session:
