@@ -157,17 +157,13 @@ _ENDED = {status.value for status in TERMINAL_STATUSES}
 
 
 def _locate(article: Article, row: CatalogRow) -> None:
-    """Point an article at the row it was found in now, and bring it back if it was removed."""
-    if (article.source_file, article.source_sheet, article.source_row) != (
-        row.file,
-        row.sheet,
-        row.row,
-    ):
-        article.source_file, article.source_sheet, article.source_row = row.file, row.sheet, row.row
-    if article.source_columns != row.source_columns:
-        article.source_columns = row.source_columns
-    if article.removed_at is not None:
-        article.removed_at = None
+    """Point an article at the row it was found in now, and bring it back if it was removed.
+
+    Values equal to the stored ones make no UPDATE: the ORM writes only what changed.
+    """
+    article.source_file, article.source_sheet, article.source_row = row.file, row.sheet, row.row
+    article.source_columns = row.source_columns
+    article.removed_at = None
 
 
 def _mark_removed(missing, files_read: set[str]) -> int:

@@ -123,11 +123,8 @@ def default_stage(article: Article) -> str:
         Its failed stage when failed; ``render`` (a new attempt) when it ended with an image;
         otherwise the stage whose input its status is.
     """
-    if article.status == ArticleStatus.failed.value and article.error_stage in ORDER:
-        return article.error_stage
-    if article.status in (ArticleStatus.done.value, ArticleStatus.needs_review.value):
-        return "render"
-    return stage_waiting_in(article.status).name
+    index = first_unfinished(article)
+    return "render" if index == len(ORDER) else ORDER[index]
 
 
 def plan(articles: Sequence[Article], from_stage: str | None = None) -> list[RequeuePlan]:

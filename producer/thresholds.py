@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Article, ArticleStatus
 from producer.requeue import reset_to_stage
+from tasks.stages import render_attempts_left
 
 
 @dataclass
@@ -56,7 +57,7 @@ def recheck_scores(
             if article.status != ArticleStatus.done.value:
                 article.status = ArticleStatus.done.value
                 result.to_done += 1
-        elif article.render_attempt - article.attempt_base + 1 < max_attempts:
+        elif render_attempts_left(article.render_attempt, article.attempt_base, max_attempts):
             reset_to_stage(session, article, "render")
             result.regenerate.append((article.id, article.key))
         elif article.status != ArticleStatus.needs_review.value:

@@ -248,13 +248,24 @@ def finish_score(article: ArticleInput, value: float, ctx: StageContext) -> Stag
     threshold = article.min_clip_score
     threshold = ctx.min_clip_score if threshold is None else threshold
     if threshold is not None and value < threshold:
-        if article.render_attempt - article.attempt_base + 1 < ctx.max_attempts:
+        if render_attempts_left(article.render_attempt, article.attempt_base, ctx.max_attempts):
             output.values["render_attempt"] = article.render_attempt + 1
             output.status = ArticleStatus.extracted
             output.then = "render"
         else:
             output.status = ArticleStatus.needs_review
     return output
+
+
+def render_attempts_left(render_attempt: int, attempt_base: int, max_attempts: int) -> bool:
+    """Whether an article scoring below its threshold may be rendered once more.
+
+    Args:
+        render_attempt: its current render attempt.
+        attempt_base: its first attempt for the current text (earlier ones had other prompts).
+        max_attempts: render attempts allowed per text (``FARM_MAX_ATTEMPTS``).
+    """
+    return render_attempt - attempt_base + 1 < max_attempts
 
 
 def _current_render(article: ArticleInput) -> RenderInput:

@@ -2,7 +2,7 @@
 
 Real processes: ``farm worker gpu --gpus 0`` on a machine without CUDA, and a worker process
 started by the launcher whose PostgreSQL database does not exist. Neither ever says
-``ready`` or takes a message. Redis database 13 keeps them apart from the other tests.
+``ready`` or takes a message.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import sys
 import uuid
 
 import pytest
-import redis
 import torch
 
 from db.engine import open_database
@@ -22,22 +21,12 @@ from tests.integration.farmproc import FARM
 
 pytestmark = pytest.mark.integration
 
-BROKER = "redis://127.0.0.1:6379/13"
 PG = "postgresql://postgres:{password}@127.0.0.1:5432/{name}"
 SECRET = "s3cret-pw"
 
 
 @pytest.fixture
-def broker_url():
-    """Redis database 13, flushed before and after the test."""
-    client = redis.Redis.from_url(BROKER)
-    client.flushdb()
-    yield BROKER
-    client.flushdb()
-
-
-@pytest.fixture
-def env(tmp_path, broker_url, model_cache, tiny_profile) -> dict[str, str]:
+def env(tmp_path, redis_url, model_cache, tiny_profile) -> dict[str, str]:
     """A farm of its own: tiny models, SQLite in tmp_path, no FARM_* or GPU setting inherited."""
     inherited = {
         k: v
@@ -48,7 +37,7 @@ def env(tmp_path, broker_url, model_cache, tiny_profile) -> dict[str, str]:
         "FARM_PROFILE": "tiny",
         "FARM_MODEL_CACHE": str(model_cache),
         "FARM_DATABASE_URL": f"sqlite:///{tmp_path / 'farm.db'}",
-        "FARM_BROKER_URL": broker_url,
+        "FARM_BROKER_URL": redis_url,
         "FARM_OUTPUT_DIR": str(tmp_path / "output"),
         "HF_HUB_OFFLINE": "1",
     }
