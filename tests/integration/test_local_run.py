@@ -19,6 +19,7 @@ from db.engine import make_engine, session_factory
 from db.models import Article, ArticleStatus, Render, StageRun, as_utc
 from producer.catalog import read_catalog
 from producer.cli import SAMPLE_CATALOG
+from tests.data import SEED_CATALOG
 from tests.integration.farmproc import FARM, farm
 from tests.integration.test_farm_end_to_end import write_catalog
 
@@ -134,7 +135,7 @@ def test_the_demo_runs_the_default_profiles_loading_code_over_the_mirror(mirrore
     assert {a.status for a in rows} == {ArticleStatus.done.value}
 
 
-SEED_SHEET = Path(__file__).resolve().parents[3] / "shared/seed-catalog/article_descriptions_1.xlsx"
+SEED_SHEET = SEED_CATALOG / "article_descriptions_1.xlsx"
 
 
 def done_so_far(url: str) -> int:
@@ -144,7 +145,6 @@ def done_so_far(url: str) -> int:
         return 0
 
 
-@pytest.mark.skipif(not SEED_SHEET.is_file(), reason="the seed catalog is not beside the repo")
 def test_an_interrupted_farm_run_resumes_its_batch_and_does_no_stage_twice(local_env, tmp_path):
     sheet = tmp_path / SEED_SHEET.name
     sheet.write_bytes(SEED_SHEET.read_bytes())

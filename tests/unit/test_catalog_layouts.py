@@ -1,6 +1,6 @@
 """The retailer's own sheets as they come: no key column, repeated rows, titles, empty sheets.
 
-The seed sheets (``/work/shared/seed-catalog``) are copied and edited the way catalog teams
+The retailer's seed sheets (``tests/data/seed-catalog``) are copied and edited the way catalog teams
 edit them; smaller cases use hand-made files.
 """
 
@@ -20,13 +20,12 @@ import openpyxl
 import pytest
 
 from producer.catalog import CatalogError, CatalogRow, Notice, Problem, content_key, read_catalog
+from tests.data import SEED_CATALOG
 
-SEED = Path(__file__).resolve().parents[3] / "shared" / "seed-catalog"
+SEED = SEED_CATALOG
 SEED_NAMES = [f"article_descriptions_{n}.xlsx" for n in (1, 2, 3)]
 HEADER = ["name", "description", "model_name", "model_descr"]
 NEW_ROW = ["Damen-Leinenbluse", "Eine luftige Bluse aus reinem Leinen.", "Bluse", "weiß"]
-
-needs_seed = pytest.mark.skipif(not SEED.is_dir(), reason="the seed catalog is not beside the repo")
 
 
 @pytest.fixture
@@ -97,7 +96,6 @@ def test_a_content_key_ignores_spacing_blank_lines_and_unicode_composition_but_n
 # --- the seed sheets ---------------------------------------------------------------------------
 
 
-@needs_seed
 def test_the_three_seed_sheets_read_together_give_each_repeated_row_once_with_a_notice(seed):
     rows, notices = read(seed)
 
@@ -109,7 +107,6 @@ def test_the_three_seed_sheets_read_together_give_each_repeated_row_once_with_a_
     assert all(not r.keyed and r.key == content_key(r.source_text) for r in rows)
 
 
-@needs_seed
 def test_each_seed_sheet_read_alone_repeats_19_rows_in_all_leaving_204(seed):
     counts = [tuple(map(len, read([path]))) for path in seed]
 
@@ -117,7 +114,6 @@ def test_each_seed_sheet_read_alone_repeats_19_rows_in_all_leaving_204(seed):
     assert (sum(r for r, _ in counts), sum(n for _, n in counts)) == (204, 19)
 
 
-@needs_seed
 def test_a_repeated_seed_row_is_noted_at_its_place_naming_the_first_place(seed):
     first = seed[0]
     rows, notices = read([first])
@@ -134,7 +130,6 @@ def test_a_repeated_seed_row_is_noted_at_its_place_naming_the_first_place(seed):
     assert 26 not in [r.row for r in rows]
 
 
-@needs_seed
 def test_repeats_across_files_are_noted_in_the_later_file(seed):
     rows, notices = read(seed)
     (notice,) = [n for n in notices if (n.file, n.row) == (str(seed[1]), 11)]
@@ -142,7 +137,6 @@ def test_repeats_across_files_are_noted_in_the_later_file(seed):
     assert (str(seed[1]), 11) not in [(r.file, r.row) for r in rows]
 
 
-@needs_seed
 def test_the_seed_rows_keep_the_catalogs_headers_as_their_source_columns(seed):
     (row, *_), _ = read(seed[:1])
     assert row.headers == tuple(HEADER)
@@ -150,7 +144,6 @@ def test_the_seed_rows_keep_the_catalogs_headers_as_their_source_columns(seed):
     assert row.source_columns["description"] == sheet_rows(seed[0])[0][1]
 
 
-@needs_seed
 def test_keys_are_stable_when_a_row_is_inserted_at_the_top(seed):
     before, _ = read(seed[:1])
 
@@ -165,7 +158,6 @@ def test_keys_are_stable_when_a_row_is_inserted_at_the_top(seed):
     assert [(r.key, r.row + 1) for r in before] == [(r.key, r.row) for r in after[1:]]
 
 
-@needs_seed
 def test_a_duplicated_seed_row_is_read_once_and_noted(seed):
     _, notices = read(seed[:1])
     count = len(sheet_rows(seed[0])) + 1  # the header
@@ -182,7 +174,6 @@ def test_a_duplicated_seed_row_is_read_once_and_noted(seed):
 # --- header rows -------------------------------------------------------------------------------
 
 
-@needs_seed
 def test_a_header_row_below_a_title_is_found(seed):
     before, _ = read(seed[:1])
 
@@ -229,7 +220,6 @@ def test_the_header_is_looked_for_in_the_first_ten_non_blank_rows_only(tmp_path)
     assert [r.row for r in read_catalog([nine])] == [11]
 
 
-@needs_seed
 def test_a_renamed_header_is_reported_with_the_headers_found_and_the_flags(seed):
     edit(seed[0], lambda book: book.worksheets[0].cell(1, 2, "Beschreibung"))
 
@@ -244,7 +234,6 @@ def test_a_renamed_header_is_reported_with_the_headers_found_and_the_flags(seed)
     assert "\n" not in str(problem)
 
 
-@needs_seed
 def test_a_renamed_header_mapped_with_columns_is_read_and_kept_as_written(seed):
     edit(seed[0], lambda book: book.worksheets[0].cell(1, 2, "Beschreibung"))
 
@@ -264,7 +253,6 @@ def test_a_header_hint_lists_at_most_twelve_headers(tmp_path):
 # --- sheets ------------------------------------------------------------------------------------
 
 
-@needs_seed
 def test_an_empty_second_sheet_is_skipped_with_a_notice(seed):
     edit(seed[0], lambda book: book.create_sheet("Leer"))
 
@@ -290,7 +278,6 @@ def test_the_sheet_option_with_a_csv_file_is_ignored_with_a_notice(tmp_path):
     assert "--sheet applies to workbooks; a CSV file has one table" in notices[0].message
 
 
-@needs_seed
 def test_a_workbook_without_the_sheet_asked_for_is_still_a_problem(seed):
     (problem,) = problems_of(seed[:1], sheet="Herbst")
     assert (problem.sheet, problem.row) == ("Herbst", None)

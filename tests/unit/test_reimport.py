@@ -13,12 +13,11 @@ from db.engine import make_engine, migrate, session_factory
 from db.models import Article, ArticleStatus
 from producer.catalog import read_catalog
 from producer.imports import import_catalog
+from tests.data import SEED_CATALOG
 
-SEED = Path(__file__).resolve().parents[3] / "shared" / "seed-catalog"
+SEED = SEED_CATALOG
 SHAPE = {"profile": "tiny"}
 NEW_ROW = ("Damen-Leinenbluse", "Eine luftige Bluse aus reinem Leinen.", "Lea", "trägt Größe S")
-
-pytestmark = pytest.mark.skipif(not SEED.is_dir(), reason="the seed catalog is not beside the repo")
 
 
 @pytest.fixture
