@@ -52,6 +52,23 @@ class ArticleStatus(str, Enum):
 TERMINAL_STATUSES = (ArticleStatus.done, ArticleStatus.needs_review, ArticleStatus.failed)
 
 
+class ReviewStatus(str, Enum):
+    """A merchandiser's verdict on an article's picture, kept beside its farm status."""
+
+    approved = "approved"
+    rejected = "rejected"
+
+
+class UserRole(str, Enum):
+    """What a review studio user may do: reviewers judge and regenerate, admins also bulk-act."""
+
+    reviewer = "reviewer"
+    admin = "admin"
+
+
+DEFAULT_VIEW = "front"
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -65,6 +82,8 @@ class Batch(Base):
     sources: Mapped[list] = mapped_column(JSON, default=list)
     profile: Mapped[str] = mapped_column(String(32))
     min_clip_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The views rendered per catalog row (front, back, detail, ...); None means front only.
+    views: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
     articles: Mapped[list[Article]] = relationship(back_populates="batch")
 
@@ -72,7 +91,8 @@ class Batch(Base):
 class Article(Base):
     __tablename__ = "articles"
     __table_args__ = (
-        UniqueConstraint("batch_id", "key", name="uq_article_batch_key"),
+        # One article per catalog row and view: a row rendered front and back is two articles.
+        UniqueConstraint("batch_id", "key", "view", name="uq_article_batch_key_view"),
         # (status, id), not status alone: "the oldest articles waiting at a stage" then reads
         # only those articles, in id order. With the status index alone PostgreSQL often
         # walks the primary key instead, past every finished article (it assumes the
@@ -83,6 +103,7 @@ class Article(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
     key: Mapped[str] = mapped_column(String(200))
+    view: Mapped[str] = mapped_column(String(16), default=DEFAULT_VIEW, server_default=DEFAULT_VIEW)
     file_stem: Mapped[str] = mapped_column(String(240))
     source_file: Mapped[str] = mapped_column(Text)
     source_sheet: Mapped[str] = mapped_column(String(255))
@@ -111,6 +132,10 @@ class Article(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_kind: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The review studio's verdict (ReviewStatus), None until someone judged the picture.
+    review_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reviewed_by: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -176,3 +201,30 @@ class StageRun(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class User(Base):
+    """Someone who may log in to the review studio; the password is stored as an argon2 hash."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16), default=UserRole.reviewer.value)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReviewAction(Base):
+    """One thing a reviewer did to an article: who, when, what, and the values before and after."""
+
+    __tablename__ = "review_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id"), index=True)
+    user: Mapped[str] = mapped_column(String(80))
+    action: Mapped[str] = mapped_column(String(32))
+    before: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -27,7 +27,7 @@ ARTICLES = Article.__table__
 RUNS = StageRun.__table__
 RENDERS = Render.__table__
 _INPUT_COLUMNS = (
-    "id", "key", "batch_id", "file_stem", "source_text", "source_file", "source_sheet",
+    "id", "key", "view", "batch_id", "file_stem", "source_text", "source_file", "source_sheet",
     "source_row", "translation", "attributes", "generation_prompt", "clip_prompt",
     "render_attempt", "attempt_base",
 )  # fmt: skip

@@ -72,6 +72,16 @@ class Settings(BaseSettings):
 
     flower_basic_auth: SecretStr | None = None  # "user:password"
 
+    # Views rendered per catalog row, comma-separated (front, back, side, detail); a catalog
+    # submitted with --views keeps its views on later submits.
+    views: str = "front"
+
+    # The review studio. The session cookie is signed with review_secret (a random one per
+    # start when unset, which logs everyone out on restart). When review_auth_header is set
+    # (e.g. X-Forwarded-User), a reverse proxy that authenticated the user names them there.
+    review_secret: SecretStr | None = None
+    review_auth_header: str | None = None
+
     max_cell_chars: int = 10_000
     min_clip_score: float | None = None
     max_attempts: int = 3

@@ -58,3 +58,39 @@ def test_a_database_of_the_previous_revision_gets_the_status_id_index_and_can_go
     assert indexes["ix_articles_status"] == ["status"]
     assert "ix_articles_status_id" not in indexes
     engine.dispose()
+
+
+def test_articles_of_the_previous_revision_become_front_views_and_it_can_go_back(database_url):
+    engine = make_engine(database_url)
+    migrate(engine, "0005")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO batches (id, catalog, created_at, sources, profile) "
+            "VALUES ('b1', 'c', '2026-12-01', '[]', 'tiny')"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO articles (batch_id, key, file_stem, source_file, source_sheet, "
+            "source_row, source_text, content_hash, status, render_attempt, attempt_base, "
+            "stage_attempts, requeues, created_at, updated_at) VALUES ('b1', 'K1', 'K1', "
+            "'c.csv', 'csv', 2, 'Bluse', '', 'done', 1, 1, 0, 0, '2026-12-01', '2026-12-01')"
+        )
+    migrate(engine)
+    with engine.begin() as connection:
+        row = connection.exec_driver_sql("SELECT view, review_status FROM articles").one()
+        assert tuple(row) == ("front", None)
+        # The same row in another view is a second article of the batch.
+        connection.exec_driver_sql(
+            "INSERT INTO articles (batch_id, key, view, file_stem, source_file, source_sheet, "
+            "source_row, source_text, content_hash, status, render_attempt, attempt_base, "
+            "stage_attempts, requeues, created_at, updated_at) VALUES ('b1', 'K1', 'back', "
+            "'K1', 'c.csv', 'csv', 2, 'Bluse', '', 'done', 1, 1, 0, 0, '2026-12-01', "
+            "'2026-12-01')"
+        )
+    assert {"users", "review_actions"} <= set(inspect(engine).get_table_names())
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM articles WHERE view = 'back'")
+    downgrade(engine, "0005")
+    names = {column["name"] for column in inspect(engine).get_columns("articles")}
+    assert "view" not in names and "review_status" not in names
+    assert "users" not in inspect(engine).get_table_names()
+    engine.dispose()
