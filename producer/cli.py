@@ -24,9 +24,11 @@ from producer.models_cli import doctor, models, require_models
 from producer.progress import DEFAULT_HALF_LIFE_MINUTES, batch_details, batch_summaries
 from producer.report import write_report
 from producer.requeue import Selection
+from producer.review_cli import review
 from producer.run_view import RunProgress, summary_line
 from producer.status_view import render_status
 from producer.submit import BrokerUnavailable, check_broker, send_and_mark
+from producer.views import default_views, views_option
 from tasks.app import configure
 from tasks.outputs import batch_dir
 from tasks.queues import URGENT_PRIORITY
@@ -127,8 +129,11 @@ min_score_option = click.option(
 @click.option("--catalog", help="Catalog name (default: the file names); re-imports into it.")
 @click.option("--new-batch", is_flag=True, help="Start a new batch even if the catalog has one.")
 @min_score_option
+@views_option
 @click.pass_obj
-def submit(settings: Settings, files, sheet, columns, catalog, new_batch, min_clip_score) -> None:
+def submit(
+    settings: Settings, files, sheet, columns, catalog, new_batch, min_clip_score, views
+) -> None:
     """Validate catalog FILES, import them into a batch and send a chain per new/changed article.
 
     Submitting the same catalog again redoes only the rows whose text (or output settings)
@@ -138,7 +143,7 @@ def submit(settings: Settings, files, sheet, columns, catalog, new_batch, min_cl
     app = _connected_app(settings)
     sessions = _sessions(settings, create=True)
     name = catalog or catalog_name(files)
-    result = _import(sessions, settings, rows, name, min_clip_score, new_batch)
+    result = _import(sessions, settings, rows, name, min_clip_score, new_batch, views)
     sent = send_and_mark(app, sessions.kw["bind"], result.to_send)
     console.print(f"{_import_line(result)}; {plural(sent, 'chain')} sent")
     click.echo(result.batch_id)
@@ -150,6 +155,8 @@ def _import_line(result) -> str:
         f"{verb} batch {result.batch_id}: {result.new} new, {result.changed} changed, "
         f"{result.unchanged} unchanged, {result.removed} removed"
     )
+    if len(result.views) > 1:  # the counts are of articles: one per row and view
+        line += f" (articles of views {', '.join(result.views)})"
     recheck = result.recheck
     if recheck is not None:
         line += (
@@ -165,7 +172,7 @@ def plural(count: int, noun: str) -> str:
 
 
 def _import(
-    sessions, settings: Settings, rows, catalog: str, min_clip_score, new_batch, resume=False
+    sessions, settings: Settings, rows, catalog: str, min_clip_score, new_batch, views, resume=False
 ):
     with sessions() as session:
         return import_catalog(
@@ -177,6 +184,8 @@ def _import(
             new_batch,
             resume=resume,
             max_attempts=settings.max_attempts,
+            views=views,
+            default_views=views or default_views(settings),
         )
 
 
@@ -376,28 +385,30 @@ new_batch_option = click.option(
 @columns_option
 @min_score_option
 @new_batch_option
+@views_option
 @click.pass_obj
-def run(settings: Settings, files, sheet, columns, min_clip_score, new_batch) -> None:
+def run(settings: Settings, files, sheet, columns, min_clip_score, new_batch, views) -> None:
     """Run the whole farm on this machine: SQLite, in-process broker and worker.
 
     Running the same FILES again continues their batch: finished articles are kept, the
     rest is done. Ctrl-C stops cleanly (exit 130).
     """
-    _run_local(settings, files, sheet, columns, min_clip_score, new_batch)
+    _run_local(settings, files, sheet, columns, min_clip_score, new_batch, views)
 
 
 @main.command()
 @min_score_option
 @new_batch_option
+@views_option
 @click.pass_obj
-def demo(settings: Settings, min_clip_score, new_batch) -> None:
+def demo(settings: Settings, min_clip_score, new_batch, views) -> None:
     """`farm run` on the shipped sample catalog with the tiny random-weight models."""
     if "profile" not in settings.model_fields_set:
         settings = settings.model_copy(update={"profile": "tiny"})
-    _run_local(settings, [SAMPLE_CATALOG], None, None, min_clip_score, new_batch)
+    _run_local(settings, [SAMPLE_CATALOG], None, None, min_clip_score, new_batch, views)
 
 
-def _run_local(settings: Settings, files, sheet, columns, min_clip_score, new_batch) -> None:
+def _run_local(settings: Settings, files, sheet, columns, min_clip_score, new_batch, views) -> None:
     started = time.perf_counter()
     rows = _read(settings, files, sheet, columns)
     require_models(settings)
@@ -409,7 +420,7 @@ def _run_local(settings: Settings, files, sheet, columns, min_clip_score, new_ba
     sessions = _sessions(settings, create=True)
     name = catalog_name(files)
     submitted = _import(
-        sessions, settings, rows, name, min_clip_score, new_batch, resume=not new_batch
+        sessions, settings, rows, name, min_clip_score, new_batch, views, resume=not new_batch
     )
     console.print(_import_line(submitted))
     if not submitted.to_send and _ended(sessions, submitted.batch_id):
@@ -419,7 +430,8 @@ def _run_local(settings: Settings, files, sheet, columns, min_clip_score, new_ba
         click.echo(submitted.batch_id)
         return
     try:
-        with RunProgress(console, submitted.batch_id, len(rows)) as view:
+        articles = submitted.new + submitted.changed + submitted.unchanged
+        with RunProgress(console, submitted.batch_id, articles) as view:
             summary = serve_locally(
                 app, sessions, submitted, view.update, on_ready=view.ready, on_loading=view.loading
             )
@@ -449,6 +461,7 @@ def _ended(sessions, batch_id: str) -> bool:
 
 main.add_command(models)
 main.add_command(doctor)
+main.add_command(review)
 
 if __name__ == "__main__":
     main()

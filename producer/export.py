@@ -1,7 +1,8 @@
 """A batch's results as a table: one row per article, written as xlsx, csv, jsonl or parquet.
 
-A row locates its article (key, source file, sheet and row), then repeats the cells the farm
-read from the catalog under the catalog's own headers, then gives the results. Catalog text
+A row locates its article (key, view, review verdict, source file, sheet and row), then
+repeats the cells the farm read from the catalog under the catalog's own headers, then gives
+the results. Catalog text
 and model output end up in spreadsheet cells, so every text cell of the xlsx and csv files is
 neutralised against formula injection; jsonl and parquet are data for programs and keep the
 values as they are.
@@ -27,8 +28,18 @@ from tasks.registry import ORDER as STAGES
 
 EXPORT_FORMATS = ("xlsx", "csv", "jsonl", "parquet")
 
-# Where the article came from; the source cells follow these.
-LOCATING_COLUMNS = ("batch", "key", "source_file", "source_sheet", "source_row")
+# Which article it is (a row rendered in several views is one article per view), the review
+# studio's verdict on its picture, and where it came from; the source cells follow these.
+LOCATING_COLUMNS = (
+    "batch",
+    "key",
+    "view",
+    "review_status",
+    "reviewed_by",
+    "source_file",
+    "source_sheet",
+    "source_row",
+)
 
 RESULT_COLUMNS = (
     "status",
@@ -232,6 +243,9 @@ def _row(article: Article, renders: list[Render], runs: dict[str, StageRun]) -> 
     row = {
         "batch": article.batch_id,
         "key": article.key,
+        "view": article.view,
+        "review_status": article.review_status,
+        "reviewed_by": article.reviewed_by,
         "source_file": article.source_file,
         "source_sheet": article.source_sheet,
         "source_row": article.source_row,

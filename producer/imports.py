@@ -3,6 +3,9 @@
 A catalog is known by name (by default its file names). Submitting it again re-imports into
 its latest batch: an article is redone only when its content hash changed, the hash covering
 the model input and the settings that shape the output.
+
+An article is one catalog row in one view (front, back, side, detail): a batch rendering
+three views holds three articles per row, each matched, counted and redone on its own.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from db.models import TERMINAL_STATUSES, Article, Batch, as_utc, utcnow
+from db.models import DEFAULT_VIEW, TERMINAL_STATUSES, Article, Batch, as_utc, utcnow
 from producer.catalog import CatalogRow
 from producer.requeue import reset_to_stage
 from producer.thresholds import Recheck, recheck_scores
@@ -32,12 +35,14 @@ from tasks.registry import stage_waiting_in
 class ImportResult:
     """What an import did: the batch, counts, and the articles to start.
 
-    ``removed`` counts articles whose row is gone from a file that was read again;
+    Every count is of articles, one per row and view. ``removed`` counts articles whose row
+    is gone from a file that was read again, or whose view the batch no longer renders;
     ``resumed`` counts unfinished articles sent again (``resume``).
     """
 
     batch_id: str
     created: bool
+    views: tuple[str, ...] = (DEFAULT_VIEW,)
     new: int = 0
     changed: int = 0
     unchanged: int = 0
@@ -89,14 +94,17 @@ def import_catalog(
     new_batch: bool = False,
     resume: bool = False,
     max_attempts: int = 3,
+    views: Sequence[str] | None = None,
+    default_views: Sequence[str] = (DEFAULT_VIEW,),
 ) -> ImportResult:
     """Store ``rows`` into the catalog's latest batch (or a new one), in one transaction.
 
-    Articles are matched by key: the SKU where the sheet has a key column, else the content
-    key (:func:`producer.catalog.content_key`), so an inserted, moved or deleted row leaves
-    the other articles as they were. Every article found gets its file, sheet and row
-    refreshed. An article of a file read again whose row is gone is marked removed: it
-    leaves the batch's counts and exports, and comes back if its row returns.
+    Articles are matched by key and view: the key is the SKU where the sheet has a key
+    column, else the content key (:func:`producer.catalog.content_key`), so an inserted,
+    moved or deleted row leaves the other articles as they were. Every article found gets
+    its file, sheet and row refreshed. An article of a file read again whose row is gone is
+    marked removed: it leaves the batch's counts and exports, and comes back if its row
+    returns. So is an article of a view the batch no longer renders.
 
     Args:
         session: a session with no transaction in progress.
@@ -109,6 +117,9 @@ def import_catalog(
             half-way); only for a batch no other worker is serving.
         max_attempts: render attempts per article (``FARM_MAX_ATTEMPTS``), for judging the
             batch's scored articles again when ``min_clip_score`` changes it.
+        views: the views to render per row (:func:`workers.prompts.parse_views`); when None,
+            an existing batch keeps its own and a new one takes ``default_views``.
+        default_views: the views of a new batch without ``views`` (``FARM_VIEWS``).
 
     Returns:
         The counts and the articles whose chains must be sent.
@@ -120,27 +131,17 @@ def import_catalog(
             batch = Batch(id=new_batch_id(), catalog=catalog, profile=str(shape["profile"]))
             session.add(batch)
         batch.sources = sorted({row.file for row in rows} | set(batch.sources or []))
+        chosen = tuple(views or (default_views if created else batch_views(batch)))
+        batch.views = list(chosen)
         rejudge = not created and min_clip_score not in (None, batch.min_clip_score)
         if min_clip_score is not None:
             batch.min_clip_score = min_clip_score
-        result = ImportResult(batch.id, created)
-        existing = {} if created else {a.key: a for a in batch.articles}
-        fresh, redo, waiting = [], [], []
-        for row in rows:
-            digest = content_hash(row, shape)
-            article = existing.pop(row.key, None)
-            if article is None:
-                fresh.append(_new_article(batch.id, row, digest))
-                continue
-            _locate(article, row)
-            if article.content_hash != digest:
-                _reset(session, article, row, digest)
-                redo.append((article.id, article.key))
-                continue
-            result.unchanged += 1
-            if resume and article.status not in _ENDED:
-                waiting.append(article)
-        result.removed = _mark_removed(existing.values(), {row.file for row in rows})
+        result = ImportResult(batch.id, created, chosen)
+        existing = {} if created else {(a.key, a.view): a for a in batch.articles}
+        fresh, redo, waiting = _match(session, batch.id, rows, shape, chosen, existing, result)
+        if not resume:
+            waiting = []
+        result.removed = _mark_removed(existing.values(), {row.file for row in rows}, chosen)
         session.flush()
         fresh_ids = _insert_articles(session, fresh)
         resumed = _release(waiting)
@@ -151,6 +152,42 @@ def import_catalog(
     fresh_pairs = zip(fresh_ids, (a["key"] for a in fresh), strict=True)
     result.to_send = [*fresh_pairs, *redo, *resumed, *again]
     return result
+
+
+def batch_views(batch: Batch) -> tuple[str, ...]:
+    """The views a batch renders per row; batches from before views render the front only."""
+    return tuple(batch.views or (DEFAULT_VIEW,))
+
+
+def _match(
+    session: Session,
+    batch_id: str,
+    rows: Sequence[CatalogRow],
+    shape: Mapping[str, object],
+    views: tuple[str, ...],
+    existing: dict[tuple[str, str], Article],
+    result: ImportResult,
+) -> tuple[list[dict], list[tuple[int, str]], list[Article]]:
+    """Each row in each view against the batch's articles: new ones to insert, changed ones
+    reset to translate, unchanged unfinished ones to resume. Matched articles leave
+    ``existing``; what is left there was not found."""
+    fresh, redo, waiting = [], [], []
+    for row in rows:
+        digest = content_hash(row, shape)
+        for view in views:
+            article = existing.pop((row.key, view), None)
+            if article is None:
+                fresh.append(_new_article(batch_id, row, digest, view))
+                continue
+            _locate(article, row)
+            if article.content_hash != digest:
+                _reset(session, article, row, digest)
+                redo.append((article.id, article.key))
+                continue
+            result.unchanged += 1
+            if article.status not in _ENDED:
+                waiting.append(article)
+    return fresh, redo, waiting
 
 
 _ENDED = {status.value for status in TERMINAL_STATUSES}
@@ -166,8 +203,9 @@ def _locate(article: Article, row: CatalogRow) -> None:
     article.removed_at = None
 
 
-def _mark_removed(missing, files_read: set[str]) -> int:
-    """Mark removed the articles of files read again whose rows were not found.
+def _mark_removed(missing, files_read: set[str], views: tuple[str, ...]) -> int:
+    """Mark removed the articles of files read again whose rows were not found, and those
+    of views the batch no longer renders.
 
     Articles of files not given this time are kept: a catalog re-imported from some of its
     files does not lose the others.
@@ -175,7 +213,8 @@ def _mark_removed(missing, files_read: set[str]) -> int:
     removed = 0
     now = utcnow()
     for article in missing:
-        if article.source_file in files_read and article.removed_at is None:
+        gone = article.source_file in files_read or article.view not in views
+        if gone and article.removed_at is None:
             article.removed_at = now
             removed += 1
     return removed
@@ -213,10 +252,11 @@ def _latest_batch(session: Session, catalog: str) -> Batch | None:
     return session.scalars(query.limit(1)).first()
 
 
-def _new_article(batch_id: str, row: CatalogRow, digest: str) -> dict:
+def _new_article(batch_id: str, row: CatalogRow, digest: str, view: str) -> dict:
     return {
         "batch_id": batch_id,
         "key": row.key,
+        "view": view,
         "file_stem": file_stem(row),
         "source_columns": row.source_columns,
         "source_file": row.file,
@@ -229,6 +269,9 @@ def _new_article(batch_id: str, row: CatalogRow, digest: str) -> dict:
 
 def file_stem(row: CatalogRow) -> str:
     """The file name stem of a row's images: its SKU, or its name beside its content key.
+
+    The same for every view of the row; :func:`tasks.outputs.view_stem` adds the view where
+    files are named.
 
     Args:
         row: the catalog row.

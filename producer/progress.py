@@ -17,7 +17,16 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Batch, as_utc, utcnow
+from db.models import (
+    DEFAULT_VIEW,
+    TERMINAL_STATUSES,
+    Article,
+    ArticleStatus,
+    Batch,
+    ReviewStatus,
+    as_utc,
+    utcnow,
+)
 from tasks.registry import ORDER, STAGES
 
 DEFAULT_HALF_LIFE_MINUTES = 3.0
@@ -30,6 +39,9 @@ STALE_HALF_LIVES = 8.0
 PAUSE_SPACINGS = 10.0
 # Statuses in which an article has passed every stage.
 _THROUGH = (ArticleStatus.done.value, ArticleStatus.needs_review.value)
+# The review studio's verdicts as summaries count them; articles nobody judged yet last.
+NOT_REVIEWED = "not_reviewed"
+REVIEW_COUNTS = (*(verdict.value for verdict in ReviewStatus), NOT_REVIEWED)
 
 
 def batch_summaries(session: Session, batch_ids: list[str] | None = None) -> list[dict]:
@@ -42,8 +54,10 @@ def batch_summaries(session: Session, batch_ids: list[str] | None = None) -> lis
     Returns:
         One dict per batch: ``id``, ``catalog``, ``created_at``, ``total``, one count per
         status, ``percent`` (per status, of ``total``, one decimal), ``removed`` (articles
-        whose row left the catalog) and ``failed_by_stage`` (failed articles per the stage
-        they failed at; ``unknown`` when none was recorded).
+        whose row left the catalog), ``failed_by_stage`` (failed articles per the stage
+        they failed at; ``unknown`` when none was recorded), ``review`` (articles per
+        :data:`REVIEW_COUNTS`: approved, rejected, not reviewed) and ``views`` (the views
+        the batch renders per row).
     """
     query = select(Batch).order_by(Batch.created_at)
     if batch_ids:
@@ -65,6 +79,8 @@ def _summary(batch: Batch, counts: dict) -> dict:
         "percent": {status: percent(n, total) for status, n in per_status.items()},
         "removed": counts["removed"],
         "failed_by_stage": counts["failed_by_stage"],
+        "review": counts["review"],
+        "views": list(batch.views or [DEFAULT_VIEW]),
     }
 
 
@@ -74,24 +90,30 @@ def percent(count: int, total: int) -> float:
 
 
 def _empty_counts() -> dict:
-    return {"statuses": {s.value: 0 for s in ArticleStatus}, "failed_by_stage": {}, "removed": 0}
+    return {
+        "statuses": {s.value: 0 for s in ArticleStatus},
+        "failed_by_stage": {},
+        "removed": 0,
+        "review": dict.fromkeys(REVIEW_COUNTS, 0),
+    }
 
 
 def _article_counts(session: Session, batch_ids: list[str] | None) -> dict[str, dict]:
-    # One grouped scan serves statuses, failures per stage and removed articles alike.
+    # One grouped scan serves statuses, failures per stage, reviews and removed articles.
     removed = Article.removed_at.is_not(None)
-    query = select(
-        Article.batch_id, Article.status, Article.error_stage, removed, func.count()
-    ).group_by(Article.batch_id, Article.status, Article.error_stage, removed)
+    groups = (Article.batch_id, Article.status, Article.error_stage, Article.review_status)
+    query = select(*groups, removed, func.count()).group_by(*groups, removed)
     if batch_ids:
         query = query.where(Article.batch_id.in_(batch_ids))
     counts: dict[str, dict] = {}
-    for batch_id, status, error_stage, is_removed, count in session.execute(query):
+    for batch_id, status, error_stage, review, is_removed, count in session.execute(query):
         per_batch = counts.setdefault(batch_id, _empty_counts())
         if is_removed:
             per_batch["removed"] += count
             continue
         per_batch["statuses"][status] = per_batch["statuses"].get(status, 0) + count
+        verdict = review if review in per_batch["review"] else NOT_REVIEWED
+        per_batch["review"][verdict] += count
         if status == ArticleStatus.failed.value:
             stage = error_stage if error_stage in STAGES else "unknown"
             failed = per_batch["failed_by_stage"]

@@ -1,5 +1,8 @@
 """A batch's contact sheet: one self-contained HTML file with a thumbnail card per article.
 
+A catalog row rendered in several views is one article, and one card, per view; each card
+names its view.
+
 Thumbnails are embedded as data URIs and the filter and sort controls are inline JavaScript,
 so the file can be mailed or archived on its own and opened without network access.
 """
@@ -49,7 +52,8 @@ table.stats th { background: #fafafa; font-weight: 600; }
   display: flex; align-items: center; justify-content: center; color: #999; }
 .key { font-weight: 600; overflow-wrap: anywhere; margin: 0; font-size: 14px; }
 .facts { display: flex; flex-wrap: wrap; gap: 4px 10px; color: #555; }
-.status { padding: 0 6px; border-radius: 8px; background: #eee; }
+.status, .view { padding: 0 6px; border-radius: 8px; background: #eee; }
+.view { background: #e4ecf7; }
 .status-done { background: #dcf2dc; } .status-needs_review { background: #fbeccb; }
 .status-failed { background: #f8d4d4; }
 .card.below .score { color: #b00; font-weight: 600; }
@@ -221,10 +225,11 @@ def _statistics_table(scores: list[float]) -> str:
 
 def _card(index: int, article: Article, attempts: int, thumb: str | None) -> str:
     key = escape(article.key)
+    view = escape(article.view)
     status = escape(article.status)
     score = "" if article.clip_score is None else repr(article.clip_score)
     if thumb is not None:
-        picture = f'<img class="thumb" src="{thumb}" alt="{key}">'
+        picture = f'<img class="thumb" src="{thumb}" alt="{key} ({view})">'
     else:
         missing = "image missing" if article.image_path else "no image"
         picture = f'<div class="placeholder">{missing}</div>'
@@ -236,9 +241,10 @@ def _card(index: int, article: Article, attempts: int, thumb: str | None) -> str
         error = f'<p class="error"><b>{kind}{stage}:</b> {escape(article.error or "")}</p>'
     return (
         f'<article class="card" data-index="{index}" data-status="{status}" '
-        f'data-score="{score}" data-key="{key}">'
+        f'data-score="{score}" data-key="{key}" data-view="{view}">'
         f'<div class="frame">{picture}</div><p class="key">{key}</p>'
-        f'<div class="facts"><span class="score">score {shown_score}</span>'
+        f'<div class="facts"><span class="view">{view}</span>'
+        f'<span class="score">score {shown_score}</span>'
         f'<span class="status status-{status}">{status}</span>'
         f"<span>attempts {attempts}</span></div>{error}</article>\n"
     )
@@ -249,7 +255,8 @@ def _image_file(article: Article, folder: Path) -> Path | None:
         return None
     # A relative path in the database is relative to the worker's folder; the published image
     # also always lies in the batch folder, which is where to look when the first is gone.
-    for candidate in (Path(article.image_path), folder / f"{article.file_stem}.png"):
+    published = folder / f"{outputs.view_stem(article.file_stem, article.view)}.png"
+    for candidate in (Path(article.image_path), published):
         try:
             if candidate.is_file():
                 return candidate

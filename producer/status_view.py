@@ -14,8 +14,8 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from db.models import TERMINAL_STATUSES, ArticleStatus
-from producer.progress import stage_progress
+from db.models import DEFAULT_VIEW, TERMINAL_STATUSES, ArticleStatus
+from producer.progress import NOT_REVIEWED, stage_progress
 from tasks.registry import ORDER, STAGES
 
 ELLIPSIS = "…"
@@ -27,6 +27,8 @@ _END_LABELS = {
     ArticleStatus.needs_review.value: "needs review",
     ArticleStatus.failed.value: "failed",
 }
+# The review studio's verdicts, as the review line names them.
+_REVIEW_LABELS = {"approved": "approved", "rejected": "rejected", NOT_REVIEWED: "not reviewed"}
 
 
 def render_status(batches: list[dict]) -> StatusView:
@@ -70,11 +72,12 @@ def batch_block(batch: dict, width: int) -> list:
         width: the columns available.
 
     Returns:
-        The title line (id and catalog), then the size, stage table, end states, rate and
-        ETA, scores and failures.
+        The title line (id and catalog), then the size, stage table, end states, review
+        verdicts and views, rate and ETA, scores and failures.
     """
     parts = [_title(batch, width), _size_line(batch), _stage_table(batch)]
     parts.append(_end_line(batch))
+    parts += _review_lines(batch, width)
     if "eta_seconds" in batch:
         parts.append(_rate_line(batch))
     scores = batch.get("scores") or {}
@@ -173,6 +176,21 @@ def _end_line(batch: dict) -> Text:
         line.append(f"{label} {count} ({share(count, total)})", style=style).append(" · ")
     in_flight = total - sum(batch[s.value] for s in TERMINAL_STATUSES)
     return line.append(f"in flight {in_flight} ({share(in_flight, total)})")
+
+
+def _review_lines(batch: dict, width: int) -> list[Text]:
+    """The review studio's verdicts, and the views per row when there are more than the
+    front; the views go on a line of their own when both do not fit ``width``."""
+    review = batch.get("review") or {}
+    words = [f"{label} {review.get(key, 0)}" for key, label in _REVIEW_LABELS.items()]
+    line = "review: " + " · ".join(words) if review else ""
+    views = batch.get("views") or [DEFAULT_VIEW]
+    if views == [DEFAULT_VIEW]:
+        return [Text(line)] if line else []
+    shown = "views: " + ", ".join(views)
+    if line and len(line) + 3 + len(shown) <= width:
+        return [Text(f"{line} · {shown}")]
+    return [Text(part) for part in (line, shown) if part]
 
 
 def _rate_line(batch: dict) -> Text:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from db.models import DEFAULT_VIEW
+
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # The errors that come from where a file goes rather than from what is written to it.
 _PLACE_ERRNOS = {
@@ -151,6 +153,17 @@ def batch_dir(output_dir: Path, batch_id: str) -> Path:
         ``<output_dir>/<batch_id>``.
     """
     return Path(output_dir) / batch_id
+
+
+def view_stem(stem: str, view: str) -> str:
+    """The file name stem of one view of a row: the row's own stem for the front view
+    (file names as before views existed), ``<stem>-<view>`` for the others.
+
+    Args:
+        stem: the row's stem (``Article.file_stem``).
+        view: the article's view.
+    """
+    return stem if view == DEFAULT_VIEW else f"{stem}-{view}"
 
 
 def attempt_image_path(output_dir: Path, batch_id: str, stem: str, attempt: int) -> Path:

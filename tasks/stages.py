@@ -18,7 +18,7 @@ from db.models import ArticleStatus
 from tasks import outputs
 from tasks.exceptions import InvalidArticle, TransientStageError
 from tasks.handoff import RecentImages, read_rgb
-from workers.prompts import clip_prompt, generation_prompt
+from workers.prompts import FRONT, clip_prompt, generation_prompt
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,23 @@ class ArticleInput:
     attempt_base: int = 1
     min_clip_score: float | None = None  # the batch's own threshold, if it has one
     renders: tuple[RenderInput, ...] = ()
+    view: str = FRONT  # one catalog row rendered in several views is one article per view
 
     @classmethod
     def from_row(cls, row: dict, renders: tuple[dict, ...] = ()) -> ArticleInput:
         """The input of a stage from the article's columns and its render attempts."""
         return cls(**row, renders=tuple(RenderInput(**render) for render in renders))
+
+    @property
+    def stem(self) -> str:
+        """The file name stem of this article's images: the row's stem, plus the view's."""
+        return outputs.view_stem(self.file_stem, self.view)
+
+    @property
+    def seed_key(self) -> str:
+        """What its render seeds derive from: the key for the front (seeds as before any
+        other view existed), the key and the view otherwise, so views never share a seed."""
+        return self.key if self.view == FRONT else f"{self.key}@{self.view}"
 
 
 @dataclass(frozen=True)
@@ -130,12 +142,12 @@ def call_extract(runtime, texts: list[str]) -> list[dict]:
 
 
 def finish_extract(article: ArticleInput, attributes: dict, ctx: StageContext) -> StageOutput:
-    """The attributes and the two prompts built from them."""
+    """The attributes and the two prompts built from them for the article's view."""
     return StageOutput(
         values={
             "attributes": attributes,
-            "generation_prompt": generation_prompt(attributes),
-            "clip_prompt": clip_prompt(attributes),
+            "generation_prompt": generation_prompt(attributes, article.view),
+            "clip_prompt": clip_prompt(attributes, article.view),
         }
     )
 
@@ -153,8 +165,8 @@ class RenderedImage:
 
 
 def prepare_render(article: ArticleInput, ctx: StageContext) -> tuple[str, int]:
-    """The generation prompt and the seed of the article's current attempt."""
-    return article.generation_prompt or "", render_seed(article.key, article.render_attempt)
+    """The generation prompt and the seed of the article's current attempt (and view)."""
+    return article.generation_prompt or "", render_seed(article.seed_key, article.render_attempt)
 
 
 def call_render(runtime, inputs: list[tuple[str, int]]) -> list[RenderedImage]:
@@ -173,7 +185,7 @@ def finish_render(article: ArticleInput, made: RenderedImage, ctx: StageContext)
         TransientStageError: the image could not be written (a full or read-only disk).
     """
     attempt = article.render_attempt
-    path = outputs.attempt_image_path(ctx.output_dir, article.batch_id, article.file_stem, attempt)
+    path = outputs.attempt_image_path(ctx.output_dir, article.batch_id, article.stem, attempt)
     try:
         outputs.save_png(made.image, path)
         if ctx.images is not None:
@@ -277,11 +289,11 @@ def _current_render(article: ArticleInput) -> RenderInput:
 
 def _publish(article: ArticleInput, ctx: StageContext, best: RenderInput, score: float) -> Path:
     folder = outputs.batch_dir(ctx.output_dir, article.batch_id)
-    image_path = folder / f"{article.file_stem}.png"
+    image_path = folder / f"{article.stem}.png"
     try:
         outputs.publish_file(Path(best.image_path), image_path)
         record = _record(article, ctx, best, score, image_path)
-        outputs.write_json(folder / f"{article.file_stem}.json", record)
+        outputs.write_json(folder / f"{article.stem}.json", record)
     except OSError as error:
         raise TransientStageError(
             f"cannot write outputs in {folder}: {error.strerror or error}"
@@ -295,6 +307,7 @@ def _record(
     profile = ctx.profile
     return {
         "sample_id": article.key,
+        "view": article.view,
         "original_description": article.source_text,
         "generation_prompt": article.generation_prompt,
         "clip_prompt": article.clip_prompt,

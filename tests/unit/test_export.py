@@ -183,6 +183,24 @@ def test_rows_are_one_per_article_of_the_batch_in_article_order(sessions):
     assert rows[1]["attributes"] is None
 
 
+def test_each_row_names_its_view_and_review_verdict_right_after_the_key(sessions, tmp_path):
+    with sessions() as session:
+        session.add(Batch(id="v1", profile="tiny", views=["front", "back"]))
+        add_article(session, "v1", "SKU-1")
+        add_article(
+            session, "v1", "SKU-1", view="back", review_status="approved", reviewed_by="mia"
+        )
+        session.commit()
+        rows = export_rows(session, "v1")
+    assert LOCATING_COLUMNS[:5] == ("batch", "key", "view", "review_status", "reviewed_by")
+    assert list(rows[0])[:5] == list(LOCATING_COLUMNS[:5])
+    picked = [(r["key"], r["view"], r["review_status"], r["reviewed_by"]) for r in rows]
+    assert picked == [("SKU-1", "front", None, None), ("SKU-1", "back", "approved", "mia")]
+    path = tmp_path / "v1.csv"
+    write_export(rows, path, "csv")
+    assert [r["view"] for r in read_back(path, "csv")] == ["front", "back"]
+
+
 def test_the_seed_is_that_of_the_best_scored_render_else_of_the_latest_attempt(sessions):
     with sessions() as session:
         best, failed, unscored = export_rows(session, "b1")
@@ -366,7 +384,8 @@ def test_a_source_header_named_like_an_export_column_gets_a_prefix(sessions):
     assert (row["key"], row["status"]) == ("K-0", "pending")
     assert row["source: key"] == "A-1" and row["source: status"] == "aktiv"
     assert row["source: source_text"] == "x" and row["source: source: status"] == "y"
-    assert tuple(row)[5:9] == tuple(source_column(h) for h in cells)
+    start = len(LOCATING_COLUMNS)
+    assert tuple(row)[start : start + 4] == tuple(source_column(h) for h in cells)
 
 
 @pytest.mark.parametrize("fmt", ["xlsx", "csv"])

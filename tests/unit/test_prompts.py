@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.prompts import clip_prompt, generation_prompt
+from workers.prompts import VIEWS, clip_prompt, generation_prompt, parse_views
 
 ATTRS = {
     "product_type": "midi dress",
@@ -89,3 +89,79 @@ def test_clip_prompt_drops_comma_separated_parts_of_two_characters_or_fewer():
     prompt = clip_prompt({"product_type": "shirt, xl ,  a, ,slim  fit,,"})
 
     assert prompt == "Product image of a shirt, slim fit"
+
+
+# --- views ----------------------------------------------------------------------------------
+
+
+def test_the_front_view_is_the_original_template_word_for_word():
+    assert generation_prompt(ATTRS, "front") == generation_prompt(ATTRS)
+    assert clip_prompt(ATTRS, "front") == clip_prompt(ATTRS) == "Product image of a midi dress"
+
+
+def test_every_view_has_its_own_generation_and_clip_prompt():
+    generation = {view: generation_prompt(ATTRS, view) for view in VIEWS}
+    clip = {view: clip_prompt(ATTRS, view) for view in VIEWS}
+
+    assert len(set(generation.values())) == len(VIEWS)
+    assert len(set(clip.values())) == len(VIEWS)
+    for view in VIEWS:  # the product and its details are in every view's prompt
+        assert "midi dress" in generation[view] and "midi dress" in clip[view]
+        assert "red cotton poplin" in generation[view]
+
+
+def test_the_back_and_detail_views_say_what_they_show():
+    back = generation_prompt(ATTRS, "back")
+    detail = generation_prompt(ATTRS, "detail")
+
+    assert back.startswith(
+        "Professional product photography of the back of a midi dress, seen from behind, "
+        "featuring round neckline"
+    )
+    assert detail.startswith("Close-up detail shot of the fabric and finish of a midi dress, ")
+    assert "no zoom" not in detail  # a close-up is nothing but zoom
+    assert clip_prompt(ATTRS, "back") == "Product image of the back of a midi dress"
+    assert clip_prompt(ATTRS, "detail") == "Close-up image of the fabric of a midi dress"
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_a_view_without_visual_features_leaves_no_empty_featuring(view):
+    prompt = generation_prompt({**ATTRS, "key_visual_features": ""}, view)
+
+    assert "featuring" not in prompt
+    assert ",," not in prompt and " ," not in prompt and "  " not in prompt
+
+
+def test_an_unknown_view_is_refused_by_both_prompts():
+    with pytest.raises(ValueError, match="unknown view 'top'; choose from front, back"):
+        generation_prompt(ATTRS, "top")
+    with pytest.raises(ValueError, match="unknown view 'top'"):
+        clip_prompt(ATTRS, "top")
+
+
+@pytest.mark.parametrize(
+    ("text", "views"),
+    [
+        ("front", ("front",)),
+        ("front,back,detail", ("front", "back", "detail")),
+        (" Detail , FRONT,detail,, ", ("detail", "front")),  # order kept, repeats dropped
+        ("back", ("back",)),  # the front is not forced on a catalog
+    ],
+)
+def test_parse_views_keeps_the_order_given_without_repeats(text, views):
+    assert parse_views(text) == views
+
+
+def test_parse_views_names_every_bad_view_and_the_allowed_ones():
+    with pytest.raises(ValueError) as error:
+        parse_views("front,top,bottom")
+
+    assert str(error.value) == (
+        "unknown view 'top', 'bottom'; choose from front, back, side, detail"
+    )
+
+
+@pytest.mark.parametrize("text", ["", " , ,"])
+def test_parse_views_wants_at_least_one_view(text):
+    with pytest.raises(ValueError, match="name at least one view"):
+        parse_views(text)

@@ -219,6 +219,23 @@ def test_removed_articles_are_left_out_of_the_cards_counts_and_statistics(batch)
     assert statistics[2:4] == ["Total Samples: 3", "Mean: 0.2667"]
 
 
+def test_each_card_shows_its_view_and_finds_the_views_published_image(batch):
+    with batch.sessions() as session:
+        back = _article("SKU-1", "stem2", 2, ArticleStatus.done.value, score=0.3)
+        back.view = "back"
+        back.image_path = "/elsewhere/stem2-back.png"  # moved: found in the batch folder
+        session.add(back)
+        session.commit()
+    image = batch.output_dir / "b1" / "stem2-back.png"
+    Image.new("RGB", (32, 32), (10, 10, 10)).save(image)
+    _, text = report(batch)
+    cards = Elements(text).find("article", "card")
+    assert [c["data-view"] for c in cards] == ["front"] * 5 + ["back"]
+    assert text.count('<span class="view">front</span>') == 5
+    assert text.count('<span class="view">back</span>') == 1
+    assert len(Elements(text).find("img", "thumb")) == batch.with_image + 1
+
+
 def test_a_file_where_the_report_folder_should_be_is_an_export_error(batch, tmp_path):
     blocker = tmp_path / "reports"
     blocker.write_text("not a folder")

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 from rich.console import Console
+from sqlalchemy import select
 
 from db.engine import make_engine, migrate, session_factory
 from db.models import Article, ArticleStatus, Batch, utcnow
@@ -207,6 +208,40 @@ def test_details_keep_their_keys_and_leave_removed_articles_out(sessions, batch)
     # Four finishes 18 s apart in all: three after the first, over ~18 s.
     assert details["rate_per_hour"] == pytest.approx(3 / 18 * 3600, rel=0.25)
     assert details["eta_seconds"] == pytest.approx(6 / (details["rate_per_hour"] / 3600))
+
+
+def test_summaries_count_review_verdicts_and_status_shows_them_with_the_views(sessions, batch):
+    with sessions() as session:
+        session.get(Batch, BATCH).views = ["front", "back"]
+        articles = {a.source_row: a for a in session.scalars(select(Article))}
+        articles[10].review_status, articles[10].reviewed_by = "approved", "mia"
+        articles[11].review_status = articles[12].review_status = "rejected"
+        articles[20].review_status = "approved"  # removed: counts nowhere
+        session.commit()
+        (summary,) = batch_summaries(session)
+        details = batch_details(session, summary)
+    assert summary["review"] == {"approved": 1, "rejected": 2, "not_reviewed": 7}
+    assert summary["views"] == ["front", "back"]
+    json.dumps(summary)  # what `farm status --json` prints
+    text = _render([summary | details], 80)
+    assert "review: approved 1 · rejected 2 · not reviewed 7 · views: front, back" in text
+
+
+def test_the_views_get_a_line_of_their_own_when_both_do_not_fit():
+    review = {"approved": 123456, "rejected": 123456, "not_reviewed": 123456}
+    views = ["front", "back", "side", "detail"]
+    lines = _render([_synthetic() | {"review": review, "views": views}], 80).splitlines()
+    assert "  review: approved 123456 · rejected 123456 · not reviewed 123456" in lines
+    assert "  views: front, back, side, detail" in lines
+
+
+def test_a_front_only_batch_shows_no_views(sessions, batch):
+    with sessions() as session:
+        (summary,) = batch_summaries(session)
+    assert summary["views"] == ["front"]
+    text = _render([summary], 80)
+    assert "review: approved 0 · rejected 0 · not reviewed 10" in text
+    assert "views" not in text
 
 
 def test_an_empty_batch_has_every_count(sessions):
