@@ -32,3 +32,8 @@ class UserError(FarmError):
 
 class SelectionError(UserError):
     """A requeue named a batch or articles that do not exist, or a stage they cannot start at."""
+
+
+class ReviewRefused(UserError):
+    """A review studio action cannot be done: the article is busy, the user may not, the
+    input is wrong, or the broker is away (nothing was changed)."""

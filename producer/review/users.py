@@ -1,0 +1,89 @@
+"""Review studio users: names, roles and argon2 password hashes in the farm's database."""
+
+from __future__ import annotations
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import User, UserRole
+from tasks.exceptions import UserError
+
+MIN_PASSWORD_CHARS = 8
+MAX_NAME_CHARS = 80
+# One hasher with argon2-cffi's defaults (argon2id, RFC 9106 low-memory profile).
+_HASHER = PasswordHasher()
+
+
+class UserRefused(UserError):
+    """A user cannot be added as asked (a bad name, a short password, a name taken)."""
+
+
+def add_user(
+    session: Session, name: str, password: str, role: str = UserRole.reviewer.value,
+    replace: bool = False,
+) -> User:  # fmt: skip
+    """Store a user with the argon2 hash of ``password``.
+
+    Args:
+        session: a session; it is committed.
+        name: the login name (letters, digits, ``.-_@``; at most 80 characters).
+        password: the password, at least :data:`MIN_PASSWORD_CHARS` characters.
+        role: ``reviewer`` or ``admin``.
+        replace: set a new password and role for an existing user instead of refusing.
+
+    Returns:
+        The stored user.
+
+    Raises:
+        UserRefused: the name, password or role is not acceptable, or the name is taken.
+    """
+    _check(name, password, role)
+    user = session.scalar(select(User).where(User.name == name))
+    if user is not None and not replace:
+        raise UserRefused(f"user {name!r} exists already; add --replace to set a new password")
+    if user is None:
+        user = User(name=name)
+        session.add(user)
+    user.password_hash = _HASHER.hash(password)
+    user.role = role
+    session.commit()
+    return user
+
+
+def authenticate(session: Session, name: str, password: str) -> User | None:
+    """The user with this name and password, or None (unknown name or wrong password).
+
+    A hash made with older parameters is made again with the current ones.
+    """
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        # Hash anyway, so a wrong name takes as long as a wrong password.
+        _HASHER.hash(password or "-")
+        return None
+    try:
+        _HASHER.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if _HASHER.check_needs_rehash(user.password_hash):
+        user.password_hash = _HASHER.hash(password)
+        session.commit()
+    return user
+
+
+def count_users(session: Session) -> int:
+    """How many users may log in to the studio."""
+    return session.scalar(select(func.count()).select_from(User)) or 0
+
+
+def _check(name: str, password: str, role: str) -> None:
+    if not name or len(name) > MAX_NAME_CHARS or not all(c.isalnum() or c in ".-_@" for c in name):
+        raise UserRefused(
+            f"user name {name!r} is not usable: use 1 to {MAX_NAME_CHARS} letters, digits "
+            "or . - _ @"
+        )
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise UserRefused(f"the password needs at least {MIN_PASSWORD_CHARS} characters")
+    if role not in {r.value for r in UserRole}:
+        raise UserRefused(f"role {role!r} is not one of reviewer, admin")
