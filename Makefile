@@ -7,7 +7,8 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint unit integration services browser bench faults device-wheels
+.PHONY: setup demo test lint unit integration services browser bench faults device-wheels \
+	screenshots
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,10 @@ integration: setup services browser
 
 test: setup services browser lint
 	$(BIN)/pytest tests -q -ra
+
+# The review studio's README screenshots (docs/img), made over `farm demo` in a scratch folder.
+screenshots: setup browser
+	$(BIN)/python docs/screenshots.py
 
 # The CPU benchmarks in their quick sizes (Redis and PostgreSQL needed); bench/README.md has the rest.
 bench: setup services

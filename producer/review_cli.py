@@ -56,6 +56,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
             "see the catalog. Add one with `farm review add-user NAME` or serve on 127.0.0.1"
         )
     _check_port(host, port)
+    # Imported here: the web stack is only needed by this command, not by every `farm` call.
     import uvicorn
 
     from producer.review.app import create_app

@@ -20,11 +20,15 @@ def imported_modules(code: str) -> set[str]:
     return set(result.stdout.split())
 
 
-PRODUCER = sorted(p.stem for p in (REPO / "producer").glob("*.py") if p.stem != "__init__")
+PRODUCER = sorted(
+    ".".join(p.relative_to(REPO).with_suffix("").parts)
+    for p in (REPO / "producer").rglob("*.py")
+    if p.stem != "__init__"
+)
 
 
 def test_no_producer_module_imports_torch_when_loaded():
-    modules = ", ".join(f"producer.{name}" for name in PRODUCER)
+    modules = ", ".join(PRODUCER)
     loaded = imported_modules(f"import {modules}")
     assert not {"torch", "transformers", "diffusers"} & loaded
 

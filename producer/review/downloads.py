@@ -1,0 +1,262 @@
+"""The files the studio hands out: a render's PNG, its JPEG thumbnail, the approved archive.
+
+Thumbnails are made once and kept under ``<output>/.thumbs``, named after the source file's
+path, size and modification time, so a picture written again gets a new thumbnail and a
+database started afresh over the same output folder never shows a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+
+from db.models import Article, Batch, Render, ReviewStatus
+from producer.export import export_rows, write_export
+from producer.review.auth import data
+from producer.review.web import in_session
+from tasks.outputs import atomic_path, attempt_image_path, batch_dir
+
+THUMB_PX = 256
+THUMB_DIR = ".thumbs"
+JPEG_QUALITY = 85
+# Renders do not change once written; a browser may keep them while the page is open.
+IMAGE_CACHE = "private, max-age=3600"
+CSV_NAME = "approved.csv"
+IMAGE_FOLDER = "images"
+
+
+def existing(candidates: tuple[str | Path | None, ...]) -> Path | None:
+    """The first of ``candidates`` that is a readable file, else None."""
+    for candidate in candidates:
+        if not candidate:
+            continue
+        try:
+            if Path(candidate).is_file():
+                return Path(candidate)
+        except OSError:  # an unreadable folder: treated as missing
+            continue
+    return None
+
+
+def render_file(session: Session, render_id: int, output_dir: Path) -> Path | None:
+    """Where a render's PNG lies: its stored path, else its place in the output layout.
+
+    Args:
+        session: any session.
+        render_id: the render.
+        output_dir: the farm's output root.
+
+    Returns:
+        The file, or None when there is no such render or its image is gone.
+    """
+    row = session.execute(
+        select(Render.image_path, Render.attempt, Article.batch_id, Article.file_stem)
+        .join(Article, Render.article_id == Article.id)
+        .where(Render.id == render_id)
+    ).first()
+    if row is None:
+        return None
+    laid_out = attempt_image_path(output_dir, row.batch_id, row.file_stem, row.attempt)
+    return existing((row.image_path, laid_out))
+
+
+async def _render_path(request: Request) -> Path:
+    render_id = request.path_params["render_id"]
+    output_dir = Path(request.app.state.settings.output_dir)
+    path = await in_session(request, render_file, render_id, output_dir)
+    if path is None:
+        raise HTTPException(404, f"no image for render {render_id}")
+    return path
+
+
+@data
+async def render_image(request: Request) -> Response:
+    """GET /renders/{id}/image: the attempt's full PNG."""
+    path = await _render_path(request)
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": IMAGE_CACHE})
+
+
+@data
+async def render_thumb(request: Request) -> Response:
+    """GET /renders/{id}/thumb: a JPEG at most 256 pixels on its longer side."""
+    path = await _render_path(request)
+    cache = Path(request.app.state.settings.output_dir) / THUMB_DIR
+    made = await run_in_threadpool(thumbnail, path, cache)
+    headers = {"Cache-Control": IMAGE_CACHE}
+    if made is None:
+        raise HTTPException(404, "the image cannot be read")
+    if isinstance(made, Path):
+        return FileResponse(made, media_type="image/jpeg", headers=headers)
+    return Response(made, media_type="image/jpeg", headers=headers)
+
+
+def thumbnail(source: Path, cache: Path, size: int = THUMB_PX) -> Path | bytes | None:
+    """A JPEG thumbnail of ``source``, kept in ``cache`` for the next time.
+
+    Args:
+        source: a picture.
+        cache: the folder thumbnails are kept in; created when missing.
+        size: the longest side, in pixels.
+
+    Returns:
+        The cached file; the JPEG bytes when the cache cannot be written; None when the
+        picture cannot be read.
+    """
+    try:
+        facts = source.stat()
+    except OSError:
+        return None
+    name = hashlib.sha256(f"{source.resolve()}|{facts.st_size}|{facts.st_mtime_ns}|{size}".encode())
+    target = cache / f"{name.hexdigest()[:32]}.jpg"
+    if target.is_file():
+        return target
+    encoded = _jpeg(source, size)
+    if encoded is None:
+        return None
+    try:
+        with atomic_path(target) as scratch:
+            scratch.write_bytes(encoded)
+    except OSError:  # a read-only output folder still gets its thumbnails, uncached
+        return encoded
+    return target
+
+
+def _jpeg(source: Path, size: int) -> bytes | None:
+    try:
+        with Image.open(source) as image:
+            image.thumbnail((size, size))
+            flat = image.convert("RGBA")
+    except (OSError, Image.DecompressionBombError, ValueError):
+        return None
+    # JPEG has no transparency: a cut-out product goes on white, as on a catalog page.
+    canvas = Image.new("RGB", flat.size, (255, 255, 255))
+    canvas.paste(flat, mask=flat.getchannel("A"))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Approved:
+    """An approved article's export row and where its published image may lie."""
+
+    row: dict
+    candidates: tuple[str | Path | None, ...]
+    file_stem: str
+
+
+def approved_articles(session: Session, batch_id: str, output_dir: Path) -> list[Approved] | None:
+    """The export rows of a batch's approved articles, with where their images lie.
+
+    Args:
+        session: any session.
+        batch_id: the batch.
+        output_dir: the farm's output root.
+
+    Returns:
+        One entry per approved article in catalog order; None when there is no such batch.
+    """
+    if session.get(Batch, batch_id) is None:
+        return None
+    rows = export_rows(session, batch_id)
+    # export_rows gives the kept articles in id order: the same order pairs row and article.
+    articles = session.scalars(
+        select(Article)
+        .where(Article.batch_id == batch_id, Article.removed_at.is_(None))
+        .order_by(Article.id)
+    ).all()
+    folder = batch_dir(output_dir, batch_id)
+    approved = []
+    for row, article in zip(rows, articles, strict=True):
+        if article.review_status != ReviewStatus.approved.value:
+            continue
+        extra = {
+            "view": article.view,
+            "reviewed_by": article.reviewed_by,
+            "reviewed_at": None if article.reviewed_at is None else str(article.reviewed_at),
+        }
+        candidates = (article.image_path, folder / f"{article.file_stem}.png")
+        approved.append(Approved(row | extra, candidates, article.file_stem))
+    return approved
+
+
+def write_archive(approved: list[Approved], folder: Path, name: str) -> Path:
+    """Write the zip of approved pictures and their export sheet.
+
+    Args:
+        approved: from :func:`approved_articles`.
+        folder: a scratch folder the archive goes in.
+        name: the archive's file name.
+
+    Returns:
+        The archive: ``images/<stem>.png`` per article whose picture exists, and
+        ``approved.csv`` with one row per approved article; its ``archive_image`` column
+        names the picture in the archive, empty when the picture is gone.
+    """
+    archive = folder / name
+    rows, taken = [], set()
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for entry in approved:
+            picture = existing(entry.candidates)
+            inside = f"{IMAGE_FOLDER}/{entry.file_stem}{picture.suffix if picture else '.png'}"
+            if picture is None or inside in taken:
+                rows.append(entry.row | {"archive_image": None})
+                continue
+            taken.add(inside)
+            # PNGs are compressed already: stored, they cost no CPU to pack or unpack.
+            bundle.write(picture, inside, compress_type=zipfile.ZIP_STORED)
+            rows.append(entry.row | {"archive_image": inside})
+        sheet = folder / CSV_NAME
+        write_export(rows, sheet, "csv")
+        bundle.write(sheet, CSV_NAME, compress_type=zipfile.ZIP_DEFLATED)
+    return archive
+
+
+def _scratch_folder(output_dir: Path) -> Path:
+    # Beside the images when possible: an archive of a large batch can be gigabytes, more
+    # than a small /tmp holds.
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".review-zip-", dir=output_dir))
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="review-zip-"))
+
+
+def _archive(session: Session, batch_id: str, output_dir: Path) -> Path | None:
+    approved = approved_articles(session, batch_id, output_dir)
+    if approved is None:
+        return None
+    folder = _scratch_folder(output_dir)
+    try:
+        return write_archive(approved, folder, f"{batch_id}-approved.zip")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+@data
+async def approved_zip(request: Request) -> Response:
+    """GET /batches/{id}/approved.zip: the approved pictures and their export sheet."""
+    batch_id = request.path_params["batch_id"]
+    output_dir = Path(request.app.state.settings.output_dir)
+    archive = await in_session(request, _archive, batch_id, output_dir)
+    if archive is None:
+        raise HTTPException(404, f"no batch {batch_id}")
+    cleanup = BackgroundTask(shutil.rmtree, archive.parent, ignore_errors=True)
+    return FileResponse(
+        archive, media_type="application/zip", filename=archive.name, background=cleanup
+    )

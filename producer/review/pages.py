@@ -1,0 +1,86 @@
+"""The studio's pages: batches, a batch's contact sheet, an article, and what they poll."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from producer.review import queries
+from producer.review.auth import data, page
+from producer.review.queries import FILTERS, SheetQuery
+from producer.review.web import in_session, render
+
+# How often the pages ask for news, in seconds: the batches while some run, an article always.
+BATCHES_POLL_SECONDS = 5
+IDLE_BATCHES_POLL_SECONDS = 30
+ARTICLE_POLL_SECONDS = 2
+
+
+def _batches_context(batches: list[queries.BatchSummary]) -> dict:
+    running = any(batch.running for batch in batches)
+    return {
+        "batches": batches,
+        "farm_statuses": queries.FARM_STATUSES,
+        "review_statuses": queries.REVIEW_STATUSES,
+        "running": running,
+        "poll_seconds": BATCHES_POLL_SECONDS if running else IDLE_BATCHES_POLL_SECONDS,
+    }
+
+
+@page
+async def batches(request: Request) -> Response:
+    """GET /: every batch with its counts and scores, refreshed while work goes on."""
+    found = await in_session(request, queries.batch_summaries)
+    return render(request, "batches.html", _batches_context(found))
+
+
+@data
+async def batches_fragment(request: Request) -> Response:
+    """GET /fragments/batches: the batches table alone, for the page's poller to swap in."""
+    found = await in_session(request, queries.batch_summaries)
+    return render(request, "_batches_table.html", _batches_context(found))
+
+
+@page
+async def contact_sheet(request: Request) -> Response:
+    """GET /batches/{id}: a page of the batch's cards, filtered, sorted, 60 to a page."""
+    batch_id = request.path_params["batch_id"]
+    query = SheetQuery.from_params(request.query_params)
+    sheet = await in_session(request, queries.contact_sheet, batch_id, query)
+    if sheet is None:
+        raise HTTPException(404, f"no batch {batch_id}")
+    return render(request, "sheet.html", {"sheet": sheet, "batch": sheet.batch, "filters": FILTERS})
+
+
+async def _article(request: Request) -> queries.ArticlePage:
+    article_id = request.path_params["article_id"]
+    found = await in_session(request, queries.article_page, article_id)
+    if found is None:
+        raise HTTPException(404, f"no article {article_id}")
+    return found
+
+
+@page
+async def article(request: Request) -> Response:
+    """GET /articles/{id}: texts, attributes, prompts, every attempt and the review history."""
+    found = await _article(request)
+    context = {"page": found, "poll_seconds": ARTICLE_POLL_SECONDS}
+    return render(request, "article.html", context)
+
+
+@data
+async def article_live(request: Request) -> Response:
+    """GET /articles/{id}/live: the article's status and attempts, for the poller to swap in."""
+    found = await _article(request)
+    return render(request, "_article_live.html", {"page": found})
+
+
+@data
+async def article_state(request: Request) -> Response:
+    """GET /articles/{id}/state.json: status, attempt count and latest score, polled."""
+    article_id = request.path_params["article_id"]
+    state = await in_session(request, queries.article_state, article_id)
+    if state is None:
+        raise HTTPException(404, f"no article {article_id}")
+    return JSONResponse(state)

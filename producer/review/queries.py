@@ -1,0 +1,436 @@
+"""The studio's reads: batch summaries, a contact sheet's page, an article with its attempts.
+
+Read-only, and sized for 10,000-article batches: a contact sheet page costs one COUNT and one
+LIMIT/OFFSET query whatever the page, and selects columns rather than objects, so nothing is
+loaded lazily per article.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from urllib.parse import urlencode
+
+from sqlalchemy import case, false, func, select
+from sqlalchemy.orm import Session, aliased
+
+from db.models import (
+    TERMINAL_STATUSES,
+    Article,
+    ArticleStatus,
+    Batch,
+    Render,
+    ReviewAction,
+    ReviewStatus,
+)
+from producer.export import best_render
+
+PAGE_SIZE = 60
+FILTERS = ("all", "failed", "below", "needs_review", "approved", "rejected", "unreviewed")
+SORTS = ("catalog", "score", "score_desc")
+FARM_STATUSES = tuple(status.value for status in ArticleStatus)
+REVIEW_STATUSES = (*(status.value for status in ReviewStatus), "unreviewed")
+SHORT_TEXT_CHARS = 140
+# Source headers that hold an article's display name, compared in lower case.
+NAME_HEADERS = ("name", "model_name")
+_TERMINAL = tuple(status.value for status in TERMINAL_STATUSES)
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """One row of the batches page."""
+
+    id: str
+    catalog: str
+    created_at: datetime
+    views: list[str]
+    min_clip_score: float | None
+    total: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    reviews: dict[str, int] = field(default_factory=dict)
+    score_mean: float | None = None
+    score_min: float | None = None
+    score_max: float | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether some article of the batch has not reached an end yet."""
+        return any(self.statuses.get(s, 0) for s in FARM_STATUSES if s not in _TERMINAL)
+
+
+def batch_summaries(session: Session) -> list[BatchSummary]:
+    """Every batch, newest first, with its counts and scores (removed articles left out).
+
+    Args:
+        session: any session.
+
+    Returns:
+        One summary per batch; three queries whatever the number of batches.
+    """
+    kept = Article.removed_at.is_(None)
+    counts = session.execute(
+        select(Article.batch_id, Article.status, Article.review_status, func.count())
+        .where(kept)
+        .group_by(Article.batch_id, Article.status, Article.review_status)
+    ).all()
+    scores = session.execute(
+        select(
+            Article.batch_id,
+            func.avg(Article.clip_score),
+            func.min(Article.clip_score),
+            func.max(Article.clip_score),
+        )
+        .where(kept)
+        .group_by(Article.batch_id)
+    ).all()
+    by_batch: dict[str, dict] = {}
+    for batch_id, status, review, count in counts:
+        tally = by_batch.setdefault(batch_id, {"total": 0, "statuses": {}, "reviews": {}})
+        tally["total"] += count
+        tally["statuses"][status] = tally["statuses"].get(status, 0) + count
+        review = review or "unreviewed"
+        tally["reviews"][review] = tally["reviews"].get(review, 0) + count
+    for batch_id, mean, low, high in scores:
+        by_batch.setdefault(batch_id, {}).update(score_mean=mean, score_min=low, score_max=high)
+    batches = session.scalars(select(Batch).order_by(Batch.created_at.desc(), Batch.id)).all()
+    return [_summary(batch, by_batch.get(batch.id, {})) for batch in batches]
+
+
+def _summary(batch: Batch, tally: dict) -> BatchSummary:
+    return BatchSummary(
+        id=batch.id,
+        catalog=batch.catalog,
+        created_at=batch.created_at,
+        views=list(batch.views or ["front"]),
+        min_clip_score=batch.min_clip_score,
+        **tally,
+    )
+
+
+@dataclass(frozen=True)
+class SheetQuery:
+    """What a contact sheet shows: a filter, its threshold, an order and a page."""
+
+    filter: str = "all"
+    below: float | None = None
+    sort: str = "catalog"
+    page: int = 1
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> SheetQuery:
+        """Read the query string; values that make no sense fall back to the defaults.
+
+        Args:
+            params: ``filter``, ``below``, ``sort`` and ``page``, each optional.
+        """
+        chosen = params.get("filter", "all")
+        order = params.get("sort", "catalog")
+        return cls(
+            filter=chosen if chosen in FILTERS else "all",
+            below=_finite(params.get("below")),
+            sort=order if order in SORTS else "catalog",
+            page=max(1, _whole(params.get("page")) or 1),
+        )
+
+    def params(self, **changes: object) -> str:
+        """This query, with ``changes``, as a query string (no ``?``); defaults left out."""
+        chosen = replace(self, **changes)
+        pairs = {"filter": chosen.filter, "sort": chosen.sort, "page": chosen.page}
+        if chosen.filter == "below" and chosen.below is not None:
+            pairs["below"] = chosen.below
+        defaults = {"filter": "all", "sort": "catalog", "page": 1}
+        return urlencode({k: v for k, v in pairs.items() if defaults.get(k) != v})
+
+
+def _finite(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _whole(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Card:
+    """One article on a contact sheet."""
+
+    id: int
+    key: str
+    view: str
+    name: str | None
+    text: str
+    score: float | None
+    status: str
+    review_status: str | None
+    attempts: int
+    render_id: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class SheetPage:
+    """A page of a batch's contact sheet."""
+
+    batch: BatchSummary
+    query: SheetQuery
+    threshold: float | None
+    cards: list[Card]
+    total: int
+
+    @property
+    def pages(self) -> int:
+        """How many pages the filtered articles fill (at least one)."""
+        return max(1, math.ceil(self.total / PAGE_SIZE))
+
+    @property
+    def first(self) -> int:
+        """The 1-based position of the page's first card among the filtered articles."""
+        return (self.query.page - 1) * PAGE_SIZE + 1 if self.cards else 0
+
+
+def contact_sheet(session: Session, batch_id: str, query: SheetQuery) -> SheetPage | None:
+    """One page of a batch's cards, filtered and sorted.
+
+    Args:
+        session: any session.
+        batch_id: the batch.
+        query: the filter, order and page; a page past the end shows the last one.
+
+    Returns:
+        The page, or None when there is no such batch.
+    """
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        return None
+    threshold = query.below if query.below is not None else batch.min_clip_score
+    conditions = _sheet_conditions(batch_id, query.filter, threshold)
+    total = session.scalar(select(func.count()).select_from(Article).where(*conditions)) or 0
+    query = replace(query, page=min(query.page, max(1, math.ceil(total / PAGE_SIZE))))
+    rows = session.execute(
+        select(*_CARD_COLUMNS, _best_render_id().label("render_id"))
+        .where(*conditions)
+        .order_by(*_ORDERS[query.sort])
+        .limit(PAGE_SIZE)
+        .offset((query.page - 1) * PAGE_SIZE)
+    ).all()
+    summary = _summary(batch, {})
+    return SheetPage(summary, query, threshold, [_card(row) for row in rows], total)
+
+
+def _sheet_conditions(batch_id: str, chosen: str, threshold: float | None) -> list:
+    conditions = [Article.batch_id == batch_id, Article.removed_at.is_(None)]
+    if chosen == "failed":
+        conditions.append(Article.status == ArticleStatus.failed.value)
+    elif chosen == "needs_review":
+        conditions.append(Article.status == ArticleStatus.needs_review.value)
+    elif chosen in ("approved", "rejected"):
+        conditions.append(Article.review_status == chosen)
+    elif chosen == "unreviewed":
+        conditions.append(Article.review_status.is_(None))
+    elif chosen == "below":
+        # Without a threshold nothing is below it; the page asks for one.
+        conditions.append(Article.clip_score < threshold if threshold is not None else false())
+    return conditions
+
+
+_CARD_COLUMNS = (
+    Article.id,
+    Article.key,
+    Article.view,
+    Article.source_columns,
+    Article.source_text,
+    Article.clip_score,
+    Article.status,
+    Article.review_status,
+    Article.render_attempt,
+    Article.error,
+)
+
+_ORDERS = {
+    "catalog": (Article.id,),
+    # Unscored articles last either way: they have nothing to compare yet.
+    "score": (Article.clip_score.is_(None), Article.clip_score.asc(), Article.id),
+    "score_desc": (Article.clip_score.is_(None), Article.clip_score.desc(), Article.id),
+}
+
+
+def _best_render_id():
+    """The render whose image is published (as :func:`producer.export.best_render` picks it).
+
+    The best scored attempt of the current text, the earlier one on a tie; else its latest.
+    """
+    render = aliased(Render)
+    unscored = render.clip_score.is_(None)
+    return (
+        select(render.id)
+        .where(render.article_id == Article.id, render.attempt >= Article.attempt_base)
+        .order_by(
+            unscored,
+            render.clip_score.desc(),
+            case((unscored, -render.attempt), else_=render.attempt),
+        )
+        .limit(1)
+        .correlate(Article)
+        .scalar_subquery()
+    )
+
+
+def _card(row) -> Card:
+    return Card(
+        id=row.id,
+        key=row.key,
+        view=row.view,
+        name=display_name(row.source_columns),
+        text=shorten(row.source_text),
+        score=row.clip_score,
+        status=row.status,
+        review_status=row.review_status,
+        attempts=row.render_attempt,
+        render_id=row.render_id,
+        error=row.error,
+    )
+
+
+def display_name(source_columns: dict | None) -> str | None:
+    """The article's name from its catalog cells (a ``name`` column), None without one.
+
+    Args:
+        source_columns: the cells of its catalog row under the catalog's headers.
+    """
+    cells = {str(k).strip().lower(): v for k, v in (source_columns or {}).items()}
+    for header in NAME_HEADERS:
+        value = cells.get(header)
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
+def shorten(text: str | None, limit: int = SHORT_TEXT_CHARS) -> str:
+    """``text`` on one line, cut at a word before ``limit`` characters with an ellipsis."""
+    flat = " ".join((text or "").split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: limit - 1].rsplit(" ", 1)[0] or flat[: limit - 1]
+    return cut + "…"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One render attempt of an article, as the article page shows it."""
+
+    render: Render
+    published: bool
+    superseded: bool  # made for earlier text or prompts; it no longer competes
+
+
+@dataclass(frozen=True)
+class ArticlePage:
+    """Everything the article page shows; plain loaded rows, safe to use after the session."""
+
+    article: Article
+    batch: Batch
+    name: str | None
+    attempts: list[Attempt]
+    history: list[ReviewAction]
+    state: dict
+
+
+def article_page(session: Session, article_id: int) -> ArticlePage | None:
+    """An article with its batch, every render attempt and its review history.
+
+    Args:
+        session: any session.
+        article_id: the article.
+
+    Returns:
+        The page's data, or None when there is no such article (or it was removed).
+    """
+    article = session.get(Article, article_id)
+    if article is None or article.removed_at is not None:
+        return None
+    batch = session.get(Batch, article.batch_id)
+    by_attempt = select(Render).where(Render.article_id == article_id).order_by(Render.attempt)
+    renders = list(session.scalars(by_attempt))
+    best = best_render(renders, article.attempt_base)
+    attempts = [
+        Attempt(r, best is not None and r.id == best.id, r.attempt < article.attempt_base)
+        for r in renders
+    ]
+    history = list(
+        session.scalars(
+            select(ReviewAction)
+            .where(ReviewAction.article_id == article_id)
+            .order_by(ReviewAction.at.desc(), ReviewAction.id.desc())
+        )
+    )
+    name = display_name(article.source_columns)
+    return ArticlePage(article, batch, name, attempts, history, _state(article, renders))
+
+
+def article_state(session: Session, article_id: int) -> dict | None:
+    """What the article page polls for: enough to notice a new attempt or verdict.
+
+    Args:
+        session: any session.
+        article_id: the article.
+
+    Returns:
+        ``status``, ``review_status``, ``clip_score``, ``renders`` (how many attempts),
+        ``latest_attempt``, ``latest_score`` and ``version``, a text that changes whenever
+        any of them does; None when there is no such article.
+    """
+    article = session.get(Article, article_id)
+    if article is None or article.removed_at is not None:
+        return None
+    renders = list(session.scalars(select(Render).where(Render.article_id == article_id)))
+    return _state(article, renders)
+
+
+def _state(article: Article, renders: list[Render]) -> dict:
+    latest = max(renders, key=lambda r: r.attempt, default=None)
+    state = {
+        "id": article.id,
+        "status": article.status,
+        "review_status": article.review_status,
+        "clip_score": article.clip_score,
+        "renders": len(renders),
+        "latest_attempt": latest.attempt if latest else None,
+        "latest_score": latest.clip_score if latest else None,
+    }
+    state["version"] = "|".join(str(state[k]) for k in sorted(state))
+    return state
+
+
+def articles_of_batch(session: Session, batch_id: str, article_ids: list[int]) -> list[int]:
+    """Those of ``article_ids`` that belong to the batch (a form may name any id)."""
+    if not article_ids:
+        return []
+    return list(
+        session.scalars(
+            select(Article.id)
+            .where(Article.batch_id == batch_id, Article.id.in_(article_ids))
+            .order_by(Article.id)
+        )
+    )
+
+
+def article_exists(session: Session, article_id: int) -> bool:
+    """Whether the article exists and was not removed from its catalog."""
+    found = session.scalar(
+        select(Article.id).where(Article.id == article_id, Article.removed_at.is_(None))
+    )
+    return found is not None
+
+
+def batch_exists(session: Session, batch_id: str) -> bool:
+    """Whether the batch exists."""
+    return session.get(Batch, batch_id) is not None
