@@ -37,3 +37,7 @@ class SelectionError(UserError):
 class ReviewRefused(UserError):
     """A review studio action cannot be done: the article is busy, the user may not, the
     input is wrong, or the broker is away (nothing was changed)."""
+
+
+class ReviewForbidden(ReviewRefused):
+    """The user's role does not allow the action (a reviewer asking for a bulk action)."""

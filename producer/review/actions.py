@@ -28,13 +28,14 @@ from db.models import (
 )
 from producer.requeue import first_unfinished, reset_to_stage
 from producer.submit import BrokerUnavailable, check_broker, send_and_mark
-from tasks.exceptions import ReviewRefused
+from tasks.exceptions import ReviewForbidden, ReviewRefused
 from tasks.queues import URGENT_PRIORITY
 from tasks.registry import ORDER
 from workers.prompts import clip_prompt, generation_prompt
 
 __all__ = [
     "Reviewer",
+    "ReviewForbidden",
     "ReviewRefused",
     "approve",
     "approve_above",
@@ -99,7 +100,7 @@ def approve_above(session: Session, batch_id: str, threshold: float, reviewer: R
         How many articles were approved.
 
     Raises:
-        ReviewRefused: the reviewer is not an admin.
+        ReviewForbidden: the reviewer is not an admin.
     """
     _require_admin(reviewer, "approve a whole batch")
     query = _batch_articles(batch_id).where(
@@ -184,7 +185,8 @@ def regenerate_below(
         How many articles were sent.
 
     Raises:
-        ReviewRefused: the reviewer is not an admin, or the broker cannot be reached.
+        ReviewForbidden: the reviewer is not an admin.
+        ReviewRefused: the broker cannot be reached.
     """
     _require_admin(reviewer, "regenerate a whole batch")
     query = _batch_articles(batch_id).where(
@@ -241,7 +243,7 @@ def _renderable(session: Session, article_id: int) -> Article:
 
 def _require_admin(reviewer: Reviewer, what: str) -> None:
     if not reviewer.is_admin:
-        raise ReviewRefused(f"not allowed: only an admin may {what}")
+        raise ReviewForbidden(f"not allowed: only an admin may {what}")
 
 
 def _check_broker(app: Celery) -> None:

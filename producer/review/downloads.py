@@ -28,7 +28,7 @@ from db.models import Article, Batch, Render, ReviewStatus
 from producer.export import export_rows, write_export
 from producer.review.auth import data
 from producer.review.web import in_session
-from tasks.outputs import atomic_path, attempt_image_path, batch_dir
+from tasks.outputs import atomic_path, attempt_image_path, batch_dir, view_stem
 
 THUMB_PX = 256
 THUMB_DIR = ".thumbs"
@@ -64,13 +64,14 @@ def render_file(session: Session, render_id: int, output_dir: Path) -> Path | No
         The file, or None when there is no such render or its image is gone.
     """
     row = session.execute(
-        select(Render.image_path, Render.attempt, Article.batch_id, Article.file_stem)
+        select(Render.image_path, Render.attempt, Article.batch_id, Article.file_stem, Article.view)
         .join(Article, Render.article_id == Article.id)
         .where(Render.id == render_id)
     ).first()
     if row is None:
         return None
-    laid_out = attempt_image_path(output_dir, row.batch_id, row.file_stem, row.attempt)
+    stem = view_stem(row.file_stem, row.view)
+    laid_out = attempt_image_path(output_dir, row.batch_id, stem, row.attempt)
     return existing((row.image_path, laid_out))
 
 
@@ -156,7 +157,7 @@ class Approved:
 
     row: dict
     candidates: tuple[str | Path | None, ...]
-    file_stem: str
+    file_stem: str  # of the article's view: <stem>-back for a back view
 
 
 def approved_articles(session: Session, batch_id: str, output_dir: Path) -> list[Approved] | None:
@@ -184,13 +185,11 @@ def approved_articles(session: Session, batch_id: str, output_dir: Path) -> list
     for row, article in zip(rows, articles, strict=True):
         if article.review_status != ReviewStatus.approved.value:
             continue
-        extra = {
-            "view": article.view,
-            "reviewed_by": article.reviewed_by,
-            "reviewed_at": None if article.reviewed_at is None else str(article.reviewed_at),
-        }
-        candidates = (article.image_path, folder / f"{article.file_stem}.png")
-        approved.append(Approved(row | extra, candidates, article.file_stem))
+        # The export rows name the view and the reviewer already; the archive adds when.
+        extra = {"reviewed_at": None if article.reviewed_at is None else str(article.reviewed_at)}
+        stem = view_stem(article.file_stem, article.view)  # the views of a row share file_stem
+        candidates = (article.image_path, folder / f"{stem}.png")
+        approved.append(Approved(row | extra, candidates, stem))
     return approved
 
 

@@ -1,7 +1,7 @@
 """The studio's actions: each POST checks its form, calls :mod:`producer.review.actions` as
 the logged-in user, and sends the browser back where it came from with a flash message.
 
-An action the user may not do (``ReviewRefused`` saying "not allowed") is a 403; any other
+An action the user's role does not allow (``ReviewForbidden``) is a 403; any other
 refusal (a busy article, an absent broker, bad input) is shown on the page it came from.
 """
 
@@ -21,7 +21,6 @@ from producer.review.auth import action
 from producer.review.web import back_to, flash, in_session, parse_number
 
 ATTRIBUTE_PREFIX = "attr."
-FORBIDDEN_MARK = "not allowed"
 
 
 def _reviewer(request: Request) -> actions.Reviewer:
@@ -55,7 +54,7 @@ async def _perform(
     try:
         result = await in_session(request, run)
     except actions.ReviewRefused as refused:
-        if FORBIDDEN_MARK in str(refused).lower():
+        if isinstance(refused, actions.ReviewForbidden):
             raise HTTPException(403, str(refused)) from refused
         flash(request, "error", str(refused))
     else:

@@ -577,6 +577,24 @@ def test_the_approved_zip_holds_the_approved_pictures_and_their_export_sheet(stu
     assert not list(studio.output.glob(".review-zip-*"))  # the scratch folder is gone
 
 
+def test_the_zip_keeps_both_views_of_a_row_under_their_own_names(studio):
+    key = next(s.key for s in KEPT if s.review == "approved")
+    with studio.sessions() as session:
+        front = session.get(Article, studio.ids[key])
+        back_image = studio.output / BATCH / f"{front.file_stem}-back.png"
+        back_image.write_bytes(png((32, 32), (1, 2, 3)))
+        columns = {c.name: getattr(front, c.name) for c in Article.__table__.columns}
+        columns |= {"id": None, "view": "back", "image_path": str(back_image)}
+        session.add(Article(**columns))
+        session.commit()
+    login(studio)
+    response = studio.client.get("/batches/b1/approved.zip")
+    with zipfile.ZipFile(io.BytesIO(response.content)) as bundle:
+        names = set(bundle.namelist())
+        assert f"images/{front.file_stem}.png" in names
+        assert bundle.read(f"images/{front.file_stem}-back.png") == back_image.read_bytes()
+
+
 # Actions
 
 
