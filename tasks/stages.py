@@ -117,8 +117,27 @@ def prepare_translate(article: ArticleInput, ctx: StageContext) -> str:
 
 
 def call_translate(runtime, texts: list[str]) -> list[str]:
-    """German texts → English texts, in one call of the translator."""
-    return runtime(texts).texts
+    """German texts → English texts, in one call of the translator (each text once)."""
+    return once_each(lambda unique: runtime(unique).texts, texts)
+
+
+def once_each(call, inputs: list) -> list:
+    """``call`` over the distinct ``inputs`` only, its outputs handed back to every copy.
+
+    The views of one catalog row (and rows a catalog repeats) send the same text through
+    the text stages, usually in the same batch: the model reads it once. Neither model
+    samples, so a copy would get the same output anyway.
+
+    Args:
+        call: list of distinct inputs → list of outputs in the same order.
+        inputs: hashable inputs, possibly repeated.
+
+    Returns:
+        One output per input, in order.
+    """
+    unique = list(dict.fromkeys(inputs))
+    outputs = dict(zip(unique, call(unique), strict=True))
+    return [outputs[item] for item in inputs]
 
 
 def finish_translate(article: ArticleInput, text: str, ctx: StageContext) -> StageOutput:
@@ -137,8 +156,9 @@ def prepare_extract(article: ArticleInput, ctx: StageContext) -> str:
 
 
 def call_extract(runtime, texts: list[str]) -> list[dict]:
-    """English texts → attribute dicts, in one call of the extractor."""
-    return runtime(texts).attributes
+    """English texts → attribute dicts, in one call of the extractor (each text once)."""
+    # Each copy gets its own dict: a stage that edits its attributes leaves the others be.
+    return [dict(found) for found in once_each(lambda unique: runtime(unique).attributes, texts)]
 
 
 def finish_extract(article: ArticleInput, attributes: dict, ctx: StageContext) -> StageOutput:

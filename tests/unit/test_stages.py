@@ -402,3 +402,23 @@ def test_publishing_copies_where_the_file_system_has_no_hard_links(tmp_path, mon
     outputs.publish_file(source, target)
     assert target.read_bytes() == b"pixels" and target.stat().st_ino != source.stat().st_ino
     assert sorted(path.name for path in target.parent.iterdir()) == ["a.png"]
+
+
+def test_the_views_of_a_row_in_one_batch_reach_the_text_models_once(runtimes, tmp_path):
+    seen: list[list[str]] = []
+
+    def translator(texts):
+        seen.append(list(texts))
+        return runtimes.translate(texts)
+
+    def extractor(texts):
+        seen.append(list(texts))
+        return runtimes.extract(texts)
+
+    rock, bluse = "Roter Rock aus Wolle", "Bluse aus Seide"
+    english = stages.call_translate(translator, [rock, bluse, rock, rock])
+    assert seen == [[rock, bluse]]
+    assert english[0] == english[2] == english[3] == stages.call_translate(translator, [rock])[0]
+    found = stages.call_extract(extractor, [english[0], english[1], english[0]])
+    assert seen[-1] == [english[0], english[1]]
+    assert found[0] == found[2] and found[0] is not found[2]
