@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     # (e.g. X-Forwarded-User), a reverse proxy that authenticated the user names them there.
     review_secret: SecretStr | None = None
     review_auth_header: str | None = None
+    # Mark the session cookie Secure: set it when the studio is served through HTTPS.
+    review_https_only: bool = False
 
     max_cell_chars: int = 10_000
     min_clip_score: float | None = None

@@ -68,6 +68,8 @@ def create_app(
             session_cookie=SESSION_COOKIE,
             max_age=SESSION_SECONDS,
             same_site="lax",
+            # Behind a TLS proxy the cookie must never travel over plain HTTP.
+            https_only=settings.review_https_only,
         ),
     ]
     app = Starlette(

@@ -90,7 +90,11 @@ class Studio:
 
 
 def make_studio(
-    tmp_path: Path, users: bool = True, loopback: bool = True, auth_header: str | None = None
+    tmp_path: Path,
+    users: bool = True,
+    loopback: bool = True,
+    auth_header: str | None = None,
+    https_only: bool = False,
 ) -> Studio:
     """Batch ``b1`` with 150 articles (one removed), renders with PNGs, and two users.
 
@@ -110,7 +114,12 @@ def make_studio(
             session.add(User(name=ADMIN, password_hash=password_hash(), role="admin"))
             session.add(User(name=REVIEWER, password_hash=password_hash(), role="reviewer"))
         session.commit()
-    settings = Settings(output_dir=output, review_secret="s" * 40, review_auth_header=auth_header)
+    settings = Settings(
+        output_dir=output,
+        review_secret="s" * 40,
+        review_auth_header=auth_header,
+        review_https_only=https_only,
+    )
     app = create_app(settings, sessions, celery_app=object(), bound_to_loopback=loopback)
     client = TestClient(app, follow_redirects=False)
     return Studio(client, sessions, engine, output, ids)
@@ -206,6 +215,14 @@ def password_hash() -> str:
 @pytest.fixture
 def studio(tmp_path) -> Studio:
     return make_studio(tmp_path)
+
+
+@pytest.mark.parametrize("https_only", [False, True])
+def test_the_session_cookie_is_http_only_and_secure_when_served_through_https(tmp_path, https_only):
+    studio = make_studio(tmp_path, https_only=https_only)
+    cookie = studio.client.get("/login").headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie
+    assert ("secure" in cookie.split("; ")) is https_only
 
 
 def csrf_of(html: str) -> str:
