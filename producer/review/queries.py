@@ -26,6 +26,7 @@ from db.models import (
     ReviewStatus,
 )
 from producer.export import best_render
+from workers.prompts import VIEWS
 
 PAGE_SIZE = 60
 FILTERS = ("all", "failed", "below", "needs_review", "approved", "rejected", "unreviewed")
@@ -342,6 +343,7 @@ class ArticlePage:
     attempts: list[Attempt]
     history: list[ReviewAction]
     state: dict
+    views: list[tuple[int, str]]  # (article id, view) of every view of its row, itself too
 
 
 def article_page(session: Session, article_id: int) -> ArticlePage | None:
@@ -373,7 +375,21 @@ def article_page(session: Session, article_id: int) -> ArticlePage | None:
         )
     )
     name = display_name(article.source_columns)
-    return ArticlePage(article, batch, name, attempts, history, _state(article, renders))
+    state = _state(article, renders)
+    return ArticlePage(article, batch, name, attempts, history, state, _views(session, article))
+
+
+def _views(session: Session, article: Article) -> list[tuple[int, str]]:
+    """The articles of the same row in the batch's other views, in the batch's view order."""
+    rows = session.execute(
+        select(Article.id, Article.view).where(
+            Article.batch_id == article.batch_id,
+            Article.key == article.key,
+            Article.removed_at.is_(None),
+        )
+    ).all()
+    order = {view: index for index, view in enumerate(VIEWS)}
+    return sorted(((r.id, r.view) for r in rows), key=lambda pair: order.get(pair[1], len(order)))
 
 
 def article_state(session: Session, article_id: int) -> dict | None:

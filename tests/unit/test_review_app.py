@@ -594,16 +594,39 @@ def test_the_approved_zip_holds_the_approved_pictures_and_their_export_sheet(stu
     assert not list(studio.output.glob(".review-zip-*"))  # the scratch folder is gone
 
 
+def add_view(studio: Studio, key: str, view: str, **changes) -> int:
+    """A copy of article ``key`` in another view (with ``changes``); returns its id."""
+    with studio.sessions() as session:
+        front = session.get(Article, studio.ids[key])
+        columns = {c.name: getattr(front, c.name) for c in Article.__table__.columns}
+        copy = Article(**(columns | {"id": None, "view": view} | changes))
+        session.add(copy)
+        session.commit()
+        return copy.id
+
+
+def test_an_article_page_links_to_the_other_views_of_its_row(studio):
+    key = KEPT[0].key
+    detail, back = add_view(studio, key, "detail"), add_view(studio, key, "back")
+    login(studio)
+    page = studio.client.get(f"/articles/{studio.ids[key]}").text
+    views = re.search(r'<nav class="views" id="views">(.*?)</nav>', page, re.S).group(1)
+    assert re.findall(r'href="/articles/(\d+)" data-view="(\w+)"', views) == [
+        (str(back), "back"),
+        (str(detail), "detail"),
+    ]
+    assert "<strong>front</strong>" in views
+    alone = studio.client.get(f"/articles/{studio.ids[KEPT[1].key]}").text
+    assert 'id="views"' not in alone
+
+
 def test_the_zip_keeps_both_views_of_a_row_under_their_own_names(studio):
     key = next(s.key for s in KEPT if s.review == "approved")
     with studio.sessions() as session:
         front = session.get(Article, studio.ids[key])
-        back_image = studio.output / BATCH / f"{front.file_stem}-back.png"
-        back_image.write_bytes(png((32, 32), (1, 2, 3)))
-        columns = {c.name: getattr(front, c.name) for c in Article.__table__.columns}
-        columns |= {"id": None, "view": "back", "image_path": str(back_image)}
-        session.add(Article(**columns))
-        session.commit()
+    back_image = studio.output / BATCH / f"{front.file_stem}-back.png"
+    back_image.write_bytes(png((32, 32), (1, 2, 3)))
+    add_view(studio, key, "back", image_path=str(back_image))
     login(studio)
     response = studio.client.get("/batches/b1/approved.zip")
     with zipfile.ZipFile(io.BytesIO(response.content)) as bundle:
