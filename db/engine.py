@@ -32,6 +32,7 @@ from db.exceptions import (
     DatabaseUnusable,
     UnsupportedDatabase,
 )
+from db.schema import migration_connection
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # A pooled connection unused for longer than this is pinged before it is handed out: long
@@ -216,8 +217,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         engine: the database to migrate.
         revision: the revision to upgrade to; the latest by default.
     """
-    config = _alembic_config()
-    with engine.begin() as connection:
+    with migration_connection(engine) as connection:
+        config = _alembic_config()
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

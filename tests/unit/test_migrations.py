@@ -14,6 +14,7 @@ from sqlalchemy import inspect
 
 from db.engine import MIGRATIONS, make_engine, migrate
 from db.models import Base
+from db.schema import migration_connection
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def database_url(tmp_path):
 def downgrade(engine, revision: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
+    with migration_connection(engine) as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
 
@@ -60,6 +61,14 @@ def test_a_database_of_the_previous_revision_gets_the_status_id_index_and_can_go
     engine.dispose()
 
 
+def insert_render(connection, article_id: int) -> None:
+    connection.exec_driver_sql(
+        "INSERT INTO renders (article_id, attempt, seed, model_id, width, height, steps, "
+        f"image_path, seconds, worker, created_at) VALUES ({article_id}, 1, 1, 'm', 8, 8, "
+        "1, 'x.png', 0.1, 'w', '2026-12-01')"
+    )
+
+
 def test_articles_of_the_previous_revision_become_front_views_and_it_can_go_back(database_url):
     engine = make_engine(database_url)
     migrate(engine, "0005")
@@ -74,6 +83,7 @@ def test_articles_of_the_previous_revision_become_front_views_and_it_can_go_back
             "stage_attempts, requeues, created_at, updated_at) VALUES ('b1', 'K1', 'K1', "
             "'c.csv', 'csv', 2, 'Bluse', '', 'done', 1, 1, 0, 0, '2026-12-01', '2026-12-01')"
         )
+        insert_render(connection, 1)
     migrate(engine)
     with engine.begin() as connection:
         row = connection.exec_driver_sql("SELECT view, review_status FROM articles").one()
@@ -88,8 +98,12 @@ def test_articles_of_the_previous_revision_become_front_views_and_it_can_go_back
         )
     assert {"users", "review_actions"} <= set(inspect(engine).get_table_names())
     with engine.begin() as connection:
-        connection.exec_driver_sql("DELETE FROM articles WHERE view = 'back'")
+        insert_render(connection, 2)  # the back view rendered too
     downgrade(engine, "0005")
+    with engine.begin() as connection:
+        assert connection.exec_driver_sql("SELECT key FROM articles").all() == [("K1",)]
+        renders = connection.exec_driver_sql("SELECT article_id FROM renders").all()
+        assert renders == [(1,)]
     names = {column["name"] for column in inspect(engine).get_columns("articles")}
     assert "view" not in names and "review_status" not in names
     assert "users" not in inspect(engine).get_table_names()

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(80), nullable=False, unique=True),
         sa.Column("password_hash", sa.Text(), nullable=False),
         sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("session_epoch", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
@@ -54,6 +55,12 @@ def downgrade() -> None:
     op.drop_index("ix_review_actions_batch_id", "review_actions")
     op.drop_table("review_actions")
     op.drop_table("users")
+    # Before this revision an article has no view: the other views' articles go, with their
+    # renders and stage runs, or the old unique key (batch, key) would not hold.
+    others = "SELECT id FROM articles WHERE view <> 'front'"
+    op.execute(f"DELETE FROM renders WHERE article_id IN ({others})")
+    op.execute(f"DELETE FROM stage_runs WHERE article_id IN ({others})")
+    op.execute("DELETE FROM articles WHERE view <> 'front'")
     with op.batch_alter_table("articles") as batch:
         batch.drop_constraint("uq_article_batch_key_view", type_="unique")
         batch.create_unique_constraint("uq_article_batch_key", ["batch_id", "key"])
