@@ -212,6 +212,8 @@ def reset_to_stage(session: Session, article: Article, stage: str) -> None:
             # New prompts: scores of earlier attempts were measured against the old ones.
             article.attempt_base = article.render_attempt
     article.status = STAGES[stage].input.value
+    # The picture a verdict was about is being replaced: the next one needs its own.
+    article.review_status = article.reviewed_by = article.reviewed_at = None
     article.stage_attempts = 0
     article.error = article.error_kind = article.error_stage = None
     article.lease_token = article.lease_stage = article.lease_expires_at = None

@@ -6,15 +6,22 @@ attempt with the next seed, at urgent priority, so the result lands while the re
 waits. Earlier attempts stay on disk and in the renders table, but no longer compete for
 the published image (``attempt_base`` moves to the new attempt), since a reviewer turned
 them down or they were made from other prompts.
+
+Every action first takes its article with one conditional UPDATE: the article must still be
+ended, held by no worker, and (when the page says which attempt the reviewer looked at) at
+that attempt. A second reviewer, a double click or a requeue racing with the action then
+finds the article changed and is refused, instead of rendering it twice or approving a
+picture nobody saw. The UPDATE also locks the row until the action commits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -45,8 +52,9 @@ __all__ = [
     "regenerate_below",
 ]
 
+logger = logging.getLogger(__name__)
 RENDER = "render"
-_ENDED = {status.value for status in TERMINAL_STATUSES}
+_ENDED = tuple(status.value for status in TERMINAL_STATUSES)
 _WITH_PICTURE = (ArticleStatus.done.value, ArticleStatus.needs_review.value)
 
 
@@ -63,38 +71,48 @@ class Reviewer:
         return self.role == UserRole.admin.value
 
 
-def approve(session: Session, article_ids: Sequence[int], reviewer: Reviewer) -> int:
+def approve(
+    session: Session,
+    article_ids: Sequence[int],
+    reviewer: Reviewer,
+    seen: Mapping[int, int] | None = None,
+) -> int:
     """Approve the finished pictures of these articles.
 
-    Articles without a finished picture, removed ones and those approved already are left
-    as they are.
+    Articles without a finished picture, busy or removed ones, those approved already and
+    those no longer at the attempt the reviewer saw are left as they are.
 
     Args:
         session: a session; it is committed.
         article_ids: the articles.
         reviewer: who approves.
+        seen: article id → the render attempt the reviewer looked at, where the page knew.
 
     Returns:
         How many articles were approved.
 
     Raises:
-        ReviewRefused: none of the articles has a picture to approve.
+        ReviewRefused: none of the articles could be approved (the message says why).
     """
-    articles = session.scalars(select(Article).where(Article.id.in_(list(article_ids)))).all()
-    if not articles:
-        raise ReviewRefused("no such article")
-    approvable = [a for a in articles if _has_picture(a)]
-    if not approvable:
-        raise ReviewRefused("nothing to approve: no finished picture among the chosen articles")
-    approved = [a for a in approvable if a.review_status != ReviewStatus.approved.value]
-    for article in approved:
-        _judge(session, article, ReviewStatus.approved, reviewer)
+    seen = seen or {}
+    approved, reasons = 0, []
+    for article_id in article_ids:
+        article = _hold(session, article_id, _WITH_PICTURE, seen.get(article_id))
+        if isinstance(article, str):
+            reasons.append(article)
+        elif article.image_path is None:
+            reasons.append(f"article {article.key} has no finished picture")
+        elif article.review_status != ReviewStatus.approved.value:
+            _judge(session, article, ReviewStatus.approved, reviewer, _verdict(article))
+            approved += 1
     session.commit()
-    return len(approved)
+    if reasons and not approved and len(reasons) == len(article_ids):
+        raise ReviewRefused(f"nothing to approve: {reasons[0]}")
+    return approved
 
 
 def approve_above(session: Session, batch_id: str, threshold: float, reviewer: Reviewer) -> int:
-    """Approve every finished picture of a batch scoring at least ``threshold`` (admins only).
+    """Approve every unapproved finished picture of a batch scoring at least ``threshold``.
 
     Returns:
         How many articles were approved.
@@ -103,51 +121,63 @@ def approve_above(session: Session, batch_id: str, threshold: float, reviewer: R
         ReviewForbidden: the reviewer is not an admin.
     """
     _require_admin(reviewer, "approve a whole batch")
-    query = _batch_articles(batch_id).where(
-        Article.status.in_(_WITH_PICTURE),
-        Article.image_path.is_not(None),
-        Article.clip_score >= threshold,
-        (Article.review_status != ReviewStatus.approved.value) | Article.review_status.is_(None),
-    )
-    articles = session.scalars(query).all()
-    for article in articles:
-        _judge(session, article, ReviewStatus.approved, reviewer)
+    chosen = _batch_ids(session, batch_id, Article.clip_score >= threshold)
+    approved = 0
+    for article_id in chosen:
+        article = _hold(session, article_id, _WITH_PICTURE)
+        if not isinstance(article, str) and article.image_path is not None:
+            _judge(session, article, ReviewStatus.approved, reviewer, _verdict(article))
+            approved += 1
     session.commit()
-    return len(articles)
+    return approved
 
 
 def reject_and_regenerate(
-    session: Session, app: Celery, article_id: int, reviewer: Reviewer
+    session: Session,
+    app: Celery,
+    article_id: int,
+    reviewer: Reviewer,
+    seen_attempt: int | None = None,
 ) -> None:
     """Reject an article's picture and render it again with the next attempt's seed.
 
     Raises:
-        ReviewRefused: the article is still being worked on, has no prompt yet, or the
-            broker cannot be reached (then nothing was changed).
+        ReviewRefused: the article is being worked on, changed since ``seen_attempt``, has
+            no prompt yet, or the broker cannot be reached (then nothing was changed).
     """
-    article = _renderable(session, article_id)
     _check_broker(app)
-    _judge(session, article, ReviewStatus.rejected, reviewer)
+    article = _renderable(session, article_id, seen_attempt)
+    before = _verdict(article)
     _render_again(session, article)
+    _judge(session, article, ReviewStatus.rejected, reviewer, before)
     _send(session, app, [article])
 
 
 def edit_attributes(
-    session: Session, app: Celery, article_id: int, attributes: dict, reviewer: Reviewer
+    session: Session,
+    app: Celery,
+    article_id: int,
+    attributes: Mapping[str, str],
+    reviewer: Reviewer,
+    seen_attempt: int | None = None,
 ) -> None:
-    """Replace an article's attributes, rebuild both prompts from them, and render again.
+    """Change some of an article's attributes, rebuild both prompts, and render again.
+
+    Attributes not given keep their values; a name the article does not have is refused.
 
     Raises:
-        ReviewRefused: as :func:`reject_and_regenerate`, or the attributes are not a mapping
-            of names to text.
+        ReviewRefused: as :func:`reject_and_regenerate`, or an unknown attribute name.
     """
-    if not isinstance(attributes, dict) or not all(isinstance(k, str) for k in attributes):
-        raise ReviewRefused("attributes must map names to values")
-    article = _renderable(session, article_id)
     _check_broker(app)
+    article = _renderable(session, article_id, seen_attempt)
+    known = dict(article.attributes or {})
+    unknown = sorted(set(attributes) - set(known))
+    if unknown:
+        session.rollback()
+        raise ReviewRefused(f"article {article.key} has no attribute {', '.join(unknown)}")
     before = _prompt_fields(article)
     _render_again(session, article)
-    article.attributes = dict(attributes)
+    article.attributes = known | dict(attributes)
     article.generation_prompt = generation_prompt(article.attributes, view=article.view)
     article.clip_prompt = clip_prompt(article.attributes, view=article.view)
     _record(session, article, "edit_attributes", reviewer, before, _prompt_fields(article))
@@ -155,7 +185,12 @@ def edit_attributes(
 
 
 def edit_prompt(
-    session: Session, app: Celery, article_id: int, prompt: str, reviewer: Reviewer
+    session: Session,
+    app: Celery,
+    article_id: int,
+    prompt: str,
+    reviewer: Reviewer,
+    seen_attempt: int | None = None,
 ) -> None:
     """Replace an article's generation prompt and render again from it.
 
@@ -165,8 +200,8 @@ def edit_prompt(
     prompt = " ".join((prompt or "").split())
     if not prompt:
         raise ReviewRefused("the generation prompt is empty")
-    article = _renderable(session, article_id)
     _check_broker(app)
+    article = _renderable(session, article_id, seen_attempt)
     before = {"generation_prompt": article.generation_prompt}
     _render_again(session, article)
     article.generation_prompt = prompt
@@ -177,7 +212,7 @@ def edit_prompt(
 def regenerate_below(
     session: Session, app: Celery, batch_id: str, threshold: float, reviewer: Reviewer
 ) -> int:
-    """Render again every finished article of a batch scoring below ``threshold`` (admins).
+    """Render again every finished, unapproved article of a batch scoring below ``threshold``.
 
     Approved articles are left alone: a merchandiser already accepted their picture.
 
@@ -186,54 +221,84 @@ def regenerate_below(
 
     Raises:
         ReviewForbidden: the reviewer is not an admin.
-        ReviewRefused: the broker cannot be reached.
+        ReviewRefused: the broker cannot be reached (nothing was changed).
     """
     _require_admin(reviewer, "regenerate a whole batch")
-    query = _batch_articles(batch_id).where(
-        Article.status.in_(_WITH_PICTURE),
-        Article.clip_score < threshold,
-        (Article.review_status != ReviewStatus.approved.value) | Article.review_status.is_(None),
-    )
-    articles = [a for a in session.scalars(query) if a.generation_prompt]
-    if not articles:
+    chosen = _batch_ids(session, batch_id, Article.clip_score < threshold)
+    if not chosen:
         return 0
     _check_broker(app)
-    for article in articles:
+    sent = []
+    for article_id in chosen:
+        article = _hold(session, article_id, _WITH_PICTURE)
+        if isinstance(article, str) or not article.generation_prompt:
+            continue
         before = {"clip_score": article.clip_score, "attempt": article.render_attempt}
         _render_again(session, article)
         after = {"threshold": threshold, "attempt": article.render_attempt}
         _record(session, article, "regenerate", reviewer, before, after)
-    _send(session, app, articles)
-    return len(articles)
+        sent.append(article)
+    _send(session, app, sent)
+    return len(sent)
 
 
-def _batch_articles(batch_id: str):
-    return (
-        select(Article)
-        .where(Article.batch_id == batch_id, Article.removed_at.is_(None))
-        .order_by(Article.id)
+def _batch_ids(session: Session, batch_id: str, condition) -> list[int]:
+    """Ids of a batch's finished, unapproved articles meeting ``condition``, in order."""
+    unapproved = (Article.review_status != ReviewStatus.approved.value) | (
+        Article.review_status.is_(None)
     )
-
-
-def _has_picture(article: Article) -> bool:
-    return (
-        article.removed_at is None
-        and article.status in _WITH_PICTURE
-        and article.image_path is not None
+    query = select(Article.id).where(
+        Article.batch_id == batch_id,
+        Article.removed_at.is_(None),
+        Article.status.in_(_WITH_PICTURE),
+        unapproved,
+        condition,
     )
+    return list(session.scalars(query.order_by(Article.id)))
 
 
-def _renderable(session: Session, article_id: int) -> Article:
-    """The article, when it may be rendered again now."""
-    article = session.get(Article, article_id)
+def _hold(
+    session: Session, article_id: int, statuses: Collection[str], seen_attempt: int | None = None
+) -> Article | str:
+    """Take the article for this action, if it is still as the reviewer saw it.
+
+    Returns:
+        The article (its row locked until the session commits), or why it cannot be taken.
+    """
+    query = update(Article).where(
+        Article.id == article_id,
+        Article.removed_at.is_(None),
+        Article.status.in_(list(statuses)),
+        Article.lease_token.is_(None),
+    )
+    if seen_attempt is not None:
+        query = query.where(Article.render_attempt == seen_attempt)
+    taken = session.execute(
+        query.values(updated_at=utcnow()), execution_options={"synchronize_session": False}
+    ).rowcount
+    article = session.get(Article, article_id, populate_existing=True)
+    if taken == 1:
+        return article
     if article is None or article.removed_at is not None:
-        raise ReviewRefused(f"no article {article_id}")
-    if article.status not in _ENDED:
-        raise ReviewRefused(
-            f"article {article.key} is still being worked on ({article.status}); "
-            "wait for its result"
+        return f"no article {article_id}"
+    if article.status not in _ENDED or article.lease_token is not None:
+        return f"article {article.key} is still being worked on ({article.status})"
+    if seen_attempt is not None and article.render_attempt != seen_attempt:
+        return (
+            f"article {article.key} changed meanwhile (now attempt {article.render_attempt}); "
+            "reload the page"
         )
+    return f"article {article.key} has no finished picture ({article.status})"
+
+
+def _renderable(session: Session, article_id: int, seen_attempt: int | None) -> Article:
+    """The article, taken for this action, when it may be rendered again now."""
+    article = _hold(session, article_id, _ENDED, seen_attempt)
+    if isinstance(article, str):
+        session.rollback()
+        raise ReviewRefused(article)
     if first_unfinished(article) < ORDER.index(RENDER) or not article.generation_prompt:
+        session.rollback()
         raise ReviewRefused(
             f"article {article.key} has no prompt to render from yet; "
             "requeue it with `farm requeue` first"
@@ -264,17 +329,28 @@ def _send(session: Session, app: Celery, articles: list[Article]) -> None:
     """Commit, then send each article's chain from the render stage at urgent priority."""
     chains = [(a.id, a.key, RENDER) for a in articles]
     session.commit()
-    # A crash between the commit and the send leaves sent_at empty: the reaper sends them.
-    send_and_mark(app, session.get_bind(), chains, priority=URGENT_PRIORITY)
+    if not chains:
+        return
+    try:
+        send_and_mark(app, session.get_bind(), chains, priority=URGENT_PRIORITY)
+    except Exception as error:  # kombu raises many kinds; the change itself is stored
+        # sent_at stays empty, so the workers' reaper sends them once the broker is back.
+        logger.warning(
+            "review: %d chain(s) not sent now (%s); the reaper sends them", len(chains), error
+        )
 
 
-def _judge(session: Session, article: Article, verdict: ReviewStatus, reviewer: Reviewer) -> None:
-    before = {"review_status": article.review_status, "attempt": article.render_attempt}
+def _verdict(article: Article) -> dict:
+    return {"review_status": article.review_status, "attempt": article.render_attempt}
+
+
+def _judge(
+    session: Session, article: Article, verdict: ReviewStatus, reviewer: Reviewer, before: dict
+) -> None:
     article.review_status = verdict.value
     article.reviewed_by = reviewer.name
     article.reviewed_at = utcnow()
-    after = {"review_status": verdict.value, "attempt": article.render_attempt}
-    _record(session, article, verdict.name, reviewer, before, after)
+    _record(session, article, verdict.name, reviewer, before, _verdict(article))
 
 
 def _prompt_fields(article: Article) -> dict:

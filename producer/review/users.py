@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import User, UserRole
@@ -44,12 +44,28 @@ def add_user(
     if user is not None and not replace:
         raise UserRefused(f"user {name!r} exists already; add --replace to set a new password")
     if user is None:
-        user = User(name=name)
+        user = User(name=name, session_epoch=0)
         session.add(user)
+    else:
+        # A new password (often after a leak) ends the sessions opened with the old one.
+        user.session_epoch += 1
     user.password_hash = _HASHER.hash(password)
     user.role = role
     session.commit()
     return user
+
+
+def end_sessions(session: Session, name: str) -> None:
+    """End every open session of user ``name`` (their cookies stop being accepted).
+
+    Args:
+        session: a session; it is committed.
+        name: the user.
+    """
+    session.execute(
+        update(User).where(User.name == name).values(session_epoch=User.session_epoch + 1)
+    )
+    session.commit()
 
 
 def authenticate(session: Session, name: str, password: str) -> User | None:

@@ -206,3 +206,93 @@ def test_a_regeneration_with_the_broker_away_changes_nothing(sessions):
         article = session.get(Article, article_id)
         assert (article.status, article.review_status) == (ArticleStatus.done.value, None)
         assert session.scalars(select(ReviewAction)).all() == []
+
+
+def test_a_new_picture_clears_the_verdict_on_the_old_one(sessions, app):
+    with sessions() as session:
+        article_id = by_key(session, "A1").id
+        approve(session, [article_id], RITA)
+        edit_prompt(session, app, article_id, "a white blouse on a hanger", RITA)
+    with sessions() as session:
+        article = session.get(Article, article_id)
+        assert (article.review_status, article.reviewed_by, article.reviewed_at) == (None,) * 3
+        assert history(session, "A1") == [("rita", "approved"), ("rita", "edit_prompt")]
+
+
+def test_a_second_reject_of_the_same_picture_is_refused_and_sends_nothing(sessions, app):
+    with sessions() as session:
+        article_id = by_key(session, "A2").id
+        reject_and_regenerate(session, app, article_id, RITA, seen_attempt=1)
+    with sessions() as session, pytest.raises(ReviewRefused, match="still being worked on"):
+        reject_and_regenerate(session, app, article_id, ADA, seen_attempt=1)
+    with sessions() as session:
+        session.execute(
+            Article.__table__.update()
+            .where(Article.id == article_id)
+            .values(status=ArticleStatus.done.value, render_attempt=2)
+        )  # the new attempt landed: the old page still says attempt 1
+        session.commit()
+        with pytest.raises(ReviewRefused, match="changed meanwhile .*attempt 2.*reload"):
+            reject_and_regenerate(session, app, article_id, ADA, seen_attempt=1)
+        with pytest.raises(ReviewRefused, match="changed meanwhile"):
+            approve(session, [article_id], ADA, seen={article_id: 1})
+        assert history(session, "A2") == [("rita", "rejected")]
+    assert queued(app) == 1
+
+
+def test_an_article_a_worker_holds_is_left_alone(sessions, app):
+    with sessions() as session:
+        article = by_key(session, "A3")
+        article.lease_token = "someone.else"
+        session.commit()
+        with pytest.raises(ReviewRefused, match="still being worked on"):
+            edit_prompt(session, app, article.id, "a blouse", RITA)
+        with pytest.raises(ReviewRefused, match="nothing to approve"):
+            approve(session, [article.id], RITA)
+        assert regenerate_below(session, app, "b1", 1.0, ADA) == 3  # A1, A2, A4: not A3
+    assert queued(app) == 3
+
+
+def test_editing_some_attributes_keeps_the_others_and_refuses_unknown_names(sessions, app):
+    with sessions() as session:
+        article_id = by_key(session, "A4").id
+        with pytest.raises(ReviewRefused, match="no attribute colour"):
+            edit_attributes(session, app, article_id, {"colour": "red"}, RITA)
+        edit_attributes(session, app, article_id, {"product_type": "tunic"}, RITA)
+    with sessions() as session:
+        assert session.get(Article, article_id).attributes == ATTRIBUTES | {"product_type": "tunic"}
+    assert queued(app) == 1
+
+
+@pytest.mark.parametrize("action", ["edit_prompt", "edit_attributes", "regenerate_below"])
+def test_any_regeneration_with_the_broker_away_changes_nothing(sessions, action):
+    away = configure(Settings(broker_url="redis://127.0.0.1:1/0"))
+    with sessions() as session:
+        article_id = by_key(session, "A1").id
+        calls = {
+            "edit_prompt": lambda: edit_prompt(session, away, article_id, "a blouse", RITA),
+            "edit_attributes": lambda: edit_attributes(
+                session, away, article_id, {"product_type": "tunic"}, RITA
+            ),
+            "regenerate_below": lambda: regenerate_below(session, away, "b1", 1.0, ADA),
+        }
+        with pytest.raises(ReviewRefused, match="nothing was changed"):
+            calls[action]()
+    with sessions() as session:
+        assert [a.render_attempt for a in session.scalars(select(Article))] == [1] * 6
+        assert session.scalars(select(ReviewAction)).all() == []
+
+
+def test_a_send_that_fails_after_the_commit_leaves_the_article_to_the_reaper(
+    sessions, app, monkeypatch
+):
+    def broker_gone(*args, **kwargs):
+        raise ConnectionError("the broker went away")
+
+    monkeypatch.setattr("producer.review.actions.send_and_mark", broker_gone)
+    with sessions() as session:
+        article_id = by_key(session, "A2").id
+        reject_and_regenerate(session, app, article_id, RITA)
+    with sessions() as session:
+        article = session.get(Article, article_id)
+        assert (article.status, article.sent_at) == (ArticleStatus.extracted.value, None)
