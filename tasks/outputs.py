@@ -157,13 +157,15 @@ def batch_dir(output_dir: Path, batch_id: str) -> Path:
 
 def view_stem(stem: str, view: str) -> str:
     """The file name stem of one view of a row: the row's own stem for the front view
-    (file names as before views existed), ``<stem>-<view>`` for the others.
+    (so a catalog's front images keep the names they always had), ``<stem>@<view>`` for the
+    others. ``@`` never occurs in a stem (:func:`safe_stem`), so SKU ``A`` seen from the back
+    and SKU ``A-back`` from the front never share a file.
 
     Args:
         stem: the row's stem (``Article.file_stem``).
         view: the article's view.
     """
-    return stem if view == DEFAULT_VIEW else f"{stem}-{view}"
+    return stem if view == DEFAULT_VIEW else f"{stem}@{view}"
 
 
 def attempt_image_path(output_dir: Path, batch_id: str, stem: str, attempt: int) -> Path:

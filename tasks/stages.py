@@ -14,11 +14,11 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from db.models import ArticleStatus
+from db.models import DEFAULT_VIEW, ArticleStatus
 from tasks import outputs
 from tasks.exceptions import InvalidArticle, TransientStageError
 from tasks.handoff import RecentImages, read_rgb
-from workers.prompts import FRONT, clip_prompt, generation_prompt
+from workers.prompts import clip_prompt, generation_prompt
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class ArticleInput:
     attempt_base: int = 1
     min_clip_score: float | None = None  # the batch's own threshold, if it has one
     renders: tuple[RenderInput, ...] = ()
-    view: str = FRONT  # one catalog row rendered in several views is one article per view
+    view: str = DEFAULT_VIEW  # one catalog row rendered in several views is one article per view
 
     @classmethod
     def from_row(cls, row: dict, renders: tuple[dict, ...] = ()) -> ArticleInput:
@@ -67,9 +67,10 @@ class ArticleInput:
 
     @property
     def seed_key(self) -> str:
-        """What its render seeds derive from: the key for the front (seeds as before any
-        other view existed), the key and the view otherwise, so views never share a seed."""
-        return self.key if self.view == FRONT else f"{self.key}@{self.view}"
+        """What its render seeds derive from: the key alone for the front (so a catalog's
+        front renders stay reproducible), the key and the view otherwise, joined by a NUL that
+        no spreadsheet key holds, so no two articles share a seed."""
+        return self.key if self.view == DEFAULT_VIEW else f"{self.key}\x00{self.view}"
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,15 @@ from PIL import Image
 from sqlalchemy import insert, select
 
 from db.engine import make_engine, migrate, session_factory
-from db.models import Article, ArticleStatus, Batch
+from db.models import DEFAULT_VIEW, Article, ArticleStatus, Batch
 from db.transitions import claim, new_token
 from producer.catalog import CatalogRow
 from producer.cli import main
 from producer.imports import import_catalog
 from tasks import stages
+from tasks.outputs import safe_stem
 from workers.profiles import DEFAULT
-from workers.prompts import VIEWS, clip_prompt, generation_prompt
+from workers.prompts import FRONT, VIEWS, clip_prompt, generation_prompt
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = {"profile": "tiny"}
@@ -67,11 +68,11 @@ def current(sessions) -> dict[tuple[str, str], Article]:
 def test_the_front_view_keeps_its_seeds_and_every_other_view_has_its_own():
     seeds = {view: stages.prepare_render(article(view), None)[1] for view in VIEWS}
 
-    assert seeds["front"] == stages.render_seed("SKU-1", 1)  # as before views existed
-    assert seeds["back"] == stages.render_seed("SKU-1@back", 1)
+    assert seeds["front"] == stages.render_seed("SKU-1", 1)  # the key alone
+    assert seeds["back"] == stages.render_seed("SKU-1\x00back", 1)
     assert len(set(seeds.values())) == len(VIEWS)
     second = stages.prepare_render(article("back", render_attempt=2), None)[1]
-    assert second == stages.render_seed("SKU-1@back", 2) != seeds["back"]
+    assert second == stages.render_seed("SKU-1\x00back", 2) != seeds["back"]
 
 
 @pytest.mark.parametrize("view", VIEWS)
@@ -98,11 +99,11 @@ def test_a_non_front_view_names_its_files_with_the_view_and_records_it(tmp_path)
     front = render_and_score("front", tmp_path, 0.3)
 
     folder = tmp_path / "b1"
-    assert back.values["image_path"] == str(folder / "SKU-1-back.png")
+    assert back.values["image_path"] == str(folder / "SKU-1@back.png")
     assert front.values["image_path"] == str(folder / "SKU-1.png")
-    assert (folder / "attempts" / "SKU-1-back.1.png").is_file()
+    assert (folder / "attempts" / "SKU-1@back.1.png").is_file()
     assert (folder / "attempts" / "SKU-1.1.png").is_file()
-    record = json.loads((folder / "SKU-1-back.json").read_text())
+    record = json.loads((folder / "SKU-1@back.json").read_text())
     assert (record["sample_id"], record["view"]) == ("SKU-1", "back")
     assert json.loads((folder / "SKU-1.json").read_text())["view"] == "front"
 
@@ -125,7 +126,7 @@ def test_a_claimed_article_reaches_its_stage_with_its_view(engine):
 
     loaded = stages.ArticleInput.from_row(held.article)
 
-    assert (loaded.key, loaded.view, loaded.stem) == ("K", "detail", "K-detail")
+    assert (loaded.key, loaded.view, loaded.stem) == ("K", "detail", "K@detail")
 
 
 # --- import ---------------------------------------------------------------------------------
@@ -269,3 +270,19 @@ def test_farm_submit_with_views_and_again_without_keeps_the_batchs_views(tmp_pat
     assert "6 chains sent" in shown
     assert "0 new, 0 changed, 6 unchanged, 0 removed" in " ".join(again.stderr.split())
     assert again.stdout == first.stdout  # the same batch
+
+
+def test_a_view_never_shares_a_file_or_a_seed_with_another_rows_front():
+    # SKU "A" seen from the back and SKU "A-back" / "A@back" from the front.
+    back = stages.ArticleInput(id=1, key="A", batch_id="b", file_stem="A", source_text="x",
+                               view="back")  # fmt: skip
+    fronts = [
+        stages.ArticleInput(id=2, key=key, batch_id="b", file_stem=safe_stem(key), source_text="x")
+        for key in ("A-back", "A@back")
+    ]
+    assert back.stem not in {front.stem for front in fronts}
+    assert back.seed_key not in {front.seed_key for front in fronts}
+
+
+def test_the_default_view_of_the_database_is_the_prompts_front():
+    assert DEFAULT_VIEW == FRONT == VIEWS[0]
