@@ -16,6 +16,7 @@ from tasks.exceptions import UserError
 from tasks.settings import Settings
 
 DEFAULT_PORT = 8600
+MIN_SECRET_CHARS = 32
 
 
 class StudioRefused(UserError):
@@ -47,10 +48,11 @@ def serve(settings: Settings, host: str, port: int) -> None:
     Without any user it listens on this machine only, read-only: add one with
     `farm review add-user NAME`.
     """
+    _check_secret(settings)
     sessions = guards.database(settings)
     with sessions() as session:
         users = count_users(session)
-    if not users and not settings.review_auth_header and not is_loopback(host):
+    if not users and not is_loopback(host):
         raise StudioRefused(
             f"refusing to serve on {host}: no studio user exists, so anyone reaching it could "
             "see the catalog. Add one with `farm review add-user NAME` or serve on 127.0.0.1"
@@ -64,7 +66,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
     loopback = is_loopback(host)
     studio = create_app(settings, sessions, configure(settings), bound_to_loopback=loopback)
     where = f"http://{host}:{port}/"
-    mode = "" if users or settings.review_auth_header else " (read-only: no user yet)"
+    mode = "" if users else " (read-only: no user yet)"
     click.echo(f"review studio on {where}{mode}", err=True)
     uvicorn.run(studio, host=host, port=port, log_level="warning", proxy_headers=False)
 
@@ -87,6 +89,18 @@ def add_user_command(settings: Settings, name: str, role: str, replace: bool) ->
     with sessions() as session:
         add_user(session, name, password, role, replace=replace)
     click.echo(f"user {name} ({role}) {'updated' if replace else 'added'}", err=True)
+
+
+def _check_secret(settings: Settings) -> None:
+    """Refuse a cookie key anyone could guess: whoever knows it can sign an admin's session."""
+    if settings.review_secret is None:
+        return
+    secret = settings.review_secret.get_secret_value()
+    if len(secret) < MIN_SECRET_CHARS or "change-me" in secret:
+        raise StudioRefused(
+            f"FARM_REVIEW_SECRET is too short or still the example's: use at least "
+            f"{MIN_SECRET_CHARS} random characters, or unset it for a random key per start"
+        )
 
 
 def _read_password() -> str:

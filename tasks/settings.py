@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # (e.g. X-Forwarded-User), a reverse proxy that authenticated the user names them there.
     review_secret: SecretStr | None = None
     review_auth_header: str | None = None
+    # The peers whose review_auth_header is believed (IPs or networks, comma-separated): the
+    # reverse proxy's address, never the public's.
+    review_trusted_proxies: str = "127.0.0.1,::1"
     # Mark the session cookie Secure: set it when the studio is served through HTTPS.
     review_https_only: bool = False
 

@@ -85,6 +85,24 @@ def test_the_studio_refuses_an_open_address_while_no_user_exists(database):
     assert "farm review add-user" in result.output
 
 
+def test_the_studio_refuses_an_open_address_without_users_even_behind_a_proxy(
+    database, monkeypatch
+):
+    monkeypatch.setenv("FARM_REVIEW_AUTH_HEADER", "X-Forwarded-User")
+    result = CliRunner().invoke(main, ["review", "serve", "--host", "0.0.0.0", "--port", "1"])
+    assert result.exit_code == 2
+    assert "refusing to serve on 0.0.0.0" in result.output
+
+
+@pytest.mark.parametrize("secret", ["s3cr3t", "change-me-to-a-long-random-string-of-letters"])
+def test_the_studio_refuses_a_cookie_key_anyone_could_guess(database, monkeypatch, secret):
+    monkeypatch.setenv("FARM_REVIEW_SECRET", secret)
+    result = CliRunner().invoke(main, ["review", "serve", "--port", "1"])
+    assert result.exit_code == 2
+    assert "FARM_REVIEW_SECRET is too short or still the example's" in result.output
+    assert secret not in result.output
+
+
 def test_the_studio_names_a_port_it_cannot_listen_on(database):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
