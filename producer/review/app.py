@@ -47,20 +47,41 @@ def create_app(
 
     Args:
         settings: the farm's settings (``review_secret``, ``review_auth_header``,
-            ``output_dir``).
+            ``review_trusted_proxies``, ``review_https_only``, ``output_dir``).
         sessions: sessions of the farm's database.
         celery_app: the farm's Celery app; the actions send render tasks with it.
         bound_to_loopback: whether the server listens on the loopback interface only; a
-            studio without users is then readable, read-only, without logging in.
+            studio without users is then readable, read-only, without logging in, by
+            browsers on this machine (not through a proxy).
 
     Returns:
         The ASGI app.
+
+    Raises:
+        UserError: ``review_trusted_proxies`` names something that is not an address.
     """
+    # Parsed before anything else, so a typo stops the studio instead of trusting nobody.
+    trusted_proxies = auth.trusted_networks(settings.review_trusted_proxies)
+    app = Starlette(
+        routes=routes(),
+        middleware=_middleware(settings),
+        exception_handlers={HTTPException: http_error},
+    )
+    app.state.settings = settings
+    app.state.sessions = sessions
+    app.state.celery_app = celery_app
+    app.state.bound_to_loopback = bound_to_loopback
+    app.state.trusted_proxies = trusted_proxies
+    app.state.templates = make_templates()
+    return app
+
+
+def _middleware(settings: Settings) -> list[Middleware]:
     secret = settings.review_secret
     # A random secret logs everyone out when the studio restarts, which is the documented
     # price of not configuring one.
     key = secret.get_secret_value() if secret else secrets.token_urlsafe(32)
-    middleware = [
+    return [
         Middleware(SecurityHeaders),
         Middleware(
             SessionMiddleware,
@@ -72,21 +93,14 @@ def create_app(
             https_only=settings.review_https_only,
         ),
     ]
-    app = Starlette(
-        routes=routes(),
-        middleware=middleware,
-        exception_handlers={HTTPException: http_error},
-    )
-    app.state.settings = settings
-    app.state.sessions = sessions
-    app.state.celery_app = celery_app
-    app.state.bound_to_loopback = bound_to_loopback
-    app.state.templates = make_templates()
-    return app
 
 
 def routes() -> list:
-    """Every route of the studio."""
+    """Every route of the studio.
+
+    Ids in paths are plain text, checked by :func:`producer.review.web.path_id`: a path of
+    thousands of digits would make Starlette's ``int`` convertor fail with a 500.
+    """
     post = ["POST"]
     return [
         Route("/", pages.batches),
@@ -99,15 +113,15 @@ def routes() -> list:
         Route("/batches/{batch_id}/approve-selected", posts.approve_selected, methods=post),
         Route("/batches/{batch_id}/regenerate-below", posts.regenerate_below, methods=post),
         Route("/batches/{batch_id}/approve-above", posts.approve_above, methods=post),
-        Route("/articles/{article_id:int}", pages.article),
-        Route("/articles/{article_id:int}/live", pages.article_live),
-        Route("/articles/{article_id:int}/state.json", pages.article_state),
-        Route("/articles/{article_id:int}/approve", posts.approve_article, methods=post),
-        Route("/articles/{article_id:int}/reject", posts.reject_article, methods=post),
-        Route("/articles/{article_id:int}/attributes", posts.edit_attributes, methods=post),
-        Route("/articles/{article_id:int}/prompt", posts.edit_prompt, methods=post),
-        Route("/renders/{render_id:int}/image", downloads.render_image),
-        Route("/renders/{render_id:int}/thumb", downloads.render_thumb),
+        Route("/articles/{article_id}", pages.article),
+        Route("/articles/{article_id}/live", pages.article_live),
+        Route("/articles/{article_id}/state.json", pages.article_state),
+        Route("/articles/{article_id}/approve", posts.approve_article, methods=post),
+        Route("/articles/{article_id}/reject", posts.reject_article, methods=post),
+        Route("/articles/{article_id}/attributes", posts.edit_attributes, methods=post),
+        Route("/articles/{article_id}/prompt", posts.edit_prompt, methods=post),
+        Route("/renders/{render_id}/image", downloads.render_image),
+        Route("/renders/{render_id}/thumb", downloads.render_thumb),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 

@@ -27,7 +27,7 @@ from starlette.responses import FileResponse, Response
 from db.models import Article, Batch, Render, ReviewStatus
 from producer.export import export_rows, write_export
 from producer.review.auth import data
-from producer.review.web import in_session
+from producer.review.web import in_session, path_id
 from tasks.outputs import atomic_path, attempt_image_path, batch_dir, view_stem
 
 THUMB_PX = 256
@@ -76,7 +76,7 @@ def render_file(session: Session, render_id: int, output_dir: Path) -> Path | No
 
 
 async def _render_path(request: Request) -> Path:
-    render_id = request.path_params["render_id"]
+    render_id = path_id(request, "render_id", "render")
     output_dir = Path(request.app.state.settings.output_dir)
     path = await in_session(request, render_file, render_id, output_dir)
     if path is None:
@@ -157,11 +157,13 @@ class Approved:
 
     row: dict
     candidates: tuple[str | Path | None, ...]
-    file_stem: str  # of the article's view: <stem>-back for a back view
+    file_stem: str  # of the article's view: <stem>@back for a back view
 
 
 def approved_articles(session: Session, batch_id: str, output_dir: Path) -> list[Approved] | None:
     """The export rows of a batch's approved articles, with where their images lie.
+
+    Everything is read here, so the session can be closed before the archive is written.
 
     Args:
         session: any session.
@@ -173,17 +175,25 @@ def approved_articles(session: Session, batch_id: str, output_dir: Path) -> list
     """
     if session.get(Batch, batch_id) is None:
         return None
-    rows = export_rows(session, batch_id)
-    # export_rows gives the kept articles in id order: the same order pairs row and article.
+    # A batch's article is named by its key and view: pairing rows with articles by that
+    # rather than by position stays right whatever order or filter either query has.
+    rows = {(row["key"], row["view"]): row for row in export_rows(session, batch_id)}
     articles = session.scalars(
         select(Article)
-        .where(Article.batch_id == batch_id, Article.removed_at.is_(None))
+        .where(
+            Article.batch_id == batch_id,
+            Article.removed_at.is_(None),
+            Article.review_status == ReviewStatus.approved.value,
+        )
         .order_by(Article.id)
     ).all()
     folder = batch_dir(output_dir, batch_id)
     approved = []
-    for row, article in zip(rows, articles, strict=True):
-        if article.review_status != ReviewStatus.approved.value:
+    for article in articles:
+        row = rows.get((article.key, article.view))
+        # Read after the export rows, the articles may have moved on meanwhile (a new one,
+        # a verdict just given): the archive keeps to what its sheet says.
+        if row is None or row["review_status"] != ReviewStatus.approved.value:
             continue
         # The export rows name the view and the reviewer already; the archive adds when.
         extra = {"reviewed_at": None if article.reviewed_at is None else str(article.reviewed_at)}
@@ -235,10 +245,7 @@ def _scratch_folder(output_dir: Path) -> Path:
         return Path(tempfile.mkdtemp(prefix="review-zip-"))
 
 
-def _archive(session: Session, batch_id: str, output_dir: Path) -> Path | None:
-    approved = approved_articles(session, batch_id, output_dir)
-    if approved is None:
-        return None
+def _archive(approved: list[Approved], batch_id: str, output_dir: Path) -> Path:
     folder = _scratch_folder(output_dir)
     try:
         return write_archive(approved, folder, f"{batch_id}-approved.zip")
@@ -252,9 +259,12 @@ async def approved_zip(request: Request) -> Response:
     """GET /batches/{id}/approved.zip: the approved pictures and their export sheet."""
     batch_id = request.path_params["batch_id"]
     output_dir = Path(request.app.state.settings.output_dir)
-    archive = await in_session(request, _archive, batch_id, output_dir)
-    if archive is None:
+    approved = await in_session(request, approved_articles, batch_id, output_dir)
+    if approved is None:
         raise HTTPException(404, f"no batch {batch_id}")
+    # The session is closed by now: writing gigabytes must not hold a transaction open (a
+    # SQLite writer waiting on it, a PostgreSQL snapshot kept alive).
+    archive = await run_in_threadpool(_archive, approved, batch_id, output_dir)
     cleanup = BackgroundTask(shutil.rmtree, archive.parent, ignore_errors=True)
     return FileResponse(
         archive, media_type="application/zip", filename=archive.name, background=cleanup

@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from producer.review import queries
 from producer.review.auth import data, page
 from producer.review.queries import FILTERS, SheetQuery
-from producer.review.web import in_session, render
+from producer.review.web import in_session, path_id, render
 
 # How often the pages ask for news, in seconds: the batches while some run, an article always.
 BATCHES_POLL_SECONDS = 5
@@ -54,7 +54,7 @@ async def contact_sheet(request: Request) -> Response:
 
 
 async def _article(request: Request) -> queries.ArticlePage:
-    article_id = request.path_params["article_id"]
+    article_id = path_id(request, "article_id", "article")
     found = await in_session(request, queries.article_page, article_id)
     if found is None:
         raise HTTPException(404, f"no article {article_id}")
@@ -79,7 +79,7 @@ async def article_live(request: Request) -> Response:
 @data
 async def article_state(request: Request) -> Response:
     """GET /articles/{id}/state.json: status, attempt count and latest score, polled."""
-    article_id = request.path_params["article_id"]
+    article_id = path_id(request, "article_id", "article")
     state = await in_session(request, queries.article_state, article_id)
     if state is None:
         raise HTTPException(404, f"no article {article_id}")

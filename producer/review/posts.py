@@ -2,7 +2,11 @@
 the logged-in user, and sends the browser back where it came from with a flash message.
 
 An action the user's role does not allow (``ReviewForbidden``) is a 403; any other
-refusal (a busy article, an absent broker, bad input) is shown on the page it came from.
+refusal (a busy article, an absent broker, bad input, an article that changed since the
+page was shown) is shown on the page it came from.
+
+An article page's forms carry the render attempt the reviewer saw (field ``attempt``), so
+a verdict or an edit meant for one picture never lands on a newer one.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from starlette.responses import Response
 
 from producer.review import actions, queries
 from producer.review.auth import action
-from producer.review.web import back_to, flash, in_session, parse_number
+from producer.review.web import back_to, flash, in_session, parse_id, parse_number, path_id
 
 ATTRIBUTE_PREFIX = "attr."
 
@@ -68,18 +72,25 @@ def _refuse(request: Request, form: FormData, message: str, default: str) -> Res
 
 
 def _article_target(request: Request) -> tuple[int, str]:
-    article_id = request.path_params["article_id"]
+    article_id = path_id(request, "article_id", "article")
     return article_id, f"/articles/{article_id}"
+
+
+def _seen_attempt(form: FormData) -> int | None:
+    """The attempt the page showed; None when the form does not say (then nothing is checked)."""
+    return parse_id(form.get("attempt"))
 
 
 @action
 async def approve_article(request: Request, form: FormData) -> Response:
     """POST /articles/{id}/approve."""
     article_id, here = _article_target(request)
+    attempt = _seen_attempt(form)
+    seen = None if attempt is None else {article_id: attempt}
     return await _perform(
         request,
         form,
-        lambda session, reviewer: actions.approve(session, [article_id], reviewer),
+        lambda session, reviewer: actions.approve(session, [article_id], reviewer, seen=seen),
         lambda count: "approved" if count else "already approved",
         here,
     )
@@ -89,12 +100,13 @@ async def approve_article(request: Request, form: FormData) -> Response:
 async def reject_article(request: Request, form: FormData) -> Response:
     """POST /articles/{id}/reject: reject the picture and render a new attempt."""
     article_id, here = _article_target(request)
+    attempt = _seen_attempt(form)
     celery_app = request.app.state.celery_app
     return await _perform(
         request,
         form,
         lambda session, reviewer: actions.reject_and_regenerate(
-            session, celery_app, article_id, reviewer
+            session, celery_app, article_id, reviewer, seen_attempt=attempt
         ),
         lambda _: "rejected: a new attempt is on its way",
         here,
@@ -103,8 +115,12 @@ async def reject_article(request: Request, form: FormData) -> Response:
 
 @action
 async def edit_attributes(request: Request, form: FormData) -> Response:
-    """POST /articles/{id}/attributes: fields ``attr.<name>``; rebuilds the prompts, renders."""
+    """POST /articles/{id}/attributes: fields ``attr.<name>``; rebuilds the prompts, renders.
+
+    Only the attributes the form sent go on: the action merges them into the stored ones.
+    """
     article_id, here = _article_target(request)
+    attempt = _seen_attempt(form)
     attributes = {
         name[len(ATTRIBUTE_PREFIX) :]: value.strip()
         for name, value in form.multi_items()
@@ -117,7 +133,7 @@ async def edit_attributes(request: Request, form: FormData) -> Response:
         request,
         form,
         lambda session, reviewer: actions.edit_attributes(
-            session, celery_app, article_id, attributes, reviewer
+            session, celery_app, article_id, attributes, reviewer, seen_attempt=attempt
         ),
         lambda _: "attributes saved: a new attempt is on its way",
         here,
@@ -128,6 +144,7 @@ async def edit_attributes(request: Request, form: FormData) -> Response:
 async def edit_prompt(request: Request, form: FormData) -> Response:
     """POST /articles/{id}/prompt: field ``prompt``; renders a new attempt from it."""
     article_id, here = _article_target(request)
+    attempt = _seen_attempt(form)
     prompt = form.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         return _refuse(request, form, "the generation prompt is empty", here)
@@ -136,7 +153,7 @@ async def edit_prompt(request: Request, form: FormData) -> Response:
         request,
         form,
         lambda session, reviewer: actions.edit_prompt(
-            session, celery_app, article_id, prompt, reviewer
+            session, celery_app, article_id, prompt, reviewer, seen_attempt=attempt
         ),
         lambda _: "prompt saved: a new attempt is on its way",
         here,
@@ -152,7 +169,7 @@ def _batch_target(request: Request) -> tuple[str, str]:
 async def approve_selected(request: Request, form: FormData) -> Response:
     """POST /batches/{id}/approve-selected: field ``article`` once per chosen article."""
     batch_id, here = _batch_target(request)
-    chosen = [int(v) for v in form.getlist("article") if isinstance(v, str) and v.isdigit()]
+    chosen = [i for i in map(parse_id, form.getlist("article")) if i is not None]
     if not chosen:
         return _refuse(request, form, "select at least one article first", here)
 
@@ -161,7 +178,8 @@ async def approve_selected(request: Request, form: FormData) -> Response:
         ids = queries.articles_of_batch(session, batch_id, chosen)
         if not ids:
             raise actions.ReviewRefused(f"none of the selected articles is in batch {batch_id}")
-        return actions.approve(session, ids, reviewer)
+        # A card's checkbox can only carry its id, not the attempt its picture shows.
+        return actions.approve(session, ids, reviewer, seen=None)
 
     return await _perform(request, form, work, lambda n: f"approved {_articles(n)}", here)
 

@@ -172,7 +172,7 @@ class Card:
     score: float | None
     status: str
     review_status: str | None
-    attempts: int
+    attempt: int  # the current attempt: after a reject, the one not rendered yet
     render_id: int | None
     error: str | None
 
@@ -295,7 +295,7 @@ def _card(row) -> Card:
         score=row.clip_score,
         status=row.status,
         review_status=row.review_status,
-        attempts=row.render_attempt,
+        attempt=row.render_attempt,
         render_id=row.render_id,
         error=row.error,
     )

@@ -18,6 +18,7 @@ import jinja2
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
@@ -29,6 +30,10 @@ TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 
 Result = TypeVar("Result")
+# Ids are 32-bit integer columns: a longer number would overflow the database's integer
+# (a 500) instead of naming no row (a 404).
+MAX_ID = 2**31 - 1
+MAX_ID_DIGITS = 9
 
 
 def make_templates() -> Jinja2Templates:
@@ -158,6 +163,41 @@ def parse_number(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def parse_id(value: object) -> int | None:
+    """A form's id or number: plain ASCII digits, at most nine of them; else None.
+
+    ``str.isdigit`` alone lets through other scripts' digits and superscripts, and an
+    unbounded number overflows the database's integer columns.
+    """
+    if not isinstance(value, str) or len(value) > MAX_ID_DIGITS:
+        return None
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def path_id(request: Request, name: str, what: str) -> int:
+    """The id the path names, answering 404 when it is not one a row can have.
+
+    The routes take ids as text: Starlette's ``int`` convertor turns a path of thousands
+    of digits into an error (a 500) and a long one into an overflow of the database's
+    integers; both are simply no such row.
+
+    Args:
+        request: the request.
+        name: the path parameter.
+        what: what the id names (``article``, ``render``), for the message.
+
+    Raises:
+        HTTPException: 404 for anything but ASCII digits up to :data:`MAX_ID`.
+    """
+    text = request.path_params[name]
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(MAX_ID))):
+        raise HTTPException(404, f"no such {what}")
+    value = int(text)
+    if value > MAX_ID:
+        raise HTTPException(404, f"no {what} {value}")
+    return value
 
 
 def _text(value: object) -> str | None:

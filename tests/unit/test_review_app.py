@@ -20,9 +20,11 @@ from starlette.testclient import TestClient
 
 from db.engine import make_engine, migrate, session_factory
 from db.models import Article, ArticleStatus, Batch, Render, ReviewAction, ReviewStatus, User
-from producer.review import actions
+from producer.review import actions, downloads
 from producer.review.app import create_app
 from producer.review.users import add_user
+from tasks.exceptions import UserError
+from tasks.outputs import view_stem
 from tasks.settings import Settings
 from tests.unit.test_report import Elements
 
@@ -95,10 +97,13 @@ def make_studio(
     loopback: bool = True,
     auth_header: str | None = None,
     https_only: bool = False,
+    peer: str = "127.0.0.1",
+    trusted_proxies: str = "127.0.0.1,::1",
 ) -> Studio:
     """Batch ``b1`` with 150 articles (one removed), renders with PNGs, and two users.
 
-    Article 0 has three attempts and a review history; failed articles have no render.
+    Article 0 has three attempts and a review history; failed articles have no render. The
+    client's requests come from ``peer``.
     """
     engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
     migrate(engine)
@@ -119,9 +124,10 @@ def make_studio(
         review_secret="s" * 40,
         review_auth_header=auth_header,
         review_https_only=https_only,
+        review_trusted_proxies=trusted_proxies,
     )
     app = create_app(settings, sessions, celery_app=object(), bound_to_loopback=loopback)
-    client = TestClient(app, follow_redirects=False)
+    client = TestClient(app, follow_redirects=False, client=(peer, 50000))
     return Studio(client, sessions, engine, output, ids)
 
 
@@ -290,11 +296,43 @@ def test_login_goes_on_to_the_page_asked_for_but_never_to_another_site(studio):
         assert response.headers["location"] == expected
 
 
-def test_logging_out_ends_the_session(studio):
+def replay(studio: Studio, cookies: dict, path: str = "/"):
+    """GET ``path`` with exactly these cookies, as a copy of an old cookie would."""
+    studio.client.cookies.clear()
+    studio.client.cookies.update(cookies)
+    return studio.client.get(path)
+
+
+def test_logging_out_ends_the_session_and_every_copy_of_its_cookie(studio):
     login(studio)
+    copied = dict(studio.client.cookies)
+    assert replay(studio, copied).status_code == 200
     response = post(studio, "/logout")
     assert response.status_code == 303 and response.headers["location"] == "/login"
     assert studio.client.get("/").status_code == 303
+    assert replay(studio, copied).status_code == 303
+    assert replay(studio, copied, "/fragments/batches").status_code == 401
+
+
+def test_a_new_password_ends_the_sessions_opened_with_the_old_one(studio):
+    login(studio, REVIEWER)
+    copied = dict(studio.client.cookies)
+    with studio.sessions() as session:
+        add_user(session, REVIEWER, "a brand new password", role="reviewer", replace=True)
+    assert replay(studio, copied).status_code == 303
+    login(studio, REVIEWER, "a brand new password")
+    assert studio.client.get("/").status_code == 200
+
+
+def test_an_old_cookie_replayed_at_logout_does_not_end_the_users_new_session(studio):
+    login(studio)
+    stale = dict(studio.client.cookies)
+    post(studio, "/logout")
+    login(studio)
+    fresh = dict(studio.client.cookies)
+    token = csrf_of(replay(studio, stale, "/login").text)
+    studio.client.post("/logout", data={"csrf": token})
+    assert replay(studio, fresh).status_code == 200
 
 
 def test_anonymous_browsers_go_to_login_and_anonymous_data_requests_get_401(studio):
@@ -324,6 +362,18 @@ POSTS = [
     "/batches/b1/regenerate-below",
     "/batches/b1/approve-above",
 ]
+
+
+def test_an_anonymous_post_with_a_valid_csrf_token_is_sent_to_login_and_changes_nothing(studio):
+    article_id = studio.ids["SKU-001"]
+    page = f"/articles/{article_id}"
+    token = csrf_of(studio.client.get("/login").text)  # the anonymous session's own token
+    response = studio.client.post(f"{page}/approve", data={"csrf": token, "back": page})
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/login?next=%2Farticles%2F{article_id}"
+    with studio.sessions() as session:
+        assert session.get(Article, article_id).review_status is None
+        assert session.scalars(select(ReviewAction.action)).all() == ["edit_prompt"]
 
 
 @pytest.mark.parametrize("path", POSTS)
@@ -433,9 +483,11 @@ def test_the_below_filter_takes_a_threshold_else_the_batch_minimum(studio):
     assert total_of(nonsense.text) == len(expected(FILTERS["below"]))
 
 
-def test_cards_carry_name_text_key_score_status_review_attempts_and_a_thumbnail(studio):
+def test_cards_carry_name_text_key_score_status_review_attempt_and_a_thumbnail(studio):
     login(studio)
     card = cards(studio.client.get("/batches/b1").text)[0]
+    first = studio.client.get("/batches/b1").text.split('<article class="card')[1]
+    assert re.search(r'<dt>attempt</dt><dd class="attempt">3</dd>', first)
     assert card == card | {
         "data-article-id": str(studio.ids["SKU-000"]),
         "data-key": "SKU-000",
@@ -507,6 +559,8 @@ def test_the_article_page_shows_texts_attributes_prompts_attempts_and_history(st
     assert inputs["attr.color_material_details"] == "red silk"
     for form in ("approve-form", "reject-form", "attributes-form", "prompt-form"):
         assert f'id="{form}"' in page.text
+        inside = page.text.split(f'id="{form}"')[1].split("</form>")[0]
+        assert '<input type="hidden" name="attempt" value="3">' in inside, form
     assert "Leichte Seidenbluse" in page.text and "Light silk blouse number 0" in page.text
     assert "Product image of a blouse" in page.text
     history = elements.find("tr", "history-entry")
@@ -545,6 +599,14 @@ def test_an_unknown_or_removed_article_or_batch_is_a_404(studio):
     assert studio.client.get("/articles/999999").status_code == 404
     assert studio.client.get(f"/articles/{studio.ids['SKU-149']}").status_code == 404
     assert studio.client.get("/batches/nope").status_code == 404
+
+
+@pytest.mark.parametrize("article_id", [str(2**31), str(2**63), "9" * 5000, "abc", "١٢", "-1"])
+def test_ids_in_paths_that_no_row_can_have_are_a_404_not_a_server_error(studio, article_id):
+    login(studio)
+    for path in ("/articles/{}", "/articles/{}/state.json", "/renders/{}/thumb"):
+        assert studio.client.get(path.format(article_id)).status_code == 404, path
+    assert post(studio, f"/articles/{article_id}/approve").status_code == 404
 
 
 # Images and the archive
@@ -624,7 +686,8 @@ def test_the_zip_keeps_both_views_of_a_row_under_their_own_names(studio):
     key = next(s.key for s in KEPT if s.review == "approved")
     with studio.sessions() as session:
         front = session.get(Article, studio.ids[key])
-    back_image = studio.output / BATCH / f"{front.file_stem}-back.png"
+    back_stem = view_stem(front.file_stem, "back")
+    back_image = studio.output / BATCH / f"{back_stem}.png"
     back_image.write_bytes(png((32, 32), (1, 2, 3)))
     add_view(studio, key, "back", image_path=str(back_image))
     login(studio)
@@ -632,7 +695,35 @@ def test_the_zip_keeps_both_views_of_a_row_under_their_own_names(studio):
     with zipfile.ZipFile(io.BytesIO(response.content)) as bundle:
         names = set(bundle.namelist())
         assert f"images/{front.file_stem}.png" in names
-        assert bundle.read(f"images/{front.file_stem}-back.png") == back_image.read_bytes()
+        assert bundle.read(f"images/{back_stem}.png") == back_image.read_bytes()
+
+
+def test_the_zip_pairs_sheet_rows_with_articles_by_key_and_view_not_by_position(
+    studio, monkeypatch
+):
+    export_rows = downloads.export_rows
+    monkeypatch.setattr(downloads, "export_rows", lambda s, b: export_rows(s, b)[::-1])
+    login(studio)
+    response = studio.client.get("/batches/b1/approved.zip")
+    with zipfile.ZipFile(io.BytesIO(response.content)) as bundle:
+        rows = list(csv.DictReader(io.StringIO(bundle.read("approved.csv").decode("utf-8-sig"))))
+    by_key = {s.key: s for s in KEPT}
+    assert [r["key"] for r in rows] == [s.key for s in KEPT if s.review == "approved"]
+    assert all(r["archive_image"] == f"images/stem{by_key[r['key']].index}.png" for r in rows)
+
+
+def test_the_zip_is_written_after_the_database_session_is_closed(studio, monkeypatch):
+    write_archive = downloads.write_archive
+    open_connections = []
+
+    def spying(*args):
+        open_connections.append(studio.engine.pool.checkedout())
+        return write_archive(*args)
+
+    monkeypatch.setattr(downloads, "write_archive", spying)
+    login(studio)
+    assert studio.client.get("/batches/b1/approved.zip").status_code == 200
+    assert open_connections == [0]
 
 
 # Actions
@@ -710,23 +801,78 @@ def test_rejecting_renders_a_new_attempt_and_records_the_verdict(studio, sent):
 def test_edited_attributes_and_prompt_go_to_the_actions_as_sent(studio, monkeypatch):
     calls = []
     monkeypatch.setattr(
-        actions, "edit_attributes", lambda s, app, i, attributes, r: calls.append((i, attributes))
+        actions,
+        "edit_attributes",
+        lambda s, app, i, attributes, r, seen_attempt: calls.append((i, attributes, seen_attempt)),
     )
     monkeypatch.setattr(
-        actions, "edit_prompt", lambda s, app, i, prompt, r: calls.append((i, prompt, r))
+        actions,
+        "edit_prompt",
+        lambda s, app, i, prompt, r, seen_attempt: calls.append((i, prompt, r, seen_attempt)),
     )
     login(studio)
     article_id = studio.ids["SKU-005"]
     page = f"/articles/{article_id}"
-    form = {"attr.product_type": " skirt ", "attr.design_aspects": "pleated", "other": "x"}
+    form = {"attr.product_type": " skirt ", "other": "x", "attempt": "1"}
     assert post(studio, f"{page}/attributes", form, page=page).status_code == 303
-    assert (
-        post(studio, f"{page}/prompt", {"prompt": "a pleated skirt"}, page=page).status_code == 303
-    )
+    prompt = {"prompt": "a pleated skirt", "attempt": "1"}
+    assert post(studio, f"{page}/prompt", prompt, page=page).status_code == 303
     assert calls == [
-        (article_id, {"product_type": "skirt", "design_aspects": "pleated"}),
-        (article_id, "a pleated skirt", actions.Reviewer(ADMIN, "admin")),
+        (article_id, {"product_type": "skirt"}, 1),  # only what was sent: the rest is kept
+        (article_id, "a pleated skirt", actions.Reviewer(ADMIN, "admin"), 1),
     ]
+
+
+@pytest.mark.parametrize(
+    ("sent_attempt", "passed"),
+    [("3", 3), ("", None), ("x", None), ("٣", None), ("³", None), ("1234567890", None)],
+)
+def test_the_attempt_a_form_carries_reaches_the_actions_when_it_is_a_plain_number(
+    studio, monkeypatch, sent_attempt, passed
+):
+    calls = []
+    record = lambda *args, **kwargs: calls.append(kwargs) or 1  # noqa: E731
+    monkeypatch.setattr(actions, "approve", record)
+    monkeypatch.setattr(actions, "reject_and_regenerate", record)
+    login(studio)
+    article_id = studio.ids["SKU-000"]
+    page = f"/articles/{article_id}"
+    form = {"attempt": sent_attempt}
+    post(studio, f"{page}/approve", form, page=page)
+    post(studio, f"{page}/reject", form, page=page)
+    seen = None if passed is None else {article_id: passed}
+    assert calls == [{"seen": seen}, {"seen_attempt": passed}]
+
+
+def test_approving_a_picture_that_changed_since_the_page_was_shown_is_refused(studio):
+    login(studio, REVIEWER)
+    article_id = studio.ids["SKU-001"]
+    page = f"/articles/{article_id}"
+    shown = re.search(r'name="attempt" value="(\d+)"', studio.client.get(page).text).group(1)
+    with studio.sessions() as session:
+        session.get(Article, article_id).render_attempt = int(shown) + 1  # a new picture
+        session.commit()
+    response = post(studio, f"{page}/approve", {"back": page, "attempt": shown}, page=page)
+    assert response.status_code == 303
+    assert "changed meanwhile" in flashes(studio, page)
+    with studio.sessions() as session:
+        assert session.get(Article, article_id).review_status is None
+
+
+def test_approve_selected_takes_only_plain_ids_and_checks_no_attempt(studio, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        actions, "approve", lambda s, ids, r, **kwargs: calls.append((ids, kwargs)) or len(ids)
+    )
+    login(studio, REVIEWER)
+    ids = [studio.ids["SKU-001"], studio.ids["SKU-002"]]
+    odd = ["٣", "²", "1" * 10, "-4", " 5", str(2**40)]
+    post(studio, "/batches/b1/approve-selected", {"article": [*map(str, ids), *odd]})
+    assert calls == [(ids, {"seen": None})]
+    calls.clear()
+    post(studio, "/batches/b1/approve-selected", {"article": odd})
+    assert calls == []
+    assert "select at least one article first" in flashes(studio, "/")
 
 
 # Without users, and behind a proxy
@@ -750,6 +896,24 @@ def test_without_users_a_studio_reachable_from_other_machines_shows_nothing(tmp_
     assert response.status_code == 403 and "farm review add-user NAME" in response.text
 
 
+@pytest.mark.parametrize("peer", ["203.0.113.7", "testclient", "::ffff:10.0.0.1"])
+def test_without_users_a_loopback_studio_shows_nothing_to_another_machine(tmp_path, peer):
+    studio = make_studio(tmp_path, users=False, peer=peer)
+    response = studio.client.get("/batches/b1")
+    assert response.status_code == 403 and "farm review add-user NAME" in response.text
+
+
+@pytest.mark.parametrize(
+    "header",
+    [{"X-Forwarded-For": "203.0.113.7"}, {"Forwarded": "for=203.0.113.7"}, {"X-Real-IP": "::2"}],
+)
+def test_without_users_requests_a_local_proxy_forwards_are_refused(tmp_path, header):
+    studio = make_studio(tmp_path, users=False, peer="::1")
+    assert studio.client.get("/batches/b1").status_code == 200
+    response = studio.client.get("/batches/b1", headers=header)
+    assert response.status_code == 403 and "farm review add-user NAME" in response.text
+
+
 def test_the_trusted_proxy_header_names_a_user_who_must_exist(tmp_path):
     studio = make_studio(tmp_path, auth_header="X-Forwarded-User")
     known = studio.client.get("/", headers={"X-Forwarded-User": REVIEWER})
@@ -757,6 +921,41 @@ def test_the_trusted_proxy_header_names_a_user_who_must_exist(tmp_path):
     unknown = studio.client.get("/", headers={"X-Forwarded-User": "mallory"})
     assert unknown.status_code == 403
     assert studio.client.get("/").status_code == 303
+
+
+PROXY_HEADER = "X-Forwarded-User"
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted"),
+    [("10.1.2.3", "10.0.0.0/8"), ("::ffff:10.1.2.3", "10.0.0.0/8"), ("fd00::5", "::1, fd00::/64")],
+)
+def test_the_proxy_header_is_believed_from_a_trusted_network(tmp_path, peer, trusted):
+    studio = make_studio(tmp_path, auth_header=PROXY_HEADER, peer=peer, trusted_proxies=trusted)
+    page = studio.client.get("/", headers={"X-Forwarded-User": ADMIN})
+    assert page.status_code == 200 and f'data-name="{ADMIN}"' in page.text
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted"),
+    [("203.0.113.7", "127.0.0.1,::1"), ("testclient", "127.0.0.1"), ("127.0.0.1", "")],
+)
+def test_the_proxy_header_from_an_untrusted_peer_is_ignored(tmp_path, peer, trusted):
+    studio = make_studio(tmp_path, auth_header=PROXY_HEADER, peer=peer, trusted_proxies=trusted)
+    assert studio.client.get("/", headers={"X-Forwarded-User": ADMIN}).status_code == 303
+    login(studio, REVIEWER)  # the cookie still works
+    page = studio.client.get("/", headers={"X-Forwarded-User": ADMIN})
+    assert page.status_code == 200 and f'data-name="{REVIEWER}"' in page.text
+
+
+def test_the_proxy_header_is_ignored_when_none_is_configured(studio):
+    assert studio.client.get("/", headers={"X-Forwarded-User": ADMIN}).status_code == 303
+    assert studio.client.get("/", headers={"Remote-User": ADMIN}).status_code == 303
+
+
+def test_a_trusted_proxy_that_is_not_an_address_stops_the_studio(tmp_path):
+    with pytest.raises(UserError, match="not-an-ip"):
+        make_studio(tmp_path, trusted_proxies="127.0.0.1, not-an-ip")
 
 
 def test_pages_send_security_headers_and_load_nothing_from_elsewhere(studio):
