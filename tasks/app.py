@@ -92,7 +92,14 @@ def configure(settings: Settings) -> Celery:
     Returns:
         The app.
     """
+    before = app.conf.broker_url
     app.conf.update(celery_config(settings))
+    if app.conf.broker_url != before:
+        # The app's connection and producer pools were made for the old broker and would
+        # keep sending there: a process that configures twice (tests, a command that runs
+        # another) must send to the broker it configured last.
+        app._pool = None
+        app.amqp._producer_pool = None
     app.farm_settings = settings
     # Worker threads (farm run) resolve tasks through the default app, not a thread-local one.
     app.set_default()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.chains import article_chain
+from tasks.app import configure
+from tasks.chains import article_chain, send_chains
 from tasks.queues import (
     FOLLOW_UP_PRIORITY,
     GPU_QUEUE,
@@ -14,6 +15,7 @@ from tasks.queues import (
     stage_priority,
 )
 from tasks.registry import ORDER, ROUTES, STAGES
+from tasks.settings import Settings
 
 
 def queue_of(task_name: str) -> str:
@@ -102,3 +104,16 @@ def test_a_chain_step_is_published_again_for_about_a_minute_while_the_broker_is_
     waits = fxrange(start, most + start, policy["interval_step"], repeatlast=True)
     waited = sum(next(waits) for _ in range(policy["max_retries"]))
     assert 50 <= waited <= 90
+
+
+def test_chains_go_to_the_broker_configured_last_in_a_process():
+    # The producer pool of a first configuration (no connection is opened to make it).
+    first = configure(Settings(broker_url="redis://127.0.0.1:1/0"))
+    assert first.amqp.producer_pool is not None
+    app = configure(Settings(broker_url="memory://"))
+    with app.connection_for_write() as connection:
+        queue = connection.SimpleQueue(TEXT_QUEUE)
+        queue.clear()
+        assert send_chains(app, [(1, "K1")]) == 1
+        assert queue.qsize() == 1
+        queue.clear()
