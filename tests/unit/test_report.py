@@ -223,10 +223,10 @@ def test_each_card_shows_its_view_and_finds_the_views_published_image(batch):
     with batch.sessions() as session:
         back = _article("SKU-1", "stem2", 2, ArticleStatus.done.value, score=0.3)
         back.view = "back"
-        back.image_path = "/elsewhere/stem2-back.png"  # moved: found in the batch folder
+        back.image_path = "/elsewhere/stem2@back.png"  # moved: found in the batch folder
         session.add(back)
         session.commit()
-    image = batch.output_dir / "b1" / "stem2-back.png"
+    image = batch.output_dir / "b1" / "stem2@back.png"
     Image.new("RGB", (32, 32), (10, 10, 10)).save(image)
     _, text = report(batch)
     cards = Elements(text).find("article", "card")
