@@ -52,7 +52,8 @@ def fill(url: str, articles: int, folder: Path) -> str:
     Image.new("RGB", (64, 64), (200, 180, 160)).save(image)
     sessions = session_factory(make_engine(url))
     with sessions() as session:
-        batch_id = import_catalog(session, synthetic_rows(articles), "bench", {}).batch_id
+        stored = import_catalog(session, synthetic_rows(articles), "bench", {"profile": "bench"})
+        batch_id = stored.batch_id
         ids = list(session.scalars(select(Article.id).where(Article.batch_id == batch_id)))
     engine = sessions.kw["bind"]
     with engine.begin() as connection:

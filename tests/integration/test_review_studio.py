@@ -100,7 +100,7 @@ def live(tmp_path_factory, model_cache, tiny_profile):
         "FARM_PROFILE": "tiny",
         "FARM_MODEL_CACHE": str(model_cache),
         "FARM_DEVICE": "cpu",
-        "FARM_REVIEW_SECRET": "a-test-secret-of-the-studio",
+        "FARM_REVIEW_SECRET": "a-test-secret-of-the-studio-0123456789",
         "HF_HUB_OFFLINE": "1",
     }
     catalog = tmp / "catalog.csv"
