@@ -1,9 +1,10 @@
 """Screenshots of the review studio for the README: `make screenshots`.
 
-Runs `farm demo` (tiny random-weight models, SQLite, no service) in a scratch folder, adds a
-studio user, serves the studio and photographs the contact sheet and one article page in
-the system Chromium (.ci/browser). The pictures are what the tiny models make: noise, not
-fashion; the page around them is the studio as it is.
+Runs `farm demo --min-clip-score 0` (tiny random-weight models, SQLite, no service) in a
+scratch folder, so that articles scoring below 0 get all their render attempts; adds a studio
+user, serves the studio, approves two articles through the page and photographs the contact
+sheet and an article page in the system Chromium (.ci/browser). The pictures are what the
+tiny models make: noise, not fashion; the page around them is the studio as it is.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="farm-shots-") as scratch:
         env = _environment(Path(scratch))
-        demo = farm(env, "demo", timeout=900)
+        demo = farm(env, "demo", "--min-clip-score", "0", timeout=900)
         if demo.returncode != 0:
             print(demo.stderr, file=sys.stderr)
             return 1
@@ -71,10 +72,16 @@ def _photograph(url: str, batch_id: str, out: Path) -> None:
         page.click("#login-form button[type=submit]")
         page.wait_for_url(f"{url}/")
         page.goto(f"{url}/batches/{batch_id}?sort=score")
+        links = page.locator("article.card h2 a")
+        articles = [links.nth(i).get_attribute("href") for i in (0, 1)]
+        for article in articles:  # a verdict and a history to show
+            page.goto(url + article)
+            page.click("#approve-form button[type=submit]")
+            page.wait_for_load_state("networkidle")
+        page.goto(f"{url}/batches/{batch_id}?sort=score")
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(out / "contact-sheet.png"))
-        first = page.locator("article.card a").first.get_attribute("href")
-        page.goto(url + first)
+        page.goto(url + articles[0])
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(out / "article.png"), full_page=True)
         browser.close()

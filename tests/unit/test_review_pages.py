@@ -134,7 +134,7 @@ def test_cards_carry_name_text_key_score_status_review_attempt_and_a_thumbnail(s
     login(studio)
     card = cards(studio.client.get("/batches/b1").text)[0]
     first = studio.client.get("/batches/b1").text.split('<article class="card')[1]
-    assert re.search(r'<dt>attempt</dt><dd class="attempt">3</dd>', first)
+    assert re.search(r'<dt>attempt</dt><dd class="attempt-number">3</dd>', first)
     assert card == card | {
         "data-article-id": str(studio.ids["SKU-000"]),
         "data-key": "SKU-000",
