@@ -12,23 +12,9 @@ import pytest
 from sqlalchemy import select, update
 
 from db import transitions
-from db.engine import make_engine, migrate, session_factory
 from db.models import Article, ArticleStatus, Batch, Render, StageRun, Timer, utcnow
 
 IN_FLIGHT = ["pending", "translated", "extracted", "rendered"]
-
-
-@pytest.fixture
-def engine(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
-    migrate(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine):
-    return session_factory(engine)
 
 
 def add_articles(sessions, *keys: str, sent: bool = True) -> list[int]:

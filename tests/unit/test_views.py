@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from PIL import Image
 from sqlalchemy import insert, select
 
-from db.engine import make_engine, migrate, session_factory
 from db.models import DEFAULT_VIEW, Article, ArticleStatus, Batch
 from db.transitions import claim, new_token
 from producer.catalog import CatalogRow
@@ -28,19 +27,6 @@ from workers.prompts import FRONT, VIEWS, clip_prompt, generation_prompt
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = {"profile": "tiny"}
 ATTRS = {"product_type": "skirt", "key_visual_features": "pleats", "color_material_details": "red"}
-
-
-@pytest.fixture
-def engine(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
-    migrate(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine):
-    return session_factory(engine)
 
 
 def row(key: str, description: str = "Rock aus Wolle", file: str = "c.csv") -> CatalogRow:
