@@ -18,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from producer.review import auth, downloads, pages, posts
+from producer.review.throttle import LoginThrottle
 from producer.review.web import STATIC, make_templates, render
 from tasks.settings import Settings
 
@@ -73,6 +74,7 @@ def create_app(
     app.state.bound_to_loopback = bound_to_loopback
     app.state.trusted_proxies = trusted_proxies
     app.state.templates = make_templates()
+    app.state.login_throttle = LoginThrottle()
     return app
 
 

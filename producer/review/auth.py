@@ -32,6 +32,7 @@ from starlette.responses import RedirectResponse, Response
 
 from db.models import User
 from producer.review.csrf import checked_form, renew_csrf_token
+from producer.review.throttle import login_keys, minutes
 from producer.review.users import authenticate, count_users, end_sessions
 from producer.review.web import in_session, local_path, render
 from tasks.exceptions import UserError
@@ -253,9 +254,18 @@ def _login_form(
     return render(request, "login.html", context, status_code=status_code)
 
 
-async def _refused_login(request: Request, target: str) -> Response:
+async def _refused_login(
+    request: Request, target: str, message: str = BAD_LOGIN, status_code: int = 401
+) -> Response:
     has_users = await in_session(request, count_users) > 0
-    return _login_form(request, target, BAD_LOGIN, has_users, status_code=401)
+    return _login_form(request, target, message, has_users, status_code=status_code)
+
+
+def _throttle_keys(request: Request, name: str) -> tuple[str, ...]:
+    """The name's counter, and the client's unless it is a proxy that many people share."""
+    peer = peer_address(request)
+    shared = peer is not None and any(peer in net for net in request.app.state.trusted_proxies)
+    return login_keys(name, None if peer is None or shared else str(peer))
 
 
 async def login(request: Request) -> Response:
@@ -267,9 +277,16 @@ async def login(request: Request) -> Response:
     target = local_path(_text(form.get("next"))) or "/"
     if not isinstance(name, str) or not isinstance(password, str):
         return await _refused_login(request, target)
+    throttle, keys = request.app.state.login_throttle, _throttle_keys(request, name)
+    wait = throttle.wait_seconds(keys)
+    if wait > 0:
+        message = f"too many failed logins: try again in {minutes(wait)} min"
+        return await _refused_login(request, target, message, status_code=429)
     user = await in_session(request, _authenticated, name.strip(), password)
     if user is None:
+        throttle.failed(keys)
         return await _refused_login(request, target)
+    throttle.succeeded(keys[:1])  # the name's count; the address's keeps counting
     # A new session at login: nothing an attacker planted in the old cookie carries over.
     request.session.clear()
     request.session[SESSION_USER], request.session[SESSION_EPOCH] = user
