@@ -10,7 +10,7 @@ import click
 
 from db.models import UserRole
 from producer import guards
-from producer.review.users import add_user, count_users
+from producer.review.users import add_user, count_users, list_users, remove_user
 from tasks.app import configure
 from tasks.exceptions import UserError
 from tasks.settings import Settings
@@ -89,6 +89,25 @@ def add_user_command(settings: Settings, name: str, role: str, replace: bool) ->
     with sessions() as session:
         add_user(session, name, password, role, replace=replace)
     click.echo(f"user {name} ({role}) {'updated' if replace else 'added'}", err=True)
+
+
+@review.command("users")
+@click.pass_obj
+def users_command(settings: Settings) -> None:
+    """List the studio's users and their roles."""
+    with guards.database(settings)() as session:
+        for user in list_users(session):
+            click.echo(f"{user.name}\t{user.role}")
+
+
+@review.command("remove-user")
+@click.argument("name")
+@click.pass_obj
+def remove_user_command(settings: Settings, name: str) -> None:
+    """Remove a studio user; their open sessions end, their past actions stay in the history."""
+    with guards.database(settings)() as session:
+        remove_user(session, name)
+    click.echo(f"user {name} removed", err=True)
 
 
 def _check_secret(settings: Settings) -> None:

@@ -88,6 +88,28 @@ def authenticate(session: Session, name: str, password: str) -> User | None:
     return user
 
 
+def list_users(session: Session) -> list[User]:
+    """Every studio user, by name."""
+    return list(session.scalars(select(User).order_by(User.name)))
+
+
+def remove_user(session: Session, name: str) -> None:
+    """Remove user ``name``: their sessions end at once; their past actions keep their name.
+
+    Args:
+        session: a session; it is committed.
+        name: the user.
+
+    Raises:
+        UserRefused: there is no such user.
+    """
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise UserRefused(f"no studio user {name!r}; `farm review users` lists them")
+    session.delete(user)
+    session.commit()
+
+
 def count_users(session: Session) -> int:
     """How many users may log in to the studio."""
     return session.scalar(select(func.count()).select_from(User)) or 0

@@ -128,3 +128,18 @@ def test_the_studio_needs_an_existing_database(tmp_path, monkeypatch):
 )  # fmt: skip
 def test_only_loopback_addresses_count_as_this_machine(host, loopback):
     assert is_loopback(host) is loopback
+
+
+def test_users_are_listed_with_their_roles_and_can_be_removed(database):
+    runner = CliRunner()
+    runner.invoke(main, ["review", "add-user", "ada", "--role", "admin"], input="geheim-genug\n")
+    runner.invoke(main, ["review", "add-user", "rolf"], input="geheim-genug\n")
+    listed = runner.invoke(main, ["review", "users"])
+    assert listed.exit_code == 0
+    assert listed.stdout.splitlines() == ["ada\tadmin", "rolf\treviewer"]
+    assert runner.invoke(main, ["review", "remove-user", "rolf"]).exit_code == 0
+    with database() as session:
+        assert authenticate(session, "rolf", "geheim-genug") is None
+        assert count_users(session) == 1
+    again = runner.invoke(main, ["review", "remove-user", "rolf"])
+    assert again.exit_code == 2 and "no studio user 'rolf'" in again.output
