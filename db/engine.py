@@ -217,8 +217,14 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         engine: the database to migrate.
         revision: the revision to upgrade to; the latest by default.
     """
+    config = _alembic_config()
+    if revision == "head":
+        heads = set(ScriptDirectory.from_config(config).get_heads())
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+        if current == heads:
+            return  # every command checks: most find nothing to do, and touch nothing
     with migration_connection(engine) as connection:
-        config = _alembic_config()
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
