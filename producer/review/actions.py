@@ -121,10 +121,11 @@ def approve_above(session: Session, batch_id: str, threshold: float, reviewer: R
         ReviewForbidden: the reviewer is not an admin.
     """
     _require_admin(reviewer, "approve a whole batch")
-    chosen = _batch_ids(session, batch_id, Article.clip_score >= threshold)
+    condition = Article.clip_score >= threshold
     approved = 0
-    for article_id in chosen:
-        article = _hold(session, article_id, _WITH_PICTURE)
+    for article_id in _batch_ids(session, batch_id, condition):
+        # Checked again as it is taken: someone may have judged it since the list was read.
+        article = _hold(session, article_id, _WITH_PICTURE, None, _unapproved(), condition)
         if not isinstance(article, str) and article.image_path is not None:
             _judge(session, article, ReviewStatus.approved, reviewer, _verdict(article))
             approved += 1
@@ -224,13 +225,14 @@ def regenerate_below(
         ReviewRefused: the broker cannot be reached (nothing was changed).
     """
     _require_admin(reviewer, "regenerate a whole batch")
-    chosen = _batch_ids(session, batch_id, Article.clip_score < threshold)
+    condition = Article.clip_score < threshold
+    chosen = _batch_ids(session, batch_id, condition)
     if not chosen:
         return 0
     _check_broker(app)
     sent = []
     for article_id in chosen:
-        article = _hold(session, article_id, _WITH_PICTURE)
+        article = _hold(session, article_id, _WITH_PICTURE, None, _unapproved(), condition)
         if isinstance(article, str) or not article.generation_prompt:
             continue
         before = {"clip_score": article.clip_score, "attempt": article.render_attempt}
@@ -242,25 +244,35 @@ def regenerate_below(
     return len(sent)
 
 
-def _batch_ids(session: Session, batch_id: str, condition) -> list[int]:
-    """Ids of a batch's finished, unapproved articles meeting ``condition``, in order."""
-    unapproved = (Article.review_status != ReviewStatus.approved.value) | (
+def _unapproved():
+    return (Article.review_status != ReviewStatus.approved.value) | (
         Article.review_status.is_(None)
     )
+
+
+def _batch_ids(session: Session, batch_id: str, condition) -> list[int]:
+    """Ids of a batch's finished, unapproved articles meeting ``condition``, in order."""
     query = select(Article.id).where(
         Article.batch_id == batch_id,
         Article.removed_at.is_(None),
         Article.status.in_(_WITH_PICTURE),
-        unapproved,
+        _unapproved(),
         condition,
     )
     return list(session.scalars(query.order_by(Article.id)))
 
 
 def _hold(
-    session: Session, article_id: int, statuses: Collection[str], seen_attempt: int | None = None
+    session: Session,
+    article_id: int,
+    statuses: Collection[str],
+    seen_attempt: int | None = None,
+    *conditions,
 ) -> Article | str:
     """Take the article for this action, if it is still as the reviewer saw it.
+
+    Args:
+        conditions: more that must hold as it is taken (a bulk action's own criteria).
 
     Returns:
         The article (its row locked until the session commits), or why it cannot be taken.
@@ -270,6 +282,7 @@ def _hold(
         Article.removed_at.is_(None),
         Article.status.in_(list(statuses)),
         Article.lease_token.is_(None),
+        *conditions,
     )
     if seen_attempt is not None:
         query = query.where(Article.render_attempt == seen_attempt)

@@ -33,7 +33,7 @@ from starlette.responses import RedirectResponse, Response
 from db.models import User
 from producer.review.csrf import checked_form, renew_csrf_token
 from producer.review.throttle import login_keys, minutes
-from producer.review.users import authenticate, count_users, end_sessions
+from producer.review.users import MAX_NAME_CHARS, authenticate, count_users, end_sessions
 from producer.review.web import in_session, local_path, render
 from tasks.exceptions import UserError
 
@@ -277,16 +277,18 @@ async def login(request: Request) -> Response:
     target = local_path(_text(form.get("next"))) or "/"
     if not isinstance(name, str) or not isinstance(password, str):
         return await _refused_login(request, target)
+    if len(name.strip()) > MAX_NAME_CHARS:  # no user has such a name: nothing to count
+        return await _refused_login(request, target)
     throttle, keys = request.app.state.login_throttle, _throttle_keys(request, name)
-    wait = throttle.wait_seconds(keys)
+    # Counted before the password is checked, so a burst of requests cannot outrun it.
+    wait = throttle.reserve(keys)
     if wait > 0:
         message = f"too many failed logins: try again in {minutes(wait)} min"
         return await _refused_login(request, target, message, status_code=429)
     user = await in_session(request, _authenticated, name.strip(), password)
     if user is None:
-        throttle.failed(keys)
         return await _refused_login(request, target)
-    throttle.succeeded(keys[:1])  # the name's count; the address's keeps counting
+    throttle.succeeded(keys)
     # A new session at login: nothing an attacker planted in the old cookie carries over.
     request.session.clear()
     request.session[SESSION_USER], request.session[SESSION_EPOCH] = user

@@ -167,21 +167,35 @@ def _batch_target(request: Request) -> tuple[str, str]:
 
 @action
 async def approve_selected(request: Request, form: FormData) -> Response:
-    """POST /batches/{id}/approve-selected: field ``article`` once per chosen article."""
+    """POST /batches/{id}/approve-selected: field ``article`` once per chosen article, as
+    ``<id>:<attempt>`` (the attempt its card showed) or a bare ``<id>``."""
     batch_id, here = _batch_target(request)
-    chosen = [i for i in map(parse_id, form.getlist("article")) if i is not None]
-    if not chosen:
+    seen = dict(
+        chosen for chosen in map(_card_choice, form.getlist("article")) if chosen is not None
+    )
+    if not seen:
         return _refuse(request, form, "select at least one article first", here)
 
     def work(session: Session, reviewer: actions.Reviewer) -> int:
         # Only this batch's articles: the form's ids come from the browser.
-        ids = queries.articles_of_batch(session, batch_id, chosen)
+        ids = queries.articles_of_batch(session, batch_id, list(seen))
         if not ids:
             raise actions.ReviewRefused(f"none of the selected articles is in batch {batch_id}")
-        # A card's checkbox can only carry its id, not the attempt its picture shows.
-        return actions.approve(session, ids, reviewer, seen=None)
+        attempts = {i: seen[i] for i in ids if seen[i] is not None}
+        return actions.approve(session, ids, reviewer, seen=attempts)
 
     return await _perform(request, form, work, lambda n: f"approved {_articles(n)}", here)
+
+
+def _card_choice(value: object) -> tuple[int, int | None] | None:
+    """A card's checkbox value, ``<id>:<attempt>`` or ``<id>``: (id, attempt or None)."""
+    if not isinstance(value, str):
+        return None
+    article, _, attempt = value.partition(":")
+    article_id = parse_id(article)
+    if article_id is None:
+        return None
+    return article_id, parse_id(attempt) if attempt else None
 
 
 def _articles(count: int) -> str:

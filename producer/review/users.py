@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select, update
@@ -44,7 +46,9 @@ def add_user(
     if user is not None and not replace:
         raise UserRefused(f"user {name!r} exists already; add --replace to set a new password")
     if user is None:
-        user = User(name=name, session_epoch=0)
+        # A random start: cookies of an earlier user of the same name, removed since, name
+        # another epoch and stay refused.
+        user = User(name=name, session_epoch=secrets.randbits(31))
         session.add(user)
     else:
         # A new password (often after a leak) ends the sessions opened with the old one.

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from db.models import Article, ReviewAction
-from producer.review.users import add_user
+from producer.review.users import add_user, remove_user
 from tasks.exceptions import UserError
 from tests.unit.review_studio import (
     ADMIN,
@@ -90,6 +90,16 @@ def test_a_new_password_ends_the_sessions_opened_with_the_old_one(studio):
     assert replay(studio, copied).status_code == 303
     login(studio, REVIEWER, "a brand new password")
     assert studio.client.get("/").status_code == 200
+
+
+def test_a_user_removed_and_added_again_does_not_bring_old_cookies_back(studio):
+    login(studio, REVIEWER)
+    copied = dict(studio.client.cookies)
+    with studio.sessions() as session:
+        remove_user(session, REVIEWER)
+        assert replay(studio, copied).status_code == 303
+        add_user(session, REVIEWER, PASSWORD, role="reviewer")
+    assert replay(studio, copied).status_code == 303
 
 
 def test_an_old_cookie_replayed_at_logout_does_not_end_the_users_new_session(studio):

@@ -296,3 +296,18 @@ def test_a_send_that_fails_after_the_commit_leaves_the_article_to_the_reaper(
     with sessions() as session:
         article = session.get(Article, article_id)
         assert (article.status, article.sent_at) == (ArticleStatus.extracted.value, None)
+
+
+def test_a_bulk_action_leaves_alone_what_was_judged_after_its_list_was_read(
+    sessions, app, monkeypatch
+):
+    with sessions() as session:
+        listed = [by_key(session, key).id for key in ("A1", "A2")]
+        approve(session, [listed[0]], RITA)  # approved after the bulk action read its list
+    monkeypatch.setattr("producer.review.actions._batch_ids", lambda *args: listed)
+    with sessions() as session:
+        assert regenerate_below(session, app, "b1", 0.35, ADA) == 1  # A2 only
+        assert by_key(session, "A1").review_status == "approved"
+        assert approve_above(session, "b1", 0.0, ADA) == 0  # A1 approved, A2 rendering
+        assert history(session, "A1") == [("rita", "approved")]
+    assert queued(app) == 1

@@ -143,17 +143,32 @@ def test_approving_a_picture_that_changed_since_the_page_was_shown_is_refused(st
         assert session.get(Article, article_id).review_status is None
 
 
-def test_approve_selected_takes_only_plain_ids_and_checks_no_attempt(studio, monkeypatch):
+def test_approve_selected_takes_ids_with_the_attempts_their_cards_showed(studio, monkeypatch):
     calls = []
     monkeypatch.setattr(
         actions, "approve", lambda s, ids, r, **kwargs: calls.append((ids, kwargs)) or len(ids)
     )
     login(studio, REVIEWER)
     ids = [studio.ids["SKU-001"], studio.ids["SKU-002"]]
-    odd = ["٣", "²", "1" * 10, "-4", " 5", str(2**40)]
-    post(studio, "/batches/b1/approve-selected", {"article": [*map(str, ids), *odd]})
-    assert calls == [(ids, {"seen": None})]
+    odd = ["٣", "²", "1" * 10, "-4", " 5", str(2**40), "x:1"]
+    chosen = [f"{ids[0]}:3", str(ids[1])]
+    post(studio, "/batches/b1/approve-selected", {"article": [*chosen, *odd]})
+    assert calls == [(ids, {"seen": {ids[0]: 3}})]
     calls.clear()
     post(studio, "/batches/b1/approve-selected", {"article": odd})
     assert calls == []
     assert "select at least one article first" in flashes(studio, "/")
+
+
+def test_a_card_approved_after_its_picture_changed_is_refused(studio):
+    login(studio, REVIEWER)
+    sheet = studio.client.get("/batches/b1").text
+    article_id = studio.ids["SKU-002"]
+    value = re.search(rf'name="article" value="({article_id}:\d+)"', sheet).group(1)
+    with studio.sessions() as session:
+        session.get(Article, article_id).render_attempt += 1  # a new picture since
+        session.commit()
+    post(studio, "/batches/b1/approve-selected", {"article": [value]})
+    assert "changed meanwhile" in flashes(studio, "/batches/b1")
+    with studio.sessions() as session:
+        assert session.get(Article, article_id).review_status is None
