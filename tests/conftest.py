@@ -1,10 +1,13 @@
-"""Shared fixtures: the tiny model profile, built once per test session."""
+"""Shared fixtures: the tiny model profile (built once per test session) and a migrated SQLite
+database."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+
+from db.engine import make_engine, migrate, session_factory
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -21,3 +24,18 @@ def tiny_profile(model_cache):
     from workers.profiles import resolve_profile
 
     return resolve_profile("tiny", model_cache)
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """A migrated SQLite farm database in the test's folder."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine):
+    """Sessions of :func:`engine` (modules with a batch of their own define theirs)."""
+    return session_factory(engine)
