@@ -154,11 +154,16 @@ def peer_address(request: Request) -> Address | None:
     return address
 
 
+def _from_trusted_proxy(request: Request, peer: Address | None) -> bool:
+    """Whether ``peer`` is one of ``FARM_REVIEW_TRUSTED_PROXIES``."""
+    return peer is not None and any(peer in net for net in request.app.state.trusted_proxies)
+
+
 def _claims(request: Request) -> Claims:
     state = request.app.state
     peer = peer_address(request)
     header = state.settings.review_auth_header
-    trusted = peer is not None and any(peer in net for net in state.trusted_proxies)
+    trusted = _from_trusted_proxy(request, peer)
     loopback = peer is not None and peer.is_loopback
     user = request.session.get(SESSION_USER)
     epoch = request.session.get(SESSION_EPOCH)
@@ -264,7 +269,7 @@ async def _refused_login(
 def _throttle_keys(request: Request, name: str) -> tuple[str, ...]:
     """The name's counter, and the client's unless it is a proxy that many people share."""
     peer = peer_address(request)
-    shared = peer is not None and any(peer in net for net in request.app.state.trusted_proxies)
+    shared = _from_trusted_proxy(request, peer)
     return login_keys(name, None if peer is None or shared else str(peer))
 
 
