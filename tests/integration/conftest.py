@@ -39,8 +39,12 @@ def pg_url(empty_pg_url):
 
 @pytest.fixture
 def redis_url():
-    """An empty Redis database (number 9), flushed before and after the test."""
-    url = f"{REDIS}/9"
+    """An empty Redis database, flushed before and after the test.
+
+    Number 9 unless ``FARM_TEST_REDIS_DB`` names another, so that two test runs on one
+    machine keep out of each other's broker.
+    """
+    url = f"{REDIS}/{os.environ.get('FARM_TEST_REDIS_DB', '9')}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
