@@ -19,6 +19,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from db.clock import server_now
+
 
 def utcnow() -> datetime:
     """Timezone-aware now, the one clock every row uses."""
@@ -57,6 +59,10 @@ class ReviewStatus(str, Enum):
 
     approved = "approved"
     rejected = "rejected"
+
+
+# What counts and filters call an article no one has judged yet (review_status None).
+UNREVIEWED = "unreviewed"
 
 
 class UserRole(str, Enum):
@@ -122,6 +128,10 @@ class Article(Base):
     clip_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     image_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     clip_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The render attempt stored as the best, and the one whose picture and JSON were last
+    # published under the article's own name; the reaper publishes again where they differ.
+    best_attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    published_attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     status: Mapped[str] = mapped_column(String(20), default=ArticleStatus.pending.value)
     render_attempt: Mapped[int] = mapped_column(Integer, default=1)
@@ -140,13 +150,17 @@ class Article(Base):
     lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the current lease was taken (the database server's clock).
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # When the message for the article's next stage was published; None while no message is
     # known to be on its way (just stored, or never sent): the reaper sends those.
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Every later change stamps it with the database server's clock (db.clock), which the
+    # reaper compares it with; read only in SQL.
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+        DateTime(timezone=True), default=utcnow, onupdate=server_now()
     )
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
@@ -185,6 +199,15 @@ class Timer(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Mark(Base):
+    """A farm-wide value the workers compare against (the broker's epoch)."""
+
+    __tablename__ = "marks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class StageRun(Base):

@@ -7,6 +7,9 @@ only while that token holds. A copy of a message delivered twice therefore finds
 done or held and does nothing. The lease is renewed while the stage runs (:func:`renew`), so
 it runs out soon after its worker dies, and the reaper sends the article again.
 
+Every moment that decides a lease, an expiry or a timer is the database server's
+(:mod:`db.clock`), never the calling host's: hosts' clocks disagree.
+
 The same SQLAlchemy Core statements run on SQLite and PostgreSQL; every function opens its
 own transaction (``engine.begin()``).
 """
@@ -14,14 +17,14 @@ own transaction (``engine.begin()``).
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 
-from db.models import Article, Batch, Render, StageRun, Timer, utcnow
+from db.clock import server_now, server_time
+from db.models import Article, Batch, Render, StageRun
 
 ARTICLES = Article.__table__
 RUNS = StageRun.__table__
@@ -44,7 +47,7 @@ class Claim:
     token: str
     attempt: int
     run_id: int
-    started_at: datetime
+    began: float  # time.monotonic() at the claim: the stage run's duration, on this host
     article: dict  # the columns of _INPUT_COLUMNS, and the batch's min_clip_score
     renders: tuple[dict, ...] = ()
 
@@ -63,8 +66,8 @@ def owner_prefix(owner: str) -> str:
     return hashlib.sha1(owner.encode()).hexdigest()[:12] + "."
 
 
-def _free_or_expired(now: datetime):
-    return or_(ARTICLES.c.lease_token.is_(None), ARTICLES.c.lease_expires_at < now)
+def _free_or_expired():
+    return or_(ARTICLES.c.lease_token.is_(None), ARTICLES.c.lease_expires_at < server_now())
 
 
 def claim(
@@ -92,21 +95,22 @@ def claim(
     Returns:
         The claim, or None when the article is done with the stage, held, or not there yet.
     """
-    now = utcnow()
+    began = time.monotonic()
     with engine.begin() as connection:
         attempt = connection.scalar(
             update(ARTICLES)
             .where(
                 ARTICLES.c.id == article_id,
                 ARTICLES.c.status == input_status,
-                _free_or_expired(now),
+                _free_or_expired(),
             )
             .values(
                 lease_token=token,
                 lease_stage=stage,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                lease_expires_at=server_time(lease_seconds),
                 stage_attempts=ARTICLES.c.stage_attempts + 1,
-                updated_at=now,
+                claimed_at=server_now(),
+                updated_at=server_now(),
             )
             .returning(ARTICLES.c.stage_attempts)
         )
@@ -116,11 +120,13 @@ def claim(
         _close_runs(connection, article_id, "lost", stage=stage, before=attempt)
         run = {"article_id": article_id, "stage": stage, "attempt": attempt, "worker": worker}
         run_id = connection.scalar(
-            insert(RUNS).values(**run, outcome="running", started_at=now).returning(RUNS.c.id)
+            insert(RUNS)
+            .values(**run, outcome="running", started_at=server_now())
+            .returning(RUNS.c.id)
         )
         article = _article(connection, article_id)
         renders = _renders(connection, article_id) if with_renders else ()
-    return Claim(article_id, stage, token, attempt, run_id, now, article, renders)
+    return Claim(article_id, stage, token, attempt, run_id, began, article, renders)
 
 
 def _article(connection: Connection, article_id: int) -> dict:
@@ -160,14 +166,18 @@ def complete(
         render: columns of the render row to insert or update (keyed by ``attempt``).
         ended: whether ``status`` ends the article (done, needs review).
 
+    A lease that ran out still stores while its token holds: nobody claimed the article since
+    (a claim replaces the token), so the result is the newest there is; a worker paused past
+    its lease, or a database away for longer, keeps its work.
+
     Returns:
         False when the lease was lost (another copy holds the article now): nothing changed.
     """
-    now = utcnow()
     values = {
         **values, **_NO_LEASE, "status": status, "stage_attempts": 0, "error": None,
-        "error_kind": None, "error_stage": None, "finished_at": now if ended else None,
-        "updated_at": now, "sent_at": None,
+        "error_kind": None, "error_stage": None,
+        "finished_at": server_now() if ended else None, "updated_at": server_now(),
+        "sent_at": None,
     }  # fmt: skip
     with engine.begin() as connection:
         stored = connection.execute(
@@ -192,7 +202,7 @@ def _upsert_render(connection: Connection, article_id: int, render: dict) -> Non
 
 
 def _finish_run(connection: Connection, held: Claim, outcome: str, error: str | None) -> None:
-    seconds = (utcnow() - held.started_at).total_seconds()
+    seconds = time.monotonic() - held.began
     connection.execute(
         update(RUNS)
         .where(RUNS.c.id == held.run_id)
@@ -213,12 +223,11 @@ def release(engine: Engine, held: Claim, error: str, backoff_seconds: float) -> 
         error: what went wrong, kept on the stage run.
         backoff_seconds: how long to wait before the stage may be claimed again.
     """
-    expires = utcnow() + timedelta(seconds=backoff_seconds)
     with engine.begin() as connection:
         connection.execute(
             update(ARTICLES)
             .where(ARTICLES.c.id == held.article_id, ARTICLES.c.lease_token == held.token)
-            .values(lease_expires_at=expires)
+            .values(lease_expires_at=server_time(backoff_seconds))
         )
         _finish_run(connection, held, "retry", error)
 
@@ -241,7 +250,7 @@ def fail(
         connection.execute(
             update(ARTICLES)
             .where(ARTICLES.c.id == article_id)
-            .values(**values, **_NO_LEASE, finished_at=utcnow(), updated_at=utcnow())
+            .values(**values, **_NO_LEASE, finished_at=server_now(), updated_at=server_now())
         )
         if held is not None:
             _finish_run(connection, held, "error", error)
@@ -251,12 +260,11 @@ def renew(engine: Engine, tokens: list[str], lease_seconds: float) -> int:
     """Extend the leases still held under ``tokens``; returns how many were extended."""
     if not tokens:
         return 0
-    expires = utcnow() + timedelta(seconds=lease_seconds)
     with engine.begin() as connection:
         return connection.execute(
             update(ARTICLES)
             .where(ARTICLES.c.lease_token.in_(tokens))
-            .values(lease_expires_at=expires)
+            .values(lease_expires_at=server_time(lease_seconds))
         ).rowcount
 
 
@@ -287,12 +295,11 @@ def expire(
         if prefix is None
         else ARTICLES.c.lease_token.startswith(prefix, autoescape=True)
     )
-    now = utcnow()
     with engine.begin() as connection:
         rows = connection.execute(
             update(ARTICLES)
-            .where(held, ARTICLES.c.lease_expires_at >= now)
-            .values(lease_expires_at=now - timedelta(seconds=1))
+            .where(held, ARTICLES.c.lease_expires_at >= server_now())
+            .values(lease_expires_at=server_time(-1.0))
             .returning(ARTICLES.c.id, ARTICLES.c.lease_token)
         ).all()
         for article_id, token in rows:
@@ -345,7 +352,6 @@ def mark_sent(engine: Engine, article_ids: list[int], status: str | None = None)
         status: only while they are still in this status (a fast next stage may have moved
             the article on meanwhile, and its own next message is not sent yet).
     """
-    now = utcnow()
     with engine.begin() as connection:
         for start in range(0, len(article_ids), 500):
             query = update(ARTICLES).where(
@@ -353,7 +359,27 @@ def mark_sent(engine: Engine, article_ids: list[int], status: str | None = None)
             )
             if status is not None:
                 query = query.where(ARTICLES.c.status == status)
-            connection.execute(query.values(sent_at=now))
+            connection.execute(query.values(sent_at=server_now()))
+
+
+def _lost(grace_seconds: float, quiet_seconds: float | None = None, everything: bool = False):
+    """The rule for an in-flight article that no message will move on (see :func:`stuck`)."""
+    unleased = ARTICLES.c.lease_token.is_(None)
+    expired = and_(ARTICLES.c.lease_token.is_not(None), ARTICLES.c.lease_expires_at < server_now())
+    if everything:
+        return or_(unleased, expired)
+    lost = [
+        # Unless sent again since its claim: that message is on its way.
+        and_(
+            expired,
+            or_(ARTICLES.c.sent_at.is_(None), ARTICLES.c.sent_at <= ARTICLES.c.claimed_at),
+        ),
+        and_(unleased, ARTICLES.c.sent_at.is_(None),
+             ARTICLES.c.updated_at < server_time(-grace_seconds)),
+    ]  # fmt: skip
+    if quiet_seconds is not None:
+        lost.append(and_(unleased, ARTICLES.c.updated_at < server_time(-quiet_seconds)))
+    return or_(*lost)
 
 
 def stuck(
@@ -361,9 +387,10 @@ def stuck(
 ) -> list:
     """Articles in flight that no message will move on.
 
-    That is: a lease that ran out without completion, or no lease and no message sent for
-    more than ``grace_seconds``; with ``quiet_seconds``, also any article without a lease and
-    without progress for that long (its message may have been lost with the broker).
+    That is: a lease that ran out without completion and was not sent again since, or no
+    lease and no message sent for more than ``grace_seconds``; with ``quiet_seconds``, also
+    any article without a lease and without progress for that long (``farm requeue
+    --stuck``).
 
     Args:
         connection: a Connection or Session.
@@ -374,23 +401,11 @@ def stuck(
     Returns:
         Rows of (id, key, status, batch_id), by id.
     """
-    now = utcnow()
-    unleased = ARTICLES.c.lease_token.is_(None)
-    lost = [
-        and_(ARTICLES.c.lease_token.is_not(None), ARTICLES.c.lease_expires_at < now),
-        and_(
-            unleased,
-            ARTICLES.c.sent_at.is_(None),
-            ARTICLES.c.updated_at < now - timedelta(seconds=grace_seconds),
-        ),
-    ]
-    if quiet_seconds is not None:
-        lost.append(and_(unleased, ARTICLES.c.updated_at < now - timedelta(seconds=quiet_seconds)))
     query = (
         select(ARTICLES.c.id, ARTICLES.c.key, ARTICLES.c.status, ARTICLES.c.batch_id)
         # The statuses written into the SQL: a prepared statement's generic plan would not
         # know them, and would read every finished article of the table.
-        .where(ARTICLES.c.status.in_(_literal_list(statuses)), or_(*lost))
+        .where(ARTICLES.c.status.in_(_literal_list(statuses)), _lost(grace_seconds, quiet_seconds))
         .order_by(ARTICLES.c.id)
     )
     return list(connection.execute(query))
@@ -400,74 +415,60 @@ def _literal_list(values: list[str]):
     return bindparam("statuses", values, expanding=True, literal_execute=True)
 
 
-def mark_resent(engine: Engine, rows: list) -> int:
-    """After sending stuck articles again: their expired leases end and they count as sent.
+def take_stuck(
+    engine: Engine, statuses: list[str], grace_seconds: float, everything: bool = False
+) -> list:
+    """Mark the stuck articles as sent, in one statement, and return them to be sent.
 
-    A row is left alone when it moved on or was claimed since (its new message came first).
+    Marking before sending keeps a claim from racing the reaper: an article taken here
+    stays free to claim (an expired lease keeps its token, so its worker may still store a
+    late result until a claim replaces it) and is not taken again until its new lease runs
+    out. A send that fails is undone with :func:`unmark_sent`.
 
     Args:
         engine: the farm's database.
-        rows: from :func:`stuck`, each with ``id`` and ``status``.
+        statuses: the in-flight statuses.
+        grace_seconds: see :func:`stuck`.
+        everything: take every in-flight article that no live lease holds (the broker came
+            back empty: no message of theirs is left).
 
     Returns:
-        How many were marked.
+        Rows of (id, key, status, batch_id), by id.
     """
-    now = utcnow()
-    marked = 0
     with engine.begin() as connection:
-        for row in rows:
-            done = connection.execute(
+        rows = connection.execute(
+            update(ARTICLES)
+            .where(
+                ARTICLES.c.status.in_(_literal_list(statuses)),
+                _lost(grace_seconds, everything=everything),
+            )
+            # Sending is no progress: updated_at stays, so that a send undone is due again.
+            .values(sent_at=server_now(), updated_at=ARTICLES.c.updated_at)
+            .returning(ARTICLES.c.id, ARTICLES.c.key, ARTICLES.c.status, ARTICLES.c.batch_id)
+        ).all()
+    return sorted(rows, key=lambda row: row.id)
+
+
+def unmark_sent(engine: Engine, article_ids: list[int]) -> None:
+    """Forget that messages were sent for these articles (the send failed): the reaper
+    finds them again on its next turn."""
+    with engine.begin() as connection:
+        for start in range(0, len(article_ids), 500):
+            connection.execute(
                 update(ARTICLES)
-                .where(
-                    ARTICLES.c.id == row.id,
-                    ARTICLES.c.status == row.status,
-                    _free_or_expired(now),
-                )
-                .values(**_NO_LEASE, sent_at=now)
-            ).rowcount
-            if done:
-                _close_runs(connection, row.id, "lost")
-                marked += 1
-    return marked
+                .where(ARTICLES.c.id.in_(article_ids[start : start + 500]))
+                .values(sent_at=None, updated_at=ARTICLES.c.updated_at)
+            )
 
 
 def unclaimed(engine: Engine, pairs: list[tuple[int, str]]) -> list[int]:
     """Of (article id, status) pairs, the articles still in that status and free to claim."""
-    now = utcnow()
     found = []
     with engine.connect() as connection:
         for article_id, status in pairs:
             query = select(ARTICLES.c.id).where(
-                ARTICLES.c.id == article_id, ARTICLES.c.status == status, _free_or_expired(now)
+                ARTICLES.c.id == article_id, ARTICLES.c.status == status, _free_or_expired()
             )
             if connection.scalar(query) is not None:
                 found.append(article_id)
     return found
-
-
-def take_turn(engine: Engine, name: str, interval_seconds: float) -> bool:
-    """Whether this caller runs this turn of a farm-wide periodic job.
-
-    Every worker asks every interval; the first to move the timer's due time on wins.
-
-    Args:
-        engine: the farm's database.
-        name: the job (``reaper``).
-        interval_seconds: how long until the next turn.
-    """
-    now = utcnow()
-    due = now + timedelta(seconds=interval_seconds * 0.9)
-    table = Timer.__table__
-    try:
-        with engine.begin() as connection:
-            moved = connection.execute(
-                update(table).where(table.c.name == name, table.c.due_at <= now).values(due_at=due)
-            ).rowcount
-            if moved:
-                return True
-            if connection.scalar(select(table.c.name).where(table.c.name == name)) is None:
-                connection.execute(insert(table).values(name=name, due_at=due))
-                return True
-    except IntegrityError:
-        pass  # another worker created the timer first: this turn is theirs
-    return False

@@ -6,12 +6,12 @@ statements are the same on both, and so must be what they do.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select, update
 
-from db import transitions
+from db import models, timers, transitions
 from db.models import Article, ArticleStatus, Batch, Render, StageRun, Timer, utcnow
 
 IN_FLIGHT = ["pending", "translated", "extracted", "rendered"]
@@ -213,19 +213,51 @@ def test_stuck_articles_are_expired_leases_and_unsent_ones_past_the_grace(engine
     assert [row.id for row in quiet] == [leased, unsent, queued]
 
 
-def test_marking_resent_ends_expired_leases_and_skips_articles_claimed_since(engine, sessions):
+def test_taking_stuck_articles_marks_them_sent_and_keeps_their_tokens_for_a_late_store(
+    engine, sessions
+):
     first, second = add_articles(sessions, "A-1", "A-2")
-    claim(engine, first)
+    late = claim(engine, first)
     claim(engine, second)
     age(sessions, first, 5)
     age(sessions, second, 5)
-    with engine.connect() as connection:
-        rows = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
-    assert claim(engine, second) is not None  # its new message came first
-    assert transitions.mark_resent(engine, rows) == 1
-    marked = article(sessions, first)
-    assert marked.lease_token is None and marked.sent_at is not None
-    assert article(sessions, second).lease_token is not None
+
+    taken = transitions.take_stuck(engine, IN_FLIGHT, grace_seconds=30)
+
+    assert [row.id for row in taken] == [first, second]
+    assert transitions.take_stuck(engine, IN_FLIGHT, grace_seconds=30) == []  # sent already
+    assert claim(engine, second) is not None  # the message sent again is claimed
+    # Nobody claimed the first since its lease ran out: its worker's late result is kept.
+    assert transitions.complete(engine, late, "translated", {"translation": "Rock"})
+    assert article(sessions, first).status == "translated"
+
+
+def test_a_claim_between_the_reapers_look_and_its_send_is_not_undone(engine, sessions):
+    (article_id,) = add_articles(sessions, "A-1")
+    claim(engine, article_id)
+    age(sessions, article_id, 5)
+    (taken,) = transitions.take_stuck(engine, IN_FLIGHT, grace_seconds=30)
+    held = claim(engine, article_id)  # the new message came first, before the reaper sent
+    assert held is not None
+    assert article(sessions, article_id).lease_token == held.token
+    assert transitions.complete(engine, held, "translated", {"translation": "Rock"})
+
+
+def test_a_failed_send_is_unmarked_and_taken_again_next_turn(engine, sessions):
+    (article_id,) = add_articles(sessions, "A-1", sent=False)
+    age(sessions, article_id, 60, sent_at=None)
+    (taken,) = transitions.take_stuck(engine, IN_FLIGHT, grace_seconds=30)
+    transitions.unmark_sent(engine, [taken.id])
+    assert [row.id for row in transitions.take_stuck(engine, IN_FLIGHT, 30)] == [article_id]
+
+
+def test_after_a_broker_reset_every_unleased_in_flight_article_is_taken(engine, sessions):
+    queued, leased, done = add_articles(sessions, "Q", "L", "D")
+    claim(engine, leased)
+    age(sessions, done, 0, status=ArticleStatus.done.value)
+    assert transitions.take_stuck(engine, IN_FLIGHT, grace_seconds=30) == []
+    taken = transitions.take_stuck(engine, IN_FLIGHT, grace_seconds=30, everything=True)
+    assert [row.id for row in taken] == [queued]
 
 
 def test_marking_sent_only_touches_articles_still_in_the_status_that_waited(engine, sessions):
@@ -237,8 +269,36 @@ def test_marking_sent_only_touches_articles_still_in_the_status_that_waited(engi
 
 
 def test_one_caller_per_interval_takes_the_reapers_turn(engine, sessions):
-    assert transitions.take_turn(engine, "reaper", 60)
-    assert not transitions.take_turn(engine, "reaper", 60)
+    assert timers.take_turn(engine, "reaper", 60)
+    assert not timers.take_turn(engine, "reaper", 60)
     with sessions() as session, session.begin():
         session.execute(update(Timer).values(due_at=utcnow()))
-    assert transitions.take_turn(engine, "reaper", 60)
+    assert timers.take_turn(engine, "reaper", 60)
+
+
+def test_a_mark_reports_the_value_it_replaced_to_one_caller_only(engine):
+    assert timers.swap_mark(engine, "broker-epoch", "a") is None  # new: nothing replaced
+    assert timers.swap_mark(engine, "broker-epoch", "a") is None
+    assert timers.swap_mark(engine, "broker-epoch", "b") == "a"
+    assert timers.swap_mark(engine, "broker-epoch", "b") is None
+
+
+@pytest.mark.parametrize("skew", [60, -60])
+def test_a_worker_clock_a_minute_off_neither_takes_nor_strands_another_workers_lease(
+    engine, sessions, monkeypatch, skew
+):
+    first, second = add_articles(sessions, "A-1", "A-2")
+    assert claim(engine, first, worker="right@host", lease=45) is not None
+
+    def off() -> datetime:
+        return datetime.now(timezone.utc) + timedelta(seconds=skew)
+
+    monkeypatch.setattr(models, "utcnow", off)
+    monkeypatch.setattr(transitions, "utcnow", off, raising=False)
+    assert claim(engine, first, worker="off@host") is None  # the lease still holds
+    assert claim(engine, second, worker="off@host", lease=45) is not None
+    monkeypatch.undo()
+
+    assert claim(engine, second, worker="right@host") is None  # and so does the one it took
+    with engine.connect() as connection:
+        assert transitions.stuck(connection, IN_FLIGHT, grace_seconds=30) == []
