@@ -22,6 +22,7 @@ them again.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from functools import partial
 
@@ -34,6 +35,7 @@ from tasks import callrecord, state
 from tasks.chains import article_chain
 from tasks.exceptions import InvalidArticle
 from tasks.finish import write_statistics_if_finished
+from tasks.publish import publish
 from tasks.queues import URGENT_PRIORITY
 from tasks.registry import STAGES, Stage
 from tasks.stages import ArticleInput, StageContext, StageOutput
@@ -42,6 +44,31 @@ logger = logging.getLogger("farm.tasks")
 
 # Storing a finished stage while the database is away: tried again for this long.
 STORE_PATIENCE_SECONDS = 600.0
+# The longest wait before a retry, whatever the attempt.
+MAX_BACKOFF_SECONDS = 60.0
+
+
+def backoff_seconds(base: float, attempt: int) -> float:
+    """How long to wait before the retry that follows ``attempt`` (from 1).
+
+    Doubling from ``base``, capped, and drawn between half and all of that: retries of
+    articles that failed together (a database restart) do not all come back at once.
+
+    Args:
+        base: ``FARM_RETRY_BACKOFF_SECONDS``.
+        attempt: the attempt that just failed.
+    """
+    ceiling = min(MAX_BACKOFF_SECONDS, base * 2 ** max(0, attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def attempts_left(attempt: int, limit: int) -> int:
+    """How many more claims of a stage an article may have after claim number ``attempt``.
+
+    The one reading of ``FARM_MAX_STAGE_ATTEMPTS``: claim ``limit`` still runs, with 0
+    left (an error then fails the article); a claim past it runs nothing (negative).
+    """
+    return limit - attempt
 
 
 class StageTask(Task):
@@ -73,7 +100,7 @@ class StageTask(Task):
             )  # fmt: skip
         except DBAPIError as error:
             callrecord.claimed(self.request.id)
-            countdown = min(60.0, settings.retry_backoff_seconds * 2**self.request.retries)
+            countdown = backoff_seconds(settings.retry_backoff_seconds, self.request.retries + 1)
             logger.warning("%s: database away (%s); retry in %.1fs", stage.name, error, countdown)
             raise self.retry(exc=error, countdown=countdown) from error
         callrecord.claimed(self.request.id)
@@ -91,7 +118,7 @@ class StageTask(Task):
 
     def _run_claimed(self, engine, stage: Stage, held: transitions.Claim) -> None:
         limit = self.app.farm_settings.max_stage_attempts
-        if held.attempt > limit:
+        if attempts_left(held.attempt, limit) < 0:
             message = f"{stage.name} gave up after {limit} attempts (errors, deaths or time-outs)"
             self._fail(engine, stage, held, "AttemptsExhausted", message)
             return
@@ -129,16 +156,26 @@ class StageTask(Task):
             logger.warning("article %s: %s lost its lease; result dropped", held.article_id, stage)
             self.request.chain = None
             return
+        if output.publish:
+            self._publish(engine, held)
         if ended:
             self._article_ended(engine, held)
         if output.then:
-            self.request.chain = None
-            key = held.article["key"]
-            article_chain(held.article_id, key, output.then, URGENT_PRIORITY).apply_async()
-            transitions.mark_sent(engine, [held.article_id], status.value)
-        elif self.request.chain:
+            # Celery sends the regeneration as it sends any chain's next stage.
+            steps = article_chain(held.article_id, held.article["key"], output.then,
+                                  URGENT_PRIORITY)  # fmt: skip
+            self.request.chain = [dict(step) for step in reversed(steps.tasks)]
+        if self.request.chain:
             # Marked as sent in on_success, once Celery has sent the chain's next stage.
             self.request.farm_next = (held.article_id, status.value)
+
+    def _publish(self, engine, held: transitions.Claim) -> None:
+        """Publish the stored best attempt; what fails here, the reaper publishes later."""
+        try:
+            publish(engine, held.article_id, self.app.farm_settings.output_dir, state.profile())
+        except (OSError, DBAPIError) as error:
+            logger.warning("article %s: not published yet (%s); the reaper will",
+                           held.article_id, error)  # fmt: skip
 
     def _patiently(self, stage: Stage, write) -> bool:
         """Run a database write, waiting out a database that is away (a restart)."""
@@ -166,10 +203,10 @@ class StageTask(Task):
         settings = self.app.farm_settings
         kind = type(error).__name__
         message = f"{kind}: {error}"
-        if held.attempt >= settings.max_stage_attempts:
+        if attempts_left(held.attempt, settings.max_stage_attempts) <= 0:
             self._fail(engine, stage, held, kind, message)
             return
-        countdown = min(60.0, settings.retry_backoff_seconds * 2 ** (held.attempt - 1))
+        countdown = backoff_seconds(settings.retry_backoff_seconds, held.attempt)
         transitions.release(engine, held, message, countdown)
         logger.warning("%s retry in %.1fs: %s", stage.name, countdown, message)
         raise self.retry(exc=error, countdown=countdown)

@@ -93,6 +93,7 @@ class StageOutput:
     render: dict | None = None
     status: ArticleStatus | None = None
     then: str | None = None  # a stage to start again after storing (regeneration)
+    publish: bool = False  # publish the stored best attempt once stored (tasks.publish)
 
 
 def render_seed(key: str, attempt: int) -> int:
@@ -253,14 +254,10 @@ def call_score(runtime, inputs: list[tuple[object, str]]) -> list[float]:
 
 
 def finish_score(article: ArticleInput, value: float, ctx: StageContext) -> StageOutput:
-    """Keep the best attempt, publish its image and JSON, and decide what comes next.
+    """Keep the best attempt and decide what comes next (:func:`verdict`).
 
-    Below the threshold (the batch's, else the farm's) the article is rendered again with the
-    next attempt's seed, up to ``max_attempts``; after that it needs review, its best image
-    kept.
-
-    Raises:
-        TransientStageError: the published files could not be written.
+    Nothing is written here: the best attempt is published from the stored row once the
+    store took it (:mod:`tasks.publish`), so a stage that lost its lease publishes nothing.
     """
     current = _current_render(article)
     # Earlier attempts count when scored against the current prompts and still on disk.
@@ -273,32 +270,50 @@ def finish_score(article: ArticleInput, value: float, ctx: StageContext) -> Stag
     ]
     scored.append((value, current))
     best_score, best = max(scored, key=lambda pair: pair[0])
-    final = _publish(article, ctx, best, best_score)
+    final = outputs.batch_dir(ctx.output_dir, article.batch_id) / f"{article.stem}.png"
     output = StageOutput(
-        values={"clip_score": best_score, "image_path": str(final)},
+        values={"clip_score": best_score, "image_path": str(final), "best_attempt": best.attempt},
         render={"attempt": current.attempt, "clip_score": value},
+        publish=True,
     )
     threshold = article.min_clip_score
     threshold = ctx.min_clip_score if threshold is None else threshold
-    if threshold is not None and value < threshold:
-        if render_attempts_left(article.render_attempt, article.attempt_base, ctx.max_attempts):
-            output.values["render_attempt"] = article.render_attempt + 1
-            output.status = ArticleStatus.extracted
-            output.then = "render"
-        else:
-            output.status = ArticleStatus.needs_review
+    output.status = verdict(
+        best_score, threshold, article.render_attempt, article.attempt_base, ctx.max_attempts
+    )
+    if output.status == ArticleStatus.extracted:
+        output.values["render_attempt"] = article.render_attempt + 1
+        output.then = "render"
     return output
 
 
-def render_attempts_left(render_attempt: int, attempt_base: int, max_attempts: int) -> bool:
-    """Whether an article scoring below its threshold may be rendered once more.
+def verdict(
+    best_score: float,
+    threshold: float | None,
+    render_attempt: int,
+    attempt_base: int,
+    max_attempts: int,
+) -> ArticleStatus:
+    """The one rule for a scored article: done, render again, or needs review.
+
+    The score stage and a changed threshold (``producer.thresholds``) both judge by it:
+    the best stored score counts, not the newest attempt's.
 
     Args:
+        best_score: the article's best score for its current text.
+        threshold: the batch's threshold, else the farm's; None accepts every score.
         render_attempt: its current render attempt.
         attempt_base: its first attempt for the current text (earlier ones had other prompts).
         max_attempts: render attempts allowed per text (``FARM_MAX_ATTEMPTS``).
+
+    Returns:
+        ``done``; ``extracted`` to be rendered again with the next seed; or ``needs_review``.
     """
-    return render_attempt - attempt_base + 1 < max_attempts
+    if threshold is None or best_score >= threshold:
+        return ArticleStatus.done
+    if render_attempt - attempt_base + 1 < max_attempts:
+        return ArticleStatus.extracted
+    return ArticleStatus.needs_review
 
 
 def _current_render(article: ArticleInput) -> RenderInput:
@@ -306,49 +321,3 @@ def _current_render(article: ArticleInput) -> RenderInput:
     if current is None or not Path(current.image_path).is_file():
         raise InvalidArticle(f"render attempt {article.render_attempt} has no image on disk")
     return current
-
-
-def _publish(article: ArticleInput, ctx: StageContext, best: RenderInput, score: float) -> Path:
-    folder = outputs.batch_dir(ctx.output_dir, article.batch_id)
-    image_path = folder / f"{article.stem}.png"
-    try:
-        outputs.publish_file(Path(best.image_path), image_path)
-        record = _record(article, ctx, best, score, image_path)
-        outputs.write_json(folder / f"{article.stem}.json", record)
-    except OSError as error:
-        raise TransientStageError(
-            f"cannot write outputs in {folder}: {error.strerror or error}"
-        ) from error
-    return image_path
-
-
-def _record(
-    article: ArticleInput, ctx: StageContext, best: RenderInput, score: float, image_path: Path
-) -> dict:
-    profile = ctx.profile
-    return {
-        "sample_id": article.key,
-        "view": article.view,
-        "original_description": article.source_text,
-        "generation_prompt": article.generation_prompt,
-        "clip_prompt": article.clip_prompt,
-        "clip_score": score,
-        "image_path": str(image_path),
-        "translation": article.translation,
-        "attributes": article.attributes,
-        "seed": best.seed,
-        "attempt": best.attempt,
-        "source": {
-            "file": article.source_file,
-            "sheet": article.source_sheet,
-            "row": article.source_row,
-        },
-        "models": {
-            "profile": profile.name,
-            "translator": profile.translator,
-            "extractor": profile.extractor,
-            "renderer": best.model_id,
-            "lora": best.lora,
-            "scorer": profile.scorer,
-        },
-    }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -141,7 +140,7 @@ def test_a_render_row_describes_the_profile_worker_and_image(runtimes, tmp_path)
         assert picture.size == (profile.width, profile.height)
 
 
-def test_score_publishes_the_best_attempt_with_its_json(runtimes, tmp_path):
+def test_score_names_the_best_attempt_and_writes_nothing_before_the_store(runtimes, tmp_path):
     article = rendered_article(runtimes, tmp_path)
     (rendered,) = article.renders
 
@@ -150,18 +149,12 @@ def test_score_publishes_the_best_attempt_with_its_json(runtimes, tmp_path):
     expected = score_alone(runtimes, rendered.image_path, article.clip_prompt)
     assert scored.render == {"attempt": 1, "clip_score": pytest.approx(expected)}
     assert scored.values["clip_score"] == pytest.approx(expected)
+    assert scored.values["best_attempt"] == 1
     assert scored.values["image_path"] == str(tmp_path / "b1" / "SKU-1.png")
-    assert scored.status is None and scored.then is None  # done, as the registry says
-    record = json.loads((tmp_path / "b1" / "SKU-1.json").read_text())
-    assert record["sample_id"] == "SKU-1"
-    assert record["seed"] == rendered.seed and record["attempt"] == 1
-    assert record["clip_score"] == pytest.approx(expected)
-    assert record["clip_prompt"] == article.clip_prompt
-    assert record["translation"] == article.translation
-    assert record["source"] == {"file": "c.csv", "sheet": "csv", "row": 2}
-    assert record["models"]["renderer"] == runtimes.profile.renderer
-    published = (tmp_path / "b1" / "SKU-1.png").read_bytes()
-    assert published == Path(rendered.image_path).read_bytes()
+    assert scored.status == ArticleStatus.done and scored.then is None and scored.publish
+    # Published from the stored row once the store took it (tasks.publish), not here.
+    assert not (tmp_path / "b1" / "SKU-1.png").exists()
+    assert not (tmp_path / "b1" / "SKU-1.json").exists()
 
 
 def test_the_score_stage_takes_the_image_its_process_just_rendered_from_memory(
@@ -215,8 +208,7 @@ def test_score_keeps_an_earlier_better_attempt_as_the_article_image(runtimes, tm
     assert scored.values["clip_score"] == 1e9
     expected = score_alone(runtimes, second["image_path"], article.clip_prompt)
     assert scored.render == {"attempt": 2, "clip_score": pytest.approx(expected)}
-    assert (tmp_path / "b1" / "SKU-1.png").read_bytes() == Path(first["image_path"]).read_bytes()
-    assert json.loads((tmp_path / "b1" / "SKU-1.json").read_text())["attempt"] == 1
+    assert scored.values["best_attempt"] == 1
 
 
 def test_score_ignores_attempts_from_before_the_articles_attempt_base(runtimes, tmp_path):
@@ -230,8 +222,7 @@ def test_score_ignores_attempts_from_before_the_articles_attempt_base(runtimes, 
 
     expected = score_alone(runtimes, current["image_path"], article.clip_prompt)
     assert scored.values["clip_score"] == pytest.approx(expected)
-    published = (tmp_path / "b1" / "SKU-1.png").read_bytes()
-    assert published == Path(current["image_path"]).read_bytes()
+    assert scored.values["best_attempt"] == 2
 
 
 def test_score_without_an_image_on_disk_is_an_invalid_article(runtimes, tmp_path):
@@ -244,16 +235,12 @@ def test_score_without_an_image_on_disk_is_an_invalid_article(runtimes, tmp_path
         stages.prepare_score(replace(article, renders=()), context(runtimes, tmp_path))
 
 
-def test_an_unwritable_output_folder_is_a_transient_error_for_render_and_score(runtimes, tmp_path):
+def test_an_unwritable_output_folder_is_a_transient_error_for_render(runtimes, tmp_path):
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the output folder should be")
     article = extracted_article(runtimes, tmp_path)
     with pytest.raises(TransientStageError, match="cannot write image"):
         run_stage(runtimes, "render", article, context(runtimes, blocked))
-
-    rendered = rendered_article(runtimes, tmp_path / "fine")
-    with pytest.raises(TransientStageError, match="cannot write outputs"):
-        run_stage(runtimes, "score", rendered, context(runtimes, blocked))
 
 
 def test_a_score_below_the_threshold_renders_the_next_attempt_then_needs_review(runtimes, tmp_path):
@@ -264,7 +251,7 @@ def test_a_score_below_the_threshold_renders_the_next_attempt_then_needs_review(
 
     assert again.then == "render" and again.status == ArticleStatus.extracted
     assert again.values["render_attempt"] == 2
-    assert (tmp_path / "b1" / "SKU-1.png").is_file()  # the best so far is published meanwhile
+    assert again.publish and again.values["best_attempt"] == 1  # published meanwhile
 
     second = replace(first, render_attempt=2)
     row = run_stage(runtimes, "render", second, ctx).render
@@ -285,7 +272,7 @@ def test_the_batchs_own_threshold_wins_over_the_farms(runtimes, tmp_path):
     assert run_stage(runtimes, "score", article, farm_too_high).then == "render"
 
     passes = run_stage(runtimes, "score", replace(article, min_clip_score=-1e9), farm_too_high)
-    assert passes.status is None and passes.then is None
+    assert passes.status == ArticleStatus.done and passes.then is None
 
     batch_too_high = context(runtimes, tmp_path, min_clip_score=-1e9, max_attempts=3)
     fails = run_stage(runtimes, "score", replace(article, min_clip_score=1e9), batch_too_high)
@@ -332,6 +319,20 @@ def test_an_empty_translation_fails_only_its_own_article_of_an_extraction_batch(
         Attributes.model_validate(output.values["attributes"])
 
 
+@pytest.mark.parametrize(
+    ("best", "attempt", "expected"),
+    [
+        (25.0, 1, ArticleStatus.done),  # at or above: done, whatever the newest scored
+        (24.0, 3, ArticleStatus.done),
+        (20.0, 1, ArticleStatus.extracted),  # below, attempts left: render again
+        (20.0, 3, ArticleStatus.needs_review),  # below, none left
+    ],
+)
+def test_one_verdict_judges_the_best_score_against_the_threshold(best, attempt, expected):
+    assert stages.verdict(best, 24.0, attempt, 1, 3) == expected
+    assert stages.verdict(best, None, attempt, 1, 3) == ArticleStatus.done
+
+
 def test_a_batch_of_scores_gives_each_article_what_it_would_get_alone(runtimes, tmp_path):
     ctx = context(runtimes, tmp_path)
     articles = [
@@ -345,8 +346,7 @@ def test_a_batch_of_scores_gives_each_article_what_it_would_get_alone(runtimes, 
     for article, value in zip(articles, together, strict=True):
         alone = score_alone(runtimes, article.renders[0].image_path, article.clip_prompt)
         assert value == pytest.approx(alone, abs=1e-3)
-        stages.finish_score(article, value, ctx)
-        assert (tmp_path / "b1" / f"{article.file_stem}.json").is_file()
+        assert stages.finish_score(article, value, ctx).values["clip_score"] == value
 
 
 def test_tiny_runtimes_load_on_the_cpu(runtimes):

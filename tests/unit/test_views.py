@@ -19,7 +19,7 @@ from db.transitions import claim, new_token
 from producer.catalog import CatalogRow
 from producer.cli import main
 from producer.imports import import_catalog
-from tasks import stages
+from tasks import publish, stages
 from tasks.outputs import safe_stem
 from workers.profiles import DEFAULT
 from workers.prompts import FRONT, VIEWS, clip_prompt, generation_prompt
@@ -89,9 +89,17 @@ def test_a_non_front_view_names_its_files_with_the_view_and_records_it(tmp_path)
     assert front.values["image_path"] == str(folder / "SKU-1.png")
     assert (folder / "attempts" / "SKU-1@back.1.png").is_file()
     assert (folder / "attempts" / "SKU-1.1.png").is_file()
-    record = json.loads((folder / "SKU-1@back.json").read_text())
-    assert (record["sample_id"], record["view"]) == ("SKU-1", "back")
-    assert json.loads((folder / "SKU-1.json").read_text())["view"] == "front"
+    for view, name in (("back", "SKU-1@back"), ("front", "SKU-1")):
+        attempt = folder / "attempts" / f"{name}.1.png"
+        row = {"id": 1, "key": "SKU-1", "view": view, "batch_id": "b1", "file_stem": "SKU-1",
+               "source_text": "Rock", "source_file": "c.csv", "source_sheet": "csv",
+               "source_row": 2, "translation": None, "attributes": None,
+               "generation_prompt": None, "clip_prompt": None, "clip_score": 0.3,
+               "best_attempt": 1, "seed": 7, "attempt_path": str(attempt), "model_id": "m",
+               "lora": None}  # fmt: skip
+        assert publish.write_published(row, tmp_path, DEFAULT) == folder / f"{name}.png"
+        record = json.loads((folder / f"{name}.json").read_text())
+        assert (record["sample_id"], record["view"]) == ("SKU-1", view)
 
 
 def test_each_view_is_gated_by_the_threshold_on_its_own(tmp_path):
@@ -99,7 +107,7 @@ def test_each_view_is_gated_by_the_threshold_on_its_own(tmp_path):
     high = render_and_score("front", tmp_path, 0.3, min_clip_score=0.2, max_attempts=2)
 
     assert (low.then, low.values["render_attempt"]) == ("render", 2)
-    assert high.then is None and high.status is None  # done
+    assert high.then is None and high.status == ArticleStatus.done
 
 
 def test_a_claimed_article_reaches_its_stage_with_its_view(engine):
