@@ -1,25 +1,33 @@
 """The reaper: sends again the articles that no message will move on.
 
-Two kinds of article wait for a message none will bring: one whose lease ran out without
-completion (its worker died, hung, or gave it back for a retry it never sent), and one whose
+Three kinds of article wait for a message none will bring: one whose lease ran out without
+completion (its worker died, hung, or gave it back for a retry it never sent), one whose
 stage was stored but whose next message was never sent (a broker outage at submit, a worker
-killed between storing and sending). Each worker process runs :class:`Periodic` with
-:func:`reap`; the farm-wide timer (:func:`db.transitions.take_turn`) gives one of them each
-turn. ``farm requeue --stuck`` uses the same selection, and also takes articles that merely
-stayed quiet for a lease (their message lost with an unpersisted broker).
+killed between storing and sending), and every queued one when the broker came back empty
+(Redis restarted without persistence): the reaper notices that last case by the broker's
+epoch, a random value it keeps in the broker and in the database, which differ once the
+broker lost its data. Each worker process runs :class:`Periodic` with :func:`reaper_turn`;
+the farm-wide timer (:func:`db.timers.take_turn`) gives one of them each turn. The same
+turn publishes what a crash or a full disk left unpublished (:mod:`tasks.publish`).
+``farm requeue --stuck`` uses the same selection, and also takes articles that merely
+stayed quiet for a lease.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Callable
 
 from celery import Celery
 from sqlalchemy import Engine
 
-from db import transitions
+from db import timers, transitions
+from tasks import state
 from tasks.chains import send_chains
+from tasks.publish import publish_pending
 from tasks.queues import URGENT_PRIORITY
 from tasks.registry import IN_FLIGHT, stage_waiting_in
 
@@ -28,6 +36,9 @@ logger = logging.getLogger("farm.reaper")
 # How long a stored stage may wait for its next message to be sent before the reaper sends it
 # (a 10,000-article submit stores, sends and marks within seconds).
 SEND_GRACE_SECONDS = 30.0
+# Where the broker's epoch lives, in the broker and (as a mark) in the database.
+EPOCH_KEY = "fashion-farm:broker-epoch"
+EPOCH_MARK = "broker-epoch"
 
 
 def stuck_articles(connection, quiet_seconds: float | None = None) -> list:
@@ -47,19 +58,50 @@ def stuck_articles(connection, quiet_seconds: float | None = None) -> list:
 def reap(app: Celery, engine: Engine) -> int:
     """Send every stuck article's chain again, from the stage it waits for, urgently.
 
+    The articles are marked as sent before the send (a claim meanwhile then finds them free
+    and is not undone), and unmarked when the send fails, for the next turn.
+
     Returns:
         How many articles were sent.
     """
-    with engine.connect() as connection:
-        rows = stuck_articles(connection)
+    reset = broker_was_reset(app, engine)
+    statuses = [status.value for status in IN_FLIGHT]
+    rows = transitions.take_stuck(engine, statuses, SEND_GRACE_SECONDS, everything=reset)
     if not rows:
         return 0
     chains = [(row.id, row.key, stage_waiting_in(row.status).name) for row in rows]
-    send_chains(app, chains, priority=URGENT_PRIORITY)
-    transitions.mark_resent(engine, rows)
-    logger.warning("reaper: %d articles sent again (%s)", len(rows),
+    try:
+        send_chains(app, chains, priority=URGENT_PRIORITY)
+    except BaseException:
+        transitions.unmark_sent(engine, [row.id for row in rows])
+        raise
+    why = "the broker came back empty" if reset else "stuck"
+    logger.warning("reaper: %d articles sent again, %s (%s)", len(rows), why,
                    ", ".join(str(row.id) for row in rows[:20]))  # fmt: skip
     return len(rows)
+
+
+def broker_was_reset(app: Celery, engine: Engine) -> bool:
+    """Whether the broker lost its messages since the last look (a Redis that restarted
+    empty): its epoch key is gone and a new one differs from the one the database keeps.
+
+    A broker other than Redis (the in-process one of ``farm run``) cannot lose its messages
+    apart from the farm, and is never reset.
+    """
+    epoch = _broker_epoch(app)
+    if epoch is None:
+        return False
+    return timers.swap_mark(engine, EPOCH_MARK, epoch) is not None
+
+
+def _broker_epoch(app: Celery) -> str | None:
+    with app.connection_for_write() as connection:
+        if connection.transport.driver_type != "redis":
+            return None
+        client = connection.default_channel.client
+        client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
+        value = client.get(EPOCH_KEY)
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class Periodic(threading.Thread):
@@ -89,11 +131,29 @@ class Periodic(threading.Thread):
 
 
 def reaper_turn(app: Celery, engine: Engine, interval: float) -> Callable[[], object]:
-    """The reaper's job for :class:`Periodic`: reap when this process has the turn."""
+    """The reaper's job for :class:`Periodic`: when this process has the turn, reap, then
+    publish what is left unpublished.
+
+    After a turn that failed (the database was away), the next turns wait until the living
+    workers had two chances to renew their leases: every lease ran out during a long outage,
+    and sending those articles again would throw away the results their workers are about to
+    store.
+    """
+    settle = 2 * app.farm_settings.lease_seconds / 3
+    failed_at: list[float] = []
 
     def turn() -> int:
-        if not transitions.take_turn(engine, "reaper", interval):
+        if failed_at and time.monotonic() - failed_at[-1] < settle:
             return 0
-        return reap(app, engine)
+        try:
+            if not timers.take_turn(engine, "reaper", interval):
+                return 0
+            sent = reap(app, engine)
+        except Exception:
+            failed_at[:] = [time.monotonic()]
+            raise
+        if state.has_runtimes():
+            publish_pending(engine, app.farm_settings.output_dir, state.profile())
+        return sent
 
     return turn
