@@ -1,0 +1,194 @@
+"""StageTask, the base of the four stage tasks: claim, run, store, publish, retry, fail.
+
+The tasks run as a worker thread runs them (``run_stage`` under a pushed request), on the
+tiny models, the process's real model executor and a migrated SQLite database; no broker
+is needed until a retry is sent, and that goes to kombu's in-memory transport.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from celery.exceptions import Retry
+from sqlalchemy import select, update
+
+from db import transitions
+from db.clock import server_time
+from db.models import Article, ArticleStatus, Batch, Render, StageRun
+from tasks import base, pipeline, state
+from tasks.app import configure
+from tasks.queues import URGENT_PRIORITY
+from tasks.settings import Settings
+from workers.executor import ModelExecutor
+from workers.loader import load_runtimes
+
+ARTICLES = Article.__table__
+
+
+@pytest.fixture(scope="module")
+def runtimes(tiny_profile):
+    return load_runtimes(("translate", "extract", "render", "score"), tiny_profile, "cpu")
+
+
+@pytest.fixture
+def settings(engine, tmp_path, runtimes, model_cache):
+    settings = Settings(
+        database_url=str(engine.url), broker_url="memory://", output_dir=tmp_path / "out",
+        profile="tiny", model_cache=model_cache, retry_backoff_seconds=2.0,
+        max_stage_attempts=3,
+    )  # fmt: skip
+    configure(settings)
+    state.install_runtimes(runtimes, ModelExecutor(max_wait=0))
+    yield settings
+    state.drop_runtimes()
+
+
+@pytest.fixture
+def article_id(sessions, settings):
+    with sessions() as session, session.begin():
+        session.add(Batch(id="b1", profile="tiny"))
+        article = Article(batch_id="b1", key="SKU-1", file_stem="SKU-1", source_file="c.csv",
+                          source_sheet="csv", source_row=2, source_text="Roter Rock aus Wolle")  # fmt: skip
+        session.add(article)
+        session.flush()
+        return article.id
+
+
+def run(task, article_id: int, worker: str = "w1@host", retries: int = 0):
+    """Run one message of ``task`` as a worker thread does; return its request after."""
+    task.push_request(id=f"{task.name}-{article_id}", hostname=worker, retries=retries,
+                      args=[article_id], kwargs={"key": "SKU-1"},
+                      chain=[{"task": "next"}], delivery_info={}, called_directly=False)  # fmt: skip
+    try:
+        task.run_stage(article_id)
+        return task.request
+    finally:
+        task.pop_request()
+
+
+def stored(sessions, article_id: int) -> Article:
+    with sessions() as session:
+        return session.get(Article, article_id)
+
+
+def through_render(article_id: int) -> None:
+    for task in (pipeline.translate, pipeline.extract, pipeline.render):
+        run(task, article_id)
+
+
+def test_each_stage_stores_its_output_and_hands_the_chain_on(sessions, article_id):
+    request = run(pipeline.translate, article_id)
+    assert request.chain == [{"task": "next"}] and request.farm_next == (article_id, "translated")
+    article = stored(sessions, article_id)
+    assert article.status == "translated" and article.translation and article.lease_token is None
+
+    for task in (pipeline.extract, pipeline.render, pipeline.score):
+        run(task, article_id)
+    article = stored(sessions, article_id)
+    assert article.status == ArticleStatus.done.value and article.best_attempt == 1
+
+
+def test_the_score_stage_publishes_the_stored_best_once_stored(sessions, article_id, settings):
+    through_render(article_id)
+    run(pipeline.score, article_id)
+
+    article = stored(sessions, article_id)
+    assert article.published_attempt == article.best_attempt == 1
+    folder = settings.output_dir / "b1"
+    record = json.loads((folder / "SKU-1.json").read_text())
+    assert record["attempt"] == 1 and record["clip_score"] == pytest.approx(article.clip_score)
+    attempt = folder / "attempts" / "SKU-1.1.png"
+    assert (folder / "SKU-1.png").read_bytes() == attempt.read_bytes()
+
+
+def test_a_score_that_lost_its_lease_during_its_model_call_stores_and_publishes_nothing(
+    sessions, article_id, settings, engine, monkeypatch
+):
+    through_render(article_id)
+    executor = state.executor()
+    submit = executor.submit
+
+    def taken_meanwhile(stage, call, item, size, label=None):
+        # The worker is paused past its lease; another one claims the article meanwhile.
+        with engine.begin() as connection:
+            connection.execute(update(ARTICLES).values(lease_expires_at=server_time(-1)))
+        token = transitions.new_token("w2@host")
+        assert transitions.claim(engine, article_id, "score", "rendered", token, "w2", 45)
+        return submit(stage, call, item, size, label)
+
+    monkeypatch.setattr(executor, "submit", taken_meanwhile)
+    request = run(pipeline.score, article_id)
+
+    assert request.chain is None  # no next stage for a result nobody stored
+    article = stored(sessions, article_id)
+    assert article.status == "rendered" and article.best_attempt is None
+    assert not (settings.output_dir / "b1" / "SKU-1.png").exists()
+
+
+def test_a_score_below_the_threshold_sends_its_regeneration_as_the_chains_next_stage(
+    sessions, article_id, engine
+):
+    with engine.begin() as connection:
+        connection.execute(update(Batch.__table__).values(min_clip_score=1e9))
+    through_render(article_id)
+
+    request = run(pipeline.score, article_id)
+
+    steps = list(reversed(request.chain))
+    assert [step["task"] for step in steps] == ["farm.render", "farm.score"]
+    assert steps[0]["args"] == [article_id] or steps[0]["args"] == (article_id,)
+    assert steps[0]["options"]["priority"] == URGENT_PRIORITY
+    assert request.farm_next == (article_id, "extracted")
+    article = stored(sessions, article_id)
+    assert article.status == "extracted" and article.render_attempt == 2
+    assert article.published_attempt == 1  # the best so far, published meanwhile
+
+
+def test_a_failing_model_call_is_retried_after_a_jittered_backoff_then_fails_at_the_limit(
+    sessions, article_id, monkeypatch
+):
+    def broken(texts):
+        raise RuntimeError("the translator broke")
+
+    monkeypatch.setattr(pipeline.translate, "_run", lambda *args: broken([]))
+    for attempt in (1, 2):
+        with pytest.raises(Retry) as retried:
+            run(pipeline.translate, article_id)
+        ceiling = 2.0 * 2 ** (attempt - 1)
+        assert ceiling / 2 <= retried.value.when <= ceiling
+        with sessions() as session, session.begin():  # the backoff has passed
+            session.execute(update(Article).values(lease_expires_at=None, lease_token=None))
+    run(pipeline.translate, article_id)  # the third and last attempt fails the article
+
+    article = stored(sessions, article_id)
+    assert article.status == "failed" and article.error_kind == "RuntimeError"
+    assert "the translator broke" in article.error
+    with sessions() as session:
+        outcomes = session.scalars(select(StageRun.outcome).order_by(StageRun.id)).all()
+    assert outcomes == ["retry", "retry", "error"]
+
+
+def test_a_claim_past_the_attempt_limit_fails_the_article_without_a_model_call(
+    sessions, article_id, engine, monkeypatch
+):
+    with engine.begin() as connection:
+        connection.execute(update(ARTICLES).values(stage_attempts=3))
+    monkeypatch.setattr(pipeline.translate, "_run", lambda *args: pytest.fail("it ran"))
+    run(pipeline.translate, article_id)
+    article = stored(sessions, article_id)
+    assert article.status == "failed" and article.error_kind == "AttemptsExhausted"
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 6, 10])
+def test_the_backoff_doubles_up_to_a_minute_and_is_drawn_from_its_upper_half(attempt):
+    ceiling = min(base.MAX_BACKOFF_SECONDS, 2.0 * 2 ** (attempt - 1))
+    drawn = {base.backoff_seconds(2.0, attempt) for _ in range(50)}
+    assert all(ceiling / 2 <= value <= ceiling for value in drawn)
+    assert len(drawn) > 1  # jittered
+
+
+def test_renders_are_kept_per_attempt(sessions, article_id):
+    through_render(article_id)
+    with sessions() as session:
+        assert session.scalars(select(Render.attempt)).all() == [1]
