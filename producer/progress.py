@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import (
     DEFAULT_VIEW,
     TERMINAL_STATUSES,
+    UNREVIEWED,
     Article,
     ArticleStatus,
     Batch,
@@ -40,8 +41,7 @@ PAUSE_SPACINGS = 10.0
 # Statuses in which an article has passed every stage.
 _THROUGH = (ArticleStatus.done.value, ArticleStatus.needs_review.value)
 # The review studio's verdicts as summaries count them; articles nobody judged yet last.
-NOT_REVIEWED = "not_reviewed"
-REVIEW_COUNTS = (*(verdict.value for verdict in ReviewStatus), NOT_REVIEWED)
+REVIEW_COUNTS = (*(verdict.value for verdict in ReviewStatus), UNREVIEWED)
 
 
 def batch_summaries(session: Session, batch_ids: list[str] | None = None) -> list[dict]:
@@ -56,7 +56,7 @@ def batch_summaries(session: Session, batch_ids: list[str] | None = None) -> lis
         status, ``percent`` (per status, of ``total``, one decimal), ``removed`` (articles
         whose row left the catalog), ``failed_by_stage`` (failed articles per the stage
         they failed at; ``unknown`` when none was recorded), ``review`` (articles per
-        :data:`REVIEW_COUNTS`: approved, rejected, not reviewed) and ``views`` (the views
+        :data:`REVIEW_COUNTS`: approved, rejected, unreviewed) and ``views`` (the views
         the batch renders per row).
     """
     query = select(Batch).order_by(Batch.created_at)
@@ -112,7 +112,7 @@ def _article_counts(session: Session, batch_ids: list[str] | None) -> dict[str, 
             per_batch["removed"] += count
             continue
         per_batch["statuses"][status] = per_batch["statuses"].get(status, 0) + count
-        verdict = review if review in per_batch["review"] else NOT_REVIEWED
+        verdict = review if review in per_batch["review"] else UNREVIEWED
         per_batch["review"][verdict] += count
         if status == ArticleStatus.failed.value:
             stage = error_stage if error_stage in STAGES else "unknown"

@@ -14,8 +14,8 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from db.models import DEFAULT_VIEW, TERMINAL_STATUSES, ArticleStatus
-from producer.progress import NOT_REVIEWED, stage_progress
+from db.models import DEFAULT_VIEW, TERMINAL_STATUSES, UNREVIEWED, ArticleStatus
+from producer.progress import stage_progress
 from tasks.registry import ORDER, STAGES
 
 ELLIPSIS = "…"
@@ -28,7 +28,7 @@ _END_LABELS = {
     ArticleStatus.failed.value: "failed",
 }
 # The review studio's verdicts, as the review line names them.
-_REVIEW_LABELS = {"approved": "approved", "rejected": "rejected", NOT_REVIEWED: "not reviewed"}
+_REVIEW_LABELS = {"approved": "approved", "rejected": "rejected", UNREVIEWED: "unreviewed"}
 
 
 def render_status(batches: list[dict]) -> StatusView:

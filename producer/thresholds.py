@@ -3,8 +3,7 @@
 The score stage decides an article's fate when it scores it; a threshold changed later (a
 catalog re-submitted with a new ``--min-clip-score``) would otherwise leave ``done``
 articles that now fall short, and ``needs_review`` articles that now pass, where they were.
-The rule is the score stage's own: below the threshold with render attempts left, render
-again with the next seed; below it with none left, needs review; at or above it, done.
+The rule is the score stage's own (:func:`tasks.stages.verdict`), on the stored best score.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Article, ArticleStatus
 from producer.requeue import reset_to_stage
-from tasks.stages import render_attempts_left
+from tasks.stages import verdict
 
 
 @dataclass
@@ -53,14 +52,17 @@ def recheck_scores(
     )
     result = Recheck()
     for article in articles:
-        if threshold is None or article.clip_score >= threshold:
-            if article.status != ArticleStatus.done.value:
-                article.status = ArticleStatus.done.value
-                result.to_done += 1
-        elif render_attempts_left(article.render_attempt, article.attempt_base, max_attempts):
+        judged = verdict(
+            article.clip_score, threshold, article.render_attempt, article.attempt_base,
+            max_attempts,
+        )  # fmt: skip
+        if judged == ArticleStatus.extracted:
             reset_to_stage(session, article, "render")
             result.regenerate.append((article.id, article.key))
-        elif article.status != ArticleStatus.needs_review.value:
-            article.status = ArticleStatus.needs_review.value
-            result.to_review += 1
+        elif article.status != judged.value:
+            article.status = judged.value
+            if judged == ArticleStatus.done:
+                result.to_done += 1
+            else:
+                result.to_review += 1
     return result

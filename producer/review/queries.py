@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, aliased
 
 from db.models import (
     TERMINAL_STATUSES,
+    UNREVIEWED,
     Article,
     ArticleStatus,
     Batch,
@@ -29,10 +30,10 @@ from producer.export import best_render
 from workers.prompts import VIEWS
 
 PAGE_SIZE = 60
-FILTERS = ("all", "failed", "below", "needs_review", "approved", "rejected", "unreviewed")
+FILTERS = ("all", "failed", "below", "needs_review", "approved", "rejected", UNREVIEWED)
 SORTS = ("catalog", "score", "score_desc")
 FARM_STATUSES = tuple(status.value for status in ArticleStatus)
-REVIEW_STATUSES = (*(status.value for status in ReviewStatus), "unreviewed")
+REVIEW_STATUSES = (*(status.value for status in ReviewStatus), UNREVIEWED)
 SHORT_TEXT_CHARS = 140
 # Source headers that hold an article's display name, compared in lower case.
 NAME_HEADERS = ("name", "model_name")
@@ -91,7 +92,7 @@ def batch_summaries(session: Session) -> list[BatchSummary]:
         tally = by_batch.setdefault(batch_id, {"total": 0, "statuses": {}, "reviews": {}})
         tally["total"] += count
         tally["statuses"][status] = tally["statuses"].get(status, 0) + count
-        review = review or "unreviewed"
+        review = review or UNREVIEWED
         tally["reviews"][review] = tally["reviews"].get(review, 0) + count
     for batch_id, mean, low, high in scores:
         by_batch.setdefault(batch_id, {}).update(score_mean=mean, score_min=low, score_max=high)
@@ -235,7 +236,7 @@ def _sheet_conditions(batch_id: str, chosen: str, threshold: float | None) -> li
         conditions.append(Article.status == ArticleStatus.needs_review.value)
     elif chosen in ("approved", "rejected"):
         conditions.append(Article.review_status == chosen)
-    elif chosen == "unreviewed":
+    elif chosen == UNREVIEWED:
         conditions.append(Article.review_status.is_(None))
     elif chosen == "below":
         # Without a threshold nothing is below it; the page asks for one.

@@ -220,18 +220,18 @@ def test_summaries_count_review_verdicts_and_status_shows_them_with_the_views(se
         session.commit()
         (summary,) = batch_summaries(session)
         details = batch_details(session, summary)
-    assert summary["review"] == {"approved": 1, "rejected": 2, "not_reviewed": 7}
+    assert summary["review"] == {"approved": 1, "rejected": 2, "unreviewed": 7}
     assert summary["views"] == ["front", "back"]
     json.dumps(summary)  # what `farm status --json` prints
     text = _render([summary | details], 80)
-    assert "review: approved 1 · rejected 2 · not reviewed 7 · views: front, back" in text
+    assert "review: approved 1 · rejected 2 · unreviewed 7 · views: front, back" in text
 
 
 def test_the_views_get_a_line_of_their_own_when_both_do_not_fit():
-    review = {"approved": 123456, "rejected": 123456, "not_reviewed": 123456}
+    review = {"approved": 123456, "rejected": 123456, "unreviewed": 123456}
     views = ["front", "back", "side", "detail"]
     lines = _render([_synthetic() | {"review": review, "views": views}], 80).splitlines()
-    assert "  review: approved 123456 · rejected 123456 · not reviewed 123456" in lines
+    assert "  review: approved 123456 · rejected 123456 · unreviewed 123456" in lines
     assert "  views: front, back, side, detail" in lines
 
 
@@ -240,7 +240,7 @@ def test_a_front_only_batch_shows_no_views(sessions, batch):
         (summary,) = batch_summaries(session)
     assert summary["views"] == ["front"]
     text = _render([summary], 80)
-    assert "review: approved 0 · rejected 0 · not reviewed 10" in text
+    assert "review: approved 0 · rejected 0 · unreviewed 10" in text
     assert "views" not in text
 
 
