@@ -472,3 +472,29 @@ def unclaimed(engine: Engine, pairs: list[tuple[int, str]]) -> list[int]:
             if connection.scalar(query) is not None:
                 found.append(article_id)
     return found
+
+
+def unlease(article: Article) -> None:
+    """Free an article loaded in the caller's session for a message the caller sends next.
+
+    Its lease ends (a copy still running on the old state then stores nothing) and it counts
+    as not sent until the caller's send is recorded (the reaper covers a crash in between).
+
+    Args:
+        article: an ``Article`` row; the caller's transaction writes the change.
+    """
+    article.lease_token = article.lease_stage = article.lease_expires_at = None
+    article.claimed_at = None
+    article.sent_at = None
+
+
+def live_leases(connection, article_ids: list[int]) -> set[int]:
+    """Of these articles, those a live lease holds now (by the database server's clock)."""
+    if not article_ids:
+        return set()
+    query = select(ARTICLES.c.id).where(
+        ARTICLES.c.id.in_(article_ids),
+        ARTICLES.c.lease_token.is_not(None),
+        ARTICLES.c.lease_expires_at >= server_now(),
+    )
+    return set(connection.scalars(query))

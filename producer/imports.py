@@ -23,7 +23,8 @@ from pathlib import Path
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from db.models import DEFAULT_VIEW, TERMINAL_STATUSES, Article, Batch, as_utc, utcnow
+from db.models import DEFAULT_VIEW, TERMINAL_STATUSES, Article, Batch, utcnow
+from db.transitions import live_leases, unlease
 from producer.catalog import CatalogRow
 from producer.requeue import reset_to_stage
 from producer.thresholds import Recheck, recheck_scores
@@ -144,7 +145,7 @@ def import_catalog(
         result.removed = _mark_removed(existing.values(), {row.file for row in rows}, chosen)
         session.flush()
         fresh_ids = _insert_articles(session, fresh)
-        resumed = _release(waiting)
+        resumed = _release(session, waiting)
         if rejudge:
             result.recheck = recheck_scores(session, batch.id, min_clip_score, max_attempts)
     result.new, result.changed, result.resumed = len(fresh), len(redo), len(resumed)
@@ -220,20 +221,18 @@ def _mark_removed(missing, files_read: set[str], views: tuple[str, ...]) -> int:
     return removed
 
 
-def _release(articles: list[Article]) -> list[tuple[int, str, str]]:
+def _release(session: Session, articles: list[Article]) -> list[tuple[int, str, str]]:
     """Unfinished articles of a stopped run, ready to be sent from where they stand.
 
     A live lease means a worker still holds the article: it is left to that worker, or to
     the reaper once the lease runs out.
     """
-    now = utcnow()
+    held = live_leases(session, [article.id for article in articles])
     ready = []
     for article in articles:
-        lease = article.lease_expires_at
-        if lease is not None and as_utc(lease) > now:
+        if article.id in held:
             continue
-        article.lease_token = article.lease_stage = article.lease_expires_at = None
-        article.sent_at = None  # until its message is sent: the reaper covers a crash between
+        unlease(article)
         ready.append((article.id, article.key, stage_waiting_in(article.status).name))
     return ready
 

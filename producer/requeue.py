@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Batch, Render
-from db.transitions import close_running_runs
+from db.transitions import close_running_runs, unlease
 from tasks.exceptions import SelectionError
 from tasks.reaper import stuck_articles
 from tasks.registry import ORDER, STAGES, stage_waiting_in, stages_from
@@ -183,8 +183,7 @@ def _reset_to(session: Session, article: Article, stage: str) -> None:
     article.requeues += 1
     if article.status == STAGES[stage].input.value:
         # A stuck article resumes where it stopped: same attempt, same seed, nothing to clear.
-        article.lease_token = article.lease_stage = article.lease_expires_at = None
-        article.sent_at = None  # until its message is sent: the reaper covers a crash between
+        unlease(article)
         return
     reset_to_stage(session, article, stage)
 
@@ -216,8 +215,7 @@ def reset_to_stage(session: Session, article: Article, stage: str) -> None:
     article.review_status = article.reviewed_by = article.reviewed_at = None
     article.stage_attempts = 0
     article.error = article.error_kind = article.error_stage = None
-    article.lease_token = article.lease_stage = article.lease_expires_at = None
-    article.sent_at = None
+    unlease(article)
     article.finished_at = None
     # A claim after the reset counts from attempt 1 again, so it would not close these itself.
     close_running_runs(session, article.id, "lost")

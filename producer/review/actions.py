@@ -24,6 +24,7 @@ from celery import Celery
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from db.clock import server_now
 from db.models import (
     TERMINAL_STATUSES,
     Article,
@@ -287,7 +288,7 @@ def _hold(
     if seen_attempt is not None:
         query = query.where(Article.render_attempt == seen_attempt)
     taken = session.execute(
-        query.values(updated_at=utcnow()), execution_options={"synchronize_session": False}
+        query.values(updated_at=server_now()), execution_options={"synchronize_session": False}
     ).rowcount
     article = session.get(Article, article_id, populate_existing=True)
     if taken == 1:
