@@ -5,7 +5,12 @@ know their database is there). :func:`open_database` is for commands a user type
 the URL, the SQLite file or the PostgreSQL server, connects once and raises one of
 :mod:`db.exceptions` with a message that says what is wrong and where; with ``create=False``
 it creates nothing, not even a missing folder. :func:`ensure_schema` then brings an existing
-database to the latest revision and refuses one migrated by a newer version.
+database to the latest revision (through :func:`db.schema.migrate`, safe when several
+processes start at once) and refuses one migrated by a newer version.
+
+A process that has the database open must not open its SQLite file with anything but
+SQLite: POSIX locks belong to the process, and closing any other descriptor of the file
+drops the locks its connections hold (:func:`open_database` reads the header through SQLite).
 """
 
 from __future__ import annotations
@@ -13,13 +18,12 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,9 +36,11 @@ from db.exceptions import (
     DatabaseUnusable,
     UnsupportedDatabase,
 )
-from db.schema import migration_connection
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+# MIGRATIONS and migrate live in db.schema; callers know them as db.engine's too.
+from db.schema import MIGRATIONS as MIGRATIONS
+from db.schema import current_revisions, known_revisions, migrate
+
 # A pooled connection unused for longer than this is pinged before it is handed out: long
 # enough that a stage task's claim and completion around a fast model call skip it, short
 # enough that a database restart meanwhile is very unlikely to go unnoticed.
@@ -48,7 +54,6 @@ URL_EXAMPLES = "use sqlite:///path/farm.db or postgresql://user@host/db"
 # Back ends and drivers the farm ships with ("" = the back end's default driver).
 SUPPORTED_DRIVERS = {"sqlite": ("", "pysqlite"), "postgresql": ("", "psycopg")}
 PG_DEFAULT_PORT = 5432
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def make_engine(url: str) -> Engine:
@@ -210,31 +215,13 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to the latest Alembic revision (a no-op when it is there).
-
-    Args:
-        engine: the database to migrate.
-        revision: the revision to upgrade to; the latest by default.
-    """
-    config = _alembic_config()
-    if revision == "head":
-        heads = set(ScriptDirectory.from_config(config).get_heads())
-        with engine.connect() as connection:
-            current = set(MigrationContext.configure(connection).get_current_heads())
-        if current == heads:
-            return  # every command checks: most find nothing to do, and touch nothing
-    with migration_connection(engine) as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
-
-
 def ensure_schema(engine: Engine) -> None:
     """Migrate a database this version knows to the latest revision; refuse a newer one.
 
     Read-only commands call it too: an older farm database is migrated in place (adding
     what this version reads is safe and other versions' workers would do it anyway), but no
-    database is created here; that is :func:`open_database`'s ``create``.
+    database is created here; that is :func:`open_database`'s ``create``. Processes that
+    call it at once on a new database all succeed: one migrates (:func:`db.schema.migrate`).
 
     Args:
         engine: from :func:`open_database`.
@@ -244,12 +231,11 @@ def ensure_schema(engine: Engine) -> None:
             farm migrated it).
         DatabaseNotWritable, DatabaseUnreachable: the migration could not write or connect.
     """
-    config = _alembic_config()
-    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
-    try:
+    known = known_revisions()
+    with _described(engine):
         with engine.connect() as connection:
-            current = MigrationContext.configure(connection).get_current_heads()
-        unknown = [revision for revision in current if revision not in known]
+            current = current_revisions(connection)
+        unknown = sorted(revision for revision in current if revision not in known)
         if unknown:
             raise DatabaseUnusable(
                 f"the farm database {describe(engine.url)} is at schema revision "
@@ -257,6 +243,23 @@ def ensure_schema(engine: Engine) -> None:
                 "newer version migrated it; upgrade fashion-farm to use it"
             )
         migrate(engine)
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The schema revision a database is at (heads joined by commas), None without a schema.
+
+    Raises:
+        DatabaseError: a subclass saying why the database cannot be read.
+    """
+    with _described(engine), engine.connect() as connection:
+        return ",".join(sorted(current_revisions(connection))) or None
+
+
+@contextmanager
+def _described(engine: Engine) -> Iterator[None]:
+    """Raise a driver error the user can act on as its :mod:`db.exceptions` error."""
+    try:
+        yield
     except exc.DBAPIError as error:
         described = describe_error(error, engine.url)
         if described is None:
@@ -274,14 +277,8 @@ def check_connection(engine: Engine) -> None:
         DatabaseError: a subclass saying why the database cannot be used (see
             :func:`describe_error`); any other driver error is raised as it is.
     """
-    try:
-        with engine.connect() as connection:
-            connection.exec_driver_sql("SELECT 1")
-    except exc.DBAPIError as error:
-        described = describe_error(error, engine.url)
-        if described is None:
-            raise
-        raise described from error
+    with _described(engine), engine.connect() as connection:
+        connection.exec_driver_sql("SELECT 1")
 
 
 def describe_error(error: exc.DBAPIError, url: URL) -> DatabaseError | None:
@@ -307,10 +304,7 @@ def describe_error(error: exc.DBAPIError, url: URL) -> DatabaseError | None:
 def _sqlite_error(text: str, path: Path) -> DatabaseError | None:
     lowered = text.lower()
     if "file is not a database" in lowered:
-        return DatabaseUnusable(
-            f"{path} is not a SQLite database; point {URL_SETTING} at the farm database, "
-            "or at a file that does not exist yet"
-        )
+        return _not_sqlite(path)
     if "readonly" in lowered or "read-only" in lowered:
         return DatabaseNotWritable(
             f"the farm database {path} is read-only ({text}); make it and its folder writable"
@@ -419,20 +413,39 @@ def _prepare_sqlite_file(path: Path, create: bool) -> None:
 
 
 def _check_sqlite_header(path: Path) -> None:
-    # SQLite takes a file shorter than a page for an empty database and writes over it:
-    # a mistyped path to a small text file must not become a farm database.
+    # SQLite takes a one-byte file for an empty database and writes over it (its Unix layer
+    # reports one byte as none): a mistyped path to a tiny text file must not become a farm
+    # database. No database is one byte long, so the size alone tells.
     try:
-        with open(path, "rb") as stream:
-            header = stream.read(len(SQLITE_HEADER))
+        size = path.stat().st_size
     except OSError as error:
         raise DatabaseNotWritable(
             f"cannot read the farm database {path}: {error.strerror or error}"
         ) from None
-    if header and header != SQLITE_HEADER:
-        raise DatabaseUnusable(
-            f"{path} is not a SQLite database; point {URL_SETTING} at the farm database, "
-            "or at a file that does not exist yet"
-        )
+    if size == 1:
+        raise _not_sqlite(path)
+    # The header is read by SQLite itself, never with open(): POSIX locks belong to the
+    # process, and closing any other descriptor of the file would drop the locks this
+    # process's own connections hold on it (another process could then checkpoint and delete
+    # the WAL under them). SQLite keeps its descriptors open while its locks are held.
+    try:
+        reader = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            reader.execute("PRAGMA schema_version").fetchone()
+        finally:
+            reader.close()
+    except sqlite3.DatabaseError as error:
+        if "file is not a database" in str(error):
+            raise _not_sqlite(path) from None
+        reason = os.strerror(errno.EACCES) if not os.access(path, os.R_OK) else str(error)
+        raise DatabaseNotWritable(f"cannot read the farm database {path}: {reason}") from None
+
+
+def _not_sqlite(path: Path) -> DatabaseUnusable:
+    return DatabaseUnusable(
+        f"{path} is not a SQLite database; point {URL_SETTING} at the farm database, "
+        "or at a file that does not exist yet"
+    )
 
 
 def _make_folder(folder: Path) -> None:
@@ -461,9 +474,3 @@ def _in_the_way(folder: Path) -> Path:
 def _mask_raw(url: str) -> str:
     """A URL that did not parse, with anything between ``user:`` and the last ``@`` masked."""
     return re.sub(r"^([^:/@]*://[^:/@]*:).*@", r"\1***@", url)
-
-
-def _alembic_config() -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return config

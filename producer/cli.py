@@ -374,6 +374,25 @@ def flower(settings: Settings, address, port, localhost_only) -> None:
     os.execve(sys.executable, argv, env)
 
 
+@main.group("db")
+def database_commands() -> None:
+    """The farm's database: bring its schema up to date before the workers start."""
+
+
+@database_commands.command()
+@click.pass_obj
+def upgrade(settings: Settings) -> None:
+    """Migrate the database to this version's latest schema revision.
+
+    A missing SQLite file is created, as `submit` does. Workers and commands migrate on
+    start too; deployments run this once before them. It prints the revision before and
+    after.
+    """
+    where, before, after = guards.upgrade_database(settings)
+    unchanged = " (already the latest)" if before == after else ""
+    click.echo(f"{where}: schema revision {before or 'none'} → {after}{unchanged}")
+
+
 new_batch_option = click.option(
     "--new-batch", is_flag=True, help="Start a new batch instead of continuing the catalog's."
 )

@@ -32,7 +32,7 @@ from pathlib import Path
 from rich.console import Console
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import ensure_schema, open_database, session_factory
+from db.engine import describe, ensure_schema, open_database, schema_revision, session_factory
 from db.exceptions import DatabaseError
 from producer.catalog import CatalogError
 from producer.export import ExportError
@@ -87,6 +87,30 @@ def database(settings: Settings, create: bool = False) -> sessionmaker[Session]:
         engine.dispose()
         raise
     return session_factory(engine)
+
+
+def upgrade_database(settings: Settings) -> tuple[str, str | None, str | None]:
+    """Bring the farm's database to the latest schema revision (``farm db upgrade``).
+
+    A missing SQLite file is created with its folder, as ``submit`` does; several processes
+    may do this at once (one migrates, the others find it done).
+
+    Args:
+        settings: the farm's settings (``database_url``).
+
+    Returns:
+        The database as messages name it, and its revision before and after (None: no schema).
+
+    Raises:
+        db.exceptions.DatabaseError: a subclass saying why the database cannot be used.
+    """
+    engine = open_database(settings.database_url, create=True)
+    try:
+        before = schema_revision(engine)
+        ensure_schema(engine)
+        return describe(engine.url), before, schema_revision(engine)
+    finally:
+        engine.dispose()
 
 
 def writable_folder(path: Path, what: str = "output folder") -> Path:
