@@ -10,6 +10,12 @@ handler and carry on, so the handler ends the process itself (``os._exit``). Bes
 executor run two timers: lease renewal for the stages this process holds, and the reaper.
 A model call that outruns ``task_time_limit`` makes the process free its articles and exit
 with :data:`HUNG_EXIT_CODE`; ``farm worker`` starts it again.
+
+Once Celery says the worker is ready, the process creates the ready file its launcher named
+(:data:`tasks.launcher.READY_FILE_ENV`): an error exit after it is one of a process that was
+serving, which the launcher starts again, not a failure at boot. SIGHUP is a warm stop with
+:data:`tasks.launcher.RESTART_EXIT_CODE`, after which the launcher starts the process again
+(:func:`install_warm_restart_handler`).
 """
 
 from __future__ import annotations
@@ -17,16 +23,20 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
+from pathlib import Path
 
-from celery import Celery
-from celery.signals import task_received, worker_init, worker_shutdown
+from celery import Celery, platforms
+from celery.signals import task_received, worker_init, worker_ready, worker_shutdown
+from celery.utils.log import in_sighandler
+from celery.worker import state as worker_state
 
 from db import transitions
 from db.engine import open_database
 from db.exceptions import DatabaseError
 from tasks import callrecord, state
 from tasks.exceptions import HUNG_EXIT_CODE, FarmError, ModelsMissing
-from tasks.launcher import check_device
+from tasks.launcher import READY_FILE_ENV, RESTART_EXIT_CODE, check_device
 from tasks.reaper import Periodic, reaper_turn
 from tasks.registry import ROLES, STAGES
 from tasks.settings import Settings
@@ -84,7 +94,7 @@ def start_process(app: Celery, settings: Settings, node: str) -> None:
     """
     check_serviceable(settings)
     runtimes = load_for_role(settings)
-    record = callrecord.start(node)
+    record = callrecord.start(node, os.environ.get(callrecord.RECORD_ENV))
     executor = ModelExecutor(
         max_wait=settings.batch_wait_seconds,
         time_limit=settings.task_time_limit,
@@ -157,6 +167,36 @@ def _start_worker_process(sender=None, **_) -> None:
         logger.critical("worker could not load its models", exc_info=True)
         logging.shutdown()
         os._exit(1)
+
+
+@worker_ready.connect
+def _say_ready(**_) -> None:
+    # The launcher tells by this file a process that fails at boot from one that served.
+    path = os.environ.get(READY_FILE_ENV)
+    if path:
+        Path(path).touch()
+
+
+def install_warm_restart_handler(worker=None, sig: str = "SIGHUP") -> None:
+    """Make ``sig`` a warm stop with :data:`RESTART_EXIT_CODE`: the launcher starts it again.
+
+    Celery's own SIGHUP handler (``celery.apps.worker.install_worker_restart_handler``,
+    installed when the worker's output is not a terminal) re-executes the process from its
+    ``sys.argv``, which under ``python -m celery`` fails with an ImportError: the launcher
+    would see an error exit. :mod:`tasks.worker` puts this function in its place.
+
+    Args:
+        worker: the Celery worker (unused: Celery passes it).
+        sig: the signal's name.
+    """
+
+    def warm_restart(*_args) -> None:
+        with in_sighandler():
+            print(f"worker: warm shutdown on {sig}; farm worker starts it again",
+                  file=sys.__stdout__, flush=True)  # fmt: skip
+        worker_state.should_stop = RESTART_EXIT_CODE
+
+    platforms.signals[sig] = warm_restart
 
 
 @task_received.connect

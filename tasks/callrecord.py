@@ -10,24 +10,21 @@ must know two things the database cannot tell it:
   visibility timeout (an hour).
 
 The process keeps both in one small file, replaced whole at each change; the page cache keeps
-it through a SIGKILL of the process.
+it through a SIGKILL of the process. The launcher names the file (:data:`RECORD_ENV`), one per
+process in a folder of its own, so two launchers on one host never read each other's; a
+process started otherwise (``farm run``, a benchmark) keeps its record in memory only.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def record_path(node: str) -> Path:
-    """Where the process with node name ``node`` keeps its record."""
-    name = hashlib.sha1(node.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "fashion-farm-calls" / f"{name}.json"
+# The variable in which the launcher names a worker process's record file.
+RECORD_ENV = "FARM_CALL_RECORD"
 
 
 @dataclass
@@ -35,6 +32,7 @@ class ProcessRecord:
     """The record of one worker process: its last model call and its unclaimed messages."""
 
     node: str
+    path: Path | None  # None: nothing written, as no launcher reads it
     call: list[str] = field(default_factory=list)  # lease tokens of the last model call
     waiting: dict[str, list] = field(default_factory=dict)  # task id → [article, stage, key]
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -58,21 +56,30 @@ class ProcessRecord:
                 self._write()
 
     def _write(self) -> None:
-        path = record_path(self.node)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_suffix(f".{os.getpid()}.tmp")
-        scratch.write_text(json.dumps({"call": self.call, "waiting": list(self.waiting.values())}))
-        os.replace(scratch, path)
+        if self.path is None:
+            return
+        record = {"node": self.node, "call": self.call, "waiting": list(self.waiting.values())}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self.path.with_suffix(f".{os.getpid()}.tmp")
+        scratch.write_text(json.dumps(record))
+        os.replace(scratch, self.path)
 
 
 _current: ProcessRecord | None = None
 
 
-def start(node: str) -> ProcessRecord:
-    """Start this process's record under ``node`` (a previous process's record is dropped)."""
+def start(node: str, path: str | Path | None = None) -> ProcessRecord:
+    """Start this process's record (a previous process's record at ``path`` is dropped).
+
+    Args:
+        node: the process's node name, kept in the record for whoever reads it.
+        path: the record's file, named by the launcher; None keeps it in memory only.
+    """
     global _current
-    record_path(node).unlink(missing_ok=True)
-    _current = ProcessRecord(node)
+    path = Path(path) if path else None
+    if path is not None:
+        path.unlink(missing_ok=True)
+    _current = ProcessRecord(node, path)
     return _current
 
 
@@ -88,14 +95,14 @@ def claimed(task_id: str) -> None:
         _current.claimed(task_id)
 
 
-def read(node: str) -> tuple[list[str], list[list]]:
-    """The last call's lease tokens and the unclaimed messages recorded for ``node``.
+def read(path: str | Path) -> tuple[list[str], list[list]]:
+    """The last call's lease tokens and the unclaimed messages of the record at ``path``.
 
     Returns:
         (tokens, [[article id, stage, key], ...]); both empty when there is no record.
     """
     try:
-        data = json.loads(record_path(node).read_text())
+        data = json.loads(Path(path).read_text())
         return list(data.get("call", [])), list(data.get("waiting", []))
     except (OSError, ValueError, AttributeError):
         return [], []

@@ -2,25 +2,49 @@
 
 Each process is a real ``celery worker`` with a pool of threads: it holds several messages
 at once and feeds one model executor (:mod:`tasks.boot`). A GPU process sees only its own
-card (``CUDA_VISIBLE_DEVICES``). The launcher stays as their parent: when one dies (killed,
-by the kernel's OOM killer say, or stopped by its watchdog after a hung model call), it ends
-that process's leases at once, has the reaper send its articles again, and starts it anew.
-A process that exits on its own with an error (its models cannot load, its GPU is not there,
-the database is away) stops them all, and ``farm worker`` exits with that process's code.
+card (``CUDA_VISIBLE_DEVICES``). Its node name carries the launcher's pid and a random part
+(``text-4711-9f3a@host``), so two launchers of one role on one host never share leases, call
+records or Flower entries.
+
+The launcher stays as their parent, and tells a process's failure at boot from one while it
+served: a process creates its ready file (:data:`READY_FILE_ENV`) once Celery says it is ready.
+
+* Before it is ready, an error exit of its own (its models cannot load, its GPU is not there,
+  the database is away) stops them all, and ``farm worker`` exits with that process's code:
+  starting it again would only fail again.
+* Killed (by the kernel's OOM killer, say), stopped by its watchdog after a hung model call,
+  or exiting with an error after it was ready (kombu giving up on a lost broker), a process
+  has its leases ended at once, its articles sent again by the reaper, and is started anew,
+  at most :data:`MAX_RESTARTS` times in :data:`RESTART_WINDOW_SECONDS`.
+* SIGINT and SIGTERM are passed on to every process as a warm shutdown. SIGHUP makes the
+  launcher restart every process warmly: each finishes the messages it holds, exits and is
+  started again (with the code and models installed now). On a terminal SIGHUP stops them
+  instead, as the terminal is gone, and under ``nohup`` it stays ignored. SIGHUP to a worker
+  process itself is a warm restart too (:data:`RESTART_EXIT_CODE`): Celery's own handler
+  would re-execute the process into an ImportError.
+* The processes end with their launcher (Linux ``PR_SET_PDEATHSIG``: SIGTERM, a warm
+  shutdown): a launcher killed and started again by a service manager leaves no copy of its
+  processes running unsupervised beside the new ones.
+
 Before any process starts, :func:`check_devices` makes sure the GPUs asked for are there.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from db import transitions
 from db.engine import make_engine
@@ -34,6 +58,12 @@ logger = logging.getLogger("farm.launcher")
 # A process that dies more often than this is not started again: something else is wrong.
 MAX_RESTARTS = 5
 RESTART_WINDOW_SECONDS = 600.0
+# The exit code of a worker process that stopped warmly on SIGHUP to be started again. It
+# passes only from a worker process to its launcher, never out of `farm worker`, and a
+# restart asked for does not count against MAX_RESTARTS.
+RESTART_EXIT_CODE = 76
+# The file a worker process creates once it is ready (tasks.boot), named by its launcher.
+READY_FILE_ENV = "FARM_READY_FILE"
 
 
 class DeviceUnavailable(FarmError):
@@ -52,12 +82,23 @@ class WorkerProcess:
     env: dict[str, str]
 
 
+def launcher_instance() -> str:
+    """This launcher's part of its processes' node names: its pid and a random part.
+
+    The pid finds the launcher in ``ps``; the random part keeps apart two launchers with one
+    pid on one host name (containers sharing it, each launcher its pid 1). Leases, call
+    records and Flower's entries are all keyed by node name.
+    """
+    return f"{os.getpid()}-{secrets.token_hex(2)}"
+
+
 def plan_workers(
     role: str,
     settings: Settings,
     gpus: Sequence[str] = (),
     concurrency: int | None = None,
     loglevel: str = "INFO",
+    instance: str | None = None,
 ) -> list[WorkerProcess]:
     """The worker processes for a role.
 
@@ -68,6 +109,8 @@ def plan_workers(
         concurrency: messages each process holds at once; enough to fill the role's
             batches when None (:func:`tasks.registry.role_concurrency`).
         loglevel: Celery log level.
+        instance: what sets this launcher's node names apart from another's on the same
+            host (``text-<instance>@host``); :func:`launcher_instance` when None.
 
     Returns:
         One :class:`WorkerProcess` per process to start.
@@ -77,9 +120,10 @@ def plan_workers(
     base_env = settings.as_env() | {"FARM_WORKER_ROLE": role}
     host = socket.gethostname()
     threads = concurrency or role_concurrency(role, settings)
+    instance = instance or launcher_instance()
 
     def process(name: str, env: dict[str, str]) -> WorkerProcess:
-        node = f"{name}@{host}"
+        node = f"{name}-{instance}@{host}"
         argv = [
             sys.executable, "-m", "celery", "-A", "tasks.worker", "worker",
             "--queues", ",".join(role_queues(role)), "--hostname", node,
@@ -172,89 +216,218 @@ def _cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def run_workers(
-    processes: Sequence[WorkerProcess], on_death: Callable[[WorkerProcess], None] | None = None
-) -> int:
-    """Run the worker processes until they stop, starting again any that die.
+@dataclass
+class Supervised:
+    """One planned process under its launcher: the child now running it and what it said."""
 
-    SIGINT and SIGTERM are passed on to every process (a warm shutdown).
+    spec: WorkerProcess
+    ready_file: Path  # created by the process once Celery says it is ready
+    record: Path  # its call record (tasks.callrecord), read after a death
+    child: subprocess.Popen | None = None
+    handled: bool = False  # the child's exit was dealt with
+    restart_asked: bool = False  # stopped by its launcher (SIGHUP) to be started again
+    deaths: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Start a process for the spec (again); a new one must say it is ready anew."""
+        self.ready_file.unlink(missing_ok=True)
+        # Cleared before the new child exists, so that a SIGHUP marking it is not undone.
+        self.handled = self.restart_asked = False
+        told = {READY_FILE_ENV: str(self.ready_file), callrecord.RECORD_ENV: str(self.record)}
+        self.child = subprocess.Popen(
+            self.spec.argv,
+            env=os.environ | self.spec.env | told,
+            # A session of its own: a Ctrl-C on the terminal reaches the launcher only, which
+            # passes it on once to every process.
+            start_new_session=True,
+            preexec_fn=_bind_to_launcher(os.getpid()),
+        )
+
+    def was_ready(self) -> bool:
+        """Whether the process now running (or just ended) said it was ready."""
+        return self.ready_file.exists()
+
+    def running(self) -> bool:
+        """Whether the child is still running."""
+        return self.child is not None and self.child.poll() is None
+
+
+def run_workers(
+    processes: Sequence[WorkerProcess],
+    on_death: Callable[[WorkerProcess, Path], None] | None = None,
+) -> int:
+    """Run the worker processes until they stop, starting again any that die while serving.
+
+    SIGINT and SIGTERM are passed on to every process (a warm shutdown); SIGHUP restarts
+    every process warmly, or stops them when the launcher runs on a terminal.
 
     Args:
         processes: from :func:`plan_workers`.
-        on_death: called with a process that died, before it is started again.
+        on_death: called with a process that died and its call record's file
+            (:func:`tasks.callrecord.read`), before it is started again.
 
     Returns:
-        The exit code: the first non-zero code of a process that failed on its own, else 0.
+        The exit code: the first non-zero code of a process that failed at boot or died more
+        often than it may be restarted (1 for one killed by a signal), else 0.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="[%(asctime)s: %(levelname)s/launcher] %(message)s"
         )
-    running = {spec.node: _start(spec) for spec in processes}
-    specs = {spec.node: spec for spec in processes}
-    deaths: dict[str, list[float]] = {node: [] for node in specs}
+    # The ready files and call records of this launcher's processes, private to it.
+    with tempfile.TemporaryDirectory(prefix="farm-worker-") as scratch:
+        fleet = [
+            Supervised(spec, Path(scratch, f"{spec.node}.ready"),
+                       Path(scratch, f"{spec.node}.calls.json"))
+            for spec in processes
+        ]  # fmt: skip
+        for member in fleet:
+            member.start()
+        return _run(fleet, on_death)
+
+
+def _run(fleet: list[Supervised], on_death) -> int:
     stopping = False
 
-    def forward(signum, _frame):
+    def stop(signum, _frame):
         nonlocal stopping
         stopping = True
-        for child in running.values():
-            if child.poll() is None:
-                child.send_signal(signum)
+        for member in fleet:
+            if member.running():
+                member.child.send_signal(signum)
 
-    previous = {
-        signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)
-    }
+    def restart(_signum, _frame):
+        if stopping:
+            return
+        logger.warning("SIGHUP: restarting the worker processes warmly")
+        for member in fleet:
+            if member.running():
+                member.restart_asked = True
+                member.child.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+
+    def hang_up(_signum, frame):
+        stop(signal.SIGTERM, frame)
+
+    handlers = {signal.SIGINT: stop, signal.SIGTERM: stop}
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # under nohup hangups stay ignored
+        handlers[signal.SIGHUP] = hang_up if _on_terminal() else restart
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
-        return _supervise(running, specs, deaths, on_death, forward, lambda: stopping)
+        return _supervise(fleet, on_death, stop, lambda: stopping)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _supervise(running, specs, deaths, on_death, forward, stopping) -> int:
+def _supervise(fleet: list[Supervised], on_death, stop, stopping) -> int:
     code = 0
     while True:
-        for node, child in list(running.items()):
-            returned = child.poll()
-            if returned is None or returned == 0 or child.farm_handled:
+        for member in fleet:
+            returned = member.child.poll()
+            if returned is None or member.handled:
                 continue
-            child.farm_handled = True
-            if not stopping() and _should_restart(returned, deaths[node]):
-                logger.warning("worker %s died (exit %s); starting it again", node, returned)
-                if on_death is not None:
-                    on_death(specs[node])
-                running[node] = _start(specs[node])
-            elif code == 0:
+            member.handled = True
+            if _restarts(member, returned, stopping()):
+                _start_again(member, returned, on_death)
+                if stopping():  # a signal came while it started: it missed it
+                    member.child.send_signal(signal.SIGTERM)
+            elif returned not in (0, RESTART_EXIT_CODE) and code == 0:
                 code = returned if returned > 0 else 1
-                forward(signal.SIGTERM, None)
-        if all(_finished(child) for child in running.values()):
+                if not stopping():
+                    logger.error("worker %s %s; stopping all", member.spec.node,
+                                 _exit_text(returned, member.was_ready()))  # fmt: skip
+                stop(signal.SIGTERM, None)
+        if all(member.handled for member in fleet):
             return code
         time.sleep(0.3)
 
 
-def _finished(child: subprocess.Popen) -> bool:
-    returned = child.poll()
-    return returned == 0 or (returned is not None and child.farm_handled)
-
-
-def _start(spec: WorkerProcess) -> subprocess.Popen:
-    child = subprocess.Popen(spec.argv, env=os.environ | spec.env, start_new_session=True)
-    child.farm_handled = False
-    return child
-
-
-def _should_restart(returncode: int, deaths: list[float]) -> bool:
-    # Killed by a signal, or stopped by its watchdog: start again. An error exit of its own
-    # (models missing) would only repeat.
-    if returncode >= 0 and returncode != HUNG_EXIT_CODE:
+def _restarts(member: Supervised, returned: int, stopping: bool) -> bool:
+    """Whether a process that exited with ``returned`` is started again."""
+    if stopping:
         return False
+    if member.restart_asked or returned == RESTART_EXIT_CODE:
+        return True  # a warm restart asked for (SIGHUP), not a death
+    if returned == 0:
+        return False  # stopped on purpose (a remote shutdown): it stays stopped
+    if returned > 0 and returned != HUNG_EXIT_CODE and not member.was_ready():
+        # Failed at boot (models missing, no GPU, database away): it would only fail again.
+        return False
+    # Killed, stopped by its watchdog, or an error while it served (kombu giving up on a
+    # lost broker): start it again, unless it keeps dying.
     now = time.monotonic()
-    deaths[:] = [t for t in deaths if now - t < RESTART_WINDOW_SECONDS] + [now]
-    return len(deaths) <= MAX_RESTARTS
+    member.deaths[:] = [t for t in member.deaths if now - t < RESTART_WINDOW_SECONDS] + [now]
+    return len(member.deaths) <= MAX_RESTARTS
 
 
-def recovery(settings: Settings) -> Callable[[WorkerProcess], None]:
+def _start_again(member: Supervised, returned: int, on_death) -> None:
+    node = member.spec.node
+    if returned in (0, RESTART_EXIT_CODE):
+        logger.warning("worker %s stopped to be restarted; starting it again", node)
+    else:
+        logger.warning("worker %s %s; starting it again",
+                       node, _exit_text(returned, member.was_ready()))  # fmt: skip
+        if on_death is not None:
+            on_death(member.spec, member.record)
+    member.start()
+
+
+def _exit_text(returned: int, ready: bool) -> str:
+    if returned < 0:
+        return f"was killed by {signal.Signals(-returned).name}"
+    if returned == HUNG_EXIT_CODE:
+        return "was stopped by its watchdog (a model call hung)"
+    return f"exited with code {returned} {'while serving' if ready else 'at boot'}"
+
+
+def _on_terminal() -> bool:
+    # As Celery does: closing the terminal sends the launcher SIGHUP, which must stop it,
+    # not leave it restarting its processes in the background.
+    try:
+        return os.isatty(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _bind_to_launcher(launcher: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child sent SIGTERM when its launcher dies (Linux).
+
+    The kernel sends it when the thread that forked ends: the launcher's main thread, which
+    starts every process. A launcher that died between the fork and the ``prctl`` call
+    would send nothing: the child then has another parent, and exits at once.
+
+    Args:
+        launcher: the launcher's pid.
+
+    Returns:
+        The function, or None where ``prctl`` is not there (a service manager must then
+        stop the processes with their launcher).
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+
+    def bind() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != launcher:
+            os._exit(1)
+
+    return bind
+
+
+@functools.cache
+def _prctl():
+    # Looked up once in the launcher: the child, between fork and exec, only calls it.
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def recovery(settings: Settings) -> Callable[[WorkerProcess, Path], None]:
     """What the launcher does when one of its processes died: its articles go out again.
 
     The process's leases end at once (their tokens carry its node name) and the reaper
@@ -269,9 +442,9 @@ def recovery(settings: Settings) -> Callable[[WorkerProcess], None]:
     app = configure(settings)
     engine = make_engine(settings.database_url)
 
-    def on_death(process: WorkerProcess) -> None:
+    def on_death(process: WorkerProcess, record: Path) -> None:
         prefix = transitions.owner_prefix(process.node)
-        culprits, waiting = callrecord.read(process.node)
+        culprits, waiting = callrecord.read(record)
         reason = f"worker {process.node} died"
         try:
             # Its watchdog may have ended them already (a hung call): reap in any case.

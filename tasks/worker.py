@@ -2,12 +2,19 @@
 
 Reads the settings once from the environment (the ``farm worker`` launcher sets the role,
 device and GPU there) and registers the start-up that loads the models before the worker
-connects (``tasks.boot``).
+connects (``tasks.boot``). SIGHUP stops the process warmly for its launcher to start it
+again, instead of Celery's re-execution of the process
+(:func:`tasks.boot.install_warm_restart_handler`).
 """
 
-from tasks import boot  # noqa: F401  (connects the worker_process_init handler)
+from celery.apps import worker as celery_worker
+
+from tasks import boot  # connects the worker_init and worker_ready handlers
 from tasks.app import app, configure
 from tasks.settings import Settings
+
+# Celery's worker looks the handler up by this name when it installs its signal handlers.
+celery_worker.install_worker_restart_handler = boot.install_warm_restart_handler
 
 configure(Settings())
 

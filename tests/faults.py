@@ -23,7 +23,8 @@ def write_plan(path: Path, rules: list[dict]) -> Path:
     """Write a fault plan: rules like ``{"stage": "render", "action": "sleep", "seconds": 3}``.
 
     Actions: ``sleep`` (then run normally), ``hang`` (ignores the soft time limit),
-    ``kill`` (SIGKILL this worker process), ``oom`` (CUDA out-of-memory), ``raise`` (RuntimeError).
+    ``kill`` (SIGKILL this worker process), ``exit`` (this worker process exits with ``code``,
+    default 1), ``oom`` (CUDA out-of-memory), ``raise`` (RuntimeError).
     ``times`` defaults to 1; ``match`` to any call.
     """
     path.write_text(json.dumps({"rules": rules, "fired": []}))
@@ -64,6 +65,8 @@ def _act(rule: dict) -> None:
                 time.sleep(0.2)
     elif action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "exit":
+        os._exit(rule.get("code", 1))
     elif action == "oom":
         import torch
 

@@ -1,17 +1,37 @@
 """``farm worker``'s launcher: the processes it plans and how it supervises them.
 
 The supervised processes here are small Python programs standing in for ``celery worker``:
-what is under test is what the launcher does when one exits or dies.
+what is under test is what the launcher does when one exits or dies, before or after it
+said it was ready (the ready file ``tasks.boot`` creates in a real worker process).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
+from tasks import callrecord, launcher
 from tasks.exceptions import HUNG_EXIT_CODE
-from tasks.launcher import WorkerProcess, plan_workers, run_workers
+from tasks.launcher import (
+    MAX_RESTARTS,
+    READY_FILE_ENV,
+    RESTART_EXIT_CODE,
+    WorkerProcess,
+    plan_workers,
+    run_workers,
+)
 from tasks.settings import Settings
+from tests.integration.farmproc import process_ended, wait_ended
+
+REPO = Path(__file__).resolve().parents[2]
+SAY_READY = f"import os, pathlib; pathlib.Path(os.environ[{READY_FILE_ENV!r}]).touch()"
 
 
 def program(code: str) -> list[str]:
@@ -27,6 +47,11 @@ def dies_once(marker: Path, how: str) -> str:
         "marker.write_text('died once')\n"
         f"{how}\n"
     )
+
+
+def noting(died: list):
+    """An ``on_death`` that notes the processes it is called with."""
+    return lambda process, _record: died.append(process)
 
 
 def test_a_gpu_role_gets_one_threads_process_per_card_pinned_to_it():
@@ -48,12 +73,30 @@ def test_a_text_process_listens_to_the_text_queue_with_the_concurrency_asked_for
     assert argv[argv.index("--concurrency") + 1] == "3"
 
 
+def test_two_launchers_of_one_role_on_one_host_give_their_processes_names_of_their_own():
+    (first,) = plan_workers("text", Settings())
+    (second,) = plan_workers("text", Settings())
+
+    assert first.node != second.node
+    for process in (first, second):
+        name, host = process.node.split("@")
+        assert host == socket.gethostname()
+        assert name.startswith(f"text-{os.getpid()}-")  # the role, then the launcher's pid
+        assert process.argv[process.argv.index("--hostname") + 1] == process.node
+
+
+def test_the_processes_of_one_launcher_share_its_part_of_the_name_after_their_own():
+    host = socket.gethostname()
+    processes = plan_workers("gpu", Settings(), gpus=["0", "3"], instance="4711-9f3a")
+    assert [p.node for p in processes] == [f"gpu0-4711-9f3a@{host}", f"gpu3-4711-9f3a@{host}"]
+
+
 def test_a_process_killed_by_a_signal_is_started_again_after_its_articles_are_freed(tmp_path):
     died = []
     killed = dies_once(tmp_path / "m", "os.kill(os.getpid(), signal.SIGKILL)")
-    spec = WorkerProcess("gpu0@host", program(killed), {})
+    spec = WorkerProcess("gpu0-1@host", program(killed), {})
 
-    code = run_workers([spec], on_death=died.append)
+    code = run_workers([spec], on_death=noting(died))
 
     assert code == 0
     assert died == [spec]
@@ -63,16 +106,28 @@ def test_a_process_stopped_by_its_watchdog_is_started_again(tmp_path):
     died = []
     hung = dies_once(tmp_path / "m", f"sys.exit({HUNG_EXIT_CODE})")
 
-    assert run_workers([WorkerProcess("all@host", program(hung), {})], died.append) == 0
+    assert run_workers([WorkerProcess("all-1@host", program(hung), {})], noting(died)) == 0
     assert len(died) == 1
 
 
-def test_a_process_that_fails_on_its_own_stops_the_launcher_with_its_code_and_the_others():
+def test_a_process_that_exits_with_an_error_after_it_was_ready_is_started_again(tmp_path):
     died = []
-    failing = WorkerProcess("gpu0@host", program("import sys; sys.exit(1)"), {})
-    waiting = WorkerProcess("gpu1@host", program("import time; time.sleep(60)"), {})
+    # As kombu's "Unrecoverable error" after a lost broker: ready, serving, then exit 1.
+    failing = dies_once(tmp_path / "m", f"{SAY_READY}\nsys.exit(1)")
+    spec = WorkerProcess("text-1@host", program(failing), {})
 
-    code = run_workers([failing, waiting], on_death=died.append)
+    code = run_workers([spec], on_death=noting(died))
+
+    assert code == 0
+    assert died == [spec]  # its leases ended and its articles sent again first
+
+
+def test_a_process_that_fails_at_boot_stops_the_launcher_with_its_code_and_the_others():
+    died = []
+    failing = WorkerProcess("gpu0-1@host", program("import sys; sys.exit(1)"), {})
+    waiting = WorkerProcess("gpu1-1@host", program("import time; time.sleep(60)"), {})
+
+    code = run_workers([failing, waiting], on_death=noting(died))
 
     assert code == 1
     assert died == []  # models missing would only fail again: nothing is started anew
@@ -80,9 +135,130 @@ def test_a_process_that_fails_on_its_own_stops_the_launcher_with_its_code_and_th
 
 def test_a_process_that_keeps_dying_is_given_up_after_the_restart_limit(tmp_path):
     died = []
-    always = WorkerProcess("gpu0@host", program("import os, signal; os.kill(os.getpid(), 9)"), {})
+    always = WorkerProcess("gpu0-1@host", program("import os, signal; os.kill(os.getpid(), 9)"), {})
 
-    code = run_workers([always], on_death=died.append)
+    code = run_workers([always], on_death=noting(died))
 
     assert code == 1
-    assert len(died) == 5  # MAX_RESTARTS
+    assert len(died) == MAX_RESTARTS
+
+
+def test_a_warm_restart_a_process_asks_for_is_no_death_and_counts_against_no_limit(tmp_path):
+    died = []
+    runs = tmp_path / "runs"
+    restarts = MAX_RESTARTS + 2
+    asks_again = (
+        "import pathlib, sys\n"
+        f"runs = pathlib.Path({str(runs)!r})\n"
+        "runs.open('a').write('x')\n"
+        f"sys.exit({RESTART_EXIT_CODE} if len(runs.read_text()) <= {restarts} else 0)\n"
+    )
+
+    code = run_workers([WorkerProcess("text-1@host", program(asks_again), {})], noting(died))
+
+    assert code == 0
+    assert len(runs.read_text()) == restarts + 1
+    assert died == []  # it stopped warmly: nothing of it to free
+
+
+def test_each_process_is_told_its_own_ready_file_and_call_record(tmp_path):
+    told = tmp_path / "told"
+    notes = (
+        "import os, pathlib\n"
+        f"paths = os.environ[{READY_FILE_ENV!r}], os.environ[{callrecord.RECORD_ENV!r}]\n"
+        f"with pathlib.Path({str(told)!r}).open('a') as f: f.write(' '.join(paths) + ' ')\n"
+    )
+    specs = [WorkerProcess(f"gpu{n}-1@host", program(notes), {}) for n in range(2)]
+
+    assert run_workers(specs) == 0
+
+    paths = told.read_text().split()
+    assert len(set(paths)) == 4
+    assert not any(Path(path).parent.exists() for path in paths)  # removed at the end
+
+
+# --- the launcher as a process of its own: signals ------------------------------------------
+
+LAUNCHER = (
+    "import sys\n"
+    "from tasks.launcher import WorkerProcess, run_workers\n"
+    "sys.exit(run_workers([WorkerProcess('text-1@host', sys.argv[1:], {})]))\n"
+)
+
+
+def serving(pids: Path) -> str:
+    """A stand-in worker: notes its pid, says ready, stops warmly (exit 0) on SIGTERM."""
+    return (
+        "import os, signal, sys, time\n"
+        f"{SAY_READY}\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        f"with open({str(pids)!r}, 'a') as f: f.write(f'{{os.getpid()}}\\n')\n"
+        "time.sleep(120)\n"
+    )
+
+
+def noted(pids: Path) -> list[int]:
+    return [int(pid) for pid in pids.read_text().split()] if pids.exists() else []
+
+
+def wait_for_pids(pids: Path, count: int, timeout: float = 30) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(noted(pids)) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fewer than {count} processes started in {timeout}s")
+        time.sleep(0.1)
+    return noted(pids)
+
+
+@pytest.fixture
+def launched(tmp_path):
+    """Start a launcher of one stand-in worker; every process it ran is ended after the test."""
+    pids = tmp_path / "pids"
+    log = (tmp_path / "launcher.log").open("w")
+    started = []
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(
+            [*program(LAUNCHER), *program(serving(pids))], cwd=REPO, stdout=log, stderr=log
+        )
+        started.append(process)
+        return process
+
+    yield start, pids
+    for pid in [process.pid for process in started] + noted(pids):
+        if not process_ended(pid):
+            os.kill(pid, signal.SIGKILL)
+    log.close()
+
+
+def test_sighup_to_the_launcher_restarts_its_processes_warmly_and_it_keeps_running(launched):
+    start, pids = launched
+    launcher_process = start()
+    (first,) = wait_for_pids(pids, 1)
+
+    launcher_process.send_signal(signal.SIGHUP)
+
+    assert wait_for_pids(pids, 2)[1] != first
+    assert launcher_process.poll() is None
+    launcher_process.send_signal(signal.SIGTERM)
+    assert launcher_process.wait(30) == 0  # each stopped warmly both times
+
+
+def test_a_killed_launchers_processes_end_with_it(launched):
+    start, pids = launched
+    launcher_process = start()
+    (child,) = wait_for_pids(pids, 1)
+
+    launcher_process.kill()
+
+    assert wait_ended(child, timeout=10)
+
+
+def test_a_process_whose_launcher_is_gone_before_it_is_bound_exits_at_once():
+    sleeper = program("import time; time.sleep(60)")
+    gone = launcher._bind_to_launcher(os.getppid())  # not the parent of the child
+    assert subprocess.run(sleeper, preexec_fn=gone, timeout=30).returncode == 1
+
+    exits = program("import sys; sys.exit(7)")
+    bound = launcher._bind_to_launcher(os.getpid())
+    assert subprocess.run(exits, preexec_fn=bound, timeout=30).returncode == 7
