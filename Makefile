@@ -40,8 +40,9 @@ unit: setup
 integration: setup services browser
 	$(BIN)/pytest tests/integration -q
 
+# The fleet's fault scenarios (minutes each) run in `make faults`, which runs the rest too.
 test: setup services browser lint
-	$(BIN)/pytest tests -q -ra
+	$(BIN)/pytest tests -q -ra -m "not fleet"
 
 # The review studio's README screenshots (docs/img), made over `farm demo` in a scratch folder.
 screenshots: setup browser

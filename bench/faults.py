@@ -1,12 +1,13 @@
 """Reliability figures: the fault-injection suite and the bad-input corpus, totalled.
 
-Runs ``tests/integration/test_faults.py`` (real Redis, PostgreSQL and worker processes; the
-services must be up, as ``.ci/services`` leaves them) with a report file that each scenario
-appends its article tally to, then runs every case of the bad-input corpus. Prints the
-totals as its last lines:
+Runs the fault scenarios (:data:`SCENARIOS`: real Redis, PostgreSQL and worker processes;
+the services must be up, as ``.ci/services`` leaves them) with a report file that each
+scenario appends its article tally to, then runs every case of the bad-input corpus. Prints
+the totals as its last lines:
 
     scenarios: P/T passed
-    articles: submitted S, completed C, failed with reason F, lost L, duplicated D
+    articles: submitted S, completed C, failed with reason F, lost L, duplicated D,
+      stale published P
     bad inputs: H/N handled
 """
 
@@ -23,12 +24,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# The fault scenarios: single faults, then the faults of a fleet of processes.
+SCENARIOS = (
+    "tests/integration/test_faults.py",
+    "tests/integration/test_faults_fleet.py",
+    "tests/integration/test_migration_race.py",
+    "tests/integration/test_launcher_fleet.py",
+)
 
 
 def run_scenarios(report: Path, extra: list[str]) -> tuple[int, int]:
     """Run the fault suite; return (passed, total) from pytest's own summary."""
     env = os.environ | {"FARM_FAULT_REPORT": str(report), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "pytest", "tests/integration/test_faults.py", "-q", *extra]
+    command = [sys.executable, "-m", "pytest", *SCENARIOS, "-q", *extra]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     print(result.stdout[-3000:])
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
@@ -40,13 +48,14 @@ def run_scenarios(report: Path, extra: list[str]) -> tuple[int, int]:
 def article_totals(report: Path) -> dict[str, int]:
     """Sum the per-scenario tallies the tests appended."""
     totals = dict.fromkeys(
-        ("submitted", "completed", "failed_with_reason", "lost", "duplicated"), 0
+        ("submitted", "completed", "failed_with_reason", "lost", "duplicated", "stale_published"),
+        0,
     )
     if report.exists():
         for line in report.read_text().splitlines():
             record = json.loads(line)
             for name in totals:
-                totals[name] += record[name]
+                totals[name] += record.get(name, 0)
     return totals
 
 
@@ -77,7 +86,7 @@ def main() -> None:
     print(
         f"articles: submitted {totals['submitted']}, completed {totals['completed']}, "
         f"failed with reason {totals['failed_with_reason']}, lost {totals['lost']}, "
-        f"duplicated {totals['duplicated']}"
+        f"duplicated {totals['duplicated']}, stale published {totals['stale_published']}"
     )
     print(f"bad inputs: {handled}/{tried} handled")
 

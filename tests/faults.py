@@ -89,8 +89,37 @@ class Faulty:
         return self.inner(*args)
 
 
+SKEW_ENV = "FARM_FAULT_CLOCK_SKEW"
+
+
+def skew_clock(seconds: float) -> None:
+    """Run this process's wall clock ``seconds`` off, as on a host whose clock is wrong.
+
+    ``time.time`` (Celery's and kombu's clock: task ETAs, events, Redis timestamps) and the
+    farm's ``utcnow``, wherever a module holds it, are shifted; the monotonic clock, which
+    measures durations, is left alone, as a wrong wall clock leaves it.
+    """
+    import datetime
+    import sys
+
+    from db import models
+
+    real_time, real_now = time.time, models.utcnow
+    time.time = lambda: real_time() + seconds
+
+    def now() -> datetime.datetime:
+        return real_now() + datetime.timedelta(seconds=seconds)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "utcnow", None) is real_now:
+            module.utcnow = now
+
+
 def load(stages, settings):
-    """Runtime factory: the tiny runtimes of ``stages``, wrapped in :class:`Faulty`."""
+    """Runtime factory: the tiny runtimes of ``stages``, wrapped in :class:`Faulty`; with
+    ``FARM_FAULT_CLOCK_SKEW`` the process's wall clock runs that many seconds off."""
+    if os.environ.get(SKEW_ENV):
+        skew_clock(float(os.environ[SKEW_ENV]))
     from workers.loader import load_runtimes
     from workers.profiles import resolve_profile
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,4 +80,50 @@ def wait_until_ended(database_url: str, timeout: float = 240, ended: tuple = ())
         if open_count == 0:
             return
         time.sleep(0.5)
-    raise AssertionError(f"{open_count} articles still in flight after {timeout}s")
+    with sessions() as session:
+        waiting = session.execute(
+            select(Article.key, Article.status, Article.lease_stage, Article.lease_expires_at,
+                   Article.sent_at, Article.claimed_at, Article.stage_attempts)
+            .where(Article.status.not_in(ended))
+        ).all()  # fmt: skip
+    raise AssertionError(
+        f"{open_count} articles still in flight after {timeout}s: "
+        + "; ".join(str(tuple(row)) for row in waiting[:10])
+    )
+
+
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended (gone, or a zombie that nobody reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def wait_ended(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for process ``pid`` to end; whether it did."""
+    deadline = time.monotonic() + timeout
+    while not process_ended(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def ready_nodes(log_path: Path) -> list[str]:
+    """The node names that said ``ready`` in a worker log, in order (again after a restart)."""
+    return re.findall(r"\] (\S+@\S+) ready\.", log_path.read_text())
+
+
+def wait_ready_count(worker: WorkerProcess, count: int, timeout: float = 120) -> list[str]:
+    """Wait until the worker's log says ``ready`` ``count`` times; the nodes that said it."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := ready_nodes(worker.log_path)) < count:
+        if time.monotonic() > deadline or worker.process.poll() is not None:
+            raise AssertionError(
+                f"{len(nodes)} of {count} ready (launcher exit {worker.process.poll()}):\n"
+                f"{worker.log_path.read_text()}"
+            )
+        time.sleep(0.2)
+    return nodes

@@ -12,7 +12,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from db.engine import make_engine, session_factory
-from db.models import TERMINAL_STATUSES, Article, ArticleStatus, StageRun
+from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Render, StageRun
+from tasks.outputs import view_stem
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT_ENV = "FARM_FAULT_REPORT"
@@ -99,6 +100,7 @@ def tally(env: dict) -> dict[str, int]:
     with sessions(env)() as session:
         articles = list(session.scalars(select(Article)))
     runs = ok_runs(env)
+    attempts = render_attempts(env)
     ended = {s.value for s in TERMINAL_STATUSES}
     return {
         "submitted": len(articles),
@@ -107,8 +109,61 @@ def tally(env: dict) -> dict[str, int]:
             a.status == ArticleStatus.failed.value and bool(a.error) for a in articles
         ),
         "lost": sum(a.status not in ended for a in articles),
-        "duplicated": len({key for (key, _stage), count in runs.items() if count > 1}),
+        # A stage stored more often than it had work: once for the text stages, once per
+        # render attempt for render and score.
+        "duplicated": len(
+            {
+                key
+                for (key, stage), count in runs.items()
+                if count > (attempts.get(key, 1) if stage in ("render", "score") else 1)
+            }
+        ),
+        "stale_published": len(stale_published(env)),
     }
+
+
+def stale_published(env: dict) -> list[str]:
+    """Articles whose published picture or JSON is not their stored best attempt's.
+
+    The picture under the article's own name must hold the bytes of the attempt the database
+    names as best, and its JSON must name that attempt.
+    """
+    output = Path(env["FARM_OUTPUT_DIR"])
+    with sessions(env)() as session:
+        rows = session.execute(
+            select(Article, Render.image_path).join(
+                Render, (Render.article_id == Article.id) & (Render.attempt == Article.best_attempt)
+            )  # fmt: skip
+        ).all()
+    stale = []
+    for article, attempt_path in rows:
+        picture = output / article.batch_id / f"{view_stem(article.file_stem, article.view)}.png"
+        record = picture.with_suffix(".json")
+        if not picture.is_file() or picture.read_bytes() != Path(attempt_path).read_bytes():
+            stale.append(f"{article.key}: picture is not attempt {article.best_attempt}")
+        elif json.loads(record.read_text())["attempt"] != article.best_attempt:
+            stale.append(f"{article.key}: JSON names another attempt")
+    return stale
+
+
+def render_attempts(env: dict) -> dict[str, int]:
+    """Article key → how many render attempts it has (rows of ``renders``)."""
+    with sessions(env)() as session:
+        rows = session.execute(
+            select(Article.key, func.count()).join(Render).group_by(Article.key)
+        ).all()
+    return dict(rows)
+
+
+def runs_per_stage(env: dict) -> dict[tuple[str, str], int]:
+    """(article key, stage) → how many times the stage was claimed, whatever the outcome."""
+    with sessions(env)() as session:
+        rows = session.execute(
+            select(Article.key, StageRun.stage, func.count())
+            .join(StageRun, StageRun.article_id == Article.id)
+            .group_by(Article.key, StageRun.stage)
+        ).all()
+    return {(key, stage): count for key, stage, count in rows}
 
 
 def record(scenario: str, counts: dict[str, int]) -> None:
