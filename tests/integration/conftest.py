@@ -81,3 +81,16 @@ def start_worker(farm_env, tmp_path):
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def local_env(tmp_path, model_cache):
+    """No Redis, no PostgreSQL: the broker URL points at a closed port to prove it is unused."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    return env | {
+        "FARM_BROKER_URL": "redis://127.0.0.1:1/0",
+        "FARM_DATABASE_URL": f"sqlite:///{tmp_path / 'farm.db'}",
+        "FARM_OUTPUT_DIR": str(tmp_path / "output"),
+        "FARM_MODEL_CACHE": str(model_cache),
+        "HF_HUB_OFFLINE": "1",
+    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -24,19 +23,6 @@ from tests.integration.farmproc import FARM, farm
 from tests.integration.test_farm_end_to_end import write_catalog
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def local_env(tmp_path, model_cache):
-    """No Redis, no PostgreSQL: the broker URL points at a closed port to prove it is unused."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
-    return env | {
-        "FARM_BROKER_URL": "redis://127.0.0.1:1/0",
-        "FARM_DATABASE_URL": f"sqlite:///{tmp_path / 'farm.db'}",
-        "FARM_OUTPUT_DIR": str(tmp_path / "output"),
-        "FARM_MODEL_CACHE": str(model_cache),
-        "HF_HUB_OFFLINE": "1",
-    }
 
 
 def articles(database_url: str) -> list[Article]:

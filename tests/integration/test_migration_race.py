@@ -175,17 +175,9 @@ def write_articles(path: Path, count: int) -> Path:
 
 
 @pytest.fixture
-def run_env(tmp_path, model_cache, tiny_profile):
-    """`farm run` alone: SQLite, the tiny models, a closed port for a broker it never uses."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
-    return env | {
-        "FARM_BROKER_URL": "redis://127.0.0.1:1/0",
-        "FARM_DATABASE_URL": f"sqlite:///{tmp_path / 'farm.db'}",
-        "FARM_OUTPUT_DIR": str(tmp_path / "output"),
-        "FARM_MODEL_CACHE": str(model_cache),
-        "FARM_PROFILE": "tiny",
-        "HF_HUB_OFFLINE": "1",
-    }
+def run_env(local_env, tiny_profile):
+    """`farm run` alone (SQLite, no service) on the tiny models."""
+    return local_env | {"FARM_PROFILE": "tiny"}
 
 
 def poll_status(env: dict, run: subprocess.Popen, log: Path) -> list[subprocess.CompletedProcess]:
