@@ -32,8 +32,9 @@ from pathlib import Path
 from rich.console import Console
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import describe, ensure_schema, open_database, schema_revision, session_factory
+from db.engine import ensure_schema, open_database, schema_revision, session_factory
 from db.exceptions import DatabaseError
+from db.urls import describe
 from producer.catalog import CatalogError
 from producer.export import ExportError
 from producer.submit import BrokerUnavailable
