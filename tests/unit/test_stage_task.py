@@ -49,7 +49,8 @@ def article_id(sessions, settings):
     with sessions() as session, session.begin():
         session.add(Batch(id="b1", profile="tiny"))
         article = Article(batch_id="b1", key="SKU-1", file_stem="SKU-1", source_file="c.csv",
-                          source_sheet="csv", source_row=2, source_text="Roter Rock aus Wolle")  # fmt: skip
+                          source_sheet="csv", source_row=2,
+                          source_text="Roter Rock aus Wolle")  # fmt: skip
         session.add(article)
         session.flush()
         return article.id
@@ -59,7 +60,8 @@ def run(task, article_id: int, worker: str = "w1@host", retries: int = 0):
     """Run one message of ``task`` as a worker thread does; return its request after."""
     task.push_request(id=f"{task.name}-{article_id}", hostname=worker, retries=retries,
                       args=[article_id], kwargs={"key": "SKU-1"},
-                      chain=[{"task": "next"}], delivery_info={}, called_directly=False)  # fmt: skip
+                      chain=[{"task": "next"}], delivery_info={},
+                      called_directly=False)  # fmt: skip
     try:
         task.run_stage(article_id)
         return task.request
