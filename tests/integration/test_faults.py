@@ -193,7 +193,8 @@ def test_a_redis_restart_mid_batch_loses_no_article(
 ):
     env = kit.fault_env(farm_env, plan)
     write_plan(plan, [{"stage": "render", "action": "sleep", "seconds": 1, "times": 99}])
-    worker = start_worker("all", env=env)
+    # One message at a time: the others wait in Redis when it goes.
+    worker = start_worker("all", "--concurrency", "1", env=env)
     submit(env, tmp_path, 5)
     kit.wait_for_run(env, "score", outcome="ok")
     kit.redis_stop()  # an in-memory Redis: every queued message is gone
