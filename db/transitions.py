@@ -110,6 +110,7 @@ def claim(
                 lease_expires_at=server_time(lease_seconds),
                 stage_attempts=ARTICLES.c.stage_attempts + 1,
                 claimed_at=server_now(),
+                sent_at=None,  # the message that brought the claim is spent
                 updated_at=server_now(),
             )
             .returning(ARTICLES.c.stage_attempts)
@@ -354,8 +355,12 @@ def mark_sent(engine: Engine, article_ids: list[int], status: str | None = None)
     """
     with engine.begin() as connection:
         for start in range(0, len(article_ids), 500):
+            # An article claimed already (its message came before this record) is left
+            # alone: a send marked after its claim would hide its lease from the reaper.
             query = update(ARTICLES).where(
-                ARTICLES.c.id.in_(article_ids[start : start + 500]), ARTICLES.c.sent_at.is_(None)
+                ARTICLES.c.id.in_(article_ids[start : start + 500]),
+                ARTICLES.c.sent_at.is_(None),
+                ARTICLES.c.lease_token.is_(None),
             )
             if status is not None:
                 query = query.where(ARTICLES.c.status == status)

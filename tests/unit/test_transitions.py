@@ -302,3 +302,14 @@ def test_a_worker_clock_a_minute_off_neither_takes_nor_strands_another_workers_l
     assert claim(engine, second, worker="right@host") is None  # and so does the one it took
     with engine.connect() as connection:
         assert transitions.stuck(connection, IN_FLIGHT, grace_seconds=30) == []
+
+
+def test_a_send_recorded_after_its_message_was_claimed_hides_no_lease_from_the_reaper(
+    engine, sessions
+):
+    (article_id,) = add_articles(sessions, "A-1", sent=False)
+    claim(engine, article_id)  # the message came first, before the sender recorded it
+    transitions.mark_sent(engine, [article_id], status="pending")
+    transitions.expire(engine, "worker died", "lost", prefix=transitions.owner_prefix("w1@host"))
+    with engine.connect() as connection:
+        assert [row.id for row in transitions.stuck(connection, IN_FLIGHT, 30)] == [article_id]
