@@ -168,6 +168,15 @@ def view_stem(stem: str, view: str) -> str:
     return stem if view == DEFAULT_VIEW else f"{stem}@{view}"
 
 
+def published_image_path(output_dir: Path, batch_id: str, stem: str, view: str) -> Path:
+    """Where an article's published picture lives.
+
+    Returns:
+        ``<output>/<batch>/<stem>[@view].png``.
+    """
+    return batch_dir(output_dir, batch_id) / f"{view_stem(stem, view)}.png"
+
+
 def attempt_image_path(output_dir: Path, batch_id: str, stem: str, attempt: int) -> Path:
     """Where one render attempt's image is kept.
 

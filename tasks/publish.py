@@ -17,7 +17,6 @@ from sqlalchemy import Engine
 
 from db import published
 from tasks import outputs
-from tasks.outputs import view_stem
 
 logger = logging.getLogger("farm.publish")
 
@@ -83,11 +82,6 @@ def publish_pending(
     return done
 
 
-def published_image_path(output_dir: Path, batch_id: str, stem: str, view: str) -> Path:
-    """Where an article's published picture lives: ``<batch>/<stem>[@view].png``."""
-    return outputs.batch_dir(output_dir, batch_id) / f"{view_stem(stem, view)}.png"
-
-
 def write_published(row: dict, output_dir: Path, profile) -> Path:
     """Write one stored row's best picture and its JSON record, atomically each.
 
@@ -99,7 +93,9 @@ def write_published(row: dict, output_dir: Path, profile) -> Path:
     Returns:
         The published picture's path.
     """
-    image_path = published_image_path(output_dir, row["batch_id"], row["file_stem"], row["view"])
+    image_path = outputs.published_image_path(
+        output_dir, row["batch_id"], row["file_stem"], row["view"]
+    )
     outputs.publish_file(Path(row["attempt_path"]), image_path)
     outputs.write_json(image_path.with_suffix(".json"), _record(row, profile, image_path))
     return image_path

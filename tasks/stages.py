@@ -270,7 +270,9 @@ def finish_score(article: ArticleInput, value: float, ctx: StageContext) -> Stag
     ]
     scored.append((value, current))
     best_score, best = max(scored, key=lambda pair: pair[0])
-    final = outputs.batch_dir(ctx.output_dir, article.batch_id) / f"{article.stem}.png"
+    final = outputs.published_image_path(
+        ctx.output_dir, article.batch_id, article.file_stem, article.view
+    )
     output = StageOutput(
         values={"clip_score": best_score, "image_path": str(final), "best_attempt": best.attempt},
         render={"attempt": current.attempt, "clip_score": value},

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from db.engine import make_engine, session_factory
 from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Render, StageRun
-from tasks.outputs import view_stem
+from tasks.outputs import published_image_path
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT_ENV = "FARM_FAULT_REPORT"
@@ -137,7 +137,7 @@ def stale_published(env: dict) -> list[str]:
         ).all()
     stale = []
     for article, attempt_path in rows:
-        picture = output / article.batch_id / f"{view_stem(article.file_stem, article.view)}.png"
+        picture = published_image_path(output, article.batch_id, article.file_stem, article.view)
         record = picture.with_suffix(".json")
         if not picture.is_file() or picture.read_bytes() != Path(attempt_path).read_bytes():
             stale.append(f"{article.key}: picture is not attempt {article.best_attempt}")
