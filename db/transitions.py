@@ -1,11 +1,12 @@
 """State transitions of an article's stage, each one conditional, each one transaction.
 
 A stage *claims* its article with one conditional UPDATE: the article must wait in the
-stage's input status, free of a live lease. The claim raises the stage's attempt counter and
-takes a lease token; the outputs are stored with a second conditional UPDATE that succeeds
-only while that token holds. A copy of a message delivered twice therefore finds the stage
-done or held and does nothing. The lease is renewed while the stage runs (:func:`renew`), so
-it runs out soon after its worker dies, and the reaper sends the article again.
+stage's input status, free of a live lease. The claim takes a lease token; the outputs are
+stored with a second conditional UPDATE that succeeds only while that token holds. A copy of
+a message delivered twice therefore finds the stage done or held and does nothing. The lease
+is renewed while the stage runs (:func:`renew`), so it runs out soon after its worker dies,
+and the reaper sends the article again. An attempt counts as its model call starts
+(:func:`count_attempts`) or as an error gives the stage back (:func:`release`).
 
 Every moment that decides a lease, an expiry or a timer is the database server's
 (:mod:`db.clock`), never the calling host's: hosts' clocks disagree.
@@ -21,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, insert, or_, select, update
 
 from db.clock import server_now, server_time
 from db.models import Article, Batch, Render, StageRun
@@ -45,7 +46,7 @@ class Claim:
     article_id: int
     stage: str
     token: str
-    attempt: int
+    attempt: int  # the attempt this claim makes: the attempts counted so far, plus one
     run_id: int
     began: float  # time.monotonic() at the claim: the stage run's duration, on this host
     article: dict  # the columns of _INPUT_COLUMNS, and the batch's min_clip_score
@@ -64,10 +65,6 @@ def new_token(owner: str) -> str:
 def owner_prefix(owner: str) -> str:
     """The prefix of every lease token a worker takes: a short hash of its node name."""
     return hashlib.sha1(owner.encode()).hexdigest()[:12] + "."
-
-
-def _free_or_expired():
-    return or_(ARTICLES.c.lease_token.is_(None), ARTICLES.c.lease_expires_at < server_now())
 
 
 def claim(
@@ -94,31 +91,32 @@ def claim(
 
     Returns:
         The claim, or None when the article is done with the stage, held, or not there yet.
+        Its attempt is not counted here: its model call counts it (:func:`count_attempts`).
     """
     began = time.monotonic()
     with engine.begin() as connection:
-        attempt = connection.scalar(
+        counted = connection.execute(
             update(ARTICLES)
             .where(
                 ARTICLES.c.id == article_id,
                 ARTICLES.c.status == input_status,
-                _free_or_expired(),
+                or_(ARTICLES.c.lease_token.is_(None), ARTICLES.c.lease_expires_at < server_now()),
             )
             .values(
                 lease_token=token,
                 lease_stage=stage,
                 lease_expires_at=server_time(lease_seconds),
-                stage_attempts=ARTICLES.c.stage_attempts + 1,
                 claimed_at=server_now(),
-                sent_at=None,  # the message that brought the claim is spent
                 updated_at=server_now(),
+                sent_at=None,  # the message sent has come: see mark_sent
             )
             .returning(ARTICLES.c.stage_attempts)
-        )
-        if attempt is None:
+        ).first()
+        if counted is None:
             return None
-        # Runs of earlier attempts still "running" lost their worker.
-        _close_runs(connection, article_id, "lost", stage=stage, before=attempt)
+        attempt = counted.stage_attempts + 1
+        # Runs of the stage still "running" lost their worker: the claim found no live lease.
+        _close_runs(connection, article_id, "lost", stage=stage)
         run = {"article_id": article_id, "stage": stage, "attempt": attempt, "worker": worker}
         run_id = connection.scalar(
             insert(RUNS)
@@ -214,9 +212,10 @@ def _finish_run(connection: Connection, held: Claim, outcome: str, error: str | 
 def release(engine: Engine, held: Claim, error: str, backoff_seconds: float) -> None:
     """Give a stage back after a transient error, held ``backoff_seconds`` more.
 
-    The lease keeps its token until the backoff has passed, so the retry's claim (after the
-    backoff) finds it free, and a worker that dies before sending the retry leaves an expired
-    lease that the reaper sends again.
+    The lease holds until the backoff has passed, so the retry's claim (after the backoff)
+    finds it free, and a worker that dies before sending the retry leaves an expired lease
+    that the reaper sends again. The attempt counts, even if its call never started; the
+    lease takes a token of its own, which no renewal or give-back of the attempt's finds.
 
     Args:
         engine: the farm's database.
@@ -228,7 +227,11 @@ def release(engine: Engine, held: Claim, error: str, backoff_seconds: float) -> 
         connection.execute(
             update(ARTICLES)
             .where(ARTICLES.c.id == held.article_id, ARTICLES.c.lease_token == held.token)
-            .values(lease_expires_at=server_time(backoff_seconds))
+            .values(
+                lease_token=f"{held.token}.retry",
+                lease_expires_at=server_time(backoff_seconds),
+                stage_attempts=held.attempt,
+            )
         )
         _finish_run(connection, held, "retry", error)
 
@@ -269,24 +272,44 @@ def renew(engine: Engine, tokens: list[str], lease_seconds: float) -> int:
         ).rowcount
 
 
+def count_attempts(engine: Engine, tokens: list[str], given_back: list[str] = ()) -> int:
+    """Count the attempt of each article held under ``tokens``, as its model call starts.
+
+    The articles of the process's previous call, which returned, are ``given_back`` theirs:
+    a death in this call is none of theirs (an error of theirs counts: :func:`release`). The
+    caller counts each claim once (:class:`tasks.boot.AttemptCounter`). Returns rows changed.
+    """
+    counted = ARTICLES.c.lease_token.in_(list(tokens))
+    with engine.begin() as connection:
+        return connection.execute(
+            update(ARTICLES)
+            .where(
+                ARTICLES.c.lease_token.in_([*tokens, *given_back]),
+                or_(counted, ARTICLES.c.stage_attempts > 0),
+            )
+            .values(stage_attempts=ARTICLES.c.stage_attempts + case((counted, 1), else_=-1))
+        ).rowcount
+
+
 def expire(
     engine: Engine,
     error: str,
     outcome: str,
     tokens: list[str] | None = None,
     prefix: str | None = None,
-    culprits: list[str] | None = None,
+    give_back: bool = False,
 ) -> int:
     """End leases whose holder is gone at once, so that the reaper sends their articles now.
 
     Args:
         engine: the farm's database.
         error: why, kept on the stage runs still marked running.
-        outcome: what those runs are closed as (``timeout``, ``lost``).
+        outcome: what a run whose model call had started (its attempt counted) is closed as
+            (``timeout``, ``lost``); a run that never reached its call ends ``interrupted``.
         tokens: these leases; or
         prefix: every lease of one owner (:func:`owner_prefix`).
-        culprits: when given, only these leases' attempts count: the others were waiting
-            beside the model call that killed their process, and get their attempt back.
+        give_back: the holder was stopped, not at fault (Ctrl-C): counted attempts are
+            given back.
 
     Returns:
         How many leases were ended.
@@ -301,14 +324,12 @@ def expire(
             update(ARTICLES)
             .where(held, ARTICLES.c.lease_expires_at >= server_now())
             .values(lease_expires_at=server_time(-1.0))
-            .returning(ARTICLES.c.id, ARTICLES.c.lease_token)
+            .returning(ARTICLES.c.id, ARTICLES.c.stage_attempts)
         ).all()
-        for article_id, token in rows:
-            innocent = culprits is not None and token not in culprits
-            closed = _close_runs(
-                connection, article_id, "interrupted" if innocent else outcome, error=error
-            )
-            if innocent and closed:  # its stage was under way, not waiting out a backoff
+        for article_id, counted in rows:
+            closed = _close_runs(connection, article_id, outcome, error=error, counted=counted)
+            _close_runs(connection, article_id, "interrupted", error=error)
+            if give_back and closed:
                 connection.execute(
                     update(ARTICLES)
                     .where(ARTICLES.c.id == article_id, ARTICLES.c.stage_attempts > 0)
@@ -329,23 +350,21 @@ def close_running_runs(connection, article_id: int, outcome: str) -> None:
 
 
 def _close_runs(
-    connection,
-    article_id: int,
-    outcome: str,
-    stage: str | None = None,
-    before: int | None = None,
-    error: str | None = None,
+    connection, article_id: int, outcome: str, stage=None, counted=None, error=None
 ) -> int:
     query = update(RUNS).where(RUNS.c.article_id == article_id, RUNS.c.outcome == "running")
     if stage is not None:
         query = query.where(RUNS.c.stage == stage)
-    if before is not None:
-        query = query.where(RUNS.c.attempt < before)
+    if counted is not None:  # only runs whose attempt was counted (see count_attempts)
+        query = query.where(RUNS.c.attempt <= counted)
     return connection.execute(query.values(outcome=outcome, error=error)).rowcount
 
 
 def mark_sent(engine: Engine, article_ids: list[int], status: str | None = None) -> None:
-    """Record that the next message of these articles was published.
+    """Record that the next message of these articles was published, until it is claimed.
+
+    The claim clears the record, and no record is made for an article claimed already: a
+    send noted after the claim would tell the reaper that another message is on its way.
 
     Args:
         engine: the farm's database.
@@ -355,8 +374,6 @@ def mark_sent(engine: Engine, article_ids: list[int], status: str | None = None)
     """
     with engine.begin() as connection:
         for start in range(0, len(article_ids), 500):
-            # An article claimed already (its message came before this record) is left
-            # alone: a send marked after its claim would hide its lease from the reaper.
             query = update(ARTICLES).where(
                 ARTICLES.c.id.in_(article_ids[start : start + 500]),
                 ARTICLES.c.sent_at.is_(None),
@@ -464,19 +481,6 @@ def unmark_sent(engine: Engine, article_ids: list[int]) -> None:
                 .where(ARTICLES.c.id.in_(article_ids[start : start + 500]))
                 .values(sent_at=None, updated_at=ARTICLES.c.updated_at)
             )
-
-
-def unclaimed(engine: Engine, pairs: list[tuple[int, str]]) -> list[int]:
-    """Of (article id, status) pairs, the articles still in that status and free to claim."""
-    found = []
-    with engine.connect() as connection:
-        for article_id, status in pairs:
-            query = select(ARTICLES.c.id).where(
-                ARTICLES.c.id == article_id, ARTICLES.c.status == status, _free_or_expired()
-            )
-            if connection.scalar(query) is not None:
-                found.append(article_id)
-    return found
 
 
 def unlease(article: Article) -> None:

@@ -82,5 +82,5 @@ def free_interrupted(sessions: sessionmaker[Session]) -> int:
     """
     prefix = transitions.owner_prefix(LOCAL_NODE)
     return transitions.expire(
-        sessions.kw["bind"], "stopped by Ctrl-C", "interrupted", prefix=prefix, culprits=[]
+        sessions.kw["bind"], "stopped by Ctrl-C", "interrupted", prefix=prefix, give_back=True
     )

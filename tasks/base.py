@@ -2,27 +2,29 @@
 
 A stage task works on its own article only:
 
-1. **Claim** it (:func:`db.transitions.claim`): one conditional UPDATE takes a lease and raises
-   the stage's attempt counter. A copy of the message that finds the stage done or held, or
-   the article not there yet, stops quietly and ends its chain.
+1. **Claim** it (:func:`db.transitions.claim`): one conditional UPDATE takes a lease. A copy
+   of the message that finds the stage done or held, or the article not there yet, stops
+   quietly and ends its chain.
 2. **Run** the stage over a plain :class:`ArticleInput`: ``prepare`` here, the model call on
-   the process's model executor (which batches it with other messages' inputs), ``finish``
-   here again (a PNG written while the executor renders the next article).
+   the process's model executor (which batches it with other messages' inputs, and counts
+   the attempt as the call starts: :class:`tasks.boot.AttemptCounter`), ``finish`` here
+   again (a PNG written while the executor renders the next article).
 3. **Store** under the lease, then let Celery send the chain's next stage; the message is
    acknowledged after that (``acks_late``).
 
 Errors: :class:`InvalidArticle` fails the article at once; any other error releases the
-stage for a retry with backoff, until the article's attempts at the stage reach
-``max_stage_attempts`` and it fails with that error. A database that is away is waited for:
-the claim is retried later, a store is tried again in place. Articles whose worker died are
-not this module's concern: their lease runs out and the reaper (:mod:`tasks.reaper`) sends
-them again.
+stage for a retry with backoff (the attempt counted), until the article's attempts at the
+stage reach ``max_stage_attempts`` and it fails with that error. A database that is away is
+waited for: the claim is retried later, a store is tried again in place. Articles whose
+worker died are not this module's concern: their lease ends (at once, when the launcher
+sees the death) and the reaper (:mod:`tasks.reaper`) sends them again.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from functools import partial
 
@@ -31,7 +33,7 @@ from sqlalchemy.exc import DBAPIError
 
 from db import transitions
 from db.models import TERMINAL_STATUSES
-from tasks import callrecord, state
+from tasks import state
 from tasks.chains import article_chain
 from tasks.exceptions import InvalidArticle
 from tasks.finish import write_statistics_if_finished
@@ -62,11 +64,55 @@ def backoff_seconds(base: float, attempt: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def attempts_left(attempt: int, limit: int) -> int:
-    """How many more claims of a stage an article may have after claim number ``attempt``.
+class Arrivals:
+    """The stage messages this process has received and not yet tried to claim.
 
-    The one reading of ``FARM_MAX_STAGE_ATTEMPTS``: claim ``limit`` still runs, with 0
-    left (an error then fails the article); a claim past it runs nothing (negative).
+    A model call waits for the claims of the messages received before it
+    (:class:`tasks.boot.AttemptCounter`): a call that kills its process then leaves each of
+    them under a lease, which the launcher ends and the reaper sends again. A message caught
+    unclaimed by a death at any other moment comes back from the broker after its visibility
+    timeout.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: set[str] = set()
+        self._changed = threading.Condition()
+
+    def received(self, task_id: str) -> None:
+        """Note a message the worker received (its consumer thread, before a thread runs it)."""
+        with self._changed:
+            self._waiting.add(task_id)
+
+    def claimed(self, task_id: str) -> None:
+        """Note that a message's claim was tried, whatever came of it."""
+        with self._changed:
+            self._waiting.discard(task_id)
+            self._changed.notify_all()
+
+    def wait(self, timeout: float) -> list[str]:
+        """Wait until the messages received so far were claimed, at most ``timeout`` seconds.
+
+        Returns:
+            The messages still unclaimed after it; forgotten, as a claim is made at once and
+            they will not hold a call back again.
+        """
+        with self._changed:
+            before = set(self._waiting)
+            self._changed.wait_for(lambda: not before & self._waiting, timeout)
+            late = before & self._waiting
+            self._waiting -= late
+        return sorted(late)
+
+
+ARRIVALS = Arrivals()
+
+
+def attempts_left(attempt: int, limit: int) -> int:
+    """How many more attempts at a stage an article may have after attempt number ``attempt``.
+
+    The one reading of ``FARM_MAX_STAGE_ATTEMPTS``: attempt ``limit`` still runs, with 0
+    left (an error then fails the article); a claim for an attempt past it runs nothing
+    (negative): the article's stage was attempted ``limit`` times already.
     """
     return limit - attempt
 
@@ -99,11 +145,11 @@ class StageTask(Task):
                 settings.lease_seconds, with_renders=stage.needs_renders,
             )  # fmt: skip
         except DBAPIError as error:
-            callrecord.claimed(self.request.id)
             countdown = backoff_seconds(settings.retry_backoff_seconds, self.request.retries + 1)
             logger.warning("%s: database away (%s); retry in %.1fs", stage.name, error, countdown)
             raise self.retry(exc=error, countdown=countdown) from error
-        callrecord.claimed(self.request.id)
+        finally:
+            ARRIVALS.claimed(self.request.id)
         if held is None:
             logger.info("article %s: %s skipped (done, held or not there)", article_id, stage.name)
             self.request.chain = None

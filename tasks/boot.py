@@ -8,8 +8,9 @@ serve (no device, database away, models missing or failing to load) logs one mes
 exits 1 without ever saying ``ready``: Celery would log an exception raised from a signal
 handler and carry on, so the handler ends the process itself (``os._exit``). Beside the
 executor run two timers: lease renewal for the stages this process holds, and the reaper.
-A model call that outruns ``task_time_limit`` makes the process free its articles and exit
-with :data:`HUNG_EXIT_CODE`; ``farm worker`` starts it again.
+As each model call starts, the executor has its articles' attempts counted
+(:class:`AttemptCounter`). A model call that outruns ``task_time_limit`` makes the process
+end its leases and exit with :data:`HUNG_EXIT_CODE`; ``farm worker`` starts it again.
 
 Once Celery says the worker is ready, the process creates the ready file its launcher named
 (:data:`tasks.launcher.READY_FILE_ENV`): an error exit after it is one of a process that was
@@ -30,11 +31,14 @@ from celery import Celery, platforms
 from celery.signals import task_received, worker_init, worker_ready, worker_shutdown
 from celery.utils.log import in_sighandler
 from celery.worker import state as worker_state
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from db import transitions
 from db.engine import open_database
 from db.exceptions import DatabaseError
-from tasks import callrecord, state
+from tasks import state
+from tasks.base import ARRIVALS, Arrivals
 from tasks.exceptions import HUNG_EXIT_CODE, FarmError, ModelsMissing
 from tasks.launcher import READY_FILE_ENV, RESTART_EXIT_CODE, check_device
 from tasks.reaper import Periodic, reaper_turn
@@ -49,7 +53,10 @@ from workers.profiles import resolve_profile
 logger = logging.getLogger("farm.boot")
 
 _timers: list[Periodic] = []
-STAGE_OF_TASK = {stage.task: name for name, stage in STAGES.items()}
+STAGE_TASKS = frozenset(stage.task for stage in STAGES.values())
+# The longest a model call waits for the claims of the messages received before it: a claim
+# is one UPDATE, made as soon as a thread takes the message.
+CLAIM_WAIT_SECONDS = 2.0
 
 
 def load_for_role(settings: Settings):
@@ -84,26 +91,67 @@ def load_for_role(settings: Settings):
     return load_runtimes(stages, profile, settings.device, render_options, extract_options)
 
 
+class AttemptCounter:
+    """The model executor's ``on_call``: counts the attempts of a call's articles as it starts.
+
+    Only the articles of the call running have their attempt counted: those of the previous
+    call, which returned, get theirs back in the same statement, so that a death or a hang in
+    this call charges none of them (an error of theirs counts as their stage is given back:
+    :func:`db.transitions.release`). A batch call that fails is made again for each article
+    alone; each claim is counted once. A database that is away costs the count, not the call.
+    First it waits for the claims of the messages received before the call
+    (:class:`tasks.base.Arrivals`).
+
+    Args:
+        engine: the farm's database.
+        arrivals: the messages received and not yet claimed; None waits for none.
+    """
+
+    def __init__(self, engine: Engine, arrivals: Arrivals | None = None) -> None:
+        self._engine = engine
+        self._arrivals = arrivals
+        self._counted: set[str] = set()  # the last call's tokens; only the model thread's
+
+    def __call__(self, stage: str, tokens: list) -> None:
+        """Wait for the claims of the messages received, then count the call's attempts."""
+        if self._arrivals is not None:
+            # A call may kill the process (out of memory, a crash in a kernel): the messages
+            # it received take their leases first, so that the reaper can send them again.
+            late = self._arrivals.wait(CLAIM_WAIT_SECONDS)
+            if late:
+                logger.warning("%s: calling before %d messages were claimed", stage, len(late))
+        current = {token for token in tokens if token}
+        new, back = current - self._counted, self._counted - current
+        if not new and not back:
+            return
+        try:
+            transitions.count_attempts(self._engine, sorted(new), sorted(back))
+        except DBAPIError as error:  # what was not given back is given back at the next call
+            logger.warning("%s: attempt not counted, the database is away (%s); calling anyway",
+                           stage, type(error.orig).__name__)  # fmt: skip
+            return
+        self._counted = current
+
+
 def start_process(app: Celery, settings: Settings, node: str) -> None:
     """Load the role's models, start the model executor, lease renewal and the reaper.
 
     Args:
         app: the configured farm app (the reaper sends through it).
         settings: the farm's settings, role included.
-        node: the worker's node name (its model calls are recorded under it).
+        node: the worker's node name (unused: its lease tokens carry it).
     """
     check_serviceable(settings)
     runtimes = load_for_role(settings)
-    record = callrecord.start(node, os.environ.get(callrecord.RECORD_ENV))
+    engine = state.engine(settings.database_url)
+    held = state.held_leases()
     executor = ModelExecutor(
         max_wait=settings.batch_wait_seconds,
         time_limit=settings.task_time_limit,
-        on_hang=lambda stage, tokens: _stop_hung(settings, stage, tokens),
-        on_call=lambda stage, tokens: record.calling(tokens),
+        on_hang=lambda stage, _tokens: _stop_hung(settings, stage),
+        on_call=AttemptCounter(engine, ARRIVALS),
     )
     state.install_runtimes(runtimes, executor)
-    engine = state.engine(settings.database_url)
-    held = state.held_leases()
     renew = lambda: transitions.renew(engine, held.tokens(), settings.lease_seconds)  # noqa: E731
     _timers[:] = [
         Periodic("leases", settings.lease_seconds / 3, renew),
@@ -139,12 +187,13 @@ def stop_process() -> None:
     release_memory()
 
 
-def _stop_hung(settings: Settings, stage: str, culprits: list[str]) -> None:
+def _stop_hung(settings: Settings, stage: str) -> None:
+    # Every lease of this process ends: only the articles of the hung call have an attempt
+    # counted (their runs close as "timeout"); the others' runs close as "interrupted".
     try:
         engine = state.engine(settings.database_url)
         reason = f"a {stage} call ran past the {settings.task_time_limit} s limit"
-        held = state.held_leases().tokens()
-        transitions.expire(engine, reason, "timeout", tokens=held, culprits=culprits)
+        transitions.expire(engine, reason, "timeout", tokens=state.held_leases().tokens())
     finally:
         logger.critical("stopping this worker: its %s call hung; its articles go elsewhere", stage)
         logging.shutdown()
@@ -201,10 +250,10 @@ def install_warm_restart_handler(worker=None, sig: str = "SIGHUP") -> None:
 
 @task_received.connect
 def _note_received(request=None, **_) -> None:
-    stage = STAGE_OF_TASK.get(getattr(request, "name", None))
-    if stage is not None and request.args:
-        key = (request.kwargs or {}).get("key", "")
-        callrecord.received(request.id, request.args[0], stage, key)
+    # A message with an ETA (a retry after its backoff) is run later: its article's lease,
+    # kept through the backoff, stands for it meanwhile.
+    if getattr(request, "name", None) in STAGE_TASKS and not request.eta:
+        ARRIVALS.received(request.id)
 
 
 @worker_shutdown.connect

@@ -3,8 +3,8 @@
 Each process is a real ``celery worker`` with a pool of threads: it holds several messages
 at once and feeds one model executor (:mod:`tasks.boot`). A GPU process sees only its own
 card (``CUDA_VISIBLE_DEVICES``). Its node name carries the launcher's pid and a random part
-(``text-4711-9f3a@host``), so two launchers of one role on one host never share leases, call
-records or Flower entries.
+(``text-4711-9f3a@host``), so two launchers of one role on one host never share leases or
+Flower entries.
 
 The launcher stays as their parent, and tells a process's failure at boot from one while it
 served: a process creates its ready file (:data:`READY_FILE_ENV`) once Celery says it is ready.
@@ -14,8 +14,10 @@ served: a process creates its ready file (:data:`READY_FILE_ENV`) once Celery sa
   starting it again would only fail again.
 * Killed (by the kernel's OOM killer, say), stopped by its watchdog after a hung model call,
   or exiting with an error after it was ready (kombu giving up on a lost broker), a process
-  has its leases ended at once, its articles sent again by the reaper, and is started anew,
-  at most :data:`MAX_RESTARTS` times in :data:`RESTART_WINDOW_SECONDS`.
+  has its leases ended at once (:func:`recovery`) and is started anew, at most
+  :data:`MAX_RESTARTS` times in :data:`RESTART_WINDOW_SECONDS`. The reaper sends its
+  articles again on its next turn; a message it had received but not claimed yet comes back
+  from Redis after the visibility timeout.
 * SIGINT and SIGTERM are passed on to every process as a warm shutdown. SIGHUP makes the
   launcher restart every process warmly: each finishes the messages it holds, exits and is
   started again (with the code and models installed now). On a terminal SIGHUP stops them
@@ -48,7 +50,6 @@ from pathlib import Path
 
 from db import transitions
 from db.engine import make_engine
-from tasks import callrecord
 from tasks.exceptions import HUNG_EXIT_CODE, FarmError
 from tasks.registry import role_concurrency, role_queues
 from tasks.settings import Settings
@@ -86,8 +87,8 @@ def launcher_instance() -> str:
     """This launcher's part of its processes' node names: its pid and a random part.
 
     The pid finds the launcher in ``ps``; the random part keeps apart two launchers with one
-    pid on one host name (containers sharing it, each launcher its pid 1). Leases, call
-    records and Flower's entries are all keyed by node name.
+    pid on one host name (containers sharing it, each launcher its pid 1). Leases and
+    Flower's entries are both keyed by node name.
     """
     return f"{os.getpid()}-{secrets.token_hex(2)}"
 
@@ -222,7 +223,6 @@ class Supervised:
 
     spec: WorkerProcess
     ready_file: Path  # created by the process once Celery says it is ready
-    record: Path  # its call record (tasks.callrecord), read after a death
     child: subprocess.Popen | None = None
     handled: bool = False  # the child's exit was dealt with
     restart_asked: bool = False  # stopped by its launcher (SIGHUP) to be started again
@@ -233,10 +233,9 @@ class Supervised:
         self.ready_file.unlink(missing_ok=True)
         # Cleared before the new child exists, so that a SIGHUP marking it is not undone.
         self.handled = self.restart_asked = False
-        told = {READY_FILE_ENV: str(self.ready_file), callrecord.RECORD_ENV: str(self.record)}
         self.child = subprocess.Popen(
             self.spec.argv,
-            env=os.environ | self.spec.env | told,
+            env=os.environ | self.spec.env | {READY_FILE_ENV: str(self.ready_file)},
             # A session of its own: a Ctrl-C on the terminal reaches the launcher only, which
             # passes it on once to every process.
             start_new_session=True,
@@ -254,7 +253,7 @@ class Supervised:
 
 def run_workers(
     processes: Sequence[WorkerProcess],
-    on_death: Callable[[WorkerProcess, Path], None] | None = None,
+    on_death: Callable[[WorkerProcess], None] | None = None,
 ) -> int:
     """Run the worker processes until they stop, starting again any that die while serving.
 
@@ -263,8 +262,8 @@ def run_workers(
 
     Args:
         processes: from :func:`plan_workers`.
-        on_death: called with a process that died and its call record's file
-            (:func:`tasks.callrecord.read`), before it is started again.
+        on_death: called with a process that died, before it is started again
+            (:func:`recovery`).
 
     Returns:
         The exit code: the first non-zero code of a process that failed at boot or died more
@@ -274,13 +273,9 @@ def run_workers(
         logging.basicConfig(
             level=logging.INFO, format="[%(asctime)s: %(levelname)s/launcher] %(message)s"
         )
-    # The ready files and call records of this launcher's processes, private to it.
+    # The ready files of this launcher's processes, private to it.
     with tempfile.TemporaryDirectory(prefix="farm-worker-") as scratch:
-        fleet = [
-            Supervised(spec, Path(scratch, f"{spec.node}.ready"),
-                       Path(scratch, f"{spec.node}.calls.json"))
-            for spec in processes
-        ]  # fmt: skip
+        fleet = [Supervised(spec, Path(scratch, f"{spec.node}.ready")) for spec in processes]
         for member in fleet:
             member.start()
         return _run(fleet, on_death)
@@ -368,7 +363,7 @@ def _start_again(member: Supervised, returned: int, on_death) -> None:
         logger.warning("worker %s %s; starting it again",
                        node, _exit_text(returned, member.was_ready()))  # fmt: skip
         if on_death is not None:
-            on_death(member.spec, member.record)
+            on_death(member.spec)
     member.start()
 
 
@@ -427,50 +422,24 @@ def _prctl():
         return None
 
 
-def recovery(settings: Settings) -> Callable[[WorkerProcess, Path], None]:
-    """What the launcher does when one of its processes died: its articles go out again.
+def recovery(settings: Settings) -> Callable[[WorkerProcess], None]:
+    """What the launcher does when one of its processes died: end its leases at once.
 
-    The process's leases end at once (their tokens carry its node name) and the reaper
-    sends their articles, so they run again within seconds instead of after the lease.
+    Its leases carry its node name (:func:`db.transitions.owner_prefix`); ended, they are the
+    reaper's on its next turn (``FARM_REAPER_SECONDS``), instead of after the lease. The
+    launcher sends nothing itself: the reaper is the one sender of articles no message moves.
 
     Args:
-        settings: the farm's settings (database and broker).
+        settings: the farm's settings (the database).
     """
-    from tasks.app import configure
-    from tasks.reaper import reap
-
-    app = configure(settings)
     engine = make_engine(settings.database_url)
 
-    def on_death(process: WorkerProcess, record: Path) -> None:
+    def on_death(process: WorkerProcess) -> None:
         prefix = transitions.owner_prefix(process.node)
-        culprits, waiting = callrecord.read(record)
-        reason = f"worker {process.node} died"
         try:
-            # Its watchdog may have ended them already (a hung call): reap in any case.
-            transitions.expire(engine, reason, "lost", prefix=prefix, culprits=culprits)
-            reap(app, engine)
-            _resend_unclaimed(app, engine, waiting)
-        except Exception as error:  # the timers' reaper will find them instead
-            logger.warning("could not send the articles of %s again: %s", process.node, error)
+            # Its watchdog may have ended them already (a hung call): nothing is left then.
+            transitions.expire(engine, f"worker {process.node} died", "lost", prefix=prefix)
+        except Exception as error:  # they run out with their lease, and the reaper sends them
+            logger.warning("could not end the leases of %s: %s", process.node, error)
 
     return on_death
-
-
-def _resend_unclaimed(app, engine, waiting: list[list]) -> None:
-    """Send again the messages a dead process received but never claimed.
-
-    Their articles hold no lease, so no reaper sees them; Redis would deliver the messages
-    again only after the visibility timeout. A copy of one still on its way finds the stage
-    done or held and stops.
-    """
-    from tasks.chains import send_chains
-    from tasks.queues import URGENT_PRIORITY
-    from tasks.registry import STAGES
-
-    pairs = [(article_id, STAGES[stage].input.value) for article_id, stage, _ in waiting]
-    unclaimed = set(transitions.unclaimed(engine, pairs))
-    chains = [(a, key, stage) for a, stage, key in waiting if a in unclaimed]
-    if chains:
-        send_chains(app, chains, priority=URGENT_PRIORITY)
-        logger.warning("%d messages the process had not claimed sent again", len(chains))

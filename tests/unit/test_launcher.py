@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import callrecord, launcher
+from db import transitions
+from tasks import launcher
 from tasks.exceptions import HUNG_EXIT_CODE
 from tasks.launcher import (
     MAX_RESTARTS,
@@ -25,10 +26,12 @@ from tasks.launcher import (
     RESTART_EXIT_CODE,
     WorkerProcess,
     plan_workers,
+    recovery,
     run_workers,
 )
 from tasks.settings import Settings
 from tests.integration.farmproc import process_ended, wait_ended
+from tests.unit.test_transitions import IN_FLIGHT, add_articles, article, runs
 
 REPO = Path(__file__).resolve().parents[2]
 SAY_READY = f"import os, pathlib; pathlib.Path(os.environ[{READY_FILE_ENV!r}]).touch()"
@@ -51,7 +54,7 @@ def dies_once(marker: Path, how: str) -> str:
 
 def noting(died: list):
     """An ``on_death`` that notes the processes it is called with."""
-    return lambda process, _record: died.append(process)
+    return died.append
 
 
 def test_a_gpu_role_gets_one_threads_process_per_card_pinned_to_it():
@@ -161,20 +164,41 @@ def test_a_warm_restart_a_process_asks_for_is_no_death_and_counts_against_no_lim
     assert died == []  # it stopped warmly: nothing of it to free
 
 
-def test_each_process_is_told_its_own_ready_file_and_call_record(tmp_path):
+def test_each_process_is_told_its_own_ready_file(tmp_path):
     told = tmp_path / "told"
     notes = (
         "import os, pathlib\n"
-        f"paths = os.environ[{READY_FILE_ENV!r}], os.environ[{callrecord.RECORD_ENV!r}]\n"
-        f"with pathlib.Path({str(told)!r}).open('a') as f: f.write(' '.join(paths) + ' ')\n"
+        f"with pathlib.Path({str(told)!r}).open('a') as f:\n"
+        f"    f.write(os.environ[{READY_FILE_ENV!r}] + ' ')\n"
     )
     specs = [WorkerProcess(f"gpu{n}-1@host", program(notes), {}) for n in range(2)]
 
     assert run_workers(specs) == 0
 
     paths = told.read_text().split()
-    assert len(set(paths)) == 4
+    assert len(set(paths)) == 2
     assert not any(Path(path).parent.exists() for path in paths)  # removed at the end
+
+
+def test_a_dead_process_has_its_leases_ended_at_once_and_the_reaper_left_to_send_them(
+    engine, sessions
+):
+    dead, alive = add_articles(sessions, "A-1", "A-2")
+    for article_id, node in ((dead, "gpu0-1@host"), (alive, "gpu1-1@host")):
+        token = transitions.new_token(node)
+        assert transitions.claim(engine, article_id, "translate", "pending", token, node, 600)
+    sent_before = article(sessions, dead).sent_at
+    # No broker to send through: the launcher does not send.
+    on_death = recovery(Settings(database_url=str(engine.url), broker_url="redis://127.0.0.1:1"))
+
+    on_death(WorkerProcess("gpu0-1@host", [], {}))
+
+    with engine.connect() as connection:
+        stuck = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
+    assert [row.id for row in stuck] == [dead]  # the reaper's next turn sends it
+    assert article(sessions, dead).sent_at == sent_before
+    assert runs(sessions, dead) == [(1, "interrupted")]  # it never reached a model call
+    assert runs(sessions, alive) == [(1, "running")]
 
 
 # --- the launcher as a process of its own: signals ------------------------------------------

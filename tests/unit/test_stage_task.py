@@ -8,17 +8,23 @@ is needed until a retry is sent, and that goes to kombu's in-memory transport.
 from __future__ import annotations
 
 import json
+import threading
+import time
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 from celery.exceptions import Retry
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from db import transitions
 from db.clock import server_time
 from db.models import Article, ArticleStatus, Batch, Render, StageRun
-from tasks import base, pipeline, state
+from tasks import base, boot, pipeline, state
 from tasks.app import configure
 from tasks.queues import URGENT_PRIORITY
+from tasks.registry import STAGES
 from tasks.settings import Settings
 from workers.executor import ModelExecutor
 from workers.loader import load_runtimes
@@ -180,6 +186,186 @@ def test_a_claim_past_the_attempt_limit_fails_the_article_without_a_model_call(
     run(pipeline.translate, article_id)
     article = stored(sessions, article_id)
     assert article.status == "failed" and article.error_kind == "AttemptsExhausted"
+
+
+def add_article(sessions, key: str) -> int:
+    with sessions() as session, session.begin():
+        article = Article(batch_id="b1", key=key, file_stem=key, source_file="c.csv",
+                          source_sheet="csv", source_row=3, source_text="Blauer Rock")  # fmt: skip
+        session.add(article)
+        session.flush()
+        return article.id
+
+
+def counting_calls(engine, monkeypatch) -> None:
+    """Have the process's executor count attempts at each model call, as a worker's does."""
+    monkeypatch.setattr(state.executor(), "on_call", boot.AttemptCounter(engine))
+
+
+def test_a_process_that_dies_in_a_model_call_is_charged_an_attempt_only_for_that_calls_article(
+    sessions, article_id, engine, monkeypatch
+):
+    counting_calls(engine, monkeypatch)
+    entered, opened = threading.Event(), threading.Event()
+    stage = STAGES["translate"]
+
+    def held_up(runtime, inputs):
+        entered.set()
+        assert opened.wait(30), "the call was never let go"
+        return stage.call(runtime, inputs)
+
+    monkeypatch.setitem(STAGES, "translate", replace(stage, call=held_up))
+    # A second message of the process has claimed its article and not reached its call.
+    waiting = add_article(sessions, "SKU-2")
+    token = transitions.new_token("w1@host")
+    assert transitions.claim(engine, waiting, "translate", "pending", token, "w1", 60)
+    worker = threading.Thread(target=run, args=(pipeline.translate, article_id))
+    worker.start()
+    try:
+        assert entered.wait(30), "the model call never started"
+        assert stored(sessions, article_id).stage_attempts == 1
+        assert stored(sessions, waiting).stage_attempts == 0
+        # The process dies in that call: its launcher ends its leases.
+        prefix = transitions.owner_prefix("w1@host")
+        assert transitions.expire(engine, "worker died", "lost", prefix=prefix) == 2
+        again = [transitions.claim(engine, a, "translate", "pending",
+                                   transitions.new_token("w2@host"), "w2", 60)
+                 for a in (article_id, waiting)]  # fmt: skip
+    finally:
+        opened.set()
+        worker.join(30)
+    assert [held.attempt for held in again] == [2, 1]
+    with sessions() as session:
+        query = select(StageRun.article_id, StageRun.outcome).where(StageRun.worker != "w2")
+        closed = dict(session.execute(query).all())
+    assert closed == {article_id: "lost", waiting: "interrupted"}
+
+
+def claimed_tokens(engine, *article_ids: int) -> list[transitions.Claim]:
+    """Claim each article's translate stage for one process, as its messages would."""
+    claims = []
+    for article in article_ids:
+        token = transitions.new_token("w1@host")
+        claims.append(transitions.claim(engine, article, "translate", "pending", token, "w1", 60))
+    assert all(claims)
+    return claims
+
+
+def attempts(sessions, *article_ids: int) -> list[int]:
+    return [stored(sessions, article).stage_attempts for article in article_ids]
+
+
+def test_only_the_articles_of_the_call_running_have_an_attempt_counted_each_once(
+    sessions, article_id, engine
+):
+    other = add_article(sessions, "SKU-2")
+    first, second = (held.token for held in claimed_tokens(engine, article_id, other))
+    counter = boot.AttemptCounter(engine)
+
+    counter("translate", [first, second])  # a batch call, which fails
+    assert attempts(sessions, article_id, other) == [1, 1]
+    counter("translate", [first])  # then made again for each article alone
+    assert attempts(sessions, article_id, other) == [1, 0]
+    counter("translate", [second])
+    assert attempts(sessions, article_id, other) == [0, 1]
+
+
+def test_an_article_whose_call_returned_is_not_charged_for_a_death_in_the_next_call(
+    sessions, article_id, engine
+):
+    beside = add_article(sessions, "SKU-2")
+    returned, poison = claimed_tokens(engine, beside, article_id)
+    counter = boot.AttemptCounter(engine)
+    counter("render", [returned.token])  # its call returned; its thread is storing the result
+    counter("render", [poison.token])  # the next call kills the process
+
+    prefix = transitions.owner_prefix("w1@host")
+    assert transitions.expire(engine, "worker died", "lost", prefix=prefix) == 2
+
+    assert attempts(sessions, beside, article_id) == [0, 1]
+    with sessions() as session:
+        closed = dict(session.execute(select(StageRun.article_id, StageRun.outcome)).all())
+    assert closed == {beside: "interrupted", article_id: "lost"}
+
+
+@pytest.mark.parametrize("given_back_first", [True, False])
+def test_an_error_after_a_call_that_returned_counts_whenever_the_next_call_starts(
+    sessions, article_id, engine, given_back_first
+):
+    other = add_article(sessions, "SKU-2")
+    erring, next_one = claimed_tokens(engine, article_id, other)
+    counter = boot.AttemptCounter(engine)
+    counter("render", [erring.token])  # its call returns; writing the picture then fails
+    if given_back_first:
+        counter("render", [next_one.token])
+    transitions.release(engine, erring, "OSError: disk full", backoff_seconds=0)
+    if not given_back_first:
+        counter("render", [next_one.token])
+
+    assert attempts(sessions, article_id, other) == [1, 1]
+
+
+def test_a_model_call_whose_attempt_cannot_be_counted_runs_all_the_same(
+    sessions, article_id, engine, monkeypatch, caplog
+):
+    counting_calls(engine, monkeypatch)
+
+    def database_away(*_args):
+        raise OperationalError("UPDATE articles", {}, ConnectionRefusedError("gone"))
+
+    monkeypatch.setattr(transitions, "count_attempts", database_away)
+    run(pipeline.translate, article_id)
+
+    assert stored(sessions, article_id).status == "translated"
+    assert "attempt not counted" in caplog.text
+
+
+def test_a_model_call_waits_for_the_claims_of_the_messages_received_before_it(engine):
+    arrivals = base.Arrivals()
+    counter = boot.AttemptCounter(engine, arrivals)
+    arrivals.received("render-of-the-article-beside")
+    called = threading.Event()
+    caller = threading.Thread(target=lambda: (counter("render", []), called.set()))
+    caller.start()
+
+    assert not called.wait(0.5)  # a death in the call would leave that message unclaimed
+    arrivals.received("render-received-after")  # not waited for: the call began before it
+    arrivals.claimed("render-of-the-article-beside")
+
+    assert called.wait(5)
+    caller.join(5)
+
+
+def test_a_message_never_claimed_holds_back_one_call_only_and_for_the_wait_at_most(
+    engine, monkeypatch
+):
+    monkeypatch.setattr(boot, "CLAIM_WAIT_SECONDS", 0.2)
+    arrivals = base.Arrivals()
+    counter = boot.AttemptCounter(engine, arrivals)
+    arrivals.received("revoked-before-it-ran")
+    durations = []
+    for _ in range(2):
+        started = time.monotonic()
+        counter("render", [])
+        durations.append(time.monotonic() - started)
+    assert 0.2 <= durations[0] < 2 and durations[1] < 0.1
+
+
+def test_a_stage_message_is_noted_at_receipt_and_forgotten_at_its_claim(article_id, monkeypatch):
+    arrivals = base.Arrivals()
+    monkeypatch.setattr(base, "ARRIVALS", arrivals)
+    monkeypatch.setattr(boot, "ARRIVALS", arrivals)
+    message = SimpleNamespace(name="farm.translate", id=f"farm.translate-{article_id}", eta=None)
+    retry = SimpleNamespace(name="farm.translate", id="a-retry", eta="2030-01-01T00:00:00")
+    boot._note_received(request=message)
+    boot._note_received(request=retry)  # run after its backoff; its lease stands for it
+    boot._note_received(request=SimpleNamespace(name="celery.ping", id="ping", eta=None))
+    assert arrivals.wait(0) == [message.id]
+    boot._note_received(request=message)
+
+    run(pipeline.translate, article_id)  # the request id run() gives it
+
+    assert arrivals.wait(0) == []
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 6, 10])

@@ -93,6 +93,7 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_stores_nothing(
     engine, sessions, article_id
 ):
     old = claim(engine, article_id)
+    transitions.count_attempts(engine, [old.token])  # its model call started
     age(sessions, article_id, 5)
     new = claim(engine, article_id, worker="w2@host")
     assert new is not None and new.attempt == 2
@@ -188,14 +189,56 @@ def test_a_completion_without_the_lease_writes_no_render_row_and_leaves_the_run_
 
 def test_ending_a_dead_workers_leases_makes_them_stuck_now_and_closes_their_runs(engine, sessions):
     mine, other = add_articles(sessions, "A-1", "A-2")
-    claim(engine, mine, worker="gpu0@host")
+    held = claim(engine, mine, worker="gpu0@host")
     claim(engine, other, worker="gpu1@host")
+    transitions.count_attempts(engine, [held.token])  # it died in its model call
     prefix = transitions.owner_prefix("gpu0@host")
     assert transitions.expire(engine, "worker died", "lost", prefix=prefix) == 1
     with engine.connect() as connection:
         stuck = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
     assert [row.id for row in stuck] == [mine]
     assert runs(sessions, mine) == [(1, "lost")] and runs(sessions, other) == [(1, "running")]
+
+
+def test_an_attempt_counts_at_its_model_call_so_an_article_waiting_beside_a_death_keeps_it(
+    engine, sessions
+):
+    in_call, waiting = add_articles(sessions, "A-1", "A-2")
+    held = claim(engine, in_call, worker="gpu0@host")
+    claim(engine, waiting, worker="gpu0@host")
+    assert article(sessions, in_call).stage_attempts == 0  # a claim alone counts nothing
+
+    assert transitions.count_attempts(engine, [held.token]) == 1  # its model call starts
+    # The process dies in that call; its launcher ends its leases.
+    prefix = transitions.owner_prefix("gpu0@host")
+    assert transitions.expire(engine, "worker died", "lost", prefix=prefix) == 2
+
+    assert article(sessions, in_call).stage_attempts == 1
+    assert article(sessions, waiting).stage_attempts == 0
+    assert runs(sessions, in_call) == [(1, "lost")]
+    assert runs(sessions, waiting) == [(1, "interrupted")]
+    assert claim(engine, in_call).attempt == 2 and claim(engine, waiting).attempt == 1
+
+
+def test_counting_a_calls_attempts_gives_back_the_previous_calls_in_one_statement(engine, sessions):
+    earlier, now, never = add_articles(sessions, "A-1", "A-2", "A-3")
+    tokens = [claim(engine, a, worker="gpu0@host").token for a in (earlier, now, never)]
+    assert transitions.count_attempts(engine, tokens[:1]) == 1
+
+    # The next call: the first article's call returned; the third was never counted.
+    assert transitions.count_attempts(engine, tokens[1:2], given_back=[tokens[0], tokens[2]]) == 2
+
+    assert [article(sessions, a).stage_attempts for a in (earlier, now, never)] == [0, 1, 0]
+
+
+def test_a_stage_given_back_after_an_error_keeps_its_attempt_from_a_late_give_back(
+    engine, sessions, article_id
+):
+    held = claim(engine, article_id)
+    transitions.release(engine, held, "OSError: disk full", backoff_seconds=60)
+    assert transitions.count_attempts(engine, [], given_back=[held.token]) == 0
+    assert transitions.renew(engine, [held.token], 600) == 0  # the backoff is not extended
+    assert article(sessions, article_id).stage_attempts == 1
 
 
 def test_stuck_articles_are_expired_leases_and_unsent_ones_past_the_grace(engine, sessions):
@@ -268,6 +311,32 @@ def test_marking_sent_only_touches_articles_still_in_the_status_that_waited(engi
     assert article(sessions, waiting).sent_at is not None
 
 
+def test_a_stage_claimed_before_its_send_was_recorded_is_still_reaped_when_its_worker_dies(
+    engine, sessions
+):
+    (article_id,) = add_articles(sessions, "A-1", sent=False)
+    claim(engine, article_id)  # the message came, and a worker claimed it, so quickly that...
+    age(sessions, article_id, 5, claimed_at=utcnow() - timedelta(seconds=6))
+    transitions.mark_sent(engine, [article_id], status="pending")  # ...its send is noted after
+    # The worker died and its lease ran out: no message of the article is on its way.
+    with engine.connect() as connection:
+        stuck = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
+    assert [row.id for row in stuck] == [article_id]
+
+
+def test_a_send_recorded_before_the_claim_is_taken_by_it_whatever_the_times_read(engine, sessions):
+    (article_id,) = add_articles(sessions, "A-1", sent=False)
+    transitions.mark_sent(engine, [article_id], status="pending")
+    # The server's now() is a transaction's start: a send recorded by a transaction that
+    # began after the claim's, and committed before it, reads later than the claim.
+    age(sessions, article_id, 0, sent_at=utcnow() + timedelta(seconds=1))
+    claim(engine, article_id)
+    age(sessions, article_id, 5)  # its worker died; the lease ran out
+    with engine.connect() as connection:
+        stuck = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
+    assert [row.id for row in stuck] == [article_id]
+
+
 def test_one_caller_per_interval_takes_the_reapers_turn(engine, sessions):
     assert timers.take_turn(engine, "reaper", 60)
     assert not timers.take_turn(engine, "reaper", 60)
@@ -302,14 +371,3 @@ def test_a_worker_clock_a_minute_off_neither_takes_nor_strands_another_workers_l
     assert claim(engine, second, worker="right@host") is None  # and so does the one it took
     with engine.connect() as connection:
         assert transitions.stuck(connection, IN_FLIGHT, grace_seconds=30) == []
-
-
-def test_a_send_recorded_after_its_message_was_claimed_hides_no_lease_from_the_reaper(
-    engine, sessions
-):
-    (article_id,) = add_articles(sessions, "A-1", sent=False)
-    claim(engine, article_id)  # the message came first, before the sender recorded it
-    transitions.mark_sent(engine, [article_id], status="pending")
-    transitions.expire(engine, "worker died", "lost", prefix=transitions.owner_prefix("w1@host"))
-    with engine.connect() as connection:
-        assert [row.id for row in transitions.stuck(connection, IN_FLIGHT, 30)] == [article_id]
