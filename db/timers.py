@@ -76,3 +76,19 @@ def swap_mark(engine: Engine, name: str, value: str) -> str | None:
             return before if changed else None
     except IntegrityError:
         return None  # another caller stored the mark first
+
+
+def keep_mark(engine: Engine, name: str, value: str) -> None:
+    """Store ``value`` under ``name`` unless the mark holds a value already.
+
+    Args:
+        engine: the farm's database.
+        name: the mark.
+        value: its first value.
+    """
+    try:
+        with engine.begin() as connection:
+            if connection.scalar(select(MARKS.c.name).where(MARKS.c.name == name)) is None:
+                connection.execute(insert(MARKS).values(name=name, value=value))
+    except IntegrityError:
+        pass  # another caller stored the mark first

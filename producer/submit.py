@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from db.transitions import mark_sent
 from tasks.chains import send_chains
 from tasks.queues import NORMAL_PRIORITY
+from tasks.reaper import note_broker_epoch
 
 
 class BrokerUnavailable(RuntimeError):
@@ -47,6 +48,7 @@ def send_and_mark(
     Returns:
         How many chains were sent.
     """
+    note_broker_epoch(app, engine)
     sent = send_chains(app, articles, priority)
     mark_sent(engine, [item[0] for item in articles])
     return sent

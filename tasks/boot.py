@@ -41,7 +41,7 @@ from tasks import state
 from tasks.base import ARRIVALS, Arrivals
 from tasks.exceptions import HUNG_EXIT_CODE, FarmError, ModelsMissing
 from tasks.launcher import READY_FILE_ENV, RESTART_EXIT_CODE, check_device
-from tasks.reaper import Periodic, reaper_turn
+from tasks.reaper import Periodic, note_broker_epoch, reaper_turn
 from tasks.registry import ROLES, STAGES
 from tasks.settings import Settings
 from workers.devices import release_memory
@@ -152,6 +152,10 @@ def start_process(app: Celery, settings: Settings, node: str) -> None:
         on_call=AttemptCounter(engine, ARRIVALS),
     )
     state.install_runtimes(runtimes, executor)
+    try:
+        note_broker_epoch(app, engine)
+    except Exception as error:  # the reaper's turns keep it once the broker is back
+        logger.warning("could not keep the broker's epoch: %s", error)
     renew = lambda: transitions.renew(engine, held.tokens(), settings.lease_seconds)  # noqa: E731
     _timers[:] = [
         Periodic("leases", settings.lease_seconds / 3, renew),

@@ -94,6 +94,18 @@ def broker_was_reset(app: Celery, engine: Engine) -> bool:
     return timers.swap_mark(engine, EPOCH_MARK, epoch) is not None
 
 
+def note_broker_epoch(app: Celery, engine: Engine) -> None:
+    """Keep the broker's epoch in the database if none is kept yet, before sending anything.
+
+    Workers call it at boot and ``farm submit`` before it sends: a broker that loses its
+    messages before the reaper's first turn is then told apart from a farm's first broker.
+    An epoch kept already stays, so that a reset noticed here is the reaper's to act on.
+    """
+    epoch = _broker_epoch(app)
+    if epoch is not None:
+        timers.keep_mark(engine, EPOCH_MARK, epoch)
+
+
 def _broker_epoch(app: Celery) -> str | None:
     with app.connection_for_write() as connection:
         if connection.transport.driver_type != "redis":

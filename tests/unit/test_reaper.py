@@ -81,3 +81,16 @@ def test_a_new_broker_epoch_sends_every_unleased_article_in_flight(
     assert reaper.reap(app, engine) == 0  # the epoch is new to the farm: nothing was lost
     assert reaper.reap(app, engine) == 0
     assert reaper.reap(app, engine) == 1  # the broker came back empty
+
+
+def test_a_broker_emptied_before_the_reapers_first_turn_is_noticed_by_the_epoch_kept_at_boot(
+    app, engine, sessions, stuck_id, monkeypatch
+):
+    with engine.begin() as connection:  # sent a moment ago: its message waits in the queue
+        connection.execute(update(Article).values(sent_at=utcnow(), updated_at=utcnow()))
+    epochs = iter(["at-boot", "at-submit", "after-restart"])
+    monkeypatch.setattr(reaper, "_broker_epoch", lambda _app: next(epochs))
+
+    reaper.note_broker_epoch(app, engine)  # a worker boots
+    reaper.note_broker_epoch(app, engine)  # a submit keeps the epoch kept first
+    assert reaper.reap(app, engine) == 1  # the reaper's first turn, after Redis lost it all
