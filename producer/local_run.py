@@ -51,7 +51,7 @@ def serve_locally(
     from tasks.embedded import embedded_worker
     from workers.devices import holds_all_models
 
-    settings = app.farm_settings
+    settings = app.settings
     schedule = settings.run_schedule
     if schedule == "auto":
         schedule = "together" if holds_all_models(settings.device) else "stagewise"

@@ -87,7 +87,7 @@ def configure(settings: Settings) -> Celery:
     """Apply ``settings`` to the farm's app.
 
     Args:
-        settings: the farm's settings; kept on the app as ``app.farm_settings``.
+        settings: the farm's settings; kept as ``app.settings``.
 
     Returns:
         The app.
@@ -100,10 +100,16 @@ def configure(settings: Settings) -> Celery:
         # another) must send to the broker it configured last.
         app._pool = None
         app.amqp._producer_pool = None
-    app.farm_settings = settings
+    app.settings = settings
     # Worker threads (farm run) resolve tasks through the default app, not a thread-local one.
     app.set_default()
     return app
 
 
-app = Celery("farm", include=["tasks.pipeline"])
+class FarmApp(Celery):
+    """The farm's Celery app: Celery's, with the settings it was configured with."""
+
+    settings: Settings | None = None  # set by configure()
+
+
+app = FarmApp("farm", include=["tasks.pipeline"])

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from functools import partial
 
@@ -33,8 +32,9 @@ from sqlalchemy.exc import DBAPIError
 
 from db import transitions
 from db.models import TERMINAL_STATUSES
-from tasks import state
+from tasks import context
 from tasks.chains import article_chain
+from tasks.context import WorkerContext
 from tasks.exceptions import InvalidArticle
 from tasks.finish import write_statistics_if_finished
 from tasks.publish import publish
@@ -64,49 +64,6 @@ def backoff_seconds(base: float, attempt: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-class Arrivals:
-    """The stage messages this process has received and not yet tried to claim.
-
-    A model call waits for the claims of the messages received before it
-    (:class:`tasks.boot.AttemptCounter`): a call that kills its process then leaves each of
-    them under a lease, which the launcher ends and the reaper sends again. A message caught
-    unclaimed by a death at any other moment comes back from the broker after its visibility
-    timeout.
-    """
-
-    def __init__(self) -> None:
-        self._waiting: set[str] = set()
-        self._changed = threading.Condition()
-
-    def received(self, task_id: str) -> None:
-        """Note a message the worker received (its consumer thread, before a thread runs it)."""
-        with self._changed:
-            self._waiting.add(task_id)
-
-    def claimed(self, task_id: str) -> None:
-        """Note that a message's claim was tried, whatever came of it."""
-        with self._changed:
-            self._waiting.discard(task_id)
-            self._changed.notify_all()
-
-    def wait(self, timeout: float) -> list[str]:
-        """Wait until the messages received so far were claimed, at most ``timeout`` seconds.
-
-        Returns:
-            The messages still unclaimed after it; forgotten, as a claim is made at once and
-            they will not hold a call back again.
-        """
-        with self._changed:
-            before = set(self._waiting)
-            self._changed.wait_for(lambda: not before & self._waiting, timeout)
-            late = before & self._waiting
-            self._waiting -= late
-        return sorted(late)
-
-
-ARRIVALS = Arrivals()
-
-
 def attempts_left(attempt: int, limit: int) -> int:
     """How many more attempts at a stage an article may have after attempt number ``attempt``.
 
@@ -134,14 +91,14 @@ class StageTask(Task):
         Returns:
             ``article_id``, which the chain hands to the next stage.
         """
-        settings = self.app.farm_settings
+        process = context.current()
+        settings, engine = process.settings, process.engine
         stage = STAGES[self.stage]
-        engine = state.engine(settings.database_url)
-        worker = self.request.hostname or "unknown"
-        token = transitions.new_token(worker)
+        node = self.request.hostname or "unknown"
+        token = transitions.new_token(node)
         try:
             held = transitions.claim(
-                engine, article_id, stage.name, stage.input.value, token, worker,
+                engine, article_id, stage.name, stage.input.value, token, node,
                 settings.lease_seconds, with_renders=stage.needs_renders,
             )  # fmt: skip
         except DBAPIError as error:
@@ -149,63 +106,65 @@ class StageTask(Task):
             logger.warning("%s: database away (%s); retry in %.1fs", stage.name, error, countdown)
             raise self.retry(exc=error, countdown=countdown) from error
         finally:
-            ARRIVALS.claimed(self.request.id)
+            process.arrivals.claimed(self.request.id)
         if held is None:
             logger.info("article %s: %s skipped (done, held or not there)", article_id, stage.name)
             self.request.chain = None
             return article_id
-        leases = state.held_leases()
-        leases.add(token)
+        process.leases.add(token)
         try:
-            self._run_claimed(engine, stage, held)
+            self._run_claimed(process, stage, held)
         finally:
-            leases.discard(token)
+            process.leases.discard(token)
         return article_id
 
-    def _run_claimed(self, engine, stage: Stage, held: transitions.Claim) -> None:
-        limit = self.app.farm_settings.max_stage_attempts
+    def _run_claimed(self, worker: WorkerContext, stage: Stage, held: transitions.Claim) -> None:
+        limit = worker.settings.max_stage_attempts
         if attempts_left(held.attempt, limit) < 0:
             message = f"{stage.name} gave up after {limit} attempts (errors, deaths or time-outs)"
-            self._fail(engine, stage, held, "AttemptsExhausted", message)
+            self._fail(worker, stage, held, "AttemptsExhausted", message)
             return
         started = time.perf_counter()
         try:
             article = ArticleInput.from_row(held.article, held.renders)
-            output = self._run(stage, article, held.token)
+            output = self._run(worker, stage, article, held.token)
         except InvalidArticle as error:
-            self._fail(engine, stage, held, "InvalidArticle", str(error))
+            self._fail(worker, stage, held, "InvalidArticle", str(error))
             return
         except Exception as error:
-            self._retry_or_fail(engine, stage, held, error)
+            self._retry_or_fail(worker, stage, held, error)
             return
-        self._store(engine, stage, held, output)
+        self._store(worker, stage, held, output)
         logger.info(
             "article %s (%s): %s done in %.2fs",
             held.article_id, held.article["key"], stage.name, time.perf_counter() - started,
         )  # fmt: skip
 
-    def _run(self, stage: Stage, article: ArticleInput, token: str) -> StageOutput:
-        ctx = self._context()
+    def _run(
+        self, worker: WorkerContext, stage: Stage, article: ArticleInput, token: str
+    ) -> StageOutput:
+        ctx = self._stage_context(worker)
         model_input = stage.prepare(article, ctx)
-        call = partial(stage.call, state.runtime(stage.name))
-        size = stage.batch_size(self.app.farm_settings)
-        running = state.executor().submit(stage.name, call, model_input, size, label=token)
+        call = partial(stage.call, worker.runtime(stage.name))
+        size = stage.batch_size(worker.settings)
+        running = worker.executor.submit(stage.name, call, model_input, size, label=token)
         return stage.finish(article, running.result(), ctx)
 
-    def _store(self, engine, stage: Stage, held: transitions.Claim, output: StageOutput) -> None:
+    def _store(
+        self, worker: WorkerContext, stage: Stage, held: transitions.Claim, output: StageOutput
+    ) -> None:
         status = output.status or stage.output
         ended = status in TERMINAL_STATUSES
-        store = partial(
-            transitions.complete, engine, held, status.value, output.values, output.render, ended
-        )
+        store = partial(transitions.complete, worker.engine, held, status.value, output.values,
+                        output.render, ended)  # fmt: skip
         if not self._patiently(stage, store):
             logger.warning("article %s: %s lost its lease; result dropped", held.article_id, stage)
             self.request.chain = None
             return
         if output.publish:
-            self._publish(engine, held)
+            self._publish(worker, held)
         if ended:
-            self._article_ended(engine, held)
+            self._article_ended(worker, held)
         if output.then:
             # Celery sends the regeneration as it sends any chain's next stage.
             steps = article_chain(held.article_id, held.article["key"], output.then,
@@ -213,12 +172,12 @@ class StageTask(Task):
             self.request.chain = [dict(step) for step in reversed(steps.tasks)]
         if self.request.chain:
             # Marked as sent in on_success, once Celery has sent the chain's next stage.
-            self.request.farm_next = (held.article_id, status.value)
+            worker.next_sent[self.request.id] = (held.article_id, status.value)
 
-    def _publish(self, engine, held: transitions.Claim) -> None:
+    def _publish(self, worker: WorkerContext, held: transitions.Claim) -> None:
         """Publish the stored best attempt; what fails here, the reaper publishes later."""
         try:
-            publish(engine, held.article_id, self.app.farm_settings.output_dir, state.profile())
+            publish(worker.engine, held.article_id, worker.settings.output_dir, worker.profile)
         except (OSError, DBAPIError) as error:
             logger.warning("article %s: not published yet (%s); the reaper will",
                            held.article_id, error)  # fmt: skip
@@ -240,41 +199,46 @@ class StageTask(Task):
 
     def on_success(self, retval, task_id, args, kwargs) -> None:
         """Record that the chain's next stage was sent (Celery sends it before this runs)."""
-        sent = getattr(self.request, "farm_next", None)
+        worker = context.current()
+        sent = worker.next_sent.pop(task_id, None)
         if sent is not None:
-            engine = state.engine(self.app.farm_settings.database_url)
-            transitions.mark_sent(engine, [sent[0]], sent[1])
+            transitions.mark_sent(worker.engine, [sent[0]], sent[1])
 
-    def _retry_or_fail(self, engine, stage: Stage, held: transitions.Claim, error) -> None:
-        settings = self.app.farm_settings
+    def after_return(self, status, retval, task_id, args, kwargs, einfo) -> None:
+        """Forget a next stage noted by a task that did not succeed after all."""
+        if context.installed():
+            context.current().next_sent.pop(task_id, None)
+
+    def _retry_or_fail(self, worker: WorkerContext, stage: Stage, held: transitions.Claim, error):
+        engine, settings = worker.engine, worker.settings
         kind = type(error).__name__
         message = f"{kind}: {error}"
         if attempts_left(held.attempt, settings.max_stage_attempts) <= 0:
-            self._fail(engine, stage, held, kind, message)
+            self._fail(worker, stage, held, kind, message)
             return
         countdown = backoff_seconds(settings.retry_backoff_seconds, held.attempt)
         transitions.release(engine, held, message, countdown)
         logger.warning("%s retry in %.1fs: %s", stage.name, countdown, message)
         raise self.retry(exc=error, countdown=countdown)
 
-    def _fail(self, engine, stage: Stage, held: transitions.Claim, kind: str, error: str) -> None:
+    def _fail(self, worker: WorkerContext, stage: Stage, held, kind: str, error: str) -> None:
         logger.warning("article %s: %s failed (%s)", held.article_id, stage.name, error)
-        transitions.fail(engine, held.article_id, stage.name, kind, error, held)
+        transitions.fail(worker.engine, held.article_id, stage.name, kind, error, held)
         self.request.chain = None
-        self._article_ended(engine, held)
+        self._article_ended(worker, held)
 
-    def _article_ended(self, engine, held: transitions.Claim) -> None:
-        with engine.connect() as connection:
-            output_dir = self.app.farm_settings.output_dir
+    def _article_ended(self, worker: WorkerContext, held: transitions.Claim) -> None:
+        with worker.engine.connect() as connection:
+            output_dir = worker.settings.output_dir
             write_statistics_if_finished(connection, held.article["batch_id"], output_dir)
 
-    def _context(self) -> StageContext:
-        settings = self.app.farm_settings
+    def _stage_context(self, worker: WorkerContext) -> StageContext:
+        settings = worker.settings
         return StageContext(
-            profile=state.profile(),
+            profile=worker.profile,
             output_dir=settings.output_dir,
             worker=self.request.hostname or "unknown",
             min_clip_score=settings.min_clip_score,
             max_attempts=settings.max_attempts,
-            images=state.recent_images(),
+            images=worker.images,
         )

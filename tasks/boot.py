@@ -9,8 +9,10 @@ exits 1 without ever saying ``ready``: Celery would log an exception raised from
 handler and carry on, so the handler ends the process itself (``os._exit``). Beside the
 executor run two timers: lease renewal for the stages this process holds, and the reaper.
 As each model call starts, the executor has its articles' attempts counted
-(:class:`AttemptCounter`). A model call that outruns ``task_time_limit`` makes the process
-end its leases and exit with :data:`HUNG_EXIT_CODE`; ``farm worker`` starts it again.
+(:class:`AttemptCounter`). All of it is the process's :class:`tasks.context.WorkerContext`,
+built here before the worker takes work. A model call that outruns ``task_time_limit`` makes
+the process end its leases and exit with :data:`HUNG_EXIT_CODE`; ``farm worker`` starts it
+again.
 
 Once Celery says the worker is ready, the process creates the ready file its launcher named
 (:data:`tasks.launcher.READY_FILE_ENV`): an error exit after it is one of a process that was
@@ -35,10 +37,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from db import transitions
-from db.engine import open_database
+from db.engine import make_engine, open_database
 from db.exceptions import DatabaseError
-from tasks import state
-from tasks.base import ARRIVALS, Arrivals
+from tasks import context
+from tasks.context import Arrivals, WorkerContext
 from tasks.exceptions import HUNG_EXIT_CODE, FarmError, ModelsMissing
 from tasks.launcher import READY_FILE_ENV, RESTART_EXIT_CODE, check_device
 from tasks.reaper import Periodic, note_broker_epoch, reaper_turn
@@ -100,7 +102,7 @@ class AttemptCounter:
     :func:`db.transitions.release`). A batch call that fails is made again for each article
     alone; each claim is counted once. A database that is away costs the count, not the call.
     First it waits for the claims of the messages received before the call
-    (:class:`tasks.base.Arrivals`).
+    (:class:`tasks.context.Arrivals`).
 
     Args:
         engine: the farm's database.
@@ -134,7 +136,8 @@ class AttemptCounter:
 
 
 def start_process(app: Celery, settings: Settings, node: str) -> None:
-    """Load the role's models, start the model executor, lease renewal and the reaper.
+    """Load the role's models, install the process's :class:`WorkerContext`, start lease
+    renewal and the reaper.
 
     Args:
         app: the configured farm app (the reaper sends through it).
@@ -143,24 +146,25 @@ def start_process(app: Celery, settings: Settings, node: str) -> None:
     """
     check_serviceable(settings)
     runtimes = load_for_role(settings)
-    engine = state.engine(settings.database_url)
-    held = state.held_leases()
+    engine = make_engine(settings.database_url)
+    arrivals = Arrivals()
     executor = ModelExecutor(
         max_wait=settings.batch_wait_seconds,
         time_limit=settings.task_time_limit,
-        on_hang=lambda stage, _tokens: _stop_hung(settings, stage),
-        on_call=AttemptCounter(engine, ARRIVALS),
+        on_hang=lambda stage, _tokens: _stop_hung(stage),
+        on_call=AttemptCounter(engine, arrivals),
     )
-    state.install_runtimes(runtimes, executor)
+    worker = WorkerContext(settings, engine, runtimes, executor, arrivals=arrivals)
+    context.install(worker)
     try:
         note_broker_epoch(app, engine)
     except Exception as error:  # the reaper's turns keep it once the broker is back
         logger.warning("could not keep the broker's epoch: %s", error)
-    renew = lambda: transitions.renew(engine, held.tokens(), settings.lease_seconds)  # noqa: E731
+    leases, seconds = worker.leases, settings.lease_seconds
+    renew = lambda: transitions.renew(engine, leases.tokens(), seconds)  # noqa: E731
     _timers[:] = [
         Periodic("leases", settings.lease_seconds / 3, renew),
-        Periodic("reaper", settings.reaper_seconds,
-                 reaper_turn(app, engine, settings.reaper_seconds)),
+        Periodic("reaper", settings.reaper_seconds, reaper_turn(app, worker)),
     ]  # fmt: skip
     for timer in _timers:
         timer.start()
@@ -187,17 +191,17 @@ def stop_process() -> None:
     for timer in _timers:
         timer.stop()
     _timers.clear()
-    state.drop_runtimes()
+    context.drop()
     release_memory()
 
 
-def _stop_hung(settings: Settings, stage: str) -> None:
+def _stop_hung(stage: str) -> None:
     # Every lease of this process ends: only the articles of the hung call have an attempt
     # counted (their runs close as "timeout"); the others' runs close as "interrupted".
     try:
-        engine = state.engine(settings.database_url)
-        reason = f"a {stage} call ran past the {settings.task_time_limit} s limit"
-        transitions.expire(engine, reason, "timeout", tokens=state.held_leases().tokens())
+        held = context.current()
+        reason = f"a {stage} call ran past the {held.settings.task_time_limit} s limit"
+        transitions.expire(held.engine, reason, "timeout", tokens=held.leases.tokens())
     finally:
         logger.critical("stopping this worker: its %s call hung; its articles go elsewhere", stage)
         logging.shutdown()
@@ -208,10 +212,10 @@ def _stop_hung(settings: Settings, stage: str) -> None:
 def _start_worker_process(sender=None, **_) -> None:
     from tasks.app import app
 
-    if state.has_runtimes():  # an embedded worker (farm run) started them before
+    if context.installed():  # an embedded worker (farm run) started them before
         return
     try:
-        start_process(app, app.farm_settings, sender.hostname)
+        start_process(app, app.settings, sender.hostname)
     except (FarmError, DatabaseError) as error:  # a message says it all; no traceback
         logger.critical("worker cannot start: %s", error)
         logging.shutdown()
@@ -256,8 +260,8 @@ def install_warm_restart_handler(worker=None, sig: str = "SIGHUP") -> None:
 def _note_received(request=None, **_) -> None:
     # A message with an ETA (a retry after its backoff) is run later: its article's lease,
     # kept through the backoff, stands for it meanwhile.
-    if getattr(request, "name", None) in STAGE_TASKS and not request.eta:
-        ARRIVALS.received(request.id)
+    if getattr(request, "name", None) in STAGE_TASKS and not request.eta and context.installed():
+        context.current().arrivals.received(request.id)
 
 
 @worker_shutdown.connect

@@ -39,16 +39,14 @@ def embedded_worker(
 
     Args:
         app: the configured farm app.
-        role: ``text``, ``gpu`` or ``all``; ``app.farm_settings.worker_role`` when None.
+        role: ``text``, ``gpu`` or ``all``; ``app.settings.worker_role`` when None.
         hostname: the worker's node name, recorded on every stage run.
         start_timeout: seconds to wait for the consumer to be ready.
 
     Yields:
         A function that tells whether the worker is still running; it is stopped on exit.
     """
-    settings = app.farm_settings.model_copy(
-        update={"worker_role": role or app.farm_settings.worker_role}
-    )
+    settings = app.settings.model_copy(update={"worker_role": role or app.settings.worker_role})
     start_process(app, settings, hostname)
     worker = _ReadyWorker(
         app=app,

@@ -23,7 +23,7 @@ class BatchingConsumer(Consumer):
 
     def on_send_event_buffered(self) -> None:
         """Called by the event dispatcher for each buffered event: schedule one flush."""
-        settings = getattr(self.app, "farm_settings", None)
+        settings = getattr(self.app, "settings", None)
         delay = settings.event_flush_seconds if settings is not None else 0
         if self.hub is None or delay <= 0:
             super().on_send_event_buffered()

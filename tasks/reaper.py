@@ -20,16 +20,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from celery import Celery
 from sqlalchemy import Engine
 
 from db import timers, transitions
-from tasks import state
 from tasks.chains import send_chains
 from tasks.publish import publish_pending
 from tasks.queues import URGENT_PRIORITY
 from tasks.registry import IN_FLIGHT, stage_waiting_in
+
+if TYPE_CHECKING:
+    from tasks.context import WorkerContext
 
 logger = logging.getLogger("farm.reaper")
 
@@ -142,7 +145,7 @@ class Periodic(threading.Thread):
         self._stopped.set()
 
 
-def reaper_turn(app: Celery, engine: Engine, interval: float) -> Callable[[], object]:
+def reaper_turn(app: Celery, worker: WorkerContext) -> Callable[[], object]:
     """The reaper's job for :class:`Periodic`: when this process has the turn, reap, then
     publish what is left unpublished.
 
@@ -150,22 +153,26 @@ def reaper_turn(app: Celery, engine: Engine, interval: float) -> Callable[[], ob
     workers had two chances to renew their leases: every lease ran out during a long outage,
     and sending those articles again would throw away the results their workers are about to
     store.
+
+    Args:
+        app: the farm app it sends through.
+        worker: the process's context (its settings, database and models).
     """
-    settle = 2 * app.farm_settings.lease_seconds / 3
+    settings, engine = worker.settings, worker.engine
+    settle = 2 * settings.lease_seconds / 3
     failed_at: list[float] = []
 
     def turn() -> int:
         if failed_at and time.monotonic() - failed_at[-1] < settle:
             return 0
         try:
-            if not timers.take_turn(engine, "reaper", interval):
+            if not timers.take_turn(engine, "reaper", settings.reaper_seconds):
                 return 0
             sent = reap(app, engine)
         except Exception:
             failed_at[:] = [time.monotonic()]
             raise
-        if state.has_runtimes():
-            publish_pending(engine, app.farm_settings.output_dir, state.profile())
+        publish_pending(engine, settings.output_dir, worker.profile)
         return sent
 
     return turn

@@ -27,7 +27,7 @@ def consumer(flush_seconds: float) -> tuple[BatchingConsumer, Hub, list[str]]:
     flushed: list[str] = []
     made = BatchingConsumer.__new__(BatchingConsumer)
     made.hub = Hub()
-    made.app = SimpleNamespace(farm_settings=Settings(event_flush_seconds=flush_seconds))
+    made.app = SimpleNamespace(settings=Settings(event_flush_seconds=flush_seconds))
     made.event_dispatcher = SimpleNamespace(flush=lambda: flushed.append("flush"))
     made._flush_events_promise = lambda: flushed.append("soon")
     return made, made.hub, flushed

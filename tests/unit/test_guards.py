@@ -329,7 +329,7 @@ def test_a_process_that_cannot_serve_logs_one_line_and_exits_1(monkeypatch, capl
     monkeypatch.setattr(boot.os, "_exit", exit_now)
     monkeypatch.setattr(logging, "shutdown", lambda: None)
     monkeypatch.setattr(boot, "start_process", cannot_start)
-    monkeypatch.setattr(app, "farm_settings", Settings(), raising=False)
+    monkeypatch.setattr(app, "settings", Settings(), raising=False)
     sender = type("Worker", (), {"hostname": "gpu0@host"})()
 
     with caplog.at_level(logging.CRITICAL, logger="farm.boot"), pytest.raises(Exited) as exited:

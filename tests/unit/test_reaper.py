@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select, update
@@ -12,6 +13,7 @@ from db import timers
 from db.models import Article, Batch, utcnow
 from tasks import reaper
 from tasks.app import configure
+from tasks.context import WorkerContext
 from tasks.settings import Settings
 
 
@@ -53,7 +55,9 @@ def test_after_a_failed_turn_the_reaper_waits_for_the_living_workers_to_renew(
 ):
     clock = [1000.0]
     monkeypatch.setattr(reaper.time, "monotonic", lambda: clock[0])
-    turn = reaper.reaper_turn(app, engine, interval=0.001)
+    settings = app.settings.model_copy(update={"reaper_seconds": 0.001})
+    process = WorkerContext(settings, engine, SimpleNamespace(profile=None), executor=None)
+    turn = reaper.reaper_turn(app, process)
     real_take_turn = timers.take_turn
 
     def database_away(*args):

@@ -21,8 +21,9 @@ from sqlalchemy.exc import OperationalError
 from db import transitions
 from db.clock import server_time
 from db.models import Article, ArticleStatus, Batch, Render, StageRun
-from tasks import base, boot, pipeline, state
+from tasks import base, boot, context, pipeline
 from tasks.app import configure
+from tasks.context import Arrivals, WorkerContext
 from tasks.queues import URGENT_PRIORITY
 from tasks.registry import STAGES
 from tasks.settings import Settings
@@ -45,9 +46,9 @@ def settings(engine, tmp_path, runtimes, model_cache):
         max_stage_attempts=3,
     )  # fmt: skip
     configure(settings)
-    state.install_runtimes(runtimes, ModelExecutor(max_wait=0))
+    context.install(WorkerContext(settings, engine, runtimes, ModelExecutor(max_wait=0)))
     yield settings
-    state.drop_runtimes()
+    context.drop()
 
 
 @pytest.fixture
@@ -80,6 +81,11 @@ def stored(sessions, article_id: int) -> Article:
         return session.get(Article, article_id)
 
 
+def next_sent(request) -> tuple[int, str] | None:
+    """The next stage a finished message noted as sent, for its on_success to record."""
+    return context.current().next_sent.get(request.id)
+
+
 def through_render(article_id: int) -> None:
     for task in (pipeline.translate, pipeline.extract, pipeline.render):
         run(task, article_id)
@@ -87,7 +93,7 @@ def through_render(article_id: int) -> None:
 
 def test_each_stage_stores_its_output_and_hands_the_chain_on(sessions, article_id):
     request = run(pipeline.translate, article_id)
-    assert request.chain == [{"task": "next"}] and request.farm_next == (article_id, "translated")
+    assert request.chain == [{"task": "next"}] and next_sent(request) == (article_id, "translated")
     article = stored(sessions, article_id)
     assert article.status == "translated" and article.translation and article.lease_token is None
 
@@ -114,7 +120,7 @@ def test_a_score_that_lost_its_lease_during_its_model_call_stores_and_publishes_
     sessions, article_id, settings, engine, monkeypatch
 ):
     through_render(article_id)
-    executor = state.executor()
+    executor = context.current().executor
     submit = executor.submit
 
     def taken_meanwhile(stage, call, item, size, label=None):
@@ -147,7 +153,7 @@ def test_a_score_below_the_threshold_sends_its_regeneration_as_the_chains_next_s
     assert [step["task"] for step in steps] == ["farm.render", "farm.score"]
     assert steps[0]["args"] == [article_id] or steps[0]["args"] == (article_id,)
     assert steps[0]["options"]["priority"] == URGENT_PRIORITY
-    assert request.farm_next == (article_id, "extracted")
+    assert next_sent(request) == (article_id, "extracted")
     article = stored(sessions, article_id)
     assert article.status == "extracted" and article.render_attempt == 2
     assert article.published_attempt == 1  # the best so far, published meanwhile
@@ -199,7 +205,7 @@ def add_article(sessions, key: str) -> int:
 
 def counting_calls(engine, monkeypatch) -> None:
     """Have the process's executor count attempts at each model call, as a worker's does."""
-    monkeypatch.setattr(state.executor(), "on_call", boot.AttemptCounter(engine))
+    monkeypatch.setattr(context.current().executor, "on_call", boot.AttemptCounter(engine))
 
 
 def test_a_process_that_dies_in_a_model_call_is_charged_an_attempt_only_for_that_calls_article(
@@ -321,7 +327,7 @@ def test_a_model_call_whose_attempt_cannot_be_counted_runs_all_the_same(
 
 
 def test_a_model_call_waits_for_the_claims_of_the_messages_received_before_it(engine):
-    arrivals = base.Arrivals()
+    arrivals = Arrivals()
     counter = boot.AttemptCounter(engine, arrivals)
     arrivals.received("render-of-the-article-beside")
     called = threading.Event()
@@ -340,7 +346,7 @@ def test_a_message_never_claimed_holds_back_one_call_only_and_for_the_wait_at_mo
     engine, monkeypatch
 ):
     monkeypatch.setattr(boot, "CLAIM_WAIT_SECONDS", 0.2)
-    arrivals = base.Arrivals()
+    arrivals = Arrivals()
     counter = boot.AttemptCounter(engine, arrivals)
     arrivals.received("revoked-before-it-ran")
     durations = []
@@ -352,9 +358,7 @@ def test_a_message_never_claimed_holds_back_one_call_only_and_for_the_wait_at_mo
 
 
 def test_a_stage_message_is_noted_at_receipt_and_forgotten_at_its_claim(article_id, monkeypatch):
-    arrivals = base.Arrivals()
-    monkeypatch.setattr(base, "ARRIVALS", arrivals)
-    monkeypatch.setattr(boot, "ARRIVALS", arrivals)
+    arrivals = context.current().arrivals
     message = SimpleNamespace(name="farm.translate", id=f"farm.translate-{article_id}", eta=None)
     retry = SimpleNamespace(name="farm.translate", id="a-retry", eta="2030-01-01T00:00:00")
     boot._note_received(request=message)
@@ -374,6 +378,18 @@ def test_the_backoff_doubles_up_to_a_minute_and_is_drawn_from_its_upper_half(att
     drawn = {base.backoff_seconds(2.0, attempt) for _ in range(50)}
     assert all(ceiling / 2 <= value <= ceiling for value in drawn)
     assert len(drawn) > 1  # jittered
+
+
+def test_the_next_stage_sent_is_recorded_on_success_and_forgotten_after_any_end(
+    sessions, article_id
+):
+    request = run(pipeline.translate, article_id)
+    assert stored(sessions, article_id).sent_at is None
+    pipeline.translate.on_success(article_id, request.id, (article_id,), {})
+    pipeline.translate.after_return("SUCCESS", article_id, request.id, (article_id,), {}, None)
+
+    assert stored(sessions, article_id).sent_at is not None
+    assert context.current().next_sent == {}
 
 
 def test_renders_are_kept_per_attempt(sessions, article_id):

@@ -1,0 +1,145 @@
+"""The worker context: what one worker process holds for its whole life, built as it starts.
+
+Its settings, its database engine, its models and the executor that calls them, the leases
+its messages hold, the messages it has received and not yet claimed, the next stages its
+messages sent and have yet to record, and the images it has just written.
+:func:`tasks.boot.start_process` builds it before the worker takes work and installs it; the
+stage tasks, the reaper and the watchdog read it with :func:`current`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+
+from tasks.exceptions import RuntimeNotLoaded
+from tasks.handoff import RecentImages
+from tasks.settings import Settings
+
+if TYPE_CHECKING:
+    from workers.executor import ModelExecutor
+    from workers.loader import Runtimes
+    from workers.profiles import Profile
+
+
+class HeldLeases:
+    """The lease tokens this process's messages hold right now (the renewer extends them)."""
+
+    def __init__(self) -> None:
+        self._tokens: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, token: str) -> None:
+        """Start renewing ``token``."""
+        with self._lock:
+            self._tokens.add(token)
+
+    def discard(self, token: str) -> None:
+        """Stop renewing ``token``."""
+        with self._lock:
+            self._tokens.discard(token)
+
+    def tokens(self) -> list[str]:
+        """The tokens held now."""
+        with self._lock:
+            return list(self._tokens)
+
+
+class Arrivals:
+    """The stage messages this process has received and not yet tried to claim.
+
+    A model call waits for the claims of the messages received before it
+    (:class:`tasks.boot.AttemptCounter`): a call that kills its process then leaves each of
+    them under a lease, which the launcher ends and the reaper sends again. A message caught
+    unclaimed by a death at any other moment comes back from the broker after its visibility
+    timeout.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: set[str] = set()
+        self._changed = threading.Condition()
+
+    def received(self, task_id: str) -> None:
+        """Note a message the worker received (its consumer thread, before a thread runs it)."""
+        with self._changed:
+            self._waiting.add(task_id)
+
+    def claimed(self, task_id: str) -> None:
+        """Note that a message's claim was tried, whatever came of it."""
+        with self._changed:
+            self._waiting.discard(task_id)
+            self._changed.notify_all()
+
+    def wait(self, timeout: float) -> list[str]:
+        """Wait until the messages received so far were claimed, at most ``timeout`` seconds.
+
+        Returns:
+            The messages still unclaimed after it; forgotten, as a claim is made at once and
+            they will not hold a call back again.
+        """
+        with self._changed:
+            before = set(self._waiting)
+            self._changed.wait_for(lambda: not before & self._waiting, timeout)
+            late = before & self._waiting
+            self._waiting -= late
+        return sorted(late)
+
+
+@dataclass
+class WorkerContext:
+    """One worker process's settings, database, models and bookkeeping (see the module)."""
+
+    settings: Settings
+    engine: Engine
+    runtimes: Runtimes
+    executor: ModelExecutor
+    leases: HeldLeases = field(default_factory=HeldLeases)
+    arrivals: Arrivals = field(default_factory=Arrivals)
+    images: RecentImages = field(default_factory=RecentImages)
+    # Task id -> (article id, status) of a next stage sent by Celery, recorded on success.
+    next_sent: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def profile(self) -> Profile:
+        """The :class:`workers.profiles.Profile` of the loaded models."""
+        return self.runtimes.profile
+
+    def runtime(self, stage: str):
+        """The loaded model runtime a stage needs; :class:`RuntimeNotLoaded` when there is none."""
+        loaded = getattr(self.runtimes, stage, None)
+        if loaded is None:
+            raise RuntimeNotLoaded(f"this worker has no model loaded for the {stage} stage")
+        return loaded
+
+
+_current: WorkerContext | None = None
+
+
+def install(context: WorkerContext) -> None:
+    """Make ``context`` this process's, before the worker takes work."""
+    global _current
+    _current = context
+
+
+def current() -> WorkerContext:
+    """This process's context; :class:`RuntimeNotLoaded` before the worker started."""
+    if _current is None:
+        raise RuntimeNotLoaded("this worker has loaded no models")
+    return _current
+
+
+def installed() -> bool:
+    """Whether this process has a context (its models loaded) now."""
+    return _current is not None
+
+
+def drop() -> None:
+    """Stop the context's executor, forget its models and close its database connections."""
+    global _current
+    context, _current = _current, None
+    if context is not None:
+        context.executor.stop()
+        context.engine.dispose()
