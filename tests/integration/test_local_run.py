@@ -93,32 +93,22 @@ def mirrored_env(local_env, tmp_path):
     return local_env | {"HF_HOME": str(hf_home), "FARM_PROFILE": "default"}
 
 
-def test_farm_run_with_the_default_profile_loads_the_real_repo_ids_from_the_cache(
-    mirrored_env, tmp_path
+def test_the_demo_runs_the_default_profiles_loading_code_on_the_real_repo_ids_over_the_mirror(
+    mirrored_env,
 ):
-    files = write_catalog(tmp_path)
-    result = farm(mirrored_env, "run", *map(str, files), timeout=600)
+    result = farm(mirrored_env, "--profile", "default", "demo", timeout=600)
     assert result.returncode == 0, result.stderr
     batch_id = result.stdout.strip().splitlines()[-1]
-    rows = articles(mirrored_env["FARM_DATABASE_URL"])
-    assert [a.status for a in rows] == [ArticleStatus.done.value] * 6
     pngs = sorted((Path(mirrored_env["FARM_OUTPUT_DIR"]) / batch_id).glob("*.png"))
+    assert len(pngs) == len(read_catalog([SAMPLE_CATALOG]))
+    rows = articles(mirrored_env["FARM_DATABASE_URL"])
+    assert {a.status for a in rows} == {ArticleStatus.done.value}
     with Image.open(pngs[0]) as image:
         assert image.size == (1024, 1024)  # the default profile's shape
     models = json.loads(pngs[0].with_suffix(".json").read_text())["models"]
     assert models["profile"] == "default"
     assert models["renderer"] == "black-forest-labs/FLUX.1-schnell"
     assert models["lora"] == "aihpi/flux-fashion-lora"
-
-
-def test_the_demo_runs_the_default_profiles_loading_code_over_the_mirror(mirrored_env):
-    result = farm(mirrored_env, "--profile", "default", "demo", timeout=600)
-    assert result.returncode == 0, result.stderr
-    batch_id = result.stdout.strip().splitlines()[-1]
-    output = Path(mirrored_env["FARM_OUTPUT_DIR"]) / batch_id
-    assert len(list(output.glob("*.png"))) == len(read_catalog([SAMPLE_CATALOG]))
-    rows = articles(mirrored_env["FARM_DATABASE_URL"])
-    assert {a.status for a in rows} == {ArticleStatus.done.value}
 
 
 SEED_SHEET = SEED_CATALOG / "article_descriptions_1.xlsx"
