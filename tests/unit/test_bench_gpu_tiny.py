@@ -1,10 +1,15 @@
-"""CI smoke test of the GPU benchmark: ``bench/gpu.py --tiny`` on the CPU with the tiny models."""
+"""CI smoke test of the GPU benchmark: ``bench/gpu.py --tiny`` on the CPU with the tiny models,
+able to import only what the lent GPU machine has and the kit's wheels bring
+(:mod:`tests.gpu_machine`)."""
 
+import os
 import re
 import subprocess
 import sys
 
 import pytest
+
+from tests.gpu_machine import blocked_modules, machine_env
 
 LAST_LINE = re.compile(r"images_per_hour: (\d+(?:\.\d+)?)")
 CONFIG_LINE = re.compile(r"batch (\d+): ([\d.]+) s/image .*\| (\d+) images/h")
@@ -16,13 +21,32 @@ STAGE_LINE = re.compile(
 
 
 @pytest.fixture(scope="module")
-def run(model_cache):
+def machine(tmp_path_factory):
+    return machine_env(dict(os.environ), tmp_path_factory.mktemp("gpu-machine"))
+
+
+@pytest.fixture(scope="module")
+def run(model_cache, machine):
     return subprocess.run(
         [sys.executable, "-m", "bench.gpu", "--tiny", "--model-cache", str(model_cache)],
         capture_output=True,
         text=True,
         timeout=300,
+        env=machine,
     )
+
+
+def test_what_the_gpu_machine_lacks_cannot_be_imported_in_the_kits_rehearsal(machine):
+    assert {"celery", "redis", "psycopg"} <= blocked_modules()  # on no GPU machine's image
+    assert "torch" not in blocked_modules() and "diffusers" not in blocked_modules()
+    probe = (
+        "import diffusers, torch\n"
+        "try:\n    import celery\nexcept ImportError:\n    print('no celery')"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=machine, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "no celery"
 
 
 def test_it_exits_cleanly_and_says_there_is_no_gpu(run):
