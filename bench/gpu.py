@@ -14,6 +14,11 @@ Random weights give noise images and gibberish text, but the same shapes, so the
 test; its numbers say nothing about a GPU). The last line is ``images_per_hour: N`` for the
 fastest render configuration measured.
 
+The render modes are measured first, then the render stage with its PNG writes, then the
+text stages (whose static-cache compile is skipped once ``--budget-seconds`` has passed), so
+a call cut short keeps the render figures; each figure is printed as it is measured. Peak VRAM
+is reported per worker role: the role's peak with the other role's resident weights taken off.
+
     python -m bench.gpu [--modes eager,compile,fp8] [--batch-sizes 1,2,4] [--tiny]
 """
 
@@ -31,7 +36,7 @@ import torch
 
 from bench.catalog import synthetic_rows
 from bench.gpu_models import ModelSpec, Parts, build_parts, parameter_count, real_spec, tiny_spec
-from bench.gpu_timing import RenderTiming, time_render
+from bench.gpu_timing import RenderTiming, peak_memory, reset_peak_memory, time_render
 from bench.stream import SIDES, Side, articles, run_side
 from tasks.registry import role_concurrency
 from tasks.settings import Settings
@@ -44,6 +49,8 @@ from workers.tiny_image import FASHION_CORPUS
 from workers.translator import Translator
 
 MODES = ("eager", "compile", "fp8")
+# The models each worker role keeps resident (tasks.registry.ROLES): attributes of Parts.
+ROLE_MODELS = {"gpu": ("pipeline", "clip"), "text": ("marian", "phi3")}
 STAGE_ARTICLES = 8  # articles per side of the render-stage measurement
 GIB = 2**30
 
@@ -59,7 +66,7 @@ class TextTiming:
     extract_batch: int
     extract_static: float | None  # batched, with a static KV cache (compiled on CUDA)
     static_same: bool  # whether it extracted the same attributes (bf16 kernels may differ)
-    attributes: list[dict]
+    peak_bytes: int | None  # most memory allocated during the text stages (None on a CPU)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -150,18 +157,23 @@ def quiet_libraries() -> None:
     diffusers.logging.set_verbosity_error()
 
 
-def time_text_stages(parts: Parts, spec: ModelSpec, device: torch.device, args) -> TextTiming:
-    """Translate a batch of articles; extract one at a time, then as one batch.
+def time_text_stages(
+    parts: Parts, spec: ModelSpec, device: torch.device, args, deadline: float
+) -> TextTiming:
+    """Translate a batch of articles; extract one at a time, then as one batch, on the same
+    texts; then that batch with a static KV cache unless ``deadline`` has passed.
 
     Args:
         parts: the built models.
         spec: the model spec (tokenizers, translation length).
         device: where the models run.
         args: the options.
+        deadline: ``time.monotonic()`` after which the static-cache compile is skipped.
 
     Returns:
-        The timings and the extracted attributes (used for the render prompts).
+        The timings, each printed as it is measured.
     """
+    reset_peak_memory(device)
     translator = Translator(
         parts.marian, spec.marian_tokenizer, device, max_new_tokens=spec.translation_tokens
     )
@@ -169,22 +181,56 @@ def time_text_stages(parts: Parts, spec: ModelSpec, device: torch.device, args) 
     translator(german[:1])  # warm-up
     translated = translator(german)
     lines = sum(len(text.splitlines()) for text in german) / len(german)
+    print(f"translation: {translated.seconds / len(german):.4f} s/article ({lines:.1f} lines)",
+          flush=True)  # fmt: skip
     extractor = Extractor(parts.phi3, spec.phi3_tokenizer, device, max_batch=1)
     english = [FASHION_CORPUS[i % len(FASHION_CORPUS)] for i in range(args.extract_batch)]
     extractor.warm_up(english[0])
-    single = extractor(english[:1])
+    # One at a time and batched over the same texts: the ratio is batching's alone.
+    single = extractor(english)
     extractor.max_batch = args.extract_batch
     batched = extractor(english)
-    static = time_static_cache(extractor, english)
-    return TextTiming(
+    timing = TextTiming(
         translate=translated.seconds / len(german),
         lines_per_article=lines,
         extract_batched=batched.seconds / len(english),
-        extract_single=single.seconds,
+        extract_single=single.seconds / len(english),
         extract_batch=len(english),
-        extract_static=static.seconds / len(english) if static else None,
-        static_same=static is not None and static.attributes == batched.attributes,
-        attributes=batched.attributes,
+        extract_static=None,
+        static_same=False,
+        peak_bytes=None,
+    )
+    print_extraction(timing)
+    if time.monotonic() > deadline:
+        print("  static KV cache: skipped, time budget spent", flush=True)
+    else:
+        static = time_static_cache(extractor, english)
+        if static is not None:
+            timing.extract_static = static.seconds / len(english)
+            timing.static_same = static.attributes == batched.attributes
+            print_static(timing)
+    timing.peak_bytes = peak_memory(device)
+    return timing
+
+
+def print_extraction(text: TextTiming) -> None:
+    """The extraction line: one article at a time against one batch, same texts."""
+    ratio = text.extract_single / text.extract_batched
+    print(
+        f"extraction: one at a time {text.extract_single:.3f} s/article, batch of "
+        f"{text.extract_batch} {text.extract_batched:.3f} s/article: batching {ratio:.2f}x",
+        flush=True,
+    )
+
+
+def print_static(text: TextTiming) -> None:
+    """The static KV cache's line."""
+    print(
+        f"extraction, batch of {text.extract_batch} with a static KV cache (compiled on "
+        f"CUDA): {text.extract_static:.3f} s/article, "
+        f"{text.extract_batched / text.extract_static:.2f}x the dynamic cache, "
+        f"{'the same' if text.static_same else 'different'} attributes",
+        flush=True,
     )
 
 
@@ -244,9 +290,9 @@ def time_render_modes(
         deadline: ``time.monotonic()`` after which configurations are skipped.
 
     Returns:
-        (timings, notes on what was skipped and why).
+        (timings, notes on what was skipped and why); each is printed as it comes.
     """
-    timings, notes, applied = [], [], []
+    timings, notes, applied = [], _Notes(), []
     for mode in args.modes:
         if time.monotonic() > deadline:
             notes.append(f"{mode}: skipped, time budget spent")
@@ -270,6 +316,14 @@ def time_render_modes(
             timings.append(timing)
             print_render(timing, flush=True)
     return timings, notes
+
+
+class _Notes(list):
+    """Notes on what was skipped, each printed as it is added."""
+
+    def append(self, note: str) -> None:
+        print(f"  {note}", flush=True)
+        super().append(note)
 
 
 def print_render(timing: RenderTiming, flush: bool = False) -> None:
@@ -311,48 +365,74 @@ def time_render_stage(renderer: Renderer, prompts: list[tuple[str, str]]) -> dic
         }
 
 
-def render_prompts(attributes: list[dict], count: int) -> list[tuple[str, str]]:
-    """The farm's render and CLIP prompts, built from the extracted attributes.
+def render_prompts(count: int) -> list[tuple[str, str]]:
+    """The farm's render and CLIP prompts, over attributes written from the fashion corpus.
+
+    The renders come before the text stages (a call cut short keeps them), so their prompts
+    do not wait for an extraction; a prompt's length, not its words, sets the work.
 
     Args:
-        attributes: extraction outputs.
-        count: prompts wanted (cycled if there are fewer attributes).
+        count: prompts wanted.
 
     Returns:
         (generation prompt, CLIP prompt) pairs.
     """
-    chosen = [attributes[index % len(attributes)] for index in range(count)]
-    return [(generation_prompt(attrs), clip_prompt(attrs)) for attrs in chosen]
+    prompts = []
+    for index in range(count):
+        text = FASHION_CORPUS[index % len(FASHION_CORPUS)].rstrip(".")
+        head, _, rest = text.partition(" with ")
+        attrs = {
+            "product_type": head,
+            "key_visual_features": rest or head,
+            "color_material_details": text,
+            "design_aspects": rest or text,
+        }
+        prompts.append((generation_prompt(attrs), clip_prompt(attrs)))
+    return prompts
 
 
-def report(
-    text: TextTiming, timings: list[RenderTiming], notes: list[str], stage: dict[str, Side]
-) -> None:
-    """Print the summary; the last line is ``images_per_hour: N``.
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers, as they are stored now (fp8 included)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
+def role_weights(parts: Parts, role: str) -> int:
+    """Bytes of the weights a worker role keeps resident."""
+    modules = [getattr(parts, name) for name in ROLE_MODELS[role]]
+    return sum(
+        sum(weight_bytes(part) for part in module.components.values()
+            if isinstance(part, torch.nn.Module))
+        if hasattr(module, "components") else weight_bytes(module)
+        for module in modules
+    )  # fmt: skip
+
+
+def print_role_peaks(parts: Parts, timings: list[RenderTiming], text: TextTiming) -> None:
+    """Peak VRAM per worker role: its measured peak less the other role's resident weights.
+
+    All models share the benchmark's one card; a role's own process holds only its own.
+    """
+    render_peaks = [t.peak_bytes for t in timings if t.peak_bytes is not None]
+    if not render_peaks or text.peak_bytes is None:
+        print("peak VRAM per worker role: n/a (CPU)", flush=True)
+        return
+    gpu = max(render_peaks) - role_weights(parts, "text")
+    text_role = text.peak_bytes - role_weights(parts, "gpu")
+    print(
+        f"peak VRAM per worker role: gpu (render + score) {gpu / GIB:.1f} GiB, "
+        f"text (translate + extract) {text_role / GIB:.1f} GiB",
+        flush=True,
+    )
+
+
+def report_render(timings: list[RenderTiming], stage: dict[str, Side]) -> RenderTiming:
+    """Print the render modes against the first, and the render stage; return the fastest.
 
     Args:
-        text: the text stages' timings.
         timings: every render configuration measured.
-        notes: what was skipped and why.
         stage: the render stage's figures, ``inline`` and ``streamed``.
     """
-    for note in notes:
-        print(f"  {note}")
-    print(f"translation: {text.translate:.4f} s/article ({text.lines_per_article:.1f} lines)")
-    ratio = text.extract_single / text.extract_batched
-    print(
-        f"extraction: one at a time {text.extract_single:.3f} s/article, batch of "
-        f"{text.extract_batch} {text.extract_batched:.3f} s/article: batching {ratio:.2f}x"
-    )
-    if text.extract_static is not None:
-        print(
-            f"extraction, batch of {text.extract_batch} with a static KV cache (compiled on "
-            f"CUDA): {text.extract_static:.3f} s/article, "
-            f"{text.extract_batched / text.extract_static:.2f}x the dynamic cache, "
-            f"{'the same' if text.static_same else 'different'} attributes"
-        )
-    if not timings:
-        raise SystemExit("no render configuration could be measured")
     first = {t.batch: t for t in timings if t.mode == timings[0].mode}
     for timing in timings:
         base = first.get(timing.batch)
@@ -370,9 +450,10 @@ def report(
     gpu_seconds = best.seconds_per_image + best.score_seconds_per_image
     print(
         f"fastest: {best.mode} batch {best.batch}; render + score on one GPU: "
-        f"{3600 / gpu_seconds:.0f} articles/h"
+        f"{3600 / gpu_seconds:.0f} articles/h",
+        flush=True,
     )
-    print(f"images_per_hour: {best.images_per_hour:.1f}")
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,19 +474,22 @@ def main(argv: list[str] | None = None) -> int:
     parts = build_parts(spec, device, dtype)
     print(f"built models in {time.monotonic() - started:.1f}s")
     describe(spec, parts, device, dtype)
-    text = time_text_stages(parts, spec, device, args)
     renderer = Renderer(parts.pipeline, device, spec.width, spec.height, spec.steps)
     scorer = Scorer(parts.clip, spec.clip_processor, device)
-    prompts = render_prompts(text.attributes, max(args.batch_sizes))
+    prompts = render_prompts(max(args.batch_sizes))
     print(
         f"render + score, {spec.width}x{spec.height}, {spec.steps} steps, "
         f"{args.repeats} timed calls each (seconds per image):",
         flush=True,
     )
     deadline = started + args.budget_seconds
-    timings, notes = time_render_modes(renderer, scorer, prompts, args, deadline)
-    stage = time_render_stage(renderer, prompts)
-    report(text, timings, notes, stage)
+    timings, _notes = time_render_modes(renderer, scorer, prompts, args, deadline)
+    if not timings:
+        raise SystemExit("no render configuration could be measured")
+    best = report_render(timings, time_render_stage(renderer, prompts))
+    text = time_text_stages(parts, spec, device, args, deadline)
+    print_role_peaks(parts, timings, text)
+    print(f"images_per_hour: {best.images_per_hour:.1f}")
     print(f"total {time.monotonic() - started:.1f}s", file=sys.stderr)
     return 0
 

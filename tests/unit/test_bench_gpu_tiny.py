@@ -77,3 +77,12 @@ def test_fp8_is_refused_on_the_cpu_with_the_reason(run):
 
 def test_the_render_stage_is_measured_with_the_png_on_and_off_the_model_thread(run):
     assert any(STAGE_LINE.search(line) for line in run.stdout.splitlines()), run.stdout
+
+
+def test_the_render_figures_come_before_the_text_stages_and_each_role_has_its_peak(run):
+    lines = run.stdout.splitlines()
+    first_render = next(i for i, line in enumerate(lines) if CONFIG_LINE.search(line))
+    translation = next(i for i, line in enumerate(lines) if line.startswith("translation:"))
+    extraction = next(i for i, line in enumerate(lines) if line.startswith("extraction:"))
+    assert first_render < translation < extraction
+    assert "peak VRAM per worker role: n/a (CPU)" in run.stdout
