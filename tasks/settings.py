@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _switch(value: object) -> object:
+    """``1``/``true``/``yes`` read as ``on`` and ``0``/``false``/``no`` as ``off``."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        return {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off",
+                "no": "off"}.get(lowered, lowered)  # fmt: skip
+    return value
+
+
+# A fast-path switch of the renderer: auto (where it pays), on or off.
+FastPathSwitch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)]
 
 
 class Settings(BaseSettings):
@@ -36,9 +51,9 @@ class Settings(BaseSettings):
     width: int | None = None
     height: int | None = None
     steps: int | None = None
-    # The renderer's GPU fast path (see workers.renderer.Renderer.from_pretrained).
-    render_compile: bool = False
-    render_fp8: bool = False
+    # The renderer's GPU fast path: auto turns each on where it pays (workers.fast_path).
+    render_compile: FastPathSwitch = "auto"
+    render_fp8: FastPathSwitch = "auto"
     render_memory_mode: str = "auto"
     # Phi-3 with a static KV cache; on a CUDA GPU transformers compiles its decoding step.
     extract_static_cache: bool = False

@@ -40,7 +40,7 @@ def host_memory() -> tuple[int, int]:
 
 def device_facts(device: torch.device) -> list[tuple[str, str]]:
     """The device, its memory and what it supports (bf16, fp8, compile)."""
-    from workers.renderer import check_fp8_support
+    from workers.fast_path import check_fp8_support
 
     total, available = host_memory()
     facts = [
@@ -106,15 +106,20 @@ def examine(profile: Profile, settings) -> Examination:
 
 def placement_facts(profile: Profile, settings, device, checks) -> list[tuple[str, str]]:
     """Where the renderer's weights will live, why, and the host memory loading needs."""
+    from workers.fast_path import FastPath, decide_compile, decide_fp8
     from workers.placement import explain_placement, host_bytes_at_start
 
     folder = next(check.folder for check in checks if check.role == "renderer")
-    dtype, fp8, mode = default_dtype(device), settings.render_fp8, settings.render_memory_mode
+    dtype, mode = default_dtype(device), settings.render_memory_mode
+    fp8, fp8_reason = decide_fp8(device, settings.render_fp8)
     placement, sizes, reason = explain_placement(Path(folder), device, dtype, fp8, mode)
+    compile_, compile_reason = decide_compile(device, settings.render_compile, placement)
+    path = FastPath(compile_, fp8, compile_reason, fp8_reason)
     text_models = sum(check.size for check in checks if check.role in ("translator", "extractor"))
     return [
         ("renderer components", ", ".join(f"{n} {size_text(s)}" for n, s in sizes.items())),
         ("memory mode", f"{placement}: {reason}"),
+        ("render fast path", f"{str(dtype).removeprefix('torch.')} weights; {path.describe()}"),
         (
             "host memory at start-up",
             f"{size_text(host_bytes_at_start(placement, sizes))} per render worker",

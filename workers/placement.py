@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from workers.fast_path import fp8_module
 from workers.hub import size_text, snapshot_folder
 from workers.profiles import DEFAULT_REVISION
 
@@ -76,7 +77,8 @@ def tensor_bytes(name: str, info: dict, itemsize: int, fp8_linear: bool) -> int:
         count *= size
     if info["dtype"] not in FLOAT_TYPES:
         return count * SAFETENSORS_ITEMSIZE[info["dtype"]]
-    if fp8_linear and len(info["shape"]) == 2 and name.endswith(".weight"):
+    linear_weight = len(info["shape"]) == 2 and name.endswith(".weight")
+    if fp8_linear and linear_weight and fp8_module(name.removesuffix(".weight")):
         # float8 weights with one float32 scale per output row (torchao's PerRow)
         return count + info["shape"][0] * 4
     return count * itemsize
@@ -86,8 +88,9 @@ def component_bytes(folder: str | Path, dtype: torch.dtype, fp8: bool = False) -
     """The size of each pipeline component at the dtype it will be loaded in.
 
     Read from the safetensors headers only. Floating-point tensors count ``dtype``'s bytes per
-    element, integer tensors their stored size. With ``fp8`` the transformer's 2-D weights (its
-    linear layers: FLUX has no embedding tables) count one byte per element plus a scale per row.
+    element, integer tensors their stored size. With ``fp8`` the 2-D weights of the linear layers
+    that fp8 quantises (:func:`workers.fast_path.fp8_module`; FLUX has no embedding tables)
+    count one byte per element plus a scale per row.
 
     Args:
         folder: a diffusers pipeline folder (with ``model_index.json``).

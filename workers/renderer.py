@@ -1,15 +1,17 @@
 """FLUX rendering runtime: prompts and seeds in, product photos out.
 
 The GPU fast path is set up once, at load: bf16 weights resident on the card, the LoRA fused
-into them, optionally the transformer's repeated blocks compiled (``compile``) and its linear
-layers in float8 (``fp8``, torchao, compute capability 8.9+), and where the card is small the
-pipeline offloaded to the CPU between models (``memory_mode``).
+into them, the transformer's repeated blocks compiled (``compile``) and their linear layers
+in float8 (``fp8``, torchao, compute capability 8.9+) where :mod:`workers.fast_path` says it
+pays, and where the card is small the pipeline offloaded to the CPU between models
+(``memory_mode``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import time
 from dataclasses import dataclass
 
@@ -18,13 +20,15 @@ import torch
 from diffusers import FluxPipeline
 
 from workers.devices import default_dtype
+from workers.fast_path import FastPath, check_fp8_support, decide_compile, decide_fp8, fp8_layer
 from workers.placement import placement_for
+
+logger = logging.getLogger("farm.renderer")
 
 MAX_SEED = 2**63
 # The first diffusers release whose from_pretrained accepts dtype= (PR #14162); older ones
 # drop it with a silenced warning and load FLUX in fp32, about 67 GB.
 MIN_DIFFUSERS = "0.40.0"
-FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper have float8 tensor cores
 WARM_UP_PROMPT = "a plain white cotton t-shirt"
 
 
@@ -96,8 +100,8 @@ class Renderer:
         lora_scale: float = 1.0,
         *,
         lora_weight_name: str | None = None,
-        compile: bool = False,
-        fp8: bool = False,
+        compile: bool | str = False,
+        fp8: bool | str = False,
         memory_mode: str = "auto",
         vae_tiling: bool = False,
         vae_slicing: bool = False,
@@ -118,9 +122,10 @@ class Renderer:
             lora_weight_name: the LoRA's weights file in its repo; offline, diffusers cannot
                 list a hub repo to find it, so it must be named.
             compile: compile the transformer's repeated blocks once, then render one warm-up
-                image so that the first article does not pay for compiling.
-            fp8: quantise the transformer's linear layers to float8 (torchao); needs a CUDA
-                GPU of compute capability 8.9 or newer, else ``ValueError``.
+                image so that the first article does not pay for compiling; ``auto`` where
+                it pays (:mod:`workers.fast_path`).
+            fp8: quantise the blocks' linear layers to float8 (torchao); needs a CUDA GPU of
+                compute capability 8.9 or newer, else ``ValueError``; ``auto`` where it can.
             memory_mode: ``auto`` (see :func:`~workers.placement.resolve_memory_mode`: sized
                 from the model's local files), ``gpu``, ``model_offload`` or
                 ``sequential_offload``.
@@ -135,8 +140,12 @@ class Renderer:
         """
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
+        fp8, fp8_reason = decide_fp8(device, fp8)
         plan = placement_for(model_id, device, dtype, fp8, memory_mode, revision)
         placement = plan.placement
+        compile, compile_reason = decide_compile(device, compile, placement)
+        path = FastPath(compile, fp8, compile_reason, fp8_reason)
+        logger.info("renderer on %s, %s: %s", device, placement, path.describe())
         check_options(device, placement, compile=compile, fp8=fp8)
         init_keys = ("guidance_scale", "max_sequence_length")
         init_kwargs = {key: kwargs.pop(key) for key in init_keys if key in kwargs}
@@ -148,7 +157,9 @@ class Renderer:
         )
         renderer = cls(pipeline, device, width, height, steps, **init_kwargs)
         if compile:
-            renderer.warm_up()
+            seconds = renderer.warm_up()
+            logger.warning("renderer: compiling the transformer's blocks took %.1f s at start-up",
+                           seconds)  # fmt: skip
         return renderer
 
     def warm_up(self) -> float:
@@ -339,30 +350,6 @@ def check_options(device: torch.device, placement: str, compile: bool, fp8: bool
         check_fp8_support(device)
 
 
-def check_fp8_support(device: torch.device) -> None:
-    """Raise ``ValueError`` unless float8 weights can run on ``device``.
-
-    Args:
-        device: the device the renderer runs on.
-    """
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise ValueError(
-            f"fp8 needs a CUDA GPU of compute capability "
-            f"{'.'.join(map(str, FP8_MIN_CAPABILITY))} or newer; this renderer runs on {device}"
-        )
-    capability = torch.cuda.get_device_capability(device)
-    if capability < FP8_MIN_CAPABILITY:
-        raise ValueError(
-            f"fp8 needs compute capability {'.'.join(map(str, FP8_MIN_CAPABILITY))} or newer "
-            f"(Ada, Hopper); {torch.cuda.get_device_name(device)} has "
-            f"{'.'.join(map(str, capability))}"
-        )
-    try:
-        import torchao  # noqa: F401
-    except ImportError as error:
-        raise ValueError("fp8 needs torchao: pip install torchao") from error
-
-
 def fuse_lora(
     pipeline: FluxPipeline, lora: str, scale: float = 1.0, weight_name: str | None = None
 ) -> None:
@@ -386,7 +373,7 @@ def fuse_lora(
 
 
 def quantize_fp8(transformer: torch.nn.Module) -> None:
-    """Quantise the transformer's linear layers to float8 in place (torchao).
+    """Quantise the linear layers of the transformer's blocks to float8 in place (torchao).
 
     Weights are stored in float8 with one scale per row and activations are quantised on the
     fly, so the matmuls run on the float8 tensor cores (weight-only float8 saves memory but
@@ -397,7 +384,8 @@ def quantize_fp8(transformer: torch.nn.Module) -> None:
     """
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    quantize_(transformer, config, filter_fn=fp8_layer)
 
 
 def place_pipeline(pipeline: FluxPipeline, device: torch.device, placement: str) -> None:

@@ -29,6 +29,9 @@ def test_doctor_on_a_cpu_says_where_the_renderer_runs_and_what_loading_needs(tmp
     assert found["dtype"] == "float32"
     assert found["memory mode"].startswith("cpu")
     assert found["fp8 (FARM_RENDER_FP8)"].startswith("unavailable")
+    # What the worker will use, decided by the same functions (workers.fast_path).
+    assert found["render fast path"].startswith("float32 weights; compile off (auto: no CUDA")
+    assert "fp8 off (auto: fp8 needs a CUDA GPU" in found["render fast path"]
     assert "GiB" in found["host memory at start-up"]
     for role in ("translator", "extractor", "renderer", "lora", "scorer"):
         assert "present" in found[role]

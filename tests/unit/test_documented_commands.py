@@ -387,7 +387,7 @@ def test_commands_the_docs_do_not_show_yet_are_checked_too(line):
 
 
 def test_the_gpu_service_image_installs_the_gpu_extra():
-    """FARM_RENDER_FP8=1 needs torchao, which only the `gpu` extra installs."""
+    """float8 render weights (on by default on 8.9+ cards) need torchao: the `gpu` extra."""
     assert re.search(r"^gpu = \[.*torchao", _read("pyproject.toml"), re.M)
     dockerfile = _read("deploy/Dockerfile")
     assert re.search(r'^RUN pip install "\.\$\{?EXTRAS\}?"', dockerfile, re.M)

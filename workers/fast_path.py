@@ -1,0 +1,127 @@
+"""The renderer's fast path, decided in one place: regional compile and float8 weights.
+
+Each switch (``FARM_RENDER_COMPILE``, ``FARM_RENDER_FP8``) is ``auto`` by default, ``on`` or
+``off``. ``auto`` turns it on where it pays:
+
+* **compile**: on a CUDA GPU, unless the pipeline is placed layer by layer
+  (``sequential_offload``: its hooks break compiled blocks). Compiling costs start-up time,
+  which the worker logs, not an article.
+* **fp8**: on compute capability 8.9 and newer (Ada, Hopper, Blackwell: float8 tensor cores)
+  with torchao installed. Only the linear layers of the transformer's blocks are quantised
+  (:func:`fp8_layer`): the embedders, the AdaLN modulation and the final projection run once
+  per step on small inputs and gain nothing, while their precision matters most.
+
+``on`` asks for a switch whatever the device: where it cannot run, the worker fails at boot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SWITCHES = ("auto", "on", "off")
+FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper have float8 tensor cores
+# The transformer's repeated blocks, whose linear layers carry nearly all of its work.
+BLOCK_PREFIXES = ("transformer_blocks.", "single_transformer_blocks.")
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """What the renderer will use, and why, in words (``farm doctor`` prints them)."""
+
+    compile: bool
+    fp8: bool
+    compile_reason: str
+    fp8_reason: str
+
+    def describe(self) -> str:
+        """One line: ``compile on (why); fp8 off (why)``."""
+        return (
+            f"compile {'on' if self.compile else 'off'} ({self.compile_reason}); "
+            f"fp8 {'on' if self.fp8 else 'off'} ({self.fp8_reason})"
+        )
+
+
+def switch(value: bool | str) -> str:
+    """``auto``, ``on`` or ``off`` from a setting or a keyword (True and False included)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value not in SWITCHES:
+        raise ValueError(f"a fast-path switch is one of {', '.join(SWITCHES)}, not {value!r}")
+    return value
+
+
+def check_fp8_support(device: torch.device) -> None:
+    """Raise ``ValueError`` unless float8 weights can run on ``device``.
+
+    Args:
+        device: the device the renderer runs on.
+    """
+    needed = ".".join(map(str, FP8_MIN_CAPABILITY))
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise ValueError(
+            f"fp8 needs a CUDA GPU of compute capability {needed} or newer; "
+            f"this renderer runs on {device}"
+        )
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FP8_MIN_CAPABILITY:
+        raise ValueError(
+            f"fp8 needs compute capability {needed} or newer (Ada, Hopper); "
+            f"{torch.cuda.get_device_name(device)} has {'.'.join(map(str, capability))}"
+        )
+    try:
+        import torchao  # noqa: F401
+    except ImportError as error:
+        raise ValueError("fp8 needs torchao: pip install torchao") from error
+
+
+def decide_fp8(device: torch.device, setting: bool | str) -> tuple[bool, str]:
+    """Whether the transformer gets float8 weights, and why.
+
+    Args:
+        device: the renderer's device.
+        setting: ``auto``, ``on`` or ``off`` (or a bool).
+    """
+    setting = switch(setting)
+    if setting != "auto":
+        return setting == "on", f"FARM_RENDER_FP8={setting}"
+    try:
+        check_fp8_support(device)
+    except ValueError as error:
+        return False, f"auto: {error}"
+    return True, f"auto: compute capability {'.'.join(map(str, FP8_MIN_CAPABILITY))}+, torchao"
+
+
+def decide_compile(device: torch.device, setting: bool | str, placement: str) -> tuple[bool, str]:
+    """Whether the transformer's repeated blocks are compiled, and why.
+
+    Args:
+        device: the renderer's device.
+        setting: ``auto``, ``on`` or ``off`` (or a bool).
+        placement: the pipeline's placement (:mod:`workers.placement`).
+    """
+    setting = switch(setting)
+    if setting != "auto":
+        return setting == "on", f"FARM_RENDER_COMPILE={setting}"
+    if device.type != "cuda":
+        return False, "auto: no CUDA GPU, little to gain"
+    if placement == "sequential_offload":
+        return False, "auto: sequential offload's layer hooks break compiled blocks"
+    return True, "auto: CUDA GPU"
+
+
+def fp8_module(name: str) -> bool:
+    """Whether the FLUX transformer's module ``name`` is one fp8 quantises, were it linear.
+
+    The linear layers of the repeated blocks' attention and feed-forward parts, not their
+    AdaLN modulation (``norm*.linear``), and nothing outside the blocks.
+    """
+    if not name.startswith(BLOCK_PREFIXES):
+        return False
+    return not any(part.startswith("norm") for part in name.split("."))
+
+
+def fp8_layer(module: torch.nn.Module, name: str) -> bool:
+    """torchao's ``filter_fn``: a linear layer that :func:`fp8_module` chooses."""
+    return isinstance(module, torch.nn.Linear) and fp8_module(name)
