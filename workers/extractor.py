@@ -2,11 +2,14 @@
 
 Decoding is constrained by outlines to the JSON schema of :class:`Attributes`, so every output
 parses and validates, even from a random-weight model. Every string field has a maximum length:
-without one a model (a random one always) may never close a string.
+without one a model (a random one always) may never close a string. A prompt and its answer's
+cap fit the model's context: a description too long for that is cut, with a notice.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -44,6 +47,10 @@ SAFETY_FACTOR = 1.25
 _OPTIONS = ("max_batch", "max_new_tokens", "static_cache")
 # Generated tokens of a warm-up call: enough to run every kernel once.
 WARM_UP_TOKENS = 8
+# Phi-3-mini-4k's context, for a config that does not say.
+DEFAULT_CONTEXT_TOKENS = 4096
+
+logger = logging.getLogger("farm.extractor")
 
 
 class Attributes(pydantic.BaseModel):
@@ -62,10 +69,12 @@ class ExtractionResult:
     Attributes:
         attributes: ``Attributes.model_dump()`` per input, in input order.
         seconds: wall time of the call.
+        notices: per input, None or why its description was cut to fit the context.
     """
 
     attributes: list[dict]
     seconds: float
+    notices: list[str | None] = dataclasses.field(default_factory=list)
 
 
 def max_json_tokens(schema: type[pydantic.BaseModel] = Attributes) -> int:
@@ -125,6 +134,14 @@ class Extractor:
         self.max_batch = max_batch
         self.max_new_tokens = max_new_tokens or max_json_tokens(Attributes)
         self.static_cache = static_cache
+        self.context_tokens = (
+            getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT_TOKENS
+        )
+        if self.prompt_budget() < 1:
+            raise ValueError(
+                f"an answer of {self.max_new_tokens} tokens leaves no room for a prompt in the "
+                f"model's {self.context_tokens}-token context"
+            )
         self._outlines_model = outlines.from_transformers(self.model, self.tokenizer)
         # Prompts come from build_prompt, already in the chat format; outlines 1.3 would wrap a
         # plain string in a second user turn when the tokenizer has a chat template.
@@ -188,6 +205,42 @@ class Extractor:
         """
         check_texts(texts)
 
+    def prompt_budget(self) -> int:
+        """The tokens a prompt may take: the model's context less the answer's cap."""
+        return self.context_tokens - self.max_new_tokens
+
+    def fit_prompt(self, text: str) -> tuple[str, str | None]:
+        """The chat prompt for one description, cut to the prompt budget if it must be.
+
+        Args:
+            text: an English product description.
+
+        Returns:
+            (prompt, None), or (prompt of the cut description, a notice saying so).
+        """
+        prompt = self.build_prompt(text)
+        over = self._length(prompt) - self.prompt_budget()
+        if over <= 0:
+            return prompt, None
+        ids = self.tokenizer(text.strip(), add_special_tokens=False).input_ids
+        keep = len(ids) - over
+        while keep > 0:
+            cut = self.tokenizer.decode(ids[:keep], skip_special_tokens=True)
+            prompt = self.build_prompt(cut)
+            over = self._length(prompt) - self.prompt_budget()
+            if over <= 0:
+                notice = (
+                    f"description cut from {len(ids)} to {keep} tokens: the prompt and a "
+                    f"{self.max_new_tokens}-token answer must fit the model's "
+                    f"{self.context_tokens}-token context"
+                )
+                return prompt, notice
+            keep -= max(over, 1)  # decoding and encoding again may merge tokens otherwise
+        raise ValueError("the extraction prompt leaves no room for a description")
+
+    def _length(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, add_special_tokens=False).input_ids)
+
     def build_prompt(self, text: str) -> str:
         """Build the chat prompt for one description.
 
@@ -220,17 +273,21 @@ class Extractor:
         self.check_inputs(texts)
         start = time.perf_counter()
 
-        # 1. Build one chat prompt per description.
-        prompts = [self.build_prompt(text) for text in texts]
+        # 1. Build one chat prompt per description, each cut to fit the context if it must be.
+        prompts, notices = zip(*(self.fit_prompt(text) for text in texts), strict=True)
+        for notice in filter(None, notices):
+            logger.warning("extraction: %s", notice)
 
         # 2. Generate schema-constrained JSON, max_batch prompts at a time.
         outputs: list[str] = []
         for first in range(0, len(prompts), self.max_batch):
-            outputs += self._generate(prompts[first : first + self.max_batch], self.max_new_tokens)
+            batch = list(prompts[first : first + self.max_batch])
+            outputs += self._generate(batch, self.max_new_tokens)
 
         # 3. Validate every output; the grammar guarantees it, so a failure is a bug.
         attributes = [self._validate(output).model_dump() for output in outputs]
-        return ExtractionResult(attributes=attributes, seconds=time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        return ExtractionResult(attributes=attributes, seconds=seconds, notices=list(notices))
 
     def _generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         with torch.inference_mode():

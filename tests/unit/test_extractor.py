@@ -299,3 +299,24 @@ def test_extractor_raises_runtime_error_instead_of_falling_back(extractor, monke
 def test_check_inputs_raises_value_error_for_bad_texts(extractor, texts):
     with pytest.raises(ValueError):
         extractor.check_inputs(texts)
+
+
+def test_a_description_too_long_for_the_context_is_cut_to_fit_with_a_notice(extractor):
+    words = " ".join(f"panel{i % 50} with seam detail" for i in range(2000))
+    long = f"A long wool coat. {words}"
+
+    result = extractor([long, DESCRIPTIONS[0]])
+
+    cut, kept = result.notices
+    assert cut is not None and "description cut from" in cut and kept is None
+    prompt, _ = extractor.fit_prompt(long)
+    assert len(extractor.tokenizer(prompt, add_special_tokens=False).input_ids) <= (
+        extractor.context_tokens - extractor.max_new_tokens
+    )
+    assert prompt.count("A long wool coat.") == 1  # the description's start is kept
+    assert all(Attributes.model_validate(found) for found in result.attributes)
+
+
+def test_an_answer_cap_that_leaves_no_room_for_a_prompt_is_refused(spm_phi3_dir):
+    with pytest.raises(ValueError, match="no room for a prompt"):
+        Extractor.from_pretrained(str(spm_phi3_dir), torch.device("cpu"), max_new_tokens=4096)
