@@ -54,3 +54,27 @@ def test_doctor_names_missing_models_and_exits_1(tmp_path, model_cache, monkeypa
     assert result.exit_code == 1
     assert "black-forest-labs/FLUX.1-schnell (main): MISSING" in result.output
     assert "farm --profile default models fetch" in result.output
+
+
+def test_doctor_with_load_frees_the_text_models_before_the_image_models_load(
+    tmp_path, model_cache, monkeypatch
+):
+    import weakref
+
+    from workers import loader
+
+    real, loads, translators = loader.load_runtimes, [], []
+
+    def recording(stages, *args, **kwargs):
+        freed = all(translator() is None for translator in translators)
+        loads.append((tuple(stages), freed))
+        runtimes = real(stages, *args, **kwargs)
+        if runtimes.translate is not None:
+            translators.append(weakref.ref(runtimes.translate))
+        return runtimes
+
+    monkeypatch.setattr(loader, "load_runtimes", recording)
+    result = doctor(tmp_path, model_cache, "--profile", "tiny", "--device", "cpu", load=True)
+
+    assert result.exit_code == 0, result.output
+    assert loads == [(("translate", "extract"), True), (("render", "score"), True)]
