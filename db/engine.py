@@ -12,6 +12,7 @@ migrated by a newer version.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from sqlalchemy import Engine, create_engine, event, exc
@@ -30,6 +31,8 @@ from db.urls import CONNECT_TIMEOUT_SECONDS, describe, parse_database_url, sqlit
 # enough that a stage task's claim and completion around a fast model call skip it, short
 # enough that a database restart meanwhile is very unlikely to go unnoticed.
 IDLE_PING_SECONDS = 0.25
+# How long a connection keeps asking for WAL while other processes switch a new file to it.
+WAL_SWITCH_SECONDS = 30.0
 
 
 def make_engine(url: str) -> Engine:
@@ -124,10 +127,28 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _switch_to_wal(cursor) -> None:
+    # Processes that open a new database file together all switch it to WAL: one that holds
+    # a read lock while another waits to write gets "database is locked" at once, without its
+    # busy timeout (waiting would deadlock). The other finishes the switch in a moment; the
+    # file is then in WAL mode and asking again costs nothing.
+    deadline = time.monotonic() + WAL_SWITCH_SECONDS
+    delay = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

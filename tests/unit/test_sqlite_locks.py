@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from db.engine import ensure_schema, open_database
+from db.engine import ensure_schema, make_engine, open_database
 from db.exceptions import DatabaseUnusable
 
 # Another process, as `farm status` is: it reads, closes, and says what it could do.
@@ -116,3 +116,35 @@ def test_a_database_at_the_latest_revision_is_checked_without_waiting_for_a_writ
     finally:
         writer.rollback()
         writer.close()
+
+
+def _open_at_the_signal(url: str, go, errors) -> None:
+    go.wait()
+    try:
+        with make_engine(url).connect() as connection:
+            connection.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x)")
+            connection.commit()
+    except Exception as error:  # reported to the test, which names it
+        errors.put(repr(error))
+
+
+def test_processes_opening_a_new_database_file_together_all_get_it_in_wal_mode(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    failed = []
+    for round_ in range(60):
+        url = f"sqlite:///{tmp_path / f'new-{round_}.db'}"
+        go, errors = context.Event(), context.Queue()
+        openers = [context.Process(target=_open_at_the_signal, args=(url, go, errors))
+                   for _ in range(6)]  # fmt: skip
+        for opener in openers:
+            opener.start()
+        go.set()
+        for opener in openers:
+            opener.join(60)
+        while not errors.empty():
+            failed.append(errors.get())
+        with make_engine(url).connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert failed == []
