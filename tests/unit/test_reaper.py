@@ -74,13 +74,18 @@ def test_after_a_failed_turn_the_reaper_waits_for_the_living_workers_to_renew(
     assert turn() == 1 and sent_at(sessions, stuck_id) is not None
 
 
+def broker_epochs(engine, monkeypatch, *epochs: str) -> None:
+    """The stuck article's message waits in the queue; the broker reports these epochs."""
+    with engine.begin() as connection:  # sent a moment ago
+        connection.execute(update(Article).values(sent_at=utcnow(), updated_at=utcnow()))
+    told = iter(epochs)
+    monkeypatch.setattr(reaper, "_broker_epoch", lambda _app: next(told))
+
+
 def test_a_new_broker_epoch_sends_every_unleased_article_in_flight(
     app, engine, sessions, stuck_id, monkeypatch
 ):
-    with engine.begin() as connection:  # sent a moment ago: its message waits in the queue
-        connection.execute(update(Article).values(sent_at=utcnow(), updated_at=utcnow()))
-    epochs = iter(["first", "first", "second"])
-    monkeypatch.setattr(reaper, "_broker_epoch", lambda _app: next(epochs))
+    broker_epochs(engine, monkeypatch, "first", "first", "second")
 
     assert reaper.reap(app, engine) == 0  # the epoch is new to the farm: nothing was lost
     assert reaper.reap(app, engine) == 0
@@ -90,10 +95,7 @@ def test_a_new_broker_epoch_sends_every_unleased_article_in_flight(
 def test_a_broker_emptied_before_the_reapers_first_turn_is_noticed_by_the_epoch_kept_at_boot(
     app, engine, sessions, stuck_id, monkeypatch
 ):
-    with engine.begin() as connection:  # sent a moment ago: its message waits in the queue
-        connection.execute(update(Article).values(sent_at=utcnow(), updated_at=utcnow()))
-    epochs = iter(["at-boot", "at-submit", "after-restart"])
-    monkeypatch.setattr(reaper, "_broker_epoch", lambda _app: next(epochs))
+    broker_epochs(engine, monkeypatch, "at-boot", "at-submit", "after-restart")
 
     reaper.note_broker_epoch(app, engine)  # a worker boots
     reaper.note_broker_epoch(app, engine)  # a submit keeps the epoch kept first
