@@ -393,8 +393,16 @@ def render_prompts(count: int) -> list[tuple[str, str]]:
 
 def weight_bytes(module: torch.nn.Module) -> int:
     """Bytes of a module's parameters and buffers, as they are stored now (fp8 included)."""
-    tensors = [*module.parameters(), *module.buffers()]
-    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+    return sum(tensor_bytes(tensor) for tensor in [*module.parameters(), *module.buffers()])
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor stores: a tensor subclass (torchao's float8 weights) its inner tensors'."""
+    data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
+    if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
+        names, _ = data.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(data, name)) for name in names)
+    return data.numel() * data.element_size()
 
 
 def role_weights(parts: Parts, role: str) -> int:

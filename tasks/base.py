@@ -92,6 +92,7 @@ class StageTask(Task):
             ``article_id``, which the chain hands to the next stage.
         """
         process = context.current()
+        process.take_next_sent()  # what an earlier message of this thread left, if it failed
         settings, engine = process.settings, process.engine
         stage = STAGES[self.stage]
         node = self.request.hostname or "unknown"
@@ -172,7 +173,7 @@ class StageTask(Task):
             self.request.chain = [dict(step) for step in reversed(steps.tasks)]
         if self.request.chain:
             # Marked as sent in on_success, once Celery has sent the chain's next stage.
-            worker.next_sent[self.request.id] = (held.article_id, status.value)
+            worker.note_next_sent(held.article_id, status.value)
 
     def _publish(self, worker: WorkerContext, held: transitions.Claim) -> None:
         """Publish the stored best attempt; what fails here, the reaper publishes later."""
@@ -200,14 +201,14 @@ class StageTask(Task):
     def on_success(self, retval, task_id, args, kwargs) -> None:
         """Record that the chain's next stage was sent (Celery sends it before this runs)."""
         worker = context.current()
-        sent = worker.next_sent.pop(task_id, None)
+        sent = worker.take_next_sent()
         if sent is not None:
             transitions.mark_sent(worker.engine, [sent[0]], sent[1])
 
     def after_return(self, status, retval, task_id, args, kwargs, einfo) -> None:
         """Forget a next stage noted by a task that did not succeed after all."""
         if context.installed():
-            context.current().next_sent.pop(task_id, None)
+            context.current().take_next_sent()
 
     def _retry_or_fail(self, worker: WorkerContext, stage: Stage, held: transitions.Claim, error):
         engine, settings = worker.engine, worker.settings

@@ -99,7 +99,8 @@ class AttemptCounter:
     Only the articles of the call running have their attempt counted: those of the previous
     call, which returned, get theirs back in the same statement, so that a death or a hang in
     this call charges none of them (an error of theirs counts as their stage is given back:
-    :func:`db.transitions.release`). A batch call that fails is made again for each article
+    :func:`db.transitions.release`); until then they stay charged, so a death while their
+    results are stored charges them. A batch call that fails is made again for each article
     alone; each claim is counted once. A database that is away costs the count, not the call.
     First it waits for the claims of the messages received before the call
     (:class:`tasks.context.Arrivals`).

@@ -99,8 +99,19 @@ class WorkerContext:
     leases: HeldLeases = field(default_factory=HeldLeases)
     arrivals: Arrivals = field(default_factory=Arrivals)
     images: RecentImages = field(default_factory=RecentImages)
-    # Task id -> (article id, status) of a next stage sent by Celery, recorded on success.
-    next_sent: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # Per worker thread: the (article id, status) whose next stage Celery sends after the
+    # message's stage stored it, recorded on success. Per thread, not per task id: two
+    # copies of one message may run at once, in two threads.
+    _next: threading.local = field(default_factory=threading.local, repr=False)
+
+    def note_next_sent(self, article_id: int, status: str) -> None:
+        """Note, in this thread, the article whose next stage Celery is about to send."""
+        self._next.value = (article_id, status)
+
+    def take_next_sent(self) -> tuple[int, str] | None:
+        """The article noted in this thread, if any; forgotten as it is taken."""
+        noted, self._next.value = getattr(self._next, "value", None), None
+        return noted
 
     @property
     def profile(self) -> Profile:

@@ -106,15 +106,16 @@ def examine(profile: Profile, settings) -> Examination:
 
 def placement_facts(profile: Profile, settings, device, checks) -> list[tuple[str, str]]:
     """Where the renderer's weights will live, why, and the host memory loading needs."""
-    from workers.fast_path import FastPath, decide_compile, decide_fp8
+    from workers.fast_path import decide
     from workers.placement import explain_placement, host_bytes_at_start
 
     folder = next(check.folder for check in checks if check.role == "renderer")
     dtype, mode = default_dtype(device), settings.render_memory_mode
-    fp8, fp8_reason = decide_fp8(device, settings.render_fp8)
-    placement, sizes, reason = explain_placement(Path(folder), device, dtype, fp8, mode)
-    compile_, compile_reason = decide_compile(device, settings.render_compile, placement)
-    path = FastPath(compile_, fp8, compile_reason, fp8_reason)
+    path, (placement, sizes, reason) = decide(
+        device, settings.render_compile, settings.render_fp8,
+        place=lambda fp8: explain_placement(Path(folder), device, dtype, fp8, mode),
+        placement_of=lambda explained: explained[0],
+    )  # fmt: skip
     text_models = sum(check.size for check in checks if check.role in ("translator", "extractor"))
     return [
         ("renderer components", ", ".join(f"{n} {size_text(s)}" for n, s in sizes.items())),

@@ -137,7 +137,8 @@ class Extractor:
         self.context_tokens = (
             getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT_TOKENS
         )
-        if self.prompt_budget() < 1:
+        # The instructions alone must leave room for a description: checked once, here.
+        if self._length(self.build_prompt(".")) >= self.prompt_budget():
             raise ValueError(
                 f"an answer of {self.max_new_tokens} tokens leaves no room for a prompt in the "
                 f"model's {self.context_tokens}-token context"
@@ -239,7 +240,8 @@ class Extractor:
         raise ValueError("the extraction prompt leaves no room for a description")
 
     def _length(self, prompt: str) -> int:
-        return len(self.tokenizer(prompt, add_special_tokens=False).input_ids)
+        # As generation encodes it: with the special tokens the tokenizer adds (a BOS).
+        return len(self.tokenizer(prompt).input_ids)
 
     def build_prompt(self, text: str) -> str:
         """Build the chat prompt for one description.

@@ -3,22 +3,29 @@
 Each switch (``FARM_RENDER_COMPILE``, ``FARM_RENDER_FP8``) is ``auto`` by default, ``on`` or
 ``off``. ``auto`` turns it on where it pays:
 
-* **compile**: on a CUDA GPU, unless the pipeline is placed layer by layer
+* **compile**: on a CUDA GPU with triton, unless the pipeline is placed layer by layer
   (``sequential_offload``: its hooks break compiled blocks). Compiling costs start-up time,
   which the worker logs, not an article.
 * **fp8**: on compute capability 8.9 and newer (Ada, Hopper, Blackwell: float8 tensor cores)
-  with torchao installed. Only the linear layers of the transformer's blocks are quantised
-  (:func:`fp8_layer`): the embedders, the AdaLN modulation and the final projection run once
-  per step on small inputs and gain nothing, while their precision matters most.
+  with torchao installed, unless even float8 weights leave the pipeline placed layer by layer
+  (a card too small): then it stays bf16 and is placed as such. Only the linear layers of
+  the transformer's blocks are quantised (:func:`fp8_layer`): the embedders, the AdaLN
+  modulation and the final projection run once per step on small inputs and gain nothing,
+  while their precision matters most.
 
 ``on`` asks for a switch whatever the device: where it cannot run, the worker fails at boot.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+
+Placed = TypeVar("Placed")
 
 SWITCHES = ("auto", "on", "off")
 FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper have float8 tensor cores
@@ -106,9 +113,39 @@ def decide_compile(device: torch.device, setting: bool | str, placement: str) ->
         return setting == "on", f"FARM_RENDER_COMPILE={setting}"
     if device.type != "cuda":
         return False, "auto: no CUDA GPU, little to gain"
+    if importlib.util.find_spec("triton") is None:
+        return False, "auto: triton is not installed"
     if placement == "sequential_offload":
         return False, "auto: sequential offload's layer hooks break compiled blocks"
     return True, "auto: CUDA GPU"
+
+
+def decide(
+    device: torch.device,
+    compile_setting: bool | str,
+    fp8_setting: bool | str,
+    place: Callable[[bool], Placed],
+    placement_of: Callable[[Placed], str],
+) -> tuple[FastPath, Placed]:
+    """The fast path and the placement together: each depends on the other.
+
+    Args:
+        device: the renderer's device.
+        compile_setting: ``FARM_RENDER_COMPILE``.
+        fp8_setting: ``FARM_RENDER_FP8``.
+        place: the placement for float8 weights (True) or not (False).
+        placement_of: the placement's name (``gpu``, ``sequential_offload``...).
+
+    Returns:
+        (the fast path, the placement it was decided with).
+    """
+    fp8, fp8_reason = decide_fp8(device, fp8_setting)
+    placed = place(fp8)
+    if fp8 and switch(fp8_setting) == "auto" and placement_of(placed) == "sequential_offload":
+        fp8, fp8_reason = False, "auto: the card is too small even for float8 weights"
+        placed = place(False)
+    compile_, compile_reason = decide_compile(device, compile_setting, placement_of(placed))
+    return FastPath(compile_, fp8, compile_reason, fp8_reason), placed
 
 
 def fp8_module(name: str) -> bool:

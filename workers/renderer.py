@@ -20,7 +20,7 @@ import torch
 from diffusers import FluxPipeline
 
 from workers.devices import default_dtype
-from workers.fast_path import FastPath, check_fp8_support, decide_compile, decide_fp8, fp8_layer
+from workers.fast_path import check_fp8_support, decide, fp8_layer
 from workers.placement import placement_for
 
 logger = logging.getLogger("farm.renderer")
@@ -140,11 +140,12 @@ class Renderer:
         """
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
-        fp8, fp8_reason = decide_fp8(device, fp8)
-        plan = placement_for(model_id, device, dtype, fp8, memory_mode, revision)
-        placement = plan.placement
-        compile, compile_reason = decide_compile(device, compile, placement)
-        path = FastPath(compile, fp8, compile_reason, fp8_reason)
+        path, plan = decide(
+            device, compile, fp8,
+            place=lambda fp8: placement_for(model_id, device, dtype, fp8, memory_mode, revision),
+            placement_of=lambda plan: plan.placement,
+        )  # fmt: skip
+        placement, compile, fp8 = plan.placement, path.compile, path.fp8
         logger.info("renderer on %s, %s: %s", device, placement, path.describe())
         check_options(device, placement, compile=compile, fp8=fp8)
         init_keys = ("guidance_scale", "max_sequence_length")

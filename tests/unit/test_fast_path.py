@@ -30,16 +30,63 @@ def card(monkeypatch):
     return answers
 
 
-def test_auto_compiles_on_a_cuda_card_and_not_on_the_cpu():
+@pytest.fixture
+def triton(monkeypatch):
+    """Pretend triton is installed, or not: ``triton["installed"]``."""
+    import importlib.util
+
+    answers, real = {"installed": True}, importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name == "triton":
+            return object() if answers["installed"] else None
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    return answers
+
+
+def test_auto_compiles_on_a_cuda_card_and_not_on_the_cpu(triton):
     assert decide_compile(CUDA, "auto", "gpu")[0] is True
     assert decide_compile(CUDA, "auto", "model_offload")[0] is True
     on_cpu, why = decide_compile(CPU, "auto", "cpu")
     assert on_cpu is False and "no CUDA GPU" in why
 
 
-def test_auto_does_not_compile_under_sequential_offload():
+def test_auto_does_not_compile_under_sequential_offload(triton):
     compiled, why = decide_compile(CUDA, "auto", "sequential_offload")
     assert compiled is False and "sequential offload" in why
+
+
+def test_auto_does_not_compile_without_triton(triton):
+    triton["installed"] = False
+    compiled, why = decide_compile(CUDA, "auto", "gpu")
+    assert compiled is False and "triton" in why
+
+
+def test_a_card_too_small_even_for_float8_weights_keeps_bf16_and_its_placement(card, triton):
+    placements = {True: "sequential_offload", False: "sequential_offload"}
+    asked = []
+
+    def place(fp8):
+        asked.append(fp8)
+        return placements[fp8]
+
+    path, placed = fast_path.decide(CUDA, "auto", "auto", place, placement_of=str)
+    assert asked == [True, False] and placed == "sequential_offload"
+    assert path.fp8 is False and "too small" in path.fp8_reason
+    assert path.compile is False  # layer hooks
+
+
+def test_float8_weights_that_keep_the_pipeline_whole_are_chosen_with_compile(card, triton):
+    placements = {True: "model_offload", False: "sequential_offload"}
+    path, placed = fast_path.decide(CUDA, "auto", "auto", placements.get, placement_of=str)
+    assert (path.fp8, path.compile, placed) == (True, True, "model_offload")
+
+
+def test_fp8_asked_for_is_kept_whatever_the_placement(card, triton):
+    path, placed = fast_path.decide(CUDA, "off", "on", lambda fp8: "sequential_offload", str)
+    assert path.fp8 is True and path.compile is False
 
 
 def test_on_and_off_are_taken_as_asked():

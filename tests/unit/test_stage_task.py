@@ -81,9 +81,13 @@ def stored(sessions, article_id: int) -> Article:
         return session.get(Article, article_id)
 
 
-def next_sent(request) -> tuple[int, str] | None:
-    """The next stage a finished message noted as sent, for its on_success to record."""
-    return context.current().next_sent.get(request.id)
+def next_sent() -> tuple[int, str] | None:
+    """The next stage the last message of this thread noted as sent, for its on_success."""
+    worker = context.current()
+    noted = worker.take_next_sent()
+    if noted is not None:
+        worker.note_next_sent(*noted)
+    return noted
 
 
 def through_render(article_id: int) -> None:
@@ -93,7 +97,7 @@ def through_render(article_id: int) -> None:
 
 def test_each_stage_stores_its_output_and_hands_the_chain_on(sessions, article_id):
     request = run(pipeline.translate, article_id)
-    assert request.chain == [{"task": "next"}] and next_sent(request) == (article_id, "translated")
+    assert request.chain == [{"task": "next"}] and next_sent() == (article_id, "translated")
     article = stored(sessions, article_id)
     assert article.status == "translated" and article.translation and article.lease_token is None
 
@@ -153,7 +157,7 @@ def test_a_score_below_the_threshold_sends_its_regeneration_as_the_chains_next_s
     assert [step["task"] for step in steps] == ["farm.render", "farm.score"]
     assert steps[0]["args"] == [article_id] or steps[0]["args"] == (article_id,)
     assert steps[0]["options"]["priority"] == URGENT_PRIORITY
-    assert next_sent(request) == (article_id, "extracted")
+    assert next_sent() == (article_id, "extracted")
     article = stored(sessions, article_id)
     assert article.status == "extracted" and article.render_attempt == 2
     assert article.published_attempt == 1  # the best so far, published meanwhile
@@ -389,7 +393,21 @@ def test_the_next_stage_sent_is_recorded_on_success_and_forgotten_after_any_end(
     pipeline.translate.after_return("SUCCESS", article_id, request.id, (article_id,), {}, None)
 
     assert stored(sessions, article_id).sent_at is not None
-    assert context.current().next_sent == {}
+    assert context.current().take_next_sent() is None
+
+
+def test_a_copy_of_a_message_in_another_thread_does_not_take_the_first_copys_next_stage(
+    article_id,
+):
+    worker = context.current()
+    worker.note_next_sent(article_id, "translated")  # the first copy stored its stage
+    beside = []
+    copy = threading.Thread(target=lambda: beside.append(worker.take_next_sent()))
+    copy.start()
+    copy.join(5)
+
+    assert beside == [None]  # the copy found the article held and noted nothing
+    assert worker.take_next_sent() == (article_id, "translated")
 
 
 def test_renders_are_kept_per_attempt(sessions, article_id):
