@@ -483,6 +483,38 @@ def unmark_sent(engine: Engine, article_ids: list[int]) -> None:
             )
 
 
+def unmark_unclaimed(engine: Engine, waiting: list[tuple[int, str]]) -> int:
+    """Forget the sends of messages a dead process received and never claimed.
+
+    Their articles hold no lease, and their messages would come back from the broker only
+    after its visibility timeout; unmarked, the reaper sends them on a turn. An article
+    claimed since its message was sent, or held, is left alone.
+
+    Args:
+        engine: the farm's database.
+        waiting: (article id, the status it waited in) for each unclaimed message.
+
+    Returns:
+        How many articles were unmarked.
+    """
+    unmarked = 0
+    articles = ARTICLES.c
+    with engine.begin() as connection:
+        for article_id, status in waiting:
+            unmarked += connection.execute(
+                update(ARTICLES)
+                .where(
+                    articles.id == article_id,
+                    articles.status == status,
+                    articles.sent_at.is_not(None),
+                    or_(articles.claimed_at.is_(None), articles.claimed_at < articles.sent_at),
+                    or_(articles.lease_token.is_(None), articles.lease_expires_at < server_now()),
+                )
+                .values(sent_at=None, updated_at=ARTICLES.c.updated_at)
+            ).rowcount
+    return unmarked
+
+
 def unlease(article: Article) -> None:
     """Free an article loaded in the caller's session for a message the caller sends next.
 

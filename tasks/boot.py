@@ -40,7 +40,7 @@ from db import transitions
 from db.engine import make_engine, open_database
 from db.exceptions import DatabaseError
 from tasks import context
-from tasks.context import Arrivals, WorkerContext
+from tasks.context import ARRIVALS_FILE_ENV, Arrivals, WorkerContext
 from tasks.exceptions import HUNG_EXIT_CODE, FarmError, ModelsMissing
 from tasks.launcher import READY_FILE_ENV, RESTART_EXIT_CODE, check_device
 from tasks.reaper import Periodic, note_broker_epoch, reaper_turn
@@ -55,7 +55,7 @@ from workers.profiles import resolve_profile
 logger = logging.getLogger("farm.boot")
 
 _timers: list[Periodic] = []
-STAGE_TASKS = frozenset(stage.task for stage in STAGES.values())
+STAGE_OF_TASK = {stage.task: name for name, stage in STAGES.items()}
 # The longest a model call waits for the claims of the messages received before it: a claim
 # is one UPDATE, made as soon as a thread takes the message.
 CLAIM_WAIT_SECONDS = 2.0
@@ -148,7 +148,7 @@ def start_process(app: Celery, settings: Settings, node: str) -> None:
     check_serviceable(settings)
     runtimes = load_for_role(settings)
     engine = make_engine(settings.database_url)
-    arrivals = Arrivals()
+    arrivals = Arrivals(os.environ.get(ARRIVALS_FILE_ENV))
     executor = ModelExecutor(
         max_wait=settings.batch_wait_seconds,
         time_limit=settings.task_time_limit,
@@ -261,8 +261,9 @@ def install_warm_restart_handler(worker=None, sig: str = "SIGHUP") -> None:
 def _note_received(request=None, **_) -> None:
     # A message with an ETA (a retry after its backoff) is run later: its article's lease,
     # kept through the backoff, stands for it meanwhile.
-    if getattr(request, "name", None) in STAGE_TASKS and not request.eta and context.installed():
-        context.current().arrivals.received(request.id)
+    stage = STAGE_OF_TASK.get(getattr(request, "name", None))
+    if stage is not None and not request.eta and request.args and context.installed():
+        context.current().arrivals.received(request.id, request.args[0], stage)
 
 
 @worker_shutdown.connect

@@ -9,8 +9,11 @@ stage tasks, the reaper and the watchdog read it with :func:`current`.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -18,6 +21,9 @@ from sqlalchemy import Engine
 from tasks.exceptions import RuntimeNotLoaded
 from tasks.handoff import RecentImages
 from tasks.settings import Settings
+
+# The variable in which the launcher names a worker process's arrivals file.
+ARRIVALS_FILE_ENV = "FARM_ARRIVALS_FILE"
 
 if TYPE_CHECKING:
     from workers.executor import ModelExecutor
@@ -53,39 +59,67 @@ class Arrivals:
 
     A model call waits for the claims of the messages received before it
     (:class:`tasks.boot.AttemptCounter`): a call that kills its process then leaves each of
-    them under a lease, which the launcher ends and the reaper sends again. A message caught
-    unclaimed by a death at any other moment comes back from the broker after its visibility
-    timeout.
+    them under a lease, which the launcher ends and the reaper sends again. A message
+    received during the call that killed it, before its claim, holds no lease: its article is
+    kept in a file the launcher names (:data:`ARRIVALS_FILE_ENV`), replaced whole at each
+    change (the page cache keeps it through a SIGKILL), and the launcher marks it unsent for
+    the reaper (:func:`read_arrivals`, :func:`db.transitions.unmark_unclaimed`). Without a
+    file (``farm run``, a benchmark) nothing is written.
+
+    Args:
+        path: the file, or None.
     """
 
-    def __init__(self) -> None:
-        self._waiting: set[str] = set()
+    def __init__(self, path: str | Path | None = None) -> None:
+        self._waiting: dict[str, tuple[int, str]] = {}  # task id → (article id, stage)
+        self._late: set[str] = set()  # waited for once in vain: not waited for again
         self._changed = threading.Condition()
+        self._path = Path(path) if path else None
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)  # a previous process's, dealt with already
 
-    def received(self, task_id: str) -> None:
+    def received(self, task_id: str, article_id: int = 0, stage: str = "") -> None:
         """Note a message the worker received (its consumer thread, before a thread runs it)."""
         with self._changed:
-            self._waiting.add(task_id)
+            self._waiting[task_id] = (article_id, stage)
+            self._write()
 
     def claimed(self, task_id: str) -> None:
         """Note that a message's claim was tried, whatever came of it."""
         with self._changed:
-            self._waiting.discard(task_id)
+            self._late.discard(task_id)
+            if self._waiting.pop(task_id, None) is not None:
+                self._write()
             self._changed.notify_all()
 
     def wait(self, timeout: float) -> list[str]:
         """Wait until the messages received so far were claimed, at most ``timeout`` seconds.
 
         Returns:
-            The messages still unclaimed after it; forgotten, as a claim is made at once and
-            they will not hold a call back again.
+            The messages still unclaimed after it; no longer waited for (a claim is made at
+            once, so they will not hold a call back again), still kept in the file.
         """
         with self._changed:
-            before = set(self._waiting)
-            self._changed.wait_for(lambda: not before & self._waiting, timeout)
-            late = before & self._waiting
-            self._waiting -= late
-        return sorted(late)
+            before = set(self._waiting) - self._late
+            self._changed.wait_for(lambda: not before & self._waiting.keys(), timeout)
+            late = before & self._waiting.keys()
+            self._late |= late
+            return sorted(late)
+
+    def _write(self) -> None:
+        if self._path is None:
+            return
+        scratch = self._path.with_suffix(f".{os.getpid()}.tmp")
+        scratch.write_text(json.dumps(sorted(self._waiting.values())))
+        os.replace(scratch, self._path)
+
+
+def read_arrivals(path: str | Path) -> list[tuple[int, str]]:
+    """The (article id, stage) pairs a dead process had received and not claimed."""
+    try:
+        return [(int(article), str(stage)) for article, stage in json.loads(Path(path).read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
 
 
 @dataclass

@@ -50,8 +50,9 @@ from pathlib import Path
 
 from db import transitions
 from db.engine import make_engine
+from tasks.context import ARRIVALS_FILE_ENV, read_arrivals
 from tasks.exceptions import HUNG_EXIT_CODE, FarmError
-from tasks.registry import role_concurrency, role_queues
+from tasks.registry import STAGES, role_concurrency, role_queues
 from tasks.settings import Settings
 
 logger = logging.getLogger("farm.launcher")
@@ -223,6 +224,7 @@ class Supervised:
 
     spec: WorkerProcess
     ready_file: Path  # created by the process once Celery says it is ready
+    arrivals_file: Path  # its messages received and not claimed (tasks.context.Arrivals)
     child: subprocess.Popen | None = None
     handled: bool = False  # the child's exit was dealt with
     restart_asked: bool = False  # stopped by its launcher (SIGHUP) to be started again
@@ -235,7 +237,9 @@ class Supervised:
         self.handled = self.restart_asked = False
         self.child = subprocess.Popen(
             self.spec.argv,
-            env=os.environ | self.spec.env | {READY_FILE_ENV: str(self.ready_file)},
+            env=os.environ
+            | self.spec.env
+            | {READY_FILE_ENV: str(self.ready_file), ARRIVALS_FILE_ENV: str(self.arrivals_file)},
             # A session of its own: a Ctrl-C on the terminal reaches the launcher only, which
             # passes it on once to every process.
             start_new_session=True,
@@ -253,7 +257,7 @@ class Supervised:
 
 def run_workers(
     processes: Sequence[WorkerProcess],
-    on_death: Callable[[WorkerProcess], None] | None = None,
+    on_death: Callable[[WorkerProcess, Path], None] | None = None,
 ) -> int:
     """Run the worker processes until they stop, starting again any that die while serving.
 
@@ -262,8 +266,8 @@ def run_workers(
 
     Args:
         processes: from :func:`plan_workers`.
-        on_death: called with a process that died, before it is started again
-            (:func:`recovery`).
+        on_death: called with a process that died and its arrivals file, before it is
+            started again (:func:`recovery`).
 
     Returns:
         The exit code: the first non-zero code of a process that failed at boot or died more
@@ -275,7 +279,11 @@ def run_workers(
         )
     # The ready files of this launcher's processes, private to it.
     with tempfile.TemporaryDirectory(prefix="farm-worker-") as scratch:
-        fleet = [Supervised(spec, Path(scratch, f"{spec.node}.ready")) for spec in processes]
+        fleet = [
+            Supervised(spec, Path(scratch, f"{spec.node}.ready"),
+                       Path(scratch, f"{spec.node}.arrivals.json"))
+            for spec in processes
+        ]  # fmt: skip
         for member in fleet:
             member.start()
         return _run(fleet, on_death)
@@ -363,7 +371,7 @@ def _start_again(member: Supervised, returned: int, on_death) -> None:
         logger.warning("worker %s %s; starting it again",
                        node, _exit_text(returned, member.was_ready()))  # fmt: skip
         if on_death is not None:
-            on_death(member.spec)
+            on_death(member.spec, member.arrivals_file)
     member.start()
 
 
@@ -422,24 +430,35 @@ def _prctl():
         return None
 
 
-def recovery(settings: Settings) -> Callable[[WorkerProcess], None]:
-    """What the launcher does when one of its processes died: end its leases at once.
+def recovery(settings: Settings) -> Callable[[WorkerProcess, Path], None]:
+    """What the launcher does when one of its processes died: put its articles in the reaper's
+    way at once.
 
-    Its leases carry its node name (:func:`db.transitions.owner_prefix`); ended, they are the
-    reaper's on its next turn (``FARM_REAPER_SECONDS``), instead of after the lease. The
-    launcher sends nothing itself: the reaper is the one sender of articles no message moves.
+    Its leases carry its node name (:func:`db.transitions.owner_prefix`) and are ended; the
+    messages it had received but not claimed (its arrivals file) have their sends forgotten
+    (:func:`db.transitions.unmark_unclaimed`). The reaper sends both on a turn
+    (``FARM_REAPER_SECONDS``; an unclaimed one once its stage was stored 30 s ago), instead of
+    after the lease or the broker's visibility timeout. The launcher sends nothing itself.
 
     Args:
         settings: the farm's settings (the database).
     """
     engine = make_engine(settings.database_url)
 
-    def on_death(process: WorkerProcess) -> None:
+    def on_death(process: WorkerProcess, arrivals_file: Path) -> None:
         prefix = transitions.owner_prefix(process.node)
+        received = read_arrivals(arrivals_file)
+        waiting = [(a, STAGES[stage].input.value) for a, stage in received if stage in STAGES]
         try:
             # Its watchdog may have ended them already (a hung call): nothing is left then.
             transitions.expire(engine, f"worker {process.node} died", "lost", prefix=prefix)
+            unmarked = transitions.unmark_unclaimed(engine, waiting)
         except Exception as error:  # they run out with their lease, and the reaper sends them
-            logger.warning("could not end the leases of %s: %s", process.node, error)
+            logger.warning("could not hand the articles of %s to the reaper: %s",
+                           process.node, error)  # fmt: skip
+            return
+        if unmarked:
+            logger.warning("%d messages %s had not claimed go to the reaper", unmarked,
+                           process.node)  # fmt: skip
 
     return on_death

@@ -19,6 +19,7 @@ import pytest
 
 from db import transitions
 from tasks import launcher
+from tasks.context import Arrivals
 from tasks.exceptions import HUNG_EXIT_CODE
 from tasks.launcher import (
     MAX_RESTARTS,
@@ -54,7 +55,7 @@ def dies_once(marker: Path, how: str) -> str:
 
 def noting(died: list):
     """An ``on_death`` that notes the processes it is called with."""
-    return died.append
+    return lambda process, _arrivals_file: died.append(process)
 
 
 def test_a_gpu_role_gets_one_threads_process_per_card_pinned_to_it():
@@ -191,7 +192,7 @@ def test_a_dead_process_has_its_leases_ended_at_once_and_the_reaper_left_to_send
     # No broker to send through: the launcher does not send.
     on_death = recovery(Settings(database_url=str(engine.url), broker_url="redis://127.0.0.1:1"))
 
-    on_death(WorkerProcess("gpu0-1@host", [], {}))
+    on_death(WorkerProcess("gpu0-1@host", [], {}), Path("/nonexistent/arrivals.json"))
 
     with engine.connect() as connection:
         stuck = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
@@ -199,6 +200,26 @@ def test_a_dead_process_has_its_leases_ended_at_once_and_the_reaper_left_to_send
     assert article(sessions, dead).sent_at == sent_before
     assert runs(sessions, dead) == [(1, "interrupted")]  # it never reached a model call
     assert runs(sessions, alive) == [(1, "running")]
+
+
+def test_messages_a_dead_process_received_and_never_claimed_go_to_the_reaper(
+    engine, sessions, tmp_path
+):
+    received, claimed_elsewhere = add_articles(sessions, "A-1", "A-2")  # both sent, pending
+    token = transitions.new_token("gpu1-1@host")
+    assert transitions.claim(engine, claimed_elsewhere, "translate", "pending", token, "w", 600)
+    record = Arrivals(tmp_path / "arrivals.json")  # as the dead process kept it
+    record.received("t-1", received, "translate")
+    record.received("t-2", claimed_elsewhere, "translate")
+    on_death = recovery(Settings(database_url=str(engine.url), broker_url="redis://127.0.0.1:1"))
+
+    on_death(WorkerProcess("gpu0-1@host", [], {}), tmp_path / "arrivals.json")
+
+    assert article(sessions, received).sent_at is None  # never sent, as far as the reaper knows
+    assert article(sessions, claimed_elsewhere).lease_token == token
+    with engine.connect() as connection:
+        stuck = transitions.stuck(connection, IN_FLIGHT, grace_seconds=0)
+    assert [row.id for row in stuck] == [received]
 
 
 # --- the launcher as a process of its own: signals ------------------------------------------

@@ -363,11 +363,13 @@ def test_a_message_never_claimed_holds_back_one_call_only_and_for_the_wait_at_mo
 
 def test_a_stage_message_is_noted_at_receipt_and_forgotten_at_its_claim(article_id, monkeypatch):
     arrivals = context.current().arrivals
-    message = SimpleNamespace(name="farm.translate", id=f"farm.translate-{article_id}", eta=None)
-    retry = SimpleNamespace(name="farm.translate", id="a-retry", eta="2030-01-01T00:00:00")
+    message = SimpleNamespace(name="farm.translate", id=f"farm.translate-{article_id}", eta=None,
+                              args=[article_id])  # fmt: skip
+    retry = SimpleNamespace(name="farm.translate", id="a-retry", eta="2030-01-01T00:00:00",
+                            args=[article_id])  # fmt: skip
     boot._note_received(request=message)
     boot._note_received(request=retry)  # run after its backoff; its lease stands for it
-    boot._note_received(request=SimpleNamespace(name="celery.ping", id="ping", eta=None))
+    boot._note_received(request=SimpleNamespace(name="celery.ping", id="ping", eta=None, args=[]))
     assert arrivals.wait(0) == [message.id]
     boot._note_received(request=message)
 
@@ -394,6 +396,23 @@ def test_the_next_stage_sent_is_recorded_on_success_and_forgotten_after_any_end(
 
     assert stored(sessions, article_id).sent_at is not None
     assert context.current().take_next_sent() is None
+
+
+def test_the_messages_not_yet_claimed_are_kept_in_the_launchers_file_until_their_claim(
+    tmp_path,
+):
+    from tasks.context import read_arrivals
+
+    path = tmp_path / "arrivals.json"
+    arrivals = Arrivals(path)
+    arrivals.received("render-1", 7, "render")
+    arrivals.received("score-2", 8, "score")
+    assert read_arrivals(path) == [(7, "render"), (8, "score")]
+    assert arrivals.wait(0) == ["render-1", "score-2"]  # given up on: kept in the file
+    assert read_arrivals(path) == [(7, "render"), (8, "score")]
+    arrivals.claimed("render-1")
+    assert read_arrivals(path) == [(8, "score")]
+    assert read_arrivals(tmp_path / "no-such-file.json") == []
 
 
 def test_a_copy_of_a_message_in_another_thread_does_not_take_the_first_copys_next_stage(
