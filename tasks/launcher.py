@@ -16,8 +16,8 @@ served: a process creates its ready file (:data:`READY_FILE_ENV`) once Celery sa
   or exiting with an error after it was ready (kombu giving up on a lost broker), a process
   has its leases ended at once (:func:`recovery`) and is started anew, at most
   :data:`MAX_RESTARTS` times in :data:`RESTART_WINDOW_SECONDS`. The reaper sends its
-  articles again on its next turn; a message it had received but not claimed yet comes back
-  from Redis after the visibility timeout.
+  articles again on its next turn, and those of the messages it had received but not claimed
+  yet (its arrivals file) once their stage was stored 30 s ago.
 * SIGINT and SIGTERM are passed on to every process as a warm shutdown. SIGHUP makes the
   launcher restart every process warmly: each finishes the messages it holds, exits and is
   started again (with the code and models installed now). On a terminal SIGHUP stops them
@@ -277,7 +277,7 @@ def run_workers(
         logging.basicConfig(
             level=logging.INFO, format="[%(asctime)s: %(levelname)s/launcher] %(message)s"
         )
-    # The ready files of this launcher's processes, private to it.
+    # The ready and arrivals files of this launcher's processes, private to it.
     with tempfile.TemporaryDirectory(prefix="farm-worker-") as scratch:
         fleet = [
             Supervised(spec, Path(scratch, f"{spec.node}.ready"),
