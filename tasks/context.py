@@ -10,6 +10,7 @@ stage tasks, the reaper and the watchdog read it with :func:`current`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from sqlalchemy import Engine
 from tasks.exceptions import RuntimeNotLoaded
 from tasks.handoff import RecentImages
 from tasks.settings import Settings
+
+logger = logging.getLogger("farm.worker")
 
 # The variable in which the launcher names a worker process's arrivals file.
 ARRIVALS_FILE_ENV = "FARM_ARRIVALS_FILE"
@@ -110,8 +113,11 @@ class Arrivals:
         if self._path is None:
             return
         scratch = self._path.with_suffix(f".{os.getpid()}.tmp")
-        scratch.write_text(json.dumps(sorted(self._waiting.values())))
-        os.replace(scratch, self._path)
+        try:
+            scratch.write_text(json.dumps(sorted(self._waiting.values())))
+            os.replace(scratch, self._path)
+        except OSError as error:  # a full disk: such messages wait for the visibility timeout
+            logger.warning("arrivals file %s not written: %s", self._path, error)
 
 
 def read_arrivals(path: str | Path) -> list[tuple[int, str]]:

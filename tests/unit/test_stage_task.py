@@ -415,6 +415,13 @@ def test_the_messages_not_yet_claimed_are_kept_in_the_launchers_file_until_their
     assert read_arrivals(tmp_path / "no-such-file.json") == []
 
 
+def test_an_arrivals_file_that_cannot_be_written_costs_a_warning_not_the_message(tmp_path, caplog):
+    arrivals = Arrivals(tmp_path / "no-such-folder" / "arrivals.json")
+    arrivals.received("render-1", 7, "render")
+    arrivals.claimed("render-1")
+    assert "arrivals file" in caplog.text and arrivals.wait(0) == []
+
+
 def test_a_copy_of_a_message_in_another_thread_does_not_take_the_first_copys_next_stage(
     article_id,
 ):
