@@ -67,6 +67,10 @@ def owner_prefix(owner: str) -> str:
     return hashlib.sha1(owner.encode()).hexdigest()[:12] + "."
 
 
+def _free_or_expired():
+    return or_(ARTICLES.c.lease_token.is_(None), ARTICLES.c.lease_expires_at < server_now())
+
+
 def claim(
     engine: Engine,
     article_id: int,
@@ -100,7 +104,7 @@ def claim(
             .where(
                 ARTICLES.c.id == article_id,
                 ARTICLES.c.status == input_status,
-                or_(ARTICLES.c.lease_token.is_(None), ARTICLES.c.lease_expires_at < server_now()),
+                _free_or_expired(),
             )
             .values(
                 lease_token=token,
@@ -508,9 +512,9 @@ def unmark_unclaimed(engine: Engine, waiting: list[tuple[int, str]]) -> int:
                     articles.status == status,
                     articles.sent_at.is_not(None),
                     or_(articles.claimed_at.is_(None), articles.claimed_at < articles.sent_at),
-                    or_(articles.lease_token.is_(None), articles.lease_expires_at < server_now()),
+                    _free_or_expired(),
                 )
-                .values(sent_at=None, updated_at=ARTICLES.c.updated_at)
+                .values(sent_at=None, updated_at=articles.updated_at)
             ).rowcount
     return unmarked
 
