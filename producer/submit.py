@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from celery import Celery
 from sqlalchemy import Engine
 
@@ -11,8 +9,6 @@ from db.transitions import mark_sent
 from tasks.chains import send_chains
 from tasks.queues import NORMAL_PRIORITY
 from tasks.reaper import note_broker_epoch
-
-logger = logging.getLogger("farm.submit")
 
 
 class BrokerUnavailable(RuntimeError):
@@ -52,10 +48,7 @@ def send_and_mark(
     Returns:
         How many chains were sent.
     """
-    try:
-        note_broker_epoch(app, engine)
-    except Exception as error:  # the sends below wait out a broker blip; the reaper keeps it
-        logger.warning("could not keep the broker's epoch: %s", error)
+    note_broker_epoch(app, engine)
     sent = send_chains(app, articles, priority)
     mark_sent(engine, [item[0] for item in articles])
     return sent

@@ -157,10 +157,7 @@ def start_process(app: Celery, settings: Settings, node: str) -> None:
     )
     worker = WorkerContext(settings, engine, runtimes, executor, arrivals=arrivals)
     context.install(worker)
-    try:
-        note_broker_epoch(app, engine)
-    except Exception as error:  # the reaper's turns keep it once the broker is back
-        logger.warning("could not keep the broker's epoch: %s", error)
+    note_broker_epoch(app, engine)
     leases, seconds = worker.leases, settings.lease_seconds
     renew = lambda: transitions.renew(engine, leases.tokens(), seconds)  # noqa: E731
     _timers[:] = [

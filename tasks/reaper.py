@@ -102,11 +102,16 @@ def note_broker_epoch(app: Celery, engine: Engine) -> None:
 
     Workers call it at boot and ``farm submit`` before it sends: a broker that loses its
     messages before the reaper's first turn is then told apart from a farm's first broker.
-    An epoch kept already stays, so that a reset noticed here is the reaper's to act on.
+    An epoch kept already stays, so that a reset noticed here is the reaper's to act on. A
+    broker or database away costs a warning: the reaper's turns keep the epoch once both are
+    back, and the sends that follow wait out a broker blip on their own.
     """
-    epoch = _broker_epoch(app)
-    if epoch is not None:
-        timers.keep_mark(engine, EPOCH_MARK, epoch)
+    try:
+        epoch = _broker_epoch(app)
+        if epoch is not None:
+            timers.keep_mark(engine, EPOCH_MARK, epoch)
+    except Exception as error:  # kombu, redis and the database raise many kinds here
+        logger.warning("could not keep the broker's epoch: %s", error)
 
 
 def _broker_epoch(app: Celery) -> str | None:

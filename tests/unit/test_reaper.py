@@ -100,3 +100,14 @@ def test_a_broker_emptied_before_the_reapers_first_turn_is_noticed_by_the_epoch_
     reaper.note_broker_epoch(app, engine)  # a worker boots
     reaper.note_broker_epoch(app, engine)  # a submit keeps the epoch kept first
     assert reaper.reap(app, engine) == 1  # the reaper's first turn, after Redis lost it all
+
+
+def test_keeping_the_epoch_with_the_broker_away_costs_a_warning_not_the_caller(
+    app, engine, monkeypatch, caplog
+):
+    def broker_away(_app):
+        raise ConnectionRefusedError("Error 111 connecting to 127.0.0.1:6379")
+
+    monkeypatch.setattr(reaper, "_broker_epoch", broker_away)
+    reaper.note_broker_epoch(app, engine)  # a worker booting or a submit goes on
+    assert "could not keep the broker's epoch" in caplog.text
