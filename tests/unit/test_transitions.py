@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, update
 
 from db import models, timers, transitions
+from db.clock import server_now
 from db.models import Article, ArticleStatus, Batch, Render, StageRun, Timer, utcnow
 
 IN_FLIGHT = ["pending", "translated", "extracted", "rendered"]
@@ -341,7 +342,8 @@ def test_one_caller_per_interval_takes_the_reapers_turn(engine, sessions):
     assert timers.take_turn(engine, "reaper", 60)
     assert not timers.take_turn(engine, "reaper", 60)
     with sessions() as session, session.begin():
-        session.execute(update(Timer).values(due_at=utcnow()))
+        # Due now by the server's clock, as take_turn reads it (on SQLite to the millisecond).
+        session.execute(update(Timer).values(due_at=server_now()))
     assert timers.take_turn(engine, "reaper", 60)
 
 
