@@ -17,7 +17,20 @@ Ideal time is ``articles x render_seconds / processes``; actual time runs from t
 chain sent to the last article done (``finished_at`` in the database). The last line is
 ``scale_efficiency: X``, ideal over actual.
 
-    python -m bench.scale [--articles N] [--render-seconds S] [--gpu-processes P] [--quick]
+    python -m bench.scale [--articles N] [--render-seconds S] [--gpus P] [--quick]
+
+With ``--costs PROFILE`` it measures the whole farm instead: every model call (translation,
+extraction, rendering, scoring) sleeps what ``bench/costs.toml`` says it costs on that
+profile, holding its card (:mod:`bench.cards`), in the deployment shape ``--text-on``
+(:mod:`bench.shapes`: ``gpu``, the GPU processes serve the text queue too; ``cpu``, one text
+process on the CPU; ``card``, a text process pinned to card 0). It prints the farm's
+articles per hour, one card's render + score rate (``3600 / (render + score per article at
+the shipped score batch size)``, from the table), how the cards spent their time (from the
+calls they logged), and last ``farm_efficiency: X``: the farm's rate over N cards' render +
+score rate (1: text costs the cards nothing and the farm keeps them busy).
+
+    python -m bench.scale --gpus 4 --costs h100 [--text-on gpu|cpu|card] [--articles N]
+        [--text-batch B] [--time-scale K] [--quick]
 """
 
 from __future__ import annotations
@@ -32,6 +45,8 @@ from pathlib import Path
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
+from bench import costs, shapes
+from bench.cards import busy_seconds
 from bench.catalog import synthetic_rows
 from bench.cpuload import CpuMeter
 from bench.farm import producer_side, submit_rows, wait_batch_ended
@@ -41,8 +56,10 @@ from db.models import Article, Render, StageRun, as_utc
 from tasks.launcher import plan_workers
 from tasks.settings import Settings
 
-GPU_PROCESSES = 8  # the issue's setting; --gpu-processes changes it
+GPU_PROCESSES = 8  # the issue's setting; --gpus changes it
 QUICK_ARTICLES = 200
+COSTED_ARTICLES = 1_000  # with --costs
+COSTED_QUICK_ARTICLES = 40
 FACTORY = "bench.fake_runtimes:fixed_render"
 # Read by bench.fake_runtimes.fixed_render in the workers (not imported here: it pulls in
 # every model library, which this process does not need).
@@ -59,19 +76,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         The options.
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--articles", type=int, default=10_000)
+    parser.add_argument("--articles", type=int, default=None)
     parser.add_argument("--render-seconds", type=float, default=0.5)
-    parser.add_argument("--quick", action="store_true", help=f"CI size: {QUICK_ARTICLES} articles")
+    parser.add_argument("--quick", action="store_true", help="CI size")
     parser.add_argument("--redis-db", type=int, default=13)
     parser.add_argument(
+        "--gpus",
         "--gpu-processes",
+        dest="gpu_processes",
         type=lambda text: max(1, int(text)),
         default=GPU_PROCESSES,
-        help="GPU-queue processes (1 shows the farm's own cost per article without contention)",
+        help="cards: one GPU-queue process each (1 shows the farm's own cost per article)",
     )
+    parser.add_argument("--costs", metavar="PROFILE", help="measure the farm at these costs")
+    parser.add_argument("--cost-table", default=str(costs.TABLE))
+    parser.add_argument("--text-on", choices=shapes.SHAPES, default="gpu")
+    parser.add_argument("--text-batch", type=int, default=None, help="FARM_TEXT_BATCH_SIZE")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="factor on every cost")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.articles = QUICK_ARTICLES
+    if args.costs:
+        costs.profile_costs(args.costs, args.cost_table)  # a wrong name fails here
+        default, quick = COSTED_ARTICLES, COSTED_QUICK_ARTICLES
+    else:
+        default, quick = 10_000, QUICK_ARTICLES
+    args.articles = quick if args.quick else args.articles or default
     return args
 
 
@@ -186,22 +214,21 @@ def _gpu_runs(sessions, batch_id: str) -> tuple[list, float]:
     return runs, float(calls or 0)
 
 
-def measure(args, database_url: str, broker_url: str, workers) -> tuple[float, dict, float]:
+def measure(args, urls: tuple[str, str], workers, ideal: float) -> tuple[tuple, dict, float]:
     """Warm up, then run the timed batch.
 
     Args:
         args: the options.
-        database_url: the benchmark's database.
-        broker_url: the benchmark's Redis database.
+        urls: the benchmark's database and Redis database.
         workers: the running worker processes.
+        ideal: the seconds the batch would take at best (the time-out is three times that).
 
     Returns:
-        (actual seconds from first send to last done, :func:`gpu_task_seconds`, busy share of
+        ((first send, last done) in epoch seconds, :func:`gpu_task_seconds`, busy share of
         the machine's CPUs over the timed run or NaN when unknown).
     """
-    app, sessions = producer_side(database_url, broker_url)
+    app, sessions = producer_side(*urls)
     alive = lambda: all(w.process.poll() is None for w in workers)  # noqa: E731
-    ideal = args.articles * args.render_seconds / args.gpu_processes
     timeout = 120 + 3 * ideal
     # Untimed: one render per process, so every process has connected before the clock runs.
     warm, _ = submit_rows(app, sessions, synthetic_rows(args.gpu_processes, seed=-1))
@@ -211,17 +238,122 @@ def measure(args, database_url: str, broker_url: str, workers) -> tuple[float, d
     def progress(open_count: int) -> None:
         if time.monotonic() - last_report[0] >= 30:
             last_report[0] = time.monotonic()
-            print(f"  {args.articles - open_count}/{args.articles} done", flush=True)
+            done = args.articles - open_count
+            rate = done / max(1e-9, time.time() - started) * 3600
+            print(f"  {done}/{args.articles} done, {rate:.0f} articles/h so far", flush=True)
 
     rows = synthetic_rows(args.articles)
     meter = CpuMeter()
     meter.start()
+    started = time.time()  # the progress lines' clock until the send says when it began
     submitted, started = submit_rows(app, sessions, rows)
     finished = wait_batch_ended(sessions, submitted.batch_id, timeout, alive, 1.0, progress)
     busy = meter.busy()
     tasks = gpu_task_seconds(sessions, submitted.batch_id)
     tasks["timeline"] = gpu_timeline(sessions, submitted.batch_id, (started, finished))
-    return finished - started, tasks, float("nan") if busy is None else busy
+    return (started, finished), tasks, float("nan") if busy is None else busy
+
+
+def fixed_render_commands(args, urls: tuple[str, str], workdir: Path) -> list:
+    """The fixed-render farm's processes: :func:`worker_commands` for ``args``."""
+    return worker_commands(args, *urls, workdir)
+
+
+def costed_commands(args, urls: tuple[str, str], workdir: Path) -> list:
+    """The costed farm's processes in the shape ``--text-on`` (:mod:`bench.shapes`)."""
+    return shapes.worker_commands(
+        args.text_on,
+        args.gpu_processes,
+        args.costs,
+        urls,
+        workdir,
+        text_batch=args.text_batch,
+        time_scale=args.time_scale,
+    )
+
+
+def card_rate(args) -> tuple[float, float]:
+    """One card's render + score cost per article and its articles per hour, from the table.
+
+    Scoring counts at the shipped score batch size (a card scores that many at once when
+    renders come faster than it scores), every cost times ``--time-scale``.
+    """
+    table = costs.profile_costs(args.costs, args.cost_table)
+    per_article = table["render"].seconds(1) + table["score"].per_article(
+        Settings().score_batch_size
+    )
+    seconds = per_article * args.time_scale
+    return seconds, 3600 / seconds
+
+
+def run(args, commands) -> tuple[tuple, dict, float, dict]:
+    """Start the farm's processes on fresh services, measure, stop everything.
+
+    Returns:
+        (window, task figures, CPU busy share, card busy seconds by card and stage).
+    """
+    with (
+        interrupt_on_sigterm(),
+        tempfile.TemporaryDirectory(prefix="bench-scale-") as workdir,
+        redis_database(args.redis_db) as broker_url,
+        fresh_database() as database_url,
+    ):
+        urls = (database_url, broker_url)
+        booting = time.perf_counter()
+        with running(
+            commands(args, urls, Path(workdir)), Path(workdir), "worker", 300, 15
+        ) as workers:
+            print(f"{len(workers)} worker processes ready in {time.perf_counter() - booting:.1f}s")
+            ideal = (
+                args.articles
+                * (card_rate(args)[0] if args.costs else args.render_seconds)
+                / args.gpu_processes
+            )
+            window, tasks, busy = measure(args, urls, workers, ideal)
+        return window, tasks, busy, busy_seconds(workdir, window)
+
+
+def report_gpu_queue(tasks: dict, busy: float) -> None:
+    """Print the GPU queue's times per article and the machine's CPU use."""
+    print(
+        f"mean per article on the GPU queue: renderer {tasks['renderer']:.3f}s per image; "
+        f"render {tasks['render']:.3f}s and score {tasks['score']:.3f}s from claim to stored "
+        f"(a process holds several messages: a render waits its turn on the executor)"
+    )
+    split = ", ".join(f"{name} {value * 1000:.1f}" for name, value in tasks["timeline"].items())
+    print(f"GPU-queue process time per article (ms): {split}")
+    print(f"machine CPU busy over the timed run: {busy:.0%} of {os.cpu_count()} cores")
+
+
+def report_farm(args, actual: float, cards: dict) -> float:
+    """Print the costed farm's rates and how its cards spent their time.
+
+    Args:
+        args: the options.
+        actual: seconds from the first send to the last article done.
+        cards: card → stage → seconds held (:func:`bench.cards.busy_seconds`).
+
+    Returns:
+        farm_efficiency: the farm's articles per hour over N cards' render + score rate.
+    """
+    per_article, one_card = card_rate(args)
+    farm = args.articles / actual * 3600
+    held = {stage: sum(c.get(stage, 0.0) for c in cards.values()) for stage in STAGE_NAMES}
+    total = sum(held.values()) or float("nan")
+    text = held["translate"] + held["extract"]
+    shares = ", ".join(f"{stage} {seconds / total:.1%}" for stage, seconds in held.items())
+    print(f"card time by stage: {shares} (from the calls the cards logged)")
+    print(f"cards busy: {total / (actual * args.gpu_processes):.1%} of {args.gpu_processes} x "
+          f"{actual:.1f}s; text share of card time: {text / total:.1%}")  # fmt: skip
+    print(f"one card's render + score rate: {one_card:.0f} articles/h "
+          f"({per_article:.3f}s per article, from the table)")  # fmt: skip
+    print(f"farm: {farm:.0f} articles/h ({args.articles} articles in {actual:.1f}s); "
+          f"{args.gpu_processes} cards' render + score rate: "
+          f"{args.gpu_processes * one_card:.0f} articles/h")  # fmt: skip
+    return farm / (args.gpu_processes * one_card)
+
+
+STAGE_NAMES = ("translate", "extract", "render", "score")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,37 +367,35 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = parse_args(argv)
     began = time.perf_counter()
-    print(
-        f"scale: {args.articles} articles, {args.gpu_processes} GPU-queue processes, "
-        f"render {args.render_seconds}s per image (sleep, no GPU on this machine), "
-        f"{os.cpu_count()} CPU cores",
-        flush=True,
-    )
-    with (
-        interrupt_on_sigterm(),
-        tempfile.TemporaryDirectory(prefix="bench-scale-") as workdir,
-        redis_database(args.redis_db) as broker_url,
-        fresh_database() as database_url,
-    ):
-        commands = worker_commands(args, database_url, broker_url, Path(workdir))
-        booting = time.perf_counter()
-        with running(
-            commands, Path(workdir), "worker", ready_timeout=300, tail_lines=15
-        ) as workers:
-            print(f"{len(workers)} worker processes ready in {time.perf_counter() - booting:.1f}s")
-            actual, tasks, busy = measure(args, database_url, broker_url, workers)
-    ideal = args.articles * args.render_seconds / args.gpu_processes
-    print(
-        f"mean per article on the GPU queue: renderer {tasks['renderer']:.3f}s per image; "
-        f"render {tasks['render']:.3f}s and score {tasks['score']:.3f}s from claim to stored "
-        f"(a process holds several messages: a render waits its turn on the executor)"
-    )
-    split = ", ".join(f"{name} {value * 1000:.1f}" for name, value in tasks["timeline"].items())
-    print(f"GPU-queue process time per article (ms): {split}")
-    print(f"machine CPU busy over the timed run: {busy:.0%} of {os.cpu_count()} cores")
-    print(f"ideal: {ideal:.1f}s  actual: {actual:.1f}s  ({args.articles / actual:.2f} articles/s)")
+    if args.costs:
+        batch = args.text_batch or Settings().text_batch_size
+        print(
+            f"scale: {args.articles} articles, {args.gpu_processes} cards, costs {args.costs} "
+            f"(bench/costs.toml, each call sleeps its cost; time scale {args.time_scale:g}), "
+            f"text on {args.text_on}, text batch {batch}, {os.cpu_count()} CPU cores",
+            flush=True,
+        )
+        window, tasks, busy, cards = run(args, costed_commands)
+    else:
+        print(
+            f"scale: {args.articles} articles, {args.gpu_processes} GPU-queue processes, "
+            f"render {args.render_seconds}s per image (sleep, no GPU on this machine), "
+            f"{os.cpu_count()} CPU cores",
+            flush=True,
+        )
+        window, tasks, busy, cards = run(args, fixed_render_commands)
+    actual = window[1] - window[0]
+    report_gpu_queue(tasks, busy)
+    if args.costs:
+        name, value = "farm_efficiency", report_farm(args, actual, cards)
+    else:
+        ideal = args.articles * args.render_seconds / args.gpu_processes
+        print(
+            f"ideal: {ideal:.1f}s  actual: {actual:.1f}s  ({args.articles / actual:.2f} articles/s)"
+        )
+        name, value = "scale_efficiency", ideal / actual
     print(f"whole benchmark, start-up and clean-up included: {time.perf_counter() - began:.0f}s")
-    print(f"scale_efficiency: {ideal / actual:.3f}")
+    print(f"{name}: {value:.3f}")
     return 0
 
 
