@@ -1,16 +1,18 @@
 """Structured attribute extraction with Phi-3 (``microsoft/Phi-3-mini-4k-instruct``).
 
 Decoding is constrained by outlines to the JSON schema of :class:`Attributes`, so every output
-parses and validates, even from a random-weight model. Every string field has a maximum length:
-without one a model (a random one always) may never close a string. A prompt and its answer's
-cap fit the model's context: a description too long for that is cut, with a notice.
+parses and validates, even from a random-weight model. Every string field is printable ASCII of
+a bounded length: without a bound a model (a random one always) may never close a string, and
+in ASCII one character is one byte, so the grammar's longest answer in bytes bounds its tokens
+exactly (:func:`max_json_tokens`, 449 for :class:`Attributes`). A prompt and that cap fit the
+model's context: a description too long for that is cut, with a notice.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
+import re
 import time
 from dataclasses import dataclass
 
@@ -38,10 +40,9 @@ RETURN_INSTRUCTIONS = (
     "text string), key_visual_features, color_material_details, design_aspects (simple "
     "comma-separated text strings). Do NOT include lists, arrays, or nested objects in your JSON."
 )
-# Constrained JSON can spend at most 4 bytes per character (a UTF-8 character; an escape such
-# as \n is 2), and a byte-level token is at least 1 byte, even when it is part of a character.
-MAX_BYTES_PER_CHAR = 4
-SAFETY_FACTOR = 1.25
+# The answers feed an English image prompt: printable ASCII without the quote and backslash
+# that JSON would escape, so each character is one byte and one token at most.
+ANSWER_CHARS = r"[ !#-\[\]-~]"
 # from_pretrained keyword arguments that are the runtime's own; the rest go to the model (and
 # the file-location ones to the tokenizer too).
 _OPTIONS = ("max_batch", "max_new_tokens", "static_cache")
@@ -49,17 +50,37 @@ _OPTIONS = ("max_batch", "max_new_tokens", "static_cache")
 WARM_UP_TOKENS = 8
 # Phi-3-mini-4k's context, for a config that does not say.
 DEFAULT_CONTEXT_TOKENS = 4096
+# The static KV cache's length: a prompt of up to 575 tokens (the instructions take 140 with
+# a 32k SentencePiece vocabulary of Phi-3's kind, the seed catalog's longest description 218)
+# and the answer's cap. One fixed length compiles once, and a batch of 8 holds 3 GiB of
+# Phi-3-mini's cache (384 KiB per token) where the whole context would take 12 GiB. A longer
+# prompt is generated with the dynamic cache.
+STATIC_CACHE_TOKENS = 1024
 
 logger = logging.getLogger("farm.extractor")
 
 
-class Attributes(pydantic.BaseModel):
-    """The four attributes extracted from one product description."""
+def answer_field(max_chars: int):
+    """A string field of at most ``max_chars`` characters of :data:`ANSWER_CHARS`.
 
-    product_type: str = Field(max_length=60)
-    key_visual_features: str = Field(max_length=200)
-    color_material_details: str = Field(max_length=200)
-    design_aspects: str = Field(max_length=200)
+    The limit is written into the pattern because outlines builds the grammar from the
+    pattern alone when a field has one.
+    """
+    return Field(pattern=rf"^{ANSWER_CHARS}{{0,{max_chars}}}$")
+
+
+class Attributes(pydantic.BaseModel):
+    """The four attributes extracted from one product description.
+
+    The lengths hold the answers the prompt asks for (a product type of a few words, two or
+    three features, colour and material, design details) with room to spare, and keep the
+    answer's token cap at 449, a ninth of Phi-3-mini's context.
+    """
+
+    product_type: str = answer_field(40)
+    key_visual_features: str = answer_field(100)
+    color_material_details: str = answer_field(100)
+    design_aspects: str = answer_field(100)
 
 
 @dataclass
@@ -78,25 +99,30 @@ class ExtractionResult:
 
 
 def max_json_tokens(schema: type[pydantic.BaseModel] = Attributes) -> int:
-    """Upper bound on the tokens a schema-constrained JSON object can take, with a margin.
+    """The most tokens a schema-constrained answer can take: the grammar's longest, in bytes.
+
+    A token is at least one byte, and every byte of the answer is bounded: the skeleton
+    (braces, quoted keys, colons, commas and the optional space the grammar allows around
+    each) and each value at its length limit in one-byte characters.
 
     Args:
-        schema: a model whose fields are all strings with a ``max_length``.
+        schema: a model whose fields are all :func:`answer_field` strings.
 
     Returns:
-        A ``max_new_tokens`` large enough for the grammar to always reach its end.
+        A ``max_new_tokens`` with which the grammar always reaches its end.
     """
-    # Skeleton: braces, quoted keys, colons, commas, empty values and the optional spaces.
+    # Per field its quoted name, colon, quoted value and four optional spaces; braces and
+    # the commas between the fields.
     fields = schema.model_fields
-    skeleton = 2 + sum(len(name) + 6 + 4 for name in fields)
+    skeleton = 2 + sum(len(name) + 5 + 4 for name in fields) + len(fields) - 1
     chars = 0
     for name, field in fields.items():
-        limits = [meta.max_length for meta in field.metadata if hasattr(meta, "max_length")]
-        if not limits:
-            raise ValueError(f"field {name!r} has no max_length")
-        chars += limits[0]
-    # + 1 for the end-of-sequence token that closes the grammar.
-    return math.ceil(SAFETY_FACTOR * (skeleton + MAX_BYTES_PER_CHAR * chars)) + 1
+        pattern = next((m.pattern for m in field.metadata if getattr(m, "pattern", None)), "")
+        limit = re.fullmatch(rf"\^{re.escape(ANSWER_CHARS)}\{{0,(\d+)\}}\$", pattern)
+        if not limit:
+            raise ValueError(f"field {name!r} is not a bounded answer field")
+        chars += int(limit.group(1))
+    return skeleton + chars + 1  # + the end-of-sequence token that closes the grammar
 
 
 class Extractor:
@@ -110,10 +136,12 @@ class Extractor:
         device: where the model runs.
         max_batch: how many prompts go through ``generate`` at once.
         max_new_tokens: cap on generated tokens; defaults to :func:`max_json_tokens`.
-        static_cache: generate with a static KV cache; on a CUDA GPU transformers then
-            compiles the decoding step (the first calls pay for it: see :meth:`warm_up`).
-            In float32 the same tokens come out either way (a unit test compares); in
-            bfloat16 other kernels may round differently.
+        static_cache: generate with a static KV cache of :data:`STATIC_CACHE_TOKENS`
+            (or the context, if shorter); on a CUDA GPU transformers then compiles the
+            decoding step (the first calls pay for it: see :meth:`warm_up`). A batch with a
+            prompt too long for it runs with the dynamic cache. In float32 the same tokens
+            come out either way (a unit test compares); in bfloat16 other kernels may round
+            differently.
     """
 
     def __init__(
@@ -137,6 +165,7 @@ class Extractor:
         self.context_tokens = (
             getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT_TOKENS
         )
+        self.static_cache_tokens = min(STATIC_CACHE_TOKENS, self.context_tokens)
         # The instructions alone must leave room for a description: checked once, here.
         if self._length(self.build_prompt(".")) >= self.prompt_budget():
             raise ValueError(
@@ -195,7 +224,8 @@ class Extractor:
         """
         start = time.perf_counter()
         prompts = [self.build_prompt(text)] * (self.max_batch if self.static_cache else 1)
-        self._generate(prompts, self.max_new_tokens if self.static_cache else WARM_UP_TOKENS)
+        tokens = self.max_new_tokens if self.static_cache else WARM_UP_TOKENS
+        self._generate(prompts, tokens, self.static_cache)
         return time.perf_counter() - start
 
     def check_inputs(self, texts: list[str]) -> None:
@@ -284,14 +314,26 @@ class Extractor:
         outputs: list[str] = []
         for first in range(0, len(prompts), self.max_batch):
             batch = list(prompts[first : first + self.max_batch])
-            outputs += self._generate(batch, self.max_new_tokens)
+            outputs += self._generate(batch, self.max_new_tokens, self._static_fits(batch))
 
         # 3. Validate every output; the grammar guarantees it, so a failure is a bug.
         attributes = [self._validate(output).model_dump() for output in outputs]
         seconds = time.perf_counter() - start
         return ExtractionResult(attributes=attributes, seconds=seconds, notices=list(notices))
 
-    def _generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+    def _static_fits(self, prompts: list[str]) -> bool:
+        # Whether the batch runs with the static cache: on, and its longest prompt and the
+        # answer's cap fit the cache's fixed length.
+        if not self.static_cache:
+            return False
+        longest = max(self._length(prompt) for prompt in prompts)
+        return longest + self.max_new_tokens <= self.static_cache_tokens
+
+    def _generate(self, prompts: list[str], max_new_tokens: int, static: bool) -> list[str]:
+        static_options = {
+            "cache_implementation": "static",
+            "max_cache_len": self.static_cache_tokens,
+        }
         with torch.inference_mode():
             outputs = self._generator.batch(
                 prompts,
@@ -302,7 +344,7 @@ class Extractor:
                 # <|end|>, which the grammar allows as text inside a JSON string.
                 eos_token_id=self.tokenizer.eos_token_id,
                 pad_token_id=self.tokenizer.pad_token_id,
-                **({"cache_implementation": "static"} if self.static_cache else {}),
+                **(static_options if static else {}),
             )
         return [outputs] if isinstance(outputs, str) else list(outputs)
 

@@ -8,12 +8,14 @@ vocabulary like the real model's; a few run on the tiny profile's byte-level BPE
 from __future__ import annotations
 
 import json
+import re
 
 import huggingface_hub.constants
 import pydantic
 import pytest
 import sentencepiece as spm
 import torch
+from outlines_core.json_schema import build_regex_from_schema
 
 from tests.real_tokenizers import (
     PHI3_ADDED_TOKENS,
@@ -21,7 +23,13 @@ from tests.real_tokenizers import (
     build_spm_phi3,
     mistral_spm_model,
 )
-from workers.extractor import Attributes, ExtractionResult, Extractor, max_json_tokens
+from workers.extractor import (
+    STATIC_CACHE_TOKENS,
+    Attributes,
+    ExtractionResult,
+    Extractor,
+    max_json_tokens,
+)
 from workers.tiny_text import build_tiny_phi3
 
 DESCRIPTIONS = [
@@ -261,21 +269,35 @@ def test_each_prompt_reaches_the_model_as_a_single_chat_turn(extractor, monkeypa
     assert all(text.count("<|user|>") == 1 and text.count("<|system|>") == 1 for text in seen)
 
 
-def test_default_max_new_tokens_covers_the_longest_schema_output(extractor):
-    # Every value at its max length in 4-byte characters: the most bytes the grammar allows.
-    longest = Attributes(
-        product_type="\U0001f457" * 60,
-        key_visual_features="\U0001f457" * 200,
-        color_material_details="\U0001f457" * 200,
-        design_aspects="\U0001f457" * 200,
-    )
-    payload = json.dumps(longest.model_dump(), ensure_ascii=False, separators=(" , ", " : "))
+def test_the_answer_cap_is_the_longest_answer_the_grammar_allows_in_bytes(extractor):
+    # Every value at its length limit, with every optional space: one byte per character.
+    limits = {"product_type": 40, "key_visual_features": 100}
+    limits |= {"color_material_details": 100, "design_aspects": 100}
+    longest = Attributes(**{name: "~" * size for name, size in limits.items()})
+    body = " , ".join(f'"{name}" : "{value}"' for name, value in longest.model_dump().items())
+    payload = "{ " + body + " }"
 
-    assert extractor.max_new_tokens == max_json_tokens(Attributes)
-    assert len(payload.encode()) + 1 <= max_json_tokens(Attributes)
+    assert json.loads(payload) == longest.model_dump()
+    assert extractor.max_new_tokens == max_json_tokens(Attributes) == len(payload.encode()) + 1
+    assert max_json_tokens(Attributes) < 512
+    with pytest.raises(pydantic.ValidationError):
+        Attributes(**{name: "~" * (size + 1) if name == "product_type" else "x"
+                      for name, size in limits.items()})  # fmt: skip
 
 
-def test_max_json_tokens_needs_a_max_length_on_every_field():
+def test_the_grammar_outlines_builds_keeps_the_answer_in_bounded_ascii():
+    regex = build_regex_from_schema(json.dumps(Attributes.model_json_schema()))
+
+    assert regex.count("{0,100}") == 3 and regex.count("{0,40}") == 1
+    assert re.fullmatch(regex, '{"product_type":"dress","key_visual_features":"a-line",'
+                        '"color_material_details":"red linen","design_aspects":"zip"}')  # fmt: skip
+    assert not re.search(regex.replace("\\{", "{"), '"product_type":"cr\u00eape"')
+    with pytest.raises(pydantic.ValidationError):
+        Attributes(product_type="crêpe dress", key_visual_features="", color_material_details="",
+                   design_aspects="")  # fmt: skip
+
+
+def test_max_json_tokens_needs_a_bounded_answer_field_everywhere():
     class Unbounded(pydantic.BaseModel):
         name: str
 
@@ -283,9 +305,31 @@ def test_max_json_tokens_needs_a_max_length_on_every_field():
         max_json_tokens(Unbounded)
 
 
+def test_a_static_cache_has_one_fixed_length_and_long_prompts_use_the_dynamic_one(
+    spm_phi3_dir, monkeypatch
+):
+    static = Extractor.from_pretrained(
+        str(spm_phi3_dir), torch.device("cpu"), max_batch=2, static_cache=True
+    )
+    calls = []
+    generate = static.model.generate
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("cache_implementation"), kwargs.get("max_cache_len")))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(static.model, "generate", spy)
+    long = "A wool coat. " + " ".join(f"panel{i} with a seam" for i in range(200))
+    static([DESCRIPTIONS[0], DESCRIPTIONS[1]])
+    static([DESCRIPTIONS[2], long])
+
+    assert calls == [("static", STATIC_CACHE_TOKENS), (None, None)]
+    assert static.model._previous_max_cache_length == STATIC_CACHE_TOKENS
+
+
 def test_extractor_raises_runtime_error_instead_of_falling_back(extractor, monkeypatch):
     truncated = ['{"product_type": "dress"}']
-    monkeypatch.setattr(extractor, "_generate", lambda prompts, tokens: truncated)
+    monkeypatch.setattr(extractor, "_generate", lambda prompts, tokens, static: truncated)
 
     with pytest.raises(RuntimeError):
         extractor(["A red dress."])
