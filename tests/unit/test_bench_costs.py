@@ -1,0 +1,158 @@
+"""The cost table, the costed runtimes and their card lock, and bench.scale's plan per shape."""
+
+import os
+import threading
+import time
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from bench import cards, costs, fake_runtimes, scale, shapes  # noqa: E402
+from tasks.settings import Settings  # noqa: E402
+
+STAGES = ("translate", "extract", "render", "score")
+
+
+def test_every_figure_of_the_table_names_its_source():
+    table = costs.load()
+    assert set(table["h100"]) == set(STAGES)
+    assert {"translate", "extract"} <= set(table["cpu"])
+    for stages in table.values():
+        for cost in stages.values():
+            assert set(cost.sources) == set(costs.FIGURES)
+            assert all(len(source) > 20 for source in cost.sources.values())
+
+
+def test_a_figure_without_a_source_is_refused(tmp_path):
+    path = tmp_path / "costs.toml"
+    path.write_text(
+        "[x.render.per_call]\nseconds = 1.0\nsource = 'a blog'\n"
+        "[x.render.per_item]\nseconds = 0.0\n"
+    )
+    with pytest.raises(ValueError, match="x.render.per_item: a figure must name its source"):
+        costs.load(path)
+
+
+def test_a_call_costs_its_fixed_part_plus_each_input():
+    cost = costs.StageCost(per_call=2.0, per_item=0.5, sources={})
+    assert cost.seconds(1) == 2.5 and cost.seconds(8) == 6.0
+    assert cost.per_article(8) == pytest.approx(0.75)
+
+
+def test_an_unknown_profile_is_named_with_the_known_ones():
+    with pytest.raises(ValueError, match="h100"):
+        costs.profile_costs("tpu")
+
+
+def small_table(tmp_path, seconds: float = 0.05):
+    lines = []
+    for stage in STAGES:
+        lines += [f"[t.{stage}.per_call]", f"seconds = {seconds}", "source = 'test'"]
+        lines += [f"[t.{stage}.per_item]", "seconds = 0.01", "source = 'test'"]
+    path = tmp_path / "costs.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_costed_runtimes_sleep_the_cost_and_answer_like_the_real_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv(fake_runtimes.COST_TABLE_ENV, str(small_table(tmp_path)))
+    monkeypatch.setenv(fake_runtimes.COST_PROFILE_ENV, "t")
+    monkeypatch.setenv(fake_runtimes.TIME_SCALE_ENV, "2")
+    monkeypatch.setenv(fake_runtimes.CARDS_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    runtimes = fake_runtimes.costed(STAGES, Settings())
+    began = time.perf_counter()
+    translated = runtimes.translate(["a", "b", "c"])
+    assert time.perf_counter() - began >= 2 * (0.05 + 3 * 0.01) - 0.005
+    assert translated.texts == ["a", "b", "c"]
+    assert set(runtimes.extract(["x"]).attributes[0]) == set(fake_runtimes.ATTRIBUTES)
+    images = runtimes.render(["p"], [7]).images
+    assert images[0].size == (16, 16)
+    assert runtimes.score(images, ["p"]).scores == [30.0]
+    logged = cards.log_path(tmp_path, "3").read_text().split()
+    assert logged[0::4] == ["translate", "extract", "render", "score"]
+
+
+def test_two_holders_of_one_card_take_turns_and_other_cards_do_not_wait(tmp_path):
+    spans = {}
+
+    def call(name, card):
+        spans[name] = cards.hold(tmp_path, card, "render", 0.2, 1)
+
+    threads = [threading.Thread(target=call, args=a) for a in (("a", "0"), ("b", "0"), ("c", "1"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    first, second = sorted((spans["a"], spans["b"]))
+    assert second[0] >= first[1] - 0.001  # one card: one call at a time
+    assert spans["c"][0] < max(spans["a"][0], spans["b"][0])  # another card: side by side
+    busy = cards.busy_seconds(tmp_path, (0.0, time.time() + 1))
+    assert busy["0"]["render"] == pytest.approx(0.4, abs=0.05)
+
+
+def test_card_time_is_clipped_to_the_window(tmp_path):
+    cards.log_path(tmp_path, "0").write_text("extract 10.0 14.0 8\nrender 14.0 15.0 1\n")
+    assert cards.busy_seconds(tmp_path, (12.0, 14.5)) == {"0": {"extract": 2.0, "render": 0.5}}
+
+
+def test_scale_keeps_the_fixed_render_mode_by_default():
+    args = scale.parse_args(["--gpu-processes", "3", "--quick"])
+    assert args.costs is None and args.gpu_processes == 3
+    assert args.articles == scale.QUICK_ARTICLES
+
+
+def test_scale_reads_the_costed_options():
+    args = scale.parse_args(["--gpus", "4", "--costs", "h100", "--text-on", "cpu", "--quick"])
+    assert (args.gpu_processes, args.costs, args.text_on) == (4, "h100", "cpu")
+    assert args.articles == scale.COSTED_QUICK_ARTICLES and args.time_scale == 1.0
+    assert scale.parse_args(["--costs", "h100"]).articles == scale.COSTED_ARTICLES
+    with pytest.raises(ValueError, match="no profile"):
+        scale.parse_args(["--costs", "tpu"])
+    with pytest.raises(SystemExit):
+        scale.parse_args(["--costs", "h100", "--text-on", "tpu"])
+
+
+def test_one_cards_rate_is_a_render_and_a_share_of_a_full_score_batch():
+    args = scale.parse_args(["--costs", "h100", "--time-scale", "2"])
+    table = costs.profile_costs("h100")
+    per_image = table["render"].seconds(1) + table["score"].seconds(4) / 4
+    seconds, rate = scale.card_rate(args)
+    assert seconds == pytest.approx(2 * per_image) and rate == pytest.approx(3600 / seconds)
+
+
+def plan(shape, tmp_path, **kwargs):
+    urls = ("postgresql+psycopg://x/y", "redis://z/13")
+    return shapes.worker_commands(shape, 2, "h100", urls, tmp_path, **kwargs)
+
+
+def queues(argv):
+    return argv[argv.index("--queues") + 1]
+
+
+def test_the_shipped_shape_serves_text_on_every_card(tmp_path):
+    planned = plan("gpu", tmp_path, text_batch=32)
+    assert [queues(argv) for argv, _ in planned] == ["farm.text,farm.gpu"] * 2
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in planned] == ["0", "1"]
+    for _argv, env in planned:
+        assert env["FARM_TEXT_BATCH_SIZE"] == "32"
+        assert env[fake_runtimes.COST_PROFILE_ENV] == "h100"
+        assert env[fake_runtimes.CARDS_DIR_ENV] == str(tmp_path)
+
+
+def test_todays_shape_adds_one_text_process_on_the_cpu_with_cpu_costs(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    planned = plan("cpu", tmp_path)
+    assert [queues(argv) for argv, _ in planned] == ["farm.gpu", "farm.gpu", "farm.text"]
+    text_env = planned[-1][1]
+    assert text_env["FARM_DEVICE"] == "cpu" and "CUDA_VISIBLE_DEVICES" not in text_env
+    assert text_env[fake_runtimes.COST_PROFILE_ENV] == "cpu"
+    assert text_env["FARM_TEXT_BATCH_SIZE"] == str(Settings().text_batch_size)
+
+
+def test_the_card_shape_pins_its_text_process_to_card_0(tmp_path):
+    planned = plan("card", tmp_path)
+    assert [queues(argv) for argv, _ in planned] == ["farm.gpu", "farm.gpu", "farm.text"]
+    assert planned[-1][1]["CUDA_VISIBLE_DEVICES"] == "0"
+    assert planned[-1][1][fake_runtimes.COST_PROFILE_ENV] == "h100"
