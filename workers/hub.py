@@ -4,6 +4,10 @@ Workers never download at boot: ``farm models fetch`` puts exactly the files a p
 into the cache once (``REPO_FILES``), and a worker whose model is missing stops before it takes
 work, naming the command that fetches it. Local folders (the ``tiny`` profile, or a model id
 overridden by a path) are checked the same way, without a revision.
+
+Each hub repo loads one commit: the one the lock file pins (:mod:`workers.lock`), else the
+one its revision's ref names in the cache, resolved once at boot (:func:`model_commits`) so
+that what a worker records is what it loaded.
 """
 
 from __future__ import annotations
@@ -33,10 +37,13 @@ class ModelCheck:
     Attributes:
         role: ``translator``, ``extractor``, ``renderer``, ``lora`` or ``scorer``.
         model_id: hub repo id or local folder.
-        revision: the revision asked for (``local`` for a folder).
+        revision: the revision looked for: the locked commit, else the branch, tag or commit
+            asked for (``local`` for a folder).
         folder: the snapshot (or local) folder, ``None`` when the repo is not cached at all.
         missing: required files that are not there.
         size: bytes of the files the farm loads from it.
+        commit: the snapshot's commit when there is one (``local`` for a folder).
+        locked: whether the lock file pins ``revision``.
     """
 
     role: str
@@ -45,6 +52,8 @@ class ModelCheck:
     folder: Path | None
     missing: list[str] = field(default_factory=list)
     size: int = 0
+    commit: str | None = None
+    locked: bool = False
 
     @property
     def present(self) -> bool:
@@ -137,14 +146,17 @@ def loaded_files(folder: Path, role: str) -> list[Path]:
     ]
 
 
-def check_model(role: str, model_id: str, revision: str, cache: Path | None = None) -> ModelCheck:
+def check_model(
+    role: str, model_id: str, revision: str, cache: Path | None = None, locked: bool = False
+) -> ModelCheck:
     """Check one model of a profile in the cache (or its local folder).
 
     Args:
         role: the model's role in the profile.
         model_id: hub repo id or local folder.
-        revision: the revision the profile pins (ignored for a folder).
+        revision: the revision the profile loads (ignored for a folder).
         cache: the hub cache; :func:`hub_cache` when omitted.
+        locked: whether ``revision`` is a commit the lock file pins (for messages).
 
     Returns:
         What is there and what is missing.
@@ -152,8 +164,11 @@ def check_model(role: str, model_id: str, revision: str, cache: Path | None = No
     if is_local(model_id):
         folder = Path(model_id).expanduser()
         check = ModelCheck(role, model_id, "local", folder if folder.is_dir() else None)
+        check.commit = "local"
     else:
-        check = ModelCheck(role, model_id, revision, snapshot_folder(model_id, revision, cache))
+        folder = snapshot_folder(model_id, revision, cache)
+        check = ModelCheck(role, model_id, revision, folder, locked=locked)
+        check.commit = folder.name if folder else None
     if check.folder is None:
         return check
     check.missing = missing_files(check.folder, role)
@@ -174,10 +189,11 @@ def check_profile(profile: Profile, stages=None, cache: Path | None = None) -> l
     """
     roles = {role for stage in (stages or STAGE_ROLES) for role in STAGE_ROLES[stage]}
     return [
-        check_model(role, model_id, profile.revision, cache)
+        check_model(role, model_id, profile.revision_for(model_id), cache,
+                    locked=model_id in profile.locked)
         for role, model_id in profile.model_ids().items()
         if role in roles
-    ]
+    ]  # fmt: skip
 
 
 def fetch_command(profile: Profile) -> str:
@@ -196,7 +212,7 @@ def describe_missing(checks: list[ModelCheck], profile: Profile) -> str:
         The message, or ``""`` when nothing is missing.
     """
     lines = [
-        f"{check.role} {check.model_id} ({check.revision}) "
+        f"{check.role} {check.model_id} ({_which(check, profile)}) "
         + (f"lacks {', '.join(check.missing)}" if check.folder else "is not there")
         for check in checks
         if not check.present
@@ -208,6 +224,50 @@ def describe_missing(checks: list[ModelCheck], profile: Profile) -> str:
         f"models not found{where}: " + "; ".join(lines) + f". Fetch them with: "
         f"{fetch_command(profile)} (HF_HOME or HF_HUB_CACHE choose the cache)"
     )
+
+
+def _which(check: ModelCheck, profile: Profile) -> str:
+    """The revision a check looked for, in words: a locked commit says where it is locked."""
+    if check.locked:
+        return f"commit {check.revision}, locked in {profile.lock_file}"
+    return check.revision
+
+
+def resolve_commit(model_id: str, revision: str, cache: Path | None = None) -> str | None:
+    """The commit a model loads, from the cache alone.
+
+    Args:
+        model_id: hub repo id or local folder.
+        revision: branch, tag or commit of a hub repo.
+        cache: the hub cache; :func:`hub_cache` when omitted.
+
+    Returns:
+        The commit id; ``local`` for a folder; ``None`` when the cache has no such ref.
+    """
+    if is_local(model_id):
+        return "local"
+    folder = snapshot_folder(model_id, revision, cache)
+    return folder.name if folder else None
+
+
+def model_commits(profile: Profile, roles=None, cache: Path | None = None) -> dict[str, dict]:
+    """Role → ``{"repo", "commit"}`` of the models a profile loads, resolved in the cache.
+
+    Args:
+        profile: the profile (its locked commits, else its revisions).
+        roles: the roles to resolve; all the profile loads when omitted.
+        cache: the hub cache; :func:`hub_cache` when omitted.
+
+    Returns:
+        Plain data, recorded with every result: ``commit`` is a commit id, ``local`` for a
+        folder, or ``None`` for a ref the cache lacks.
+    """
+    return {
+        role: {"repo": model_id,
+               "commit": resolve_commit(model_id, profile.revision_for(model_id), cache)}
+        for role, model_id in profile.model_ids().items()
+        if roles is None or role in roles
+    }  # fmt: skip
 
 
 def fetch_model(role: str, repo_id: str, revision: str) -> Path:

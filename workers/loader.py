@@ -1,14 +1,19 @@
-"""Load the model runtimes a worker process needs, once, before it takes work."""
+"""Load the model runtimes a worker process needs, once, before it takes work.
+
+Each hub repo loads the one commit resolved as the process starts (the lock file's, else
+the one its revision's ref names in the cache); :attr:`Runtimes.model_commits` keeps them as
+plain data, which the stages record with their results.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from workers.devices import default_dtype, resolve_device
-from workers.hub import is_local
+from workers.hub import STAGE_ROLES, model_commits
 from workers.profiles import Profile
 
 logger = logging.getLogger("farm.workers")
@@ -18,13 +23,18 @@ STAGES = ("translate", "extract", "render", "score")
 
 @dataclass
 class Runtimes:
-    """The loaded runtimes of one process, by stage name; ``None`` where not loaded."""
+    """The loaded runtimes of one process, by stage name; ``None`` where not loaded.
+
+    ``model_commits`` is role → ``{"repo": id or folder, "commit": id or "local"}`` of the
+    models loaded (:func:`workers.hub.model_commits`); empty for runtimes of a factory.
+    """
 
     profile: Profile
     translate: object | None = None
     extract: object | None = None
     render: object | None = None
     score: object | None = None
+    model_commits: dict[str, dict] = field(default_factory=dict)
 
 
 def load_runtimes(
@@ -55,12 +65,16 @@ def load_runtimes(
         raise ValueError(f"unknown stages: {', '.join(sorted(unknown))}")
     torch_device = resolve_device(device)
     dtype = default_dtype(torch_device)
-    runtimes = Runtimes(profile=profile)
+    roles = {role for stage in wanted for role in STAGE_ROLES[stage]}
+    commits = model_commits(profile, roles)
+    runtimes = Runtimes(profile=profile, model_commits=commits)
     options = {"render": dict(render_options or {}), "extract": dict(extract_options or {})}
     for stage in STAGES:
         if stage in wanted:
             started = time.perf_counter()
-            loaded = _LOADERS[stage](profile, torch_device, dtype, **options.get(stage, {}))
+            loaded = _LOADERS[stage](
+                profile, commits, torch_device, dtype, **options.get(stage, {})
+            )
             setattr(runtimes, stage, loaded)
             logger.info(
                 "loaded %s model on %s in %.1fs", stage, torch_device, time.perf_counter() - started
@@ -81,52 +95,68 @@ def quiet_library_logs() -> None:
     diffusers.logging.disable_progress_bar()
 
 
-def revision_of(profile: Profile, model_id: str) -> dict:
-    """``revision=`` for a hub repo id (the profile pins it), nothing for a local folder."""
-    return {} if is_local(model_id) else {"revision": profile.revision}
+def revision_of(commits: Mapping[str, dict], role: str, profile: Profile) -> dict:
+    """``revision=`` for a hub repo: the commit resolved for it; nothing for a local folder.
+
+    Args:
+        commits: from :func:`workers.hub.model_commits`.
+        role: the model's role.
+        profile: the profile; its revision stands in for a commit the cache could not name
+            (the load then fails, saying what is missing).
+
+    Returns:
+        Keyword arguments for the model's ``from_pretrained``.
+    """
+    entry = commits[role]
+    if entry["commit"] == "local":
+        return {}
+    return {"revision": entry["commit"] or profile.revision_for(entry["repo"])}
 
 
-def _translator(profile, device, dtype):
+def _translator(profile, commits, device, dtype):
     from workers.translator import Translator
 
-    model_id = profile.translator
     return Translator.from_pretrained(
-        model_id, device=device, dtype=dtype, **revision_of(profile, model_id)
+        profile.translator,
+        device=device,
+        dtype=dtype,
+        **revision_of(commits, "translator", profile),
     )
 
 
-def _extractor(profile, device, dtype, **options):
+def _extractor(profile, commits, device, dtype, **options):
     from workers.extractor import Extractor
 
-    model_id = profile.extractor
-    options |= revision_of(profile, model_id)
-    return Extractor.from_pretrained(model_id, device=device, dtype=dtype, **options)
+    options |= revision_of(commits, "extractor", profile)
+    return Extractor.from_pretrained(profile.extractor, device=device, dtype=dtype, **options)
 
 
-def _renderer(profile, device, dtype, **options):
+def _renderer(profile, commits, device, dtype, **options):
     from workers.renderer import Renderer
 
+    lora_revision = revision_of(commits, "lora", profile).get("revision") if profile.lora else None
     return Renderer.from_pretrained(
         profile.renderer,
         lora=profile.lora,
         lora_weight_name=profile.lora_weight_name(),
+        lora_revision=lora_revision,
         device=device,
         dtype=dtype,
         width=profile.width,
         height=profile.height,
         steps=profile.steps,
         **options,
-        **revision_of(profile, profile.renderer),
+        **revision_of(commits, "renderer", profile),
     )
 
 
-def _scorer(profile, device, _dtype):
+def _scorer(profile, commits, device, _dtype):
     from workers.scorer import Scorer
 
     # Not the device's dtype: CLIP scores are compared against a threshold and each other, and
     # bf16 rounds them too coarsely for that. The scorer loads in float32 itself.
     return Scorer.from_pretrained(
-        profile.scorer, device=device, **revision_of(profile, profile.scorer)
+        profile.scorer, device=device, **revision_of(commits, "scorer", profile)
     )
 
 

@@ -9,7 +9,8 @@ is tested) without any download. Tiny images are noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROLES = ("translator", "extractor", "renderer", "lora", "scorer")
@@ -112,7 +113,14 @@ REPO_FILES = {
 
 @dataclass(frozen=True)
 class Profile:
-    """Model ids (hub ids or local folders), revisions and render shape for one profile."""
+    """Model ids (hub ids or local folders), revisions and render shape for one profile.
+
+    Attributes:
+        revision: the revision of every hub repo not named in ``revisions``.
+        revisions: repo id → branch, tag or commit (``FARM_MODEL_REVISIONS``).
+        locked: repo id → the commit the lock file pins it to; wins over both revisions.
+        lock_file: the lock file ``locked`` was read from, for messages; ``None`` without one.
+    """
 
     name: str
     translator: str
@@ -124,6 +132,24 @@ class Profile:
     height: int
     steps: int
     revision: str = DEFAULT_REVISION
+    revisions: Mapping[str, str] = field(default_factory=dict)
+    locked: Mapping[str, str] = field(default_factory=dict)
+    lock_file: str | None = None
+
+    def revision_for(self, model_id: str) -> str:
+        """The revision to load of a hub repo: its locked commit, else its own revision.
+
+        Args:
+            model_id: a hub repo id of this profile.
+
+        Returns:
+            A commit id, branch or tag.
+        """
+        return self.locked.get(model_id) or self.asked_revision(model_id)
+
+    def asked_revision(self, model_id: str) -> str:
+        """The revision the settings ask for of a hub repo, whatever the lock file pins."""
+        return self.revisions.get(model_id, self.revision)
 
     def model_ids(self) -> dict[str, str]:
         """Role → model id (hub id or local folder), for every model the profile loads.

@@ -106,6 +106,7 @@ class Renderer:
         vae_tiling: bool = False,
         vae_slicing: bool = False,
         revision: str | None = None,
+        lora_revision: str | None = None,
         **kwargs: object,
     ) -> Renderer:
         """Load a FLUX pipeline, bake an optional LoRA into its weights, and wrap it.
@@ -132,6 +133,7 @@ class Renderer:
             vae_tiling: decode the image in tiles (less VRAM at large sizes).
             vae_slicing: decode a batch one image at a time (less VRAM for big batches).
             revision: hub revision of ``model_id`` (ignored for a local folder).
+            lora_revision: hub revision of ``lora`` (``None`` for a local folder).
             **kwargs: passed to the renderer (``guidance_scale``, ``max_sequence_length``) or
                 else to ``FluxPipeline.from_pretrained``.
 
@@ -154,8 +156,9 @@ class Renderer:
         check_loaded_dtype(pipeline, dtype)
         fast_path = dict(compile=compile, fp8=fp8, vae_tiling=vae_tiling, vae_slicing=vae_slicing)
         prepare_pipeline(
-            pipeline, device, placement, lora, lora_scale, lora_weight_name, **fast_path
-        )
+            pipeline, device, placement, lora, lora_scale, lora_weight_name,
+            lora_revision=lora_revision, **fast_path,
+        )  # fmt: skip
         renderer = cls(pipeline, device, width, height, steps, **init_kwargs)
         if compile:
             seconds = renderer.warm_up()
@@ -258,6 +261,7 @@ def prepare_pipeline(
     lora_scale: float = 1.0,
     lora_weight_name: str | None = None,
     *,
+    lora_revision: str | None = None,
     compile: bool = False,
     fp8: bool = False,
     vae_tiling: bool = False,
@@ -273,13 +277,14 @@ def prepare_pipeline(
         lora: hub id or local folder of a LoRA to fuse, or ``None``.
         lora_scale: strength the LoRA is fused with.
         lora_weight_name: the LoRA's weights file, or ``None`` to let diffusers find it.
+        lora_revision: the LoRA's hub revision (``None`` for a local folder).
         compile: compile the transformer's repeated blocks (they compile on the first call).
         fp8: quantise the transformer's linear layers to float8.
         vae_tiling: decode in tiles.
         vae_slicing: decode a batch one image at a time.
     """
     if lora:
-        fuse_lora(pipeline, lora, lora_scale, weight_name=lora_weight_name)
+        fuse_lora(pipeline, lora, lora_scale, weight_name=lora_weight_name, revision=lora_revision)
     if fp8:
         quantize_fp8(pipeline.transformer)
     place_pipeline(pipeline, device, placement)
@@ -352,7 +357,11 @@ def check_options(device: torch.device, placement: str, compile: bool, fp8: bool
 
 
 def fuse_lora(
-    pipeline: FluxPipeline, lora: str, scale: float = 1.0, weight_name: str | None = None
+    pipeline: FluxPipeline,
+    lora: str,
+    scale: float = 1.0,
+    weight_name: str | None = None,
+    revision: str | None = None,
 ) -> None:
     """Bake a LoRA into the pipeline's weights and drop the adapter modules.
 
@@ -362,8 +371,9 @@ def fuse_lora(
         scale: strength the LoRA is fused with.
         weight_name: the weights file in the LoRA's repo or folder; ``None`` lets diffusers
             look for it, which it refuses to do for a hub id with ``HF_HUB_OFFLINE=1``.
+        revision: the hub revision of ``lora`` (a commit pins it); ``None`` for a folder.
     """
-    pipeline.load_lora_weights(lora, weight_name=weight_name)
+    pipeline.load_lora_weights(lora, weight_name=weight_name, revision=revision)
     # fuse_lora fuses only the transformer unless told otherwise, and unloading drops what was
     # not fused: name every component the LoRA went into (a text encoder too, for some).
     components = [name for name, adapters in pipeline.get_list_adapters().items() if adapters]
