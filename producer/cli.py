@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import click
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.live import Live
 
@@ -59,7 +59,10 @@ class FarmGroup(click.Group):
 def main(ctx: click.Context, **flags) -> None:
     """fashion-farm: German catalog descriptions in, catalog product photos out."""
     overrides = {name: value for name, value in flags.items() if value is not None}
-    ctx.obj = Settings(**overrides)
+    try:
+        ctx.obj = Settings(**overrides)
+    except ValidationError as error:
+        guards.fail(guards.settings_problem(error), guards.EXIT_USAGE)
 
 
 def _read(settings: Settings, files, sheet, columns) -> list:

@@ -5,9 +5,11 @@ stderr and a documented exit code, never a traceback. The exit codes of the ``fa
 
 ====  ==========================================================================
  0    done
- 1    a model is missing, a worker cannot serve (no CUDA device, its models fail
-      to load), or articles of ``farm run`` failed
- 2    bad input or usage: catalog problems, options (click's own code for usage)
+ 1    a model (or the commit the lock file pins) is missing, the lock file is
+      unusable, a worker cannot serve (no CUDA device, its models fail to
+      load), or articles of ``farm run`` failed
+ 2    bad input or usage: catalog problems, options (click's own code for usage),
+      a ``FARM_*`` setting of the wrong form
  3    the broker cannot be reached
  4    a model download failed
  5    the database cannot be used: an unsupported or malformed URL, no database
@@ -29,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -148,6 +151,22 @@ def exit_code_of(error: BaseException) -> int | None:
     if isinstance(error, FarmError) and isinstance(code, int):
         return code
     return None
+
+
+def settings_problem(error: ValidationError) -> str:
+    """One line naming each ``FARM_*`` variable (or flag) whose value is wrong, and why.
+
+    Args:
+        error: what reading :class:`tasks.settings.Settings` raised.
+
+    Returns:
+        The message.
+    """
+    problems = []
+    for item in error.errors():
+        name = "FARM_" + "_".join(str(part) for part in item["loc"][:1]).upper()
+        problems.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
+    return "bad setting: " + "; ".join(problems)
 
 
 def fail(message: object, code: int) -> None:

@@ -20,12 +20,13 @@ console = Console(stderr=True, soft_wrap=True)
 # Exit codes of these commands (README, "Models").
 EXIT_MISSING = 1
 EXIT_FETCH_FAILED = 4
+EXIT_OUTPUT = 6
 
 
-def _profile(settings: Settings):
-    from workers.profiles import resolve_profile
+def _profile(settings: Settings, use_lock: bool = True):
+    from tasks.model_pins import settings_profile
 
-    return resolve_profile(settings.profile, settings.model_cache, **settings.profile_overrides())
+    return settings_profile(settings, use_lock)
 
 
 def require_models(settings: Settings, stages=None) -> None:
@@ -57,19 +58,24 @@ def models() -> None:
 @models.command()
 @click.pass_obj
 def check(settings: Settings) -> None:
-    """Say per model whether it is in the cache (offline), its size and revision.
+    """Say per model whether it is in the cache (offline), its size, revision and commit.
 
-    Exits 1 when a model is missing, naming the command that fetches it.
+    Exits 1 when a model (or the commit the lock file pins) is missing, naming the command
+    that fetches it.
     """
     from workers.hub import check_profile, describe_missing, hub_cache
 
     profile = _profile(settings)
     checks = check_profile(profile)
     click.echo(f"cache: {hub_cache()}")
+    click.echo(f"lock: {profile.lock_file or f'none ({settings.lock_file()} is not there)'}")
     for item in checks:
         state = "present" if item.present else "missing " + (", ".join(item.missing) or "all")
         size = size_text(item.size)
-        click.echo(f"{item.role:<10}  {item.model_id}@{item.revision}  {state}  {size}")
+        asked = "local" if item.revision == "local" else profile.asked_revision(item.model_id)
+        commit = item.commit or (item.revision if item.locked else "-")
+        pinned = f"{'locked ' if item.locked else ''}{commit}"
+        click.echo(f"{item.role:<10}  {item.model_id}@{asked}  {pinned}  {state}  {size}")
     message = describe_missing(checks, profile)
     if message:
         console.print(message, style="red", markup=False, highlight=False)
@@ -77,43 +83,82 @@ def check(settings: Settings) -> None:
 
 
 @models.command()
+@click.option(
+    "--update", is_flag=True, help="Resolve the revisions on the hub again; rewrite the lock file."
+)
 @click.pass_obj
-def fetch(settings: Settings) -> None:
-    """Download exactly the files the profile loads into the Hugging Face cache.
+def fetch(settings: Settings, update: bool) -> None:
+    """Download exactly the files the profile loads into the Hugging Face cache, and write the
+    lock file (FARM_MODELS_LOCK) naming the commit of each repo.
 
-    Models already complete in the cache are not asked for again. Exits 4 when a download fails.
+    With a lock file, exactly its commits are fetched; models already complete in the cache
+    are not asked for again. --update asks the hub what each revision names now. Exits 4
+    when a download fails.
     """
     from huggingface_hub import constants
 
-    from workers.hub import check_profile, fetch_command, fetch_model, is_local
+    from workers.hub import check_profile, fetch_command
 
-    profile = _profile(settings)
+    profile = _profile(settings, use_lock=not update)
     checks = check_profile(profile)
-    if constants.is_offline_mode() and not all(item.present for item in checks):
-        console.print(
-            "HF_HUB_OFFLINE=1 is set, so nothing can be downloaded: run "
-            f"HF_HUB_OFFLINE=0 {fetch_command(profile)}",
-            style="red",
-            markup=False,
-            highlight=False,
-        )
-        sys.exit(EXIT_FETCH_FAILED)
+    if constants.is_offline_mode() and (update or not all(item.present for item in checks)):
+        _fail(f"HF_HUB_OFFLINE=1 is set, so nothing can be downloaded: run "
+              f"HF_HUB_OFFLINE=0 {fetch_command(profile)}", EXIT_FETCH_FAILED)  # fmt: skip
+    commits = {item.model_id: _fetched_commit(item, update) for item in checks}
+    _write_lock(settings, profile, checks, commits, update)
+
+
+def _fail(message: str, code: int) -> None:
+    console.print(message, style="red", markup=False, highlight=False)
+    sys.exit(code)
+
+
+def _fetched_commit(item, update: bool) -> str | None:
+    """Fetch one model unless the cache holds it; its commit (None for a local folder)."""
+    from workers.hub import fetch_model, is_local
+
+    if is_local(item.model_id):
+        console.print(f"{item.role} {item.model_id}: local folder")
+        return None
+    if item.present and not update:
+        console.print(f"{item.role} {item.model_id}: present ({size_text(item.size)})")
+        return item.commit
+    console.print(f"{item.role} {item.model_id}: fetching revision {item.revision}...")
+    try:
+        folder = fetch_model(item.role, item.model_id, item.revision)
+    except Exception as error:  # hub, network and disk errors all end the command alike
+        _fail(f"could not fetch {item.model_id} ({item.revision}): {error}", EXIT_FETCH_FAILED)
+    console.print(f"{item.role} {item.model_id}: {folder}")
+    return folder.name
+
+
+def _write_lock(settings: Settings, profile, checks, commits: dict, update: bool) -> None:
+    """Write the lock file: the entries kept, plus every hub repo fetched or found."""
+    from workers.hub import loaded_files, snapshot_folder
+    from workers.lock import LockedRepo, read_lock, write_lock
+
+    path = settings.lock_file()
+    repos = {} if update else dict(read_lock(path) or {})
     for item in checks:
-        if item.present or is_local(item.model_id):
-            console.print(f"{item.role} {item.model_id}: present ({size_text(item.size)})")
+        commit = commits[item.model_id]
+        if commit is None:
             continue
-        console.print(f"{item.role} {item.model_id}: fetching revision {item.revision}...")
-        try:
-            folder = fetch_model(item.role, item.model_id, item.revision)
-        except Exception as error:  # hub, network and disk errors all end the command alike
-            console.print(
-                f"could not fetch {item.model_id} ({item.revision}): {error}",
-                style="red",
-                markup=False,
-                highlight=False,
-            )
-            sys.exit(EXIT_FETCH_FAILED)
-        console.print(f"{item.role} {item.model_id}: {folder}")
+        folder = snapshot_folder(item.model_id, commit)
+        files = {p.relative_to(folder).as_posix(): p.stat().st_size
+                 for p in loaded_files(folder, item.role)}  # fmt: skip
+        asked, old = profile.asked_revision(item.model_id), repos.get(item.model_id)
+        if item.locked and old.revision != asked:
+            console.print(f"{item.model_id}: locked at {commit} ({old.revision}); the settings "
+                          f"ask for {asked}: farm models fetch --update moves it")  # fmt: skip
+        revision = old.revision if item.locked else asked
+        repos[item.model_id] = LockedRepo(commit, revision, files)
+    if not repos:
+        return  # only local folders: nothing to pin
+    try:
+        write_lock(path, repos)
+    except OSError as error:
+        _fail(f"cannot write the lock file {path}: {error.strerror or error}", EXIT_OUTPUT)
+    console.print(f"lock: {path} ({len(repos)} repos)")
 
 
 @models.command()

@@ -43,6 +43,7 @@ from tasks import context
 from tasks.context import ARRIVALS_FILE_ENV, Arrivals, WorkerContext
 from tasks.exceptions import HUNG_EXIT_CODE, FarmError, ModelsMissing
 from tasks.launcher import READY_FILE_ENV, RESTART_EXIT_CODE, check_device
+from tasks.model_pins import settings_profile
 from tasks.reaper import Periodic, note_broker_epoch, reaper_turn
 from tasks.registry import ROLES, STAGES
 from tasks.settings import Settings
@@ -50,7 +51,6 @@ from workers.devices import release_memory
 from workers.executor import ModelExecutor
 from workers.hub import check_profile, describe_missing
 from workers.loader import load_runtimes, quiet_library_logs
-from workers.profiles import resolve_profile
 
 logger = logging.getLogger("farm.boot")
 
@@ -78,9 +78,7 @@ def load_for_role(settings: Settings):
         module_name, _, function = settings.runtime_factory.partition(":")
         factory = getattr(importlib.import_module(module_name), function)
         return factory(stages, settings)
-    profile = resolve_profile(
-        settings.profile, settings.model_cache, **settings.profile_overrides()
-    )
+    profile = settings_profile(settings)  # LockFileInvalid for a lock file it cannot use
     missing = describe_missing(check_profile(profile, stages), profile)
     if missing:
         raise ModelsMissing(missing)

@@ -24,6 +24,12 @@ class ModelsMissing(FarmError):
     """A model the worker needs is not in the cache: the worker stops before taking work."""
 
 
+class LockFileInvalid(FarmError):
+    """The models' lock file cannot be read or is not one: nothing is loaded unpinned."""
+
+    exit_code = 1
+
+
 class UserError(FarmError):
     """Something a user asked for cannot be done as asked; the CLI prints it and exits."""
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Where the lock file lives unless FARM_MODELS_LOCK says: beside the farm's model cache.
+LOCK_FILE_NAME = "models.lock.json"
+_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def _switch(value: object) -> object:
@@ -22,6 +28,48 @@ def _switch(value: object) -> object:
 
 # A fast-path switch of the renderer: auto (where it pays), on or off.
 FastPathSwitch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)]
+
+
+def parse_revisions(value: object) -> dict[str, str]:
+    """Repo id → revision, from JSON (``{"org/name": "v2"}``) or ``org/name=v2,org/b=<commit>``.
+
+    Args:
+        value: the setting's value: a mapping, or text in one of the two forms.
+
+    Returns:
+        The mapping.
+
+    Raises:
+        ValueError: the value is neither form, or names something that is not a repo id.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except ValueError as error:
+                raise ValueError(f"not valid JSON ({error})") from None
+        else:
+            value = dict(_pair(item) for item in text.split(",") if item.strip())
+    if not isinstance(value, dict):
+        raise ValueError('expected {"org/name": "revision"} or org/name=revision,...')
+    for repo_id, revision in value.items():
+        if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id):
+            raise ValueError(f"{repo_id!r} is not a hub repo id (org/name)")
+        if not isinstance(revision, str) or not revision.strip():
+            raise ValueError(f"{repo_id} has no revision (a branch, tag or commit)")
+    return {repo_id: revision.strip() for repo_id, revision in value.items()}
+
+
+def _pair(item: str) -> tuple[str, str]:
+    repo_id, equals, revision = item.partition("=")
+    if not equals:
+        raise ValueError(f"{item.strip()!r} is not org/name=revision")
+    return repo_id.strip(), revision
+
+
+# NoDecode: the variable is not JSON-decoded before parse_revisions, which reads both forms.
+Revisions = Annotated[dict[str, str], NoDecode, BeforeValidator(parse_revisions)]
 
 
 class Settings(BaseSettings):
@@ -45,6 +93,11 @@ class Settings(BaseSettings):
     renderer_model: str | None = None
     lora: str | None = None
     scorer_model: str | None = None
+    # Repo id → branch, tag or commit, for the repos not loaded at "main" (the LoRA's too).
+    model_revisions: Revisions = Field(default_factory=dict)
+    # The lock file: repo id → commit, written by `farm models fetch`; copied to every
+    # machine, they all load the same weights. Default: models.lock.json in model_cache.
+    models_lock: Path | None = None
     # "module:function" returning workers.loader.Runtimes; replaces the model loading
     # (benchmarks use it for runtimes of a fixed cost).
     runtime_factory: str | None = None
@@ -118,8 +171,13 @@ class Settings(BaseSettings):
                 continue
             if isinstance(getattr(self, name), SecretStr):
                 value = getattr(self, name).get_secret_value()
-            env[f"FARM_{name.upper()}"] = str(value)
+            text = json.dumps(value) if isinstance(value, dict) else str(value)
+            env[f"FARM_{name.upper()}"] = text
         return env
+
+    def lock_file(self) -> Path:
+        """The models' lock file: ``models_lock``, else ``models.lock.json`` in the model cache."""
+        return self.models_lock or self.model_cache / LOCK_FILE_NAME
 
     def output_shape(self) -> dict:
         """The settings that shape an article's outputs (part of its content hash).
