@@ -52,6 +52,7 @@ screenshots: setup browser
 bench: setup services
 	$(BIN)/python -m bench.submit --quick
 	$(BIN)/python -m bench.scale --quick
+	$(BIN)/python -m bench.scale --gpus 2 --costs h100 --quick
 	$(BIN)/python -m bench.text --quick
 	$(BIN)/python -m bench.stream --quick
 	$(BIN)/python -m bench.messages
