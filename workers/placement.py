@@ -8,6 +8,7 @@ the model actually on disk rather than fixed thresholds.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,14 @@ from workers.hub import size_text, snapshot_folder
 from workers.profiles import DEFAULT_REVISION
 
 GIB = 2**30
-MEMORY_MODES = ("auto", "gpu", "model_offload", "sequential_offload")
+MEMORY_MODES = ("auto", "gpu", "encoder_offload", "model_offload", "sequential_offload")
+# The component ``encoder_offload`` leaves in host memory and streams to the card block by
+# block for each prompt: T5-XXL, which runs once per image, while the transformer runs four
+# times (steps) and stays on the card.
+STREAMED_ENCODER = "text_encoder_2"
+# A weight name's repeated block (T5's ``encoder.block.7.layer...``); group offloading moves
+# one block at a time and prefetches the next.
+ENCODER_BLOCK = re.compile(r"\.block\.(\d+)\.")
 # Card memory a render needs besides the weights at 1024x1024: the VAE decode is the peak
 # (128- and 256-channel feature maps of 1024x1024 in bf16, GroupNorm upcasting to fp32, the
 # mid-block attention over 128x128 latents: about 3 GiB), the transformer's activations over
@@ -117,6 +125,31 @@ def component_bytes(folder: str | Path, dtype: torch.dtype, fp8: bool = False) -
     return sizes
 
 
+def streamed_encoder_bytes(folder: str | Path, dtype: torch.dtype) -> int | None:
+    """Card memory the T5 encoder takes while it streams: its parts outside the repeated
+    blocks (the embedding, the final norm) and two blocks (the one running, the next).
+
+    Args:
+        folder: a diffusers pipeline folder.
+        dtype: the dtype the weights are loaded in.
+
+    Returns:
+        Bytes, or ``None`` when the encoder has no repeated blocks to stream.
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    blocks: dict[int, int] = {}
+    rest = 0
+    for path in weight_files(Path(folder) / STREAMED_ENCODER):
+        for tensor, info in read_safetensors_header(path).items():
+            size = tensor_bytes(tensor, info, itemsize, fp8_linear=False)
+            block = ENCODER_BLOCK.search(tensor)
+            if block:
+                blocks[int(block.group(1))] = blocks.get(int(block.group(1)), 0) + size
+            else:
+                rest += size
+    return rest + 2 * max(blocks.values()) if blocks else None
+
+
 def local_model_folder(model_id: str, revision: str | None = None) -> Path | None:
     """The local folder of a model: the directory itself, or its snapshot in the hub cache.
 
@@ -134,12 +167,20 @@ def local_model_folder(model_id: str, revision: str | None = None) -> Path | Non
     return snapshot_folder(model_id, revision or DEFAULT_REVISION)
 
 
-def choose_placement(sizes: dict[str, int], free_bytes: int) -> tuple[str, str]:
-    """Pick ``gpu``, ``model_offload`` or ``sequential_offload`` for the free card memory.
+def choose_placement(
+    sizes: dict[str, int], free_bytes: int, encoder_bytes: int | None = None
+) -> tuple[str, str]:
+    """Pick the placement that keeps the most on the card for its free memory.
+
+    ``gpu`` where everything fits; ``encoder_offload`` where everything but the T5 encoder
+    fits beside the encoder streaming; ``model_offload`` where the largest model fits
+    alone; ``sequential_offload`` otherwise.
 
     Args:
         sizes: component name → bytes (see :func:`component_bytes`).
         free_bytes: free memory on the card.
+        encoder_bytes: the T5 encoder's card memory while it streams
+            (:func:`streamed_encoder_bytes`); ``None`` rules ``encoder_offload`` out.
 
     Returns:
         The placement and a one-line reason.
@@ -148,6 +189,14 @@ def choose_placement(sizes: dict[str, int], free_bytes: int) -> tuple[str, str]:
     free, room = size_text(free_bytes), size_text(HEADROOM_BYTES)
     if whole + HEADROOM_BYTES <= free_bytes:
         return "gpu", f"all components ({size_text(whole)}) + {room} headroom fit in {free} free"
+    resident = whole - sizes.get(STREAMED_ENCODER, 0)
+    streams = encoder_bytes is not None and STREAMED_ENCODER in sizes
+    if streams and resident + encoder_bytes + HEADROOM_BYTES <= free_bytes:
+        return "encoder_offload", (
+            f"all components ({size_text(whole)}) + {room} headroom exceed {free} free; "
+            f"all but the T5 encoder ({size_text(resident)}) stay on the card and T5 "
+            f"streams through {size_text(encoder_bytes)}"
+        )
     biggest = max(sizes, key=sizes.get, default="none")
     if largest + HEADROOM_BYTES <= free_bytes:
         return "model_offload", (
@@ -173,23 +222,23 @@ def resolve_memory_mode(
     device: torch.device,
     sizes: dict[str, int] | None = None,
     free_bytes: int | None = None,
+    encoder_bytes: int | None = None,
 ) -> str:
     """Decide where the pipeline's weights live.
 
     Args:
         mode: one of :data:`MEMORY_MODES`. ``auto`` keeps a CPU pipeline on the CPU; on a GPU
-            it keeps everything on the card when all components plus :data:`HEADROOM_BYTES`
-            fit in the free memory, offloads whole models to the CPU between uses when the
-            largest one plus the headroom fits, and offloads layer by layer otherwise.
+            it picks with :func:`choose_placement`, keeping :data:`HEADROOM_BYTES` free.
         device: the device the renderer runs on.
         sizes: component name → bytes at the load dtype (:func:`component_bytes`); needed
             only for ``auto`` on a GPU.
         free_bytes: free memory on the card; read with ``torch.cuda.mem_get_info`` if omitted.
+        encoder_bytes: see :func:`choose_placement`.
 
     Returns:
-        ``cpu``, ``gpu``, ``model_offload`` or ``sequential_offload``.
+        ``cpu`` or one of :data:`MEMORY_MODES` but ``auto``.
     """
-    return explain_memory_mode(mode, torch.device(device), sizes, free_bytes)[0]
+    return explain_memory_mode(mode, torch.device(device), sizes, free_bytes, encoder_bytes)[0]
 
 
 def explain_memory_mode(
@@ -197,6 +246,7 @@ def explain_memory_mode(
     device: torch.device,
     sizes: dict[str, int] | None = None,
     free_bytes: int | None = None,
+    encoder_bytes: int | None = None,
 ) -> tuple[str, str]:
     """:func:`resolve_memory_mode` with a one-line reason for the choice."""
     check_memory_mode(mode, device)
@@ -208,7 +258,7 @@ def explain_memory_mode(
         raise ValueError("memory_mode 'auto' needs the component sizes of the model")
     if free_bytes is None:
         free_bytes, _total = torch.cuda.mem_get_info(device)
-    return choose_placement(sizes, free_bytes)
+    return choose_placement(sizes, free_bytes, encoder_bytes)
 
 
 def explain_placement(
@@ -233,7 +283,8 @@ def explain_placement(
         The placement, the component sizes, and a one-line reason.
     """
     sizes = component_bytes(folder, dtype, fp8=fp8)
-    placement, reason = explain_memory_mode(mode, torch.device(device), sizes)
+    encoder = streamed_encoder_bytes(folder, dtype)
+    placement, reason = explain_memory_mode(mode, torch.device(device), sizes, None, encoder)
     return placement, sizes, reason
 
 
@@ -242,7 +293,7 @@ class LoadPlan:
     """How the renderer loads and places a pipeline.
 
     Args:
-        placement: ``cpu``, ``gpu``, ``model_offload`` or ``sequential_offload``.
+        placement: ``cpu`` or one of :data:`MEMORY_MODES` but ``auto``.
         sizes: component name → bytes once loaded (empty where not needed and not local).
         on_card: load the weights straight onto the card instead of into host memory.
     """
@@ -282,7 +333,8 @@ def placement_for(
             f"memory_mode 'auto' sizes {model_id} from its files, which are not on this machine; "
             "fetch the model first (farm models fetch) or choose a memory_mode"
         )
-    placement = resolve_memory_mode(mode, device, sizes)
+    encoder = streamed_encoder_bytes(folder, dtype) if sizes else None
+    placement = resolve_memory_mode(mode, device, sizes, encoder_bytes=encoder)
     on_card = placement == "gpu" and (not fp8 or fits_before_quantising(folder, dtype, device))
     return LoadPlan(placement, sizes, on_card)
 

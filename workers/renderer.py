@@ -3,8 +3,8 @@
 The GPU fast path is set up once, at load: bf16 weights resident on the card, the LoRA fused
 into them, the transformer's repeated blocks compiled (``compile``) and their linear layers
 in float8 (``fp8``, torchao, compute capability 8.9+) where :mod:`workers.fast_path` says it
-pays, and where the card is small the pipeline offloaded to the CPU between models
-(``memory_mode``).
+pays, and where the card is small the T5 encoder streamed from host memory, or whole models
+offloaded between uses (``memory_mode``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from diffusers import FluxPipeline
 
 from workers.devices import default_dtype
 from workers.fast_path import check_fp8_support, decide, fp8_layer
-from workers.placement import placement_for
+from workers.placement import STREAMED_ENCODER, placement_for
 
 logger = logging.getLogger("farm.renderer")
 
@@ -128,8 +128,8 @@ class Renderer:
             fp8: quantise the blocks' linear layers to float8 (torchao); needs a CUDA GPU of
                 compute capability 8.9 or newer, else ``ValueError``; ``auto`` where it can.
             memory_mode: ``auto`` (see :func:`~workers.placement.resolve_memory_mode`: sized
-                from the model's local files), ``gpu``, ``model_offload`` or
-                ``sequential_offload``.
+                from the model's local files) or a placement of
+                :data:`~workers.placement.MEMORY_MODES`.
             vae_tiling: decode the image in tiles (less VRAM at large sizes).
             vae_slicing: decode a batch one image at a time (less VRAM for big batches).
             revision: hub revision of ``model_id`` (ignored for a local folder).
@@ -405,14 +405,45 @@ def place_pipeline(pipeline: FluxPipeline, device: torch.device, placement: str)
     Args:
         pipeline: the FLUX pipeline.
         device: the device the renderer runs on.
-        placement: ``cpu``, ``gpu``, ``model_offload`` or ``sequential_offload``.
+        placement: ``cpu`` or one of :data:`~workers.placement.MEMORY_MODES` but ``auto``.
     """
-    if placement == "model_offload":
+    if placement == "encoder_offload":
+        stream_encoder(pipeline, device)
+    elif placement == "model_offload":
         pipeline.enable_model_cpu_offload(device=device)
     elif placement == "sequential_offload":
         pipeline.enable_sequential_cpu_offload(device=device)
     else:
         pipeline.to(device)  # a no-op when it is there already
+
+
+def stream_encoder(pipeline: FluxPipeline, device: torch.device) -> None:
+    """Keep every component on ``device`` but the T5 encoder, which streams from host memory.
+
+    diffusers' group offloading moves T5 to the card one block at a time as it runs; on a
+    CUDA card the next block is copied on a side stream while the current one computes, so
+    the encoder costs one pass of its weights over the bus per prompt, and the transformer,
+    run once per step, never moves.
+
+    Args:
+        pipeline: the FLUX pipeline, in host memory.
+        device: the device the renderer runs on.
+    """
+    from diffusers.hooks import apply_group_offloading
+
+    for name, component in pipeline.components.items():
+        if isinstance(component, torch.nn.Module) and name != STREAMED_ENCODER:
+            component.to(device)
+    apply_group_offloading(
+        getattr(pipeline, STREAMED_ENCODER),
+        onload_device=device,
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        use_stream=device.type == "cuda",
+        # T5's blocks sit in its ``encoder`` stack, not at the model's top level, where
+        # group offloading looks for them by default (it would move the whole model at once).
+        block_modules=["encoder"],
+    )
 
 
 def set_vae_memory(pipeline: FluxPipeline, tiling: bool, slicing: bool) -> None:

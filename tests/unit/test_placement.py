@@ -23,6 +23,7 @@ from workers.placement import (  # noqa: E402
     local_model_folder,
     placement_for,
     resolve_memory_mode,
+    streamed_encoder_bytes,
 )
 
 CPU = torch.device("cpu")
@@ -41,6 +42,11 @@ BF16 = {name: count * 2 for name, count in FLUX_SCHNELL_PARAMETERS.items()}
 # With fp8 nearly all of the transformer is linear weights at one byte each.
 FP8 = BF16 | {"transformer": FLUX_SCHNELL_PARAMETERS["transformer"]}
 CARD_24_GB = int(23.5 * GIB)  # what a 24 GB card reports free with its CUDA context up
+# T5-XXL's card memory while it streams in bf16: its embedding (32,128 x 4,096) and two of
+# its 24 equal blocks.
+T5_EMBEDDING = 32_128 * 4_096
+T5_BLOCK = (FLUX_SCHNELL_PARAMETERS["text_encoder_2"] - T5_EMBEDDING) // 24
+T5_STREAMING = (T5_EMBEDDING + 2 * T5_BLOCK) * 2
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +62,35 @@ def test_flux_schnell_in_bf16_goes_layer_by_layer_on_a_24_gb_card():
     assert resolve_memory_mode("auto", CUDA, BF16, free_bytes=CARD_24_GB) == "sequential_offload"
 
 
-def test_flux_schnell_with_fp8_offloads_whole_models_on_a_24_gb_card():
+def test_flux_schnell_with_fp8_keeps_all_but_t5_on_a_24_gb_card():
+    placed = resolve_memory_mode("auto", CUDA, FP8, CARD_24_GB, encoder_bytes=T5_STREAMING)
+    assert placed == "encoder_offload"
+
+
+def test_without_a_streamable_encoder_fp8_offloads_whole_models_on_a_24_gb_card():
     assert resolve_memory_mode("auto", CUDA, FP8, free_bytes=CARD_24_GB) == "model_offload"
+
+
+def test_streaming_t5_keeps_the_bf16_transformer_on_a_32_gb_card():
+    card_32_gb = int(31.3 * GIB)
+    assert resolve_memory_mode("auto", CUDA, BF16, card_32_gb) == "model_offload"
+    assert resolve_memory_mode("auto", CUDA, BF16, card_32_gb, T5_STREAMING) == ("encoder_offload")
+
+
+def test_encoder_offload_is_chosen_only_where_the_rest_and_the_stream_fit():
+    rest = sum(FP8.values()) - FP8["text_encoder_2"]
+    edge = rest + T5_STREAMING + HEADROOM_BYTES
+    assert resolve_memory_mode("auto", CUDA, FP8, edge, T5_STREAMING) == "encoder_offload"
+    assert resolve_memory_mode("auto", CUDA, FP8, edge - 1, T5_STREAMING) != ("encoder_offload")
+
+
+def test_the_streamed_encoder_is_sized_as_its_unblocked_parts_and_two_blocks(tiny_flux):
+    encoder = FluxPipeline.from_pretrained(tiny_flux).text_encoder_2
+    blocks = [loaded_bytes(block) for block in encoder.encoder.block]
+    rest = loaded_bytes(encoder) - sum(blocks)
+    # The tied embedding is stored once and counted once either way.
+    assert streamed_encoder_bytes(tiny_flux, torch.float32) == rest + 2 * max(blocks)
+    assert len(blocks) >= 2
 
 
 @pytest.mark.parametrize("sizes", [BF16, FP8])
@@ -71,7 +104,7 @@ def test_the_headroom_decides_at_the_edge():
     assert resolve_memory_mode("auto", CUDA, BF16, whole + HEADROOM_BYTES - 1) == "model_offload"
 
 
-@pytest.mark.parametrize("mode", ["gpu", "model_offload", "sequential_offload"])
+@pytest.mark.parametrize("mode", ["gpu", "encoder_offload", "model_offload", "sequential_offload"])
 def test_an_explicit_memory_mode_is_kept_on_a_gpu(mode):
     assert resolve_memory_mode(mode, CUDA, free_bytes=0) == mode
 
@@ -152,7 +185,7 @@ def test_the_reason_names_the_largest_component_when_offloading(monkeypatch):
 
 def test_host_memory_at_start_up_holds_the_weights_only_when_offloading():
     assert host_bytes_at_start("gpu", BF16) == PROCESS_HOST_BYTES
-    for placement in ("cpu", "model_offload", "sequential_offload"):
+    for placement in ("cpu", "encoder_offload", "model_offload", "sequential_offload"):
         assert host_bytes_at_start(placement, BF16) == PROCESS_HOST_BYTES + sum(BF16.values())
 
 

@@ -258,6 +258,37 @@ def test_each_placement_calls_its_diffusers_method(placement, call):
     assert pipeline.calls == [(call, CUDA)]
 
 
+def test_a_streamed_t5_encoder_renders_the_same_image_as_one_in_place(tiny_dirs, renderer):
+    streamed = Renderer.from_pretrained(
+        str(tiny_dirs[0]), None, CPU, width=WIDTH, height=HEIGHT, steps=2
+    )
+    # On the CPU the stream is host to host; the hooks and the pipeline's call are the same.
+    place_pipeline(streamed.pipeline, CPU, "encoder_offload")
+
+    hooked = streamed.pipeline.text_encoder_2.encoder.block[0]
+    assert getattr(hooked, "_diffusers_hook", None) is not None
+    assert getattr(streamed.pipeline.transformer, "_diffusers_hook", None) is None
+    prompt, seed = "a red linen dress", 3
+    assert streamed([prompt], [seed]).images[0].tobytes() == (
+        renderer([prompt], [seed]).images[0].tobytes()
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_card_encoder_offload_keeps_the_transformer_there_and_t5_in_host_memory(tiny_dirs):
+    streamed = Renderer.from_pretrained(
+        str(tiny_dirs[0]), None, CUDA, width=WIDTH, height=HEIGHT, steps=2,
+        memory_mode="encoder_offload",
+    )  # fmt: skip
+    result = streamed(["a red linen dress"], [3])
+
+    pipeline = streamed.pipeline
+    assert result.images[0].size == (WIDTH, HEIGHT)
+    assert {p.device.type for p in pipeline.transformer.parameters()} == {"cuda"}
+    assert {p.device.type for p in pipeline.text_encoder_2.encoder.block.parameters()} == {"cpu"}
+
+
 def test_vae_tiling_and_slicing_are_switched_on_by_the_options(tiny_dirs):
     sliced = Renderer.from_pretrained(
         str(tiny_dirs[0]), None, CPU, width=WIDTH, height=HEIGHT, steps=2,
