@@ -104,20 +104,34 @@ def examine(profile: Profile, settings) -> Examination:
     return report
 
 
+def shares_the_card(settings, device) -> bool:
+    """Whether the worker role's text models sit on the card beside the image models."""
+    return device.type == "cuda" and settings.worker_role == "all"
+
+
 def placement_facts(profile: Profile, settings, device, checks) -> list[tuple[str, str]]:
-    """Where the renderer's weights will live, why, and the host memory loading needs."""
+    """Where the renderer's weights will live, why, and the host memory loading needs.
+
+    A worker of role ``all`` on a card loads the text models first, so the renderer is
+    placed on what they leave free; the decision here does the same.
+    """
     from workers.fast_path import decide
-    from workers.placement import explain_placement, host_bytes_at_start
+    from workers.placement import explain_placement, host_bytes_at_start, model_bytes
 
     folder = next(check.folder for check in checks if check.role == "renderer")
     dtype, mode = default_dtype(device), settings.render_memory_mode
+    text = [check for check in checks if check.role in ("translator", "extractor")]
+    held = sum(model_bytes(check.folder, dtype) for check in text)
+    held = held if shares_the_card(settings, device) else 0
     path, (placement, sizes, reason) = decide(
         device, settings.render_compile, settings.render_fp8,
-        place=lambda fp8: explain_placement(Path(folder), device, dtype, fp8, mode),
+        place=lambda fp8: explain_placement(Path(folder), device, dtype, fp8, mode, held),
         placement_of=lambda explained: explained[0],
     )  # fmt: skip
-    text_models = sum(check.size for check in checks if check.role in ("translator", "extractor"))
+    text_models = sum(check.size for check in text)
+    where = f"on the card beside the renderer ({size_text(held)})" if held else "not on its card"
     return [
+        ("worker role", f"{settings.worker_role} (FARM_WORKER_ROLE): text models {where}"),
         ("renderer components", ", ".join(f"{n} {size_text(s)}" for n, s in sizes.items())),
         ("memory mode", f"{placement}: {reason}"),
         ("render fast path", f"{str(dtype).removeprefix('torch.')} weights; {path.describe()}"),
@@ -132,16 +146,17 @@ def placement_facts(profile: Profile, settings, device, checks) -> list[tuple[st
 def try_models(profile: Profile, settings) -> list[tuple[str, str]]:
     """Load every model of the profile and run one sample article through all four.
 
-    The text models load, run and are freed before the image models load, as a text worker
-    and a GPU worker each hold their own: the renderer is then placed on the memory a GPU
-    worker finds, not on what Phi-3 left of the card.
+    The models load as the worker role (``FARM_WORKER_ROLE``) holds them: a worker of role
+    ``all`` on a card keeps its text models there while the image models load beside them;
+    otherwise the text models are freed first, as a text worker and a GPU worker each hold
+    their own. The text stages' rate is measured on a full batch of distinct descriptions.
 
     Args:
         profile: the profile.
-        settings: the farm's settings (device, output folder, render options).
+        settings: the farm's settings (device, role, batch size, output folder, render options).
 
     Returns:
-        Facts: load times, each stage's time, the score and where the image was written.
+        Facts: load times, the text rate, each stage's time, the score and the image's path.
     """
     from workers.devices import release_memory
     from workers.loader import load_runtimes
@@ -150,11 +165,13 @@ def try_models(profile: Profile, settings) -> list[tuple[str, str]]:
     started = time.perf_counter()
     text = load_runtimes(("translate", "extract"), profile, settings.device)
     facts = [("loaded the text models", f"{time.perf_counter() - started:.1f} s")]
+    facts.append(("text stages", describe_text_rate(text, settings.text_batch_size)))
     english = text.translate([SAMPLE_TEXT])
     attributes = text.extract(english.texts)
     attrs = attributes.attributes[0]
-    del text
-    release_memory()
+    if not shares_the_card(settings, resolve_device(settings.device)):
+        del text
+        release_memory()
     started = time.perf_counter()
     options = {
         "compile": settings.render_compile,
@@ -175,3 +192,31 @@ def try_models(profile: Profile, settings) -> list[tuple[str, str]]:
         ("score", f"{score.seconds:.2f} s: CLIP {score.scores[0]:.2f}"),
         ("image", str(out)),
     ]
+
+
+def text_rate(runtimes, batch_size: int) -> tuple[float, float]:
+    """Time one full batch of distinct descriptions through translation and extraction.
+
+    Args:
+        runtimes: loaded runtimes with ``translate`` and ``extract``.
+        batch_size: articles per model call, as the worker batches them.
+
+    Returns:
+        (seconds for the batch, articles per hour of one process at that pace).
+    """
+    # Distinct texts: the runtimes read each distinct text once per call.
+    texts = [f"{SAMPLE_TEXT} Artikel {number}." for number in range(1, batch_size + 1)]
+    started = time.perf_counter()
+    english = runtimes.translate(texts)
+    runtimes.extract(english.texts)
+    seconds = time.perf_counter() - started
+    return seconds, 3600 * batch_size / seconds
+
+
+def describe_text_rate(runtimes, batch_size: int) -> str:
+    """:func:`text_rate` in words: the batch's time and the rate it sets."""
+    seconds, rate = text_rate(runtimes, batch_size)
+    return (
+        f"{batch_size} articles translated and extracted in {seconds:.1f} s: about "
+        f"{rate:,.0f} articles/hour per process"
+    )

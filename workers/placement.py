@@ -125,6 +125,23 @@ def component_bytes(folder: str | Path, dtype: torch.dtype, fp8: bool = False) -
     return sizes
 
 
+def model_bytes(folder: str | Path | None, dtype: torch.dtype) -> int:
+    """The size of a transformers model folder's weights at ``dtype`` (0 without safetensors).
+
+    Args:
+        folder: the model's local folder, or ``None``.
+        dtype: the dtype the weights are loaded in.
+    """
+    if folder is None:
+        return 0
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return sum(
+        tensor_bytes(tensor, info, itemsize, fp8_linear=False)
+        for path in weight_files(Path(folder))
+        for tensor, info in read_safetensors_header(path).items()
+    )
+
+
 def streamed_encoder_bytes(folder: str | Path, dtype: torch.dtype) -> int | None:
     """Card memory the T5 encoder takes while it streams: its parts outside the repeated
     blocks (the embedding, the final norm) and two blocks (the one running, the next).
@@ -267,6 +284,7 @@ def explain_placement(
     dtype: torch.dtype,
     fp8: bool = False,
     mode: str = "auto",
+    held_bytes: int = 0,
 ) -> tuple[str, dict[str, int], str]:
     """Where a pipeline would be placed, from its files and the card's free memory.
 
@@ -278,13 +296,18 @@ def explain_placement(
         dtype: the weight dtype.
         fp8: whether the transformer's linear layers would be float8.
         mode: the memory mode setting.
+        held_bytes: card memory that models loaded before the renderer will take.
 
     Returns:
         The placement, the component sizes, and a one-line reason.
     """
+    device = torch.device(device)
     sizes = component_bytes(folder, dtype, fp8=fp8)
     encoder = streamed_encoder_bytes(folder, dtype)
-    placement, reason = explain_memory_mode(mode, torch.device(device), sizes, None, encoder)
+    free = None
+    if device.type == "cuda" and mode == "auto":
+        free = torch.cuda.mem_get_info(device)[0] - held_bytes
+    placement, reason = explain_memory_mode(mode, device, sizes, free, encoder)
     return placement, sizes, reason
 
 

@@ -78,3 +78,27 @@ def test_doctor_with_load_frees_the_text_models_before_the_image_models_load(
 
     assert result.exit_code == 0, result.output
     assert loads == [(("translate", "extract"), True), (("render", "score"), True)]
+
+
+def test_doctor_with_load_measures_the_text_rate_on_a_full_batch_of_distinct_texts(
+    tmp_path, model_cache, monkeypatch
+):
+    monkeypatch.setenv("FARM_TEXT_BATCH_SIZE", "3")
+    result = doctor(tmp_path, model_cache, "--profile", "tiny", "--device", "cpu", load=True)
+
+    assert result.exit_code == 0, result.output
+    rate = facts(result.output)["text stages"]
+    assert rate.startswith("3 articles translated and extracted in ")
+    assert rate.endswith(" articles/hour per process")
+
+
+def test_a_worker_of_role_all_on_a_card_holds_the_text_models_beside_the_renderer():
+    import torch
+
+    from tasks.settings import Settings
+    from workers.doctor import shares_the_card
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert shares_the_card(Settings(worker_role="all"), cuda)
+    assert not shares_the_card(Settings(worker_role="gpu"), cuda)
+    assert not shares_the_card(Settings(worker_role="all"), cpu)

@@ -21,6 +21,7 @@ from workers.placement import (  # noqa: E402
     fits_before_quantising,
     host_bytes_at_start,
     local_model_folder,
+    model_bytes,
     placement_for,
     resolve_memory_mode,
     streamed_encoder_bytes,
@@ -236,3 +237,25 @@ def test_host_memory_at_start_up_holds_the_weights_when_loaded_there_before_the_
     assert host_bytes_at_start("gpu", BF16, on_card=False) == PROCESS_HOST_BYTES + sum(
         BF16.values()
     )
+
+
+def test_memory_the_text_models_hold_on_the_card_is_not_free_for_the_renderer(
+    tiny_flux, monkeypatch
+):
+    whole = sum(component_bytes(tiny_flux, torch.bfloat16).values()) + HEADROOM_BYTES
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (whole, 80 * GIB))
+
+    assert explain_placement(tiny_flux, CUDA, torch.bfloat16)[0] == "gpu"
+    assert explain_placement(tiny_flux, CUDA, torch.bfloat16, held_bytes=1)[0] != "gpu"
+
+
+def test_a_text_model_is_sized_from_its_safetensors_at_the_load_dtype(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from workers.tiny_text import build_tiny_phi3
+
+    build_tiny_phi3(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert model_bytes(tmp_path, torch.bfloat16) == weights  # buffers (rotary) are not stored
+    assert model_bytes(None, torch.bfloat16) == 0
