@@ -126,6 +126,9 @@ class Article(Base):
     attributes: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     generation_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     clip_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The text models that made translation and attributes, as the workers that ran those
+    # stages loaded them: {"translator": {"repo": ..., "commit": ...}, "extractor": {...}}.
+    model_commits: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     image_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     clip_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     # The render attempt stored as the best, and the one whose picture and JSON were last
@@ -187,6 +190,9 @@ class Render(Base):
     seconds: Mapped[float] = mapped_column(Float)
     worker: Mapped[str] = mapped_column(String(255))
     clip_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The image models of this attempt: {"renderer": {"repo": ..., "commit": ...}, "lora":
+    # ..., "scorer": ...}, the scorer's added by the worker that scored it.
+    model_commits: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     article: Mapped[Article] = relationship(back_populates="renders")

@@ -19,7 +19,7 @@ RENDERS = Render.__table__
 _PUBLISH_COLUMNS = (
     "id", "key", "view", "batch_id", "file_stem", "source_text", "source_file", "source_sheet",
     "source_row", "translation", "attributes", "generation_prompt", "clip_prompt", "clip_score",
-    "best_attempt",
+    "best_attempt", "model_commits",
 )  # fmt: skip
 
 
@@ -34,7 +34,8 @@ def stored_best(connection, article_ids: list[int] | None = None, grace_seconds:
         grace_seconds: see above.
 
     Returns:
-        Dicts of the article's columns, ``seed``, ``attempt_path``, ``model_id`` and ``lora``
+        Dicts of the article's columns (``model_commits``: its text models'), ``seed``,
+        ``attempt_path``, ``model_id``, ``lora`` and ``render_commits`` (its image models')
         of its best attempt, by id.
     """
     best = RENDERS.alias("best")
@@ -45,6 +46,7 @@ def stored_best(connection, article_ids: list[int] | None = None, grace_seconds:
             best.c.image_path.label("attempt_path"),
             best.c.model_id,
             best.c.lora,
+            best.c.model_commits.label("render_commits"),
         )
         .join(
             best,

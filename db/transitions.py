@@ -33,9 +33,11 @@ RENDERS = Render.__table__
 _INPUT_COLUMNS = (
     "id", "key", "view", "batch_id", "file_stem", "source_text", "source_file", "source_sheet",
     "source_row", "translation", "attributes", "generation_prompt", "clip_prompt",
-    "render_attempt", "attempt_base",
+    "render_attempt", "attempt_base", "model_commits",
 )  # fmt: skip
-_RENDER_COLUMNS = ("attempt", "seed", "image_path", "model_id", "lora", "clip_score")
+_RENDER_COLUMNS = (
+    "attempt", "seed", "image_path", "model_id", "lora", "clip_score", "model_commits",
+)  # fmt: skip
 _NO_LEASE = {"lease_token": None, "lease_stage": None, "lease_expires_at": None}
 
 

@@ -108,3 +108,36 @@ def test_articles_of_the_previous_revision_become_front_views_and_it_can_go_back
     assert "view" not in names and "review_status" not in names
     assert "users" not in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def columns_of(engine, table: str) -> set[str]:
+    return {column["name"] for column in inspect(engine).get_columns(table)}
+
+
+def test_articles_and_renders_of_the_previous_revision_get_empty_model_commits_and_go_back(
+    database_url,
+):
+    engine = make_engine(database_url)
+    migrate(engine, "0007")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO batches (id, catalog, created_at, sources, profile) "
+            "VALUES ('b1', 'c', '2026-12-01', '[]', 'tiny')"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO articles (batch_id, key, view, file_stem, source_file, source_sheet, "
+            "source_row, source_text, content_hash, status, render_attempt, attempt_base, "
+            "stage_attempts, requeues, created_at, updated_at) VALUES ('b1', 'K1', 'front', "
+            "'K1', 'c.csv', 'csv', 2, 'Bluse', '', 'done', 1, 1, 0, 0, '2026-12-01', "
+            "'2026-12-01')"
+        )
+        insert_render(connection, 1)
+    migrate(engine)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT model_commits FROM articles").all() == [(None,)]
+        assert connection.exec_driver_sql("SELECT model_commits FROM renders").all() == [(None,)]
+    downgrade(engine, "0007")
+    assert "model_commits" not in columns_of(engine, "articles") | columns_of(engine, "renders")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM renders").scalar_one() == 1
+    engine.dispose()
