@@ -242,4 +242,5 @@ class StageTask(Task):
             min_clip_score=settings.min_clip_score,
             max_attempts=settings.max_attempts,
             images=worker.images,
+            model_commits=worker.runtimes.model_commits,
         )

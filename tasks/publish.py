@@ -33,8 +33,8 @@ def publish(engine: Engine, article_id: int, output_dir: Path, profile) -> bool:
         engine: the farm's database.
         article_id: the article.
         output_dir: the farm's output root.
-        profile: the worker's :class:`workers.profiles.Profile` (its model names go in the
-            JSON; the renderer and LoRA come from the stored attempt).
+        profile: the worker's :class:`workers.profiles.Profile` (the JSON's model names
+            where a stage recorded none; the commits come from the stored rows).
 
     Returns:
         True once the stored best is published; False when the article has none.
@@ -119,12 +119,28 @@ def _record(row: dict, profile, image_path: Path) -> dict:
             "sheet": row["source_sheet"],
             "row": row["source_row"],
         },
-        "models": {
-            "profile": getattr(profile, "name", None),
-            "translator": getattr(profile, "translator", None),
-            "extractor": getattr(profile, "extractor", None),
-            "renderer": row["model_id"],
-            "lora": row["lora"],
-            "scorer": getattr(profile, "scorer", None),
-        },
+        "models": _models(row, profile),
     }
+
+
+def _models(row: dict, profile) -> dict:
+    """Per model, ``{"repo", "commit"}`` as the worker of its stage recorded it.
+
+    A row stored before commits were recorded names the repo (the publishing worker's, for
+    the text models and the scorer) with ``commit`` None; ``lora`` is None without a LoRA.
+    """
+    text, image = row.get("model_commits") or {}, row.get("render_commits") or {}
+    stored = {"translator": text, "extractor": text, "renderer": image, "lora": image,
+              "scorer": image}  # fmt: skip
+    fallback = {
+        "translator": getattr(profile, "translator", None),
+        "extractor": getattr(profile, "extractor", None),
+        "renderer": row["model_id"],
+        "lora": row["lora"],
+        "scorer": getattr(profile, "scorer", None),
+    }
+    models = {"profile": getattr(profile, "name", None)}
+    for role, repo in fallback.items():
+        recorded = stored[role].get(role)
+        models[role] = recorded or (None if repo is None else {"repo": repo, "commit": None})
+    return models

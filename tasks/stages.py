@@ -11,6 +11,7 @@ returns; nothing here touches the database.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class RenderInput:
     model_id: str
     lora: str | None
     clip_score: float | None
+    model_commits: dict | None = None  # its image models' (renderer, lora, scorer)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ArticleInput:
     min_clip_score: float | None = None  # the batch's own threshold, if it has one
     renders: tuple[RenderInput, ...] = ()
     view: str = DEFAULT_VIEW  # one catalog row rendered in several views is one article per view
+    model_commits: dict | None = None  # its text models' (translator, extractor)
 
     @classmethod
     def from_row(cls, row: dict, renders: tuple[dict, ...] = ()) -> ArticleInput:
@@ -83,6 +86,13 @@ class StageContext:
     min_clip_score: float | None = None  # the farm's default; a batch's own threshold wins
     max_attempts: int = 1
     images: RecentImages | None = None  # this process's just-written images, for scoring
+    # Role → {"repo", "commit"} of the models this worker loaded (workers.loader.Runtimes).
+    model_commits: Mapping[str, dict] = field(default_factory=dict)
+
+    def commits(self, *roles: str) -> dict[str, dict]:
+        """The ``{"repo", "commit"}`` of each of ``roles`` this worker loaded, to record."""
+        return {role: dict(self.model_commits[role]) for role in roles
+                if role in self.model_commits}  # fmt: skip
 
 
 @dataclass
@@ -108,6 +118,20 @@ def render_seed(key: str, attempt: int) -> int:
     """
     digest = hashlib.sha256(f"{key}\x00{attempt}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+def with_commits(recorded: dict | None, loaded: dict[str, dict]) -> dict:
+    """The ``model_commits`` column to store: the commits recorded so far plus this stage's.
+
+    Args:
+        recorded: what the row holds (an earlier stage's models), or None.
+        loaded: role → ``{"repo", "commit"}`` of the models this stage ran.
+
+    Returns:
+        ``{"model_commits": ...}``, or nothing when this worker knows no commits (runtimes
+        of a benchmark's factory), which leaves the column as it is.
+    """
+    return {"model_commits": (recorded or {}) | loaded} if loaded else {}
 
 
 # --- translate ----------------------------------------------------------------------------
@@ -143,8 +167,9 @@ def once_each(call, inputs: list) -> list:
 
 
 def finish_translate(article: ArticleInput, text: str, ctx: StageContext) -> StageOutput:
-    """The translation to store."""
-    return StageOutput(values={"translation": text})
+    """The translation to store, and the translator's commit."""
+    recorded = with_commits(article.model_commits, ctx.commits("translator"))
+    return StageOutput(values={"translation": text} | recorded)
 
 
 # --- extract ------------------------------------------------------------------------------
@@ -164,13 +189,15 @@ def call_extract(runtime, texts: list[str]) -> list[dict]:
 
 
 def finish_extract(article: ArticleInput, attributes: dict, ctx: StageContext) -> StageOutput:
-    """The attributes and the two prompts built from them for the article's view."""
+    """The attributes, the two prompts built from them for the article's view, and the
+    extractor's commit."""
     return StageOutput(
         values={
             "attributes": attributes,
             "generation_prompt": generation_prompt(attributes, article.view),
             "clip_prompt": clip_prompt(attributes, article.view),
         }
+        | with_commits(article.model_commits, ctx.commits("extractor"))
     )
 
 
@@ -230,6 +257,7 @@ def finish_render(article: ArticleInput, made: RenderedImage, ctx: StageContext)
             "seconds": made.seconds,
             "worker": ctx.worker,
         }
+        | with_commits(None, ctx.commits("renderer", "lora"))
     )
 
 
@@ -275,7 +303,8 @@ def finish_score(article: ArticleInput, value: float, ctx: StageContext) -> Stag
     )
     output = StageOutput(
         values={"clip_score": best_score, "image_path": str(final), "best_attempt": best.attempt},
-        render={"attempt": current.attempt, "clip_score": value},
+        render={"attempt": current.attempt, "clip_score": value}
+        | with_commits(current.model_commits, ctx.commits("scorer")),
         publish=True,
     )
     threshold = article.min_clip_score

@@ -107,8 +107,10 @@ def test_the_demo_runs_the_default_profiles_loading_code_on_the_real_repo_ids_ov
         assert image.size == (1024, 1024)  # the default profile's shape
     models = json.loads(pngs[0].with_suffix(".json").read_text())["models"]
     assert models["profile"] == "default"
-    assert models["renderer"] == "black-forest-labs/FLUX.1-schnell"
-    assert models["lora"] == "aihpi/flux-fashion-lora"
+    assert models["renderer"]["repo"] == "black-forest-labs/FLUX.1-schnell"
+    assert models["lora"]["repo"] == "aihpi/flux-fashion-lora"
+    # The commit each worker loaded, the one refs/main names in the mirror.
+    assert all(len(models[role]["commit"]) == 40 for role in ("translator", "renderer", "lora"))
 
 
 SEED_SHEET = SEED_CATALOG / "article_descriptions_1.xlsx"

@@ -56,8 +56,12 @@ def test_the_stored_best_is_published_with_its_json_and_recorded(engine, article
     assert published_picture(tmp_path) == b"attempt 2"
     record = json.loads((tmp_path / "out" / "b1" / "SKU-1.json").read_text())
     assert record["attempt"] == 2 and record["seed"] == 2 and record["clip_score"] == 27.5
-    assert record["models"] == {"profile": "tiny", "translator": "t", "extractor": "e",
-                                "renderer": "flux", "lora": None, "scorer": "s"}  # fmt: skip
+    # Rows that recorded no commits name the repos, the commits unknown.
+    assert record["models"] == {
+        "profile": "tiny", "translator": {"repo": "t", "commit": None},
+        "extractor": {"repo": "e", "commit": None}, "renderer": {"repo": "flux", "commit": None},
+        "lora": None, "scorer": {"repo": "s", "commit": None},
+    }  # fmt: skip
     with engine.connect() as connection:
         stored = connection.execute(select(Article.published_attempt)).scalar_one()
     assert stored == 2
@@ -115,3 +119,25 @@ def test_a_score_stage_that_lost_its_lease_stores_nothing_to_publish(engine, art
     assert not transitions.complete(engine, late, "done", {"best_attempt": 1}, ended=True)
     with engine.connect() as connection:
         assert published.stored_best(connection, [article_id]) == []
+
+
+def test_the_json_names_the_commits_each_stage_recorded_not_the_publishers_models(
+    engine, article_id, tmp_path
+):
+    text = {"translator": {"repo": "org/t", "commit": "1" * 40},
+            "extractor": {"repo": "org/e", "commit": "2" * 40}}  # fmt: skip
+    image = {"renderer": {"repo": "org/flux", "commit": "3" * 40},
+             "lora": {"repo": "org/lora", "commit": "4" * 40},
+             "scorer": {"repo": "/models/clip", "commit": "local"}}  # fmt: skip
+    with engine.begin() as connection:
+        connection.execute(update(Article.__table__).values(model_commits=text))
+        connection.execute(
+            update(Render.__table__).where(Render.__table__.c.attempt == 2)
+            .values(model_commits=image)
+        )  # fmt: skip
+    store_best(engine, article_id, 2, 27.5)
+
+    assert publishing.publish(engine, article_id, tmp_path / "out", PROFILE)
+
+    record = json.loads((tmp_path / "out" / "b1" / "SKU-1.json").read_text())
+    assert record["models"] == {"profile": "tiny"} | text | image

@@ -440,3 +440,18 @@ def test_renders_are_kept_per_attempt(sessions, article_id):
     through_render(article_id)
     with sessions() as session:
         assert session.scalars(select(Render.attempt)).all() == [1]
+
+
+def test_the_published_json_names_the_repo_and_commit_of_every_model_that_made_it(
+    sessions, article_id, settings, runtimes
+):
+    through_render(article_id)
+    run(pipeline.score, article_id)
+
+    record = json.loads((settings.output_dir / "b1" / "SKU-1.json").read_text())
+    models = {role: entry for role, entry in record["models"].items() if role != "profile"}
+    # The tiny profile loads local folders: each is named, its commit "local".
+    assert models == runtimes.model_commits
+    assert set(models) == {"translator", "extractor", "renderer", "lora", "scorer"}
+    assert all(entry["commit"] == "local" for entry in models.values())
+    assert models["renderer"]["repo"] == runtimes.profile.renderer

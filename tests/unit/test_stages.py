@@ -422,3 +422,29 @@ def test_the_views_of_a_row_in_one_batch_reach_the_text_models_once(runtimes, tm
     found = stages.call_extract(extractor, [english[0], english[1], english[0]])
     assert seen[-1] == [english[0], english[1]]
     assert found[0] == found[2] and found[0] is not found[2]
+
+
+def test_each_stage_records_the_commits_of_the_models_it_loaded_beside_its_result(
+    runtimes, tmp_path
+):
+    commits = {
+        "translator": {"repo": "org/translator", "commit": "1" * 40},
+        "extractor": {"repo": "org/extractor", "commit": "2" * 40},
+        "renderer": {"repo": "org/renderer", "commit": "3" * 40},
+        "lora": {"repo": "/models/lora", "commit": "local"},
+        "scorer": {"repo": "org/scorer", "commit": "5" * 40},
+    }
+    ctx = context(runtimes, tmp_path, model_commits=commits)
+    article = make_article()
+    for name in ("translate", "extract"):
+        article = replace(article, **run_stage(runtimes, name, article, ctx).values)
+    assert article.model_commits == {role: commits[role] for role in ("translator", "extractor")}
+
+    rendered = run_stage(runtimes, "render", article, ctx).render
+    assert rendered["model_commits"] == {role: commits[role] for role in ("renderer", "lora")}
+    columns = ("attempt", "seed", "image_path", "model_id", "lora", "model_commits")
+    render = stages.RenderInput(**{key: rendered[key] for key in columns}, clip_score=None)
+    scored = run_stage(runtimes, "score", replace(article, renders=(render,)), ctx).render
+    assert scored["model_commits"] == {
+        role: commits[role] for role in ("renderer", "lora", "scorer")
+    }
