@@ -47,7 +47,7 @@ from tasks.model_pins import settings_profile
 from tasks.reaper import Periodic, note_broker_epoch, reaper_turn
 from tasks.registry import ROLES, STAGES
 from tasks.settings import Settings
-from workers.devices import release_memory
+from workers.devices import release_memory, resolve_device
 from workers.executor import ModelExecutor
 from workers.hub import check_profile, describe_missing
 from workers.loader import load_runtimes, quiet_library_logs
@@ -88,7 +88,25 @@ def load_for_role(settings: Settings):
         "memory_mode": settings.render_memory_mode,
     }
     extract_options = {"static_cache": settings.extract_static_cache}
-    return load_runtimes(stages, profile, settings.device, render_options, extract_options)
+    runtimes = load_runtimes(stages, profile, settings.device, render_options, extract_options)
+    if settings.worker_role == "text" and resolve_device(settings.device).type == "cpu":
+        say_text_rate(runtimes, settings.text_batch_size)
+    return runtimes
+
+
+def say_text_rate(runtimes, batch_size: int) -> None:
+    """Measure and log the rate a text worker on the CPU sets, before it takes work.
+
+    A CPU text worker feeds GPU workers that render far faster than a CPU extracts; an
+    operator who chose this shape learns at start what it costs, not from an idle card.
+    """
+    from workers.doctor import describe_text_rate
+
+    logger.warning(
+        "text stages on the CPU: %s; GPU workers will wait for them unless enough text "
+        "processes run (or serve the text queue from the GPU workers: farm worker all --gpus)",
+        describe_text_rate(runtimes, batch_size),
+    )
 
 
 class AttemptCounter:

@@ -307,3 +307,23 @@ def test_a_process_whose_launcher_is_gone_before_it_is_bound_exits_at_once():
     exits = program("import sys; sys.exit(7)")
     bound = launcher._bind_to_launcher(os.getpid())
     assert subprocess.run(exits, preexec_fn=bound, timeout=30).returncode == 7
+
+
+def test_a_text_worker_on_the_cpu_measures_and_logs_its_rate_before_it_serves(
+    model_cache, caplog
+):
+    from tasks import boot
+    from tasks.settings import Settings
+
+    settings = Settings(
+        profile="tiny", model_cache=model_cache, device="cpu", worker_role="text",
+        text_batch_size=2,
+    )  # fmt: skip
+    with caplog.at_level("WARNING", logger="farm.boot"):
+        runtimes = boot.load_for_role(settings)
+
+    assert runtimes.extract is not None and runtimes.render is None
+    said = [r.getMessage() for r in caplog.records if "text stages on the CPU" in r.getMessage()]
+    assert len(said) == 1
+    assert "2 articles translated and extracted in " in said[0]
+    assert "articles/hour per process" in said[0]
