@@ -152,6 +152,23 @@ def test_an_offline_lora_repo_loads_by_id_when_its_weight_name_is_given(
     np.testing.assert_array_equal(ours, pixels(lora_renderer(["a red linen dress"], [3]))[0])
 
 
+def test_an_offline_lora_repo_loads_the_commit_it_is_pinned_to_and_no_other(
+    tiny_dirs, offline_lora_cache, lora_renderer, tmp_path
+):
+    commit = tmp_path / "hub" / f"models--{LORA_REPO.replace('/', '--')}" / "refs" / "main"
+    runtime = Renderer.from_pretrained(
+        str(tiny_dirs[0]), offline_lora_cache, CPU, width=WIDTH, height=HEIGHT, steps=2,
+        lora_weight_name=LORA_FILE, lora_revision=commit.read_text(),
+    )  # fmt: skip
+    ours = pixels(runtime(["a red linen dress"], [3]))[0]
+    np.testing.assert_array_equal(ours, pixels(lora_renderer(["a red linen dress"], [3]))[0])
+    with pytest.raises(Exception, match=LORA_FILE):  # not in that commit: none is cached
+        Renderer.from_pretrained(
+            str(tiny_dirs[0]), offline_lora_cache, CPU, width=WIDTH, height=HEIGHT, steps=2,
+            lora_weight_name=LORA_FILE, lora_revision="f" * 40,
+        )  # fmt: skip
+
+
 def test_an_offline_lora_repo_without_a_weight_name_is_refused_by_diffusers(
     tiny_dirs, offline_lora_cache
 ):
