@@ -286,6 +286,23 @@ def card_rate(args) -> tuple[float, float]:
     return seconds, 3600 / seconds
 
 
+def costed_floor(args) -> float:
+    """The least time the costed batch can take, from the table: its time-out's base.
+
+    The cards' work (render, score and, on the ``gpu`` shape, text) spread over the cards,
+    or the text process's work alone when it is the slower.
+    """
+    card = card_rate(args)[0]
+    profile = shapes.CPU_PROFILE if args.text_on == "cpu" else args.costs
+    table = costs.profile_costs(profile, args.cost_table)
+    batch = args.text_batch or Settings().text_batch_size
+    text = sum(table[stage].per_article(batch) for stage in ("translate", "extract"))
+    text *= args.time_scale
+    if args.text_on == "gpu":
+        return args.articles * (card + text) / args.gpu_processes
+    return args.articles * max(card / args.gpu_processes, text)
+
+
 def run(args, commands) -> tuple[tuple, dict, float, dict]:
     """Start the farm's processes on fresh services, measure, stop everything.
 
