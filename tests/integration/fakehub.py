@@ -50,14 +50,29 @@ class Request:
 
 @dataclass
 class Repo:
-    """A model repo on the fake hub: one commit of files."""
+    """A model repo on the fake hub: the commit ``main`` names, and older ones by id.
+
+    Attributes:
+        commit: the commit ``main`` points at.
+        files: its files (path in repo → content).
+        older: earlier commits' files, by commit id; reachable by their id only.
+    """
 
     commit: str
     files: dict[str, bytes]
+    older: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
     def revisions(self) -> tuple[str, ...]:
-        """The revisions that name this repo's only commit."""
+        """The revisions that name the commit ``main`` points at."""
         return ("main", self.commit)
+
+    def at(self, revision: str) -> Repo | None:
+        """The repo as of ``revision`` (``main``, or a commit id), or ``None``."""
+        if revision in self.revisions():
+            return self
+        if revision in self.older:
+            return Repo(revision, self.older[revision])
+        return None
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -95,6 +110,11 @@ class FakeHub:
     def add_repo(self, repo_id: str, commit: str, files: dict[str, bytes]) -> None:
         """Serve ``files`` (path in repo → content) as ``repo_id`` at ``commit`` (and ``main``)."""
         self.repos[repo_id] = Repo(commit, dict(files))
+
+    def push(self, repo_id: str, commit: str, files: dict[str, bytes]) -> None:
+        """Move ``main`` of ``repo_id`` to a new ``commit``; the old one stays by its id."""
+        old = self.repos[repo_id]
+        self.repos[repo_id] = Repo(commit, dict(files), old.older | {old.commit: old.files})
 
     def add_folder(self, repo_id: str, commit: str, folder: Path) -> None:
         """Serve every file under ``folder`` (links followed) as ``repo_id`` at ``commit``."""
@@ -152,9 +172,9 @@ class FakeHub:
             ]
 
     def repo(self, repo_id: str, revision: str) -> Repo | None:
-        """The repo ``repo_id`` when ``revision`` names its commit, else ``None``."""
+        """The repo ``repo_id`` as of ``revision`` when it names one of its commits."""
         repo = self.repos.get(repo_id)
-        return repo if repo is not None and revision in repo.revisions() else None
+        return repo.at(revision) if repo is not None else None
 
 
 def _tree(repo: Repo, path: str, recursive: bool) -> list[dict]:

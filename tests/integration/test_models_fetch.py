@@ -8,6 +8,8 @@ TensorFlow and Flax weights, ...). The command runs as a subprocess through the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -207,3 +209,93 @@ def test_a_fetch_while_the_hub_is_down_names_the_first_model_it_lacks(hub, mirro
     assert len(failures) == 1, result.stderr
     assert DEFAULT.extractor in failures[0]
     assert not (cache / f"models--{DEFAULT.extractor.replace('/', '--')}" / "snapshots").exists()
+
+
+def lock_commits(tmp_path: Path) -> dict[str, str]:
+    """Repo id → commit of the lock file the fetch wrote (the default place, in the cache)."""
+    lock = json.loads((tmp_path / "farm-cache" / "models.lock.json").read_text())
+    assert lock["version"] == 1
+    return {repo_id: entry["commit"] for repo_id, entry in lock["repos"].items()}
+
+
+def move_main(hub: FakeHub, repo_id: str) -> str:
+    """Push a new commit of ``repo_id`` (its weights changed) and return its id."""
+    files = dict(hub.repos[repo_id].files)
+    files["flux-fashion-lora.safetensors"] = files["flux-fashion-lora.safetensors"] + b" "
+    commit = hashlib.sha1(b"a newer lora").hexdigest()
+    hub.push(repo_id, commit, files)
+    return commit
+
+
+def test_fetch_writes_a_lock_file_naming_the_commit_of_every_repo(hub, tmp_path):
+    hf_home = tmp_path / "hf"
+    hf_home.mkdir()
+
+    result = farm(hub_env(hf_home, hub.url, tmp_path), *FETCH, timeout=180)
+
+    assert result.returncode == 0, result.stderr
+    served = {getattr(DEFAULT, role): hub.repos[getattr(DEFAULT, role)].commit for role in ROLES}
+    assert lock_commits(tmp_path) == served
+    lock = json.loads((tmp_path / "farm-cache" / "models.lock.json").read_text())
+    lora = lock["repos"][DEFAULT.lora]
+    assert lora["revision"] == "main" and list(lora["files"]) == ["flux-fashion-lora.safetensors"]
+
+
+def test_a_lock_file_pins_each_repo_to_its_commit_when_main_moves_on(hub, tmp_path):
+    hf_home = tmp_path / "hf"
+    hf_home.mkdir()
+    env = hub_env(hf_home, hub.url, tmp_path)
+    assert farm(env, *FETCH, timeout=180).returncode == 0
+    locked = lock_commits(tmp_path)[DEFAULT.lora]
+    newer = move_main(hub, DEFAULT.lora)
+    # A machine with an empty cache and the same lock file: it fetches the locked commit.
+    shutil.rmtree(hf_home / "hub" / f"models--{DEFAULT.lora.replace('/', '--')}")
+    hub.clear()
+
+    second = farm(env, *FETCH, timeout=180)
+
+    assert second.returncode == 0, second.stderr
+    assert lock_commits(tmp_path)[DEFAULT.lora] == locked
+    repo = hf_home / "hub" / f"models--{DEFAULT.lora.replace('/', '--')}"
+    assert [path.name for path in (repo / "snapshots").iterdir()] == [locked]
+    asked = {r.path for r in hub.requests if r.repo_id == DEFAULT.lora}
+    assert not any("/main" in path or newer in path for path in asked), asked
+    check = farm(env | {"HF_HUB_OFFLINE": "1"}, *CHECK, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"locked {locked}" in check.stdout
+
+    updated = farm(env, *FETCH, "--update", timeout=180)
+
+    assert updated.returncode == 0, updated.stderr
+    assert lock_commits(tmp_path)[DEFAULT.lora] == newer
+    assert (repo / "snapshots" / newer / "flux-fashion-lora.safetensors").is_file()
+
+
+def test_a_lock_naming_a_commit_the_cache_lacks_stops_the_check_naming_repo_and_commit(
+    hub, tmp_path
+):
+    hf_home = tmp_path / "hf"
+    hf_home.mkdir()
+    env = hub_env(hf_home, hub.url, tmp_path)
+    assert farm(env, *FETCH, timeout=180).returncode == 0
+    newer = move_main(hub, DEFAULT.lora)
+    assert farm(env, *FETCH, "--update", timeout=180).returncode == 0
+    lock = tmp_path / "farm-cache" / "models.lock.json"
+    older = hub.repos[DEFAULT.lora].older
+    (old_commit,) = older
+    # Another machine's lock file, copied here: it pins the commit this cache lacks now.
+    shutil.rmtree(hf_home / "hub" / f"models--{DEFAULT.lora.replace('/', '--')}" / "snapshots")
+    text = lock.read_text().replace(newer, old_commit)
+    lock.write_text(text)
+
+    check = farm(env | {"HF_HUB_OFFLINE": "1"}, *CHECK, timeout=120)
+
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "Traceback" not in check.stderr
+    assert f"{DEFAULT.lora} (commit {old_commit}, locked in {lock})" in check.stderr
+    assert "farm --profile default models fetch" in check.stderr
+
+    lock.write_text("{not json")
+    corrupt = farm(env | {"HF_HUB_OFFLINE": "1"}, *CHECK, timeout=120)
+    assert corrupt.returncode == 1 and "Traceback" not in corrupt.stderr
+    assert f"the lock file {lock} is unusable" in corrupt.stderr
