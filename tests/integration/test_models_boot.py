@@ -22,6 +22,8 @@ from producer.cli import SAMPLE_CATALOG
 from tasks.launcher import plan_workers
 from tasks.settings import Settings
 from tests.integration.farmproc import FARM, farm
+from workers.hub_mirror import copy_tiny_mirror
+from workers.lock import LockedRepo, write_lock
 from workers.profiles import DEFAULT, ROLES
 
 pytestmark = pytest.mark.integration
@@ -165,3 +167,47 @@ def test_farm_run_with_a_missing_model_exits_1_and_writes_nothing(offline_env, t
     assert not output_dir.exists()
     assert list(cwd.iterdir()) == []
     assert result.stdout == ""  # no batch id
+
+
+def gpu_worker(tmp_path: Path, broker_url: str):
+    """The process `farm worker gpu` would start, over a migrated SQLite database."""
+    settings = Settings(
+        profile="default",
+        database_url=f"sqlite:///{tmp_path / 'farm.db'}",
+        broker_url=broker_url,
+        output_dir=tmp_path / "out",
+        model_cache=tmp_path / "farm-cache",
+    )
+    migrate(make_engine(settings.database_url))
+    (process,) = plan_workers("gpu", settings, ())
+    return process
+
+
+@pytest.mark.parametrize("lock_text", ["missing commit", "corrupt"])
+def test_a_gpu_worker_whose_locked_commit_is_not_cached_exits_1_at_boot_naming_it(
+    offline_env, broker_url, tmp_path, model_cache, lock_text
+):
+    copy_tiny_mirror(model_cache, Path(offline_env["HF_HOME"]))  # every model, at refs/main
+    lock = Path(offline_env["FARM_MODEL_CACHE"]) / "models.lock.json"
+    commit = "0" * 40
+    if lock_text == "corrupt":
+        lock.parent.mkdir(parents=True)
+        lock.write_text('{"version": 1, "repos": []}')
+    else:
+        write_lock(lock, {DEFAULT.lora: LockedRepo(commit, "main")})
+    process = gpu_worker(tmp_path, broker_url)
+    log = tmp_path / "worker.log"
+
+    code = run_until_exit(process.argv, offline_env | process.env, log, timeout=120)
+
+    output = log.read_text()
+    assert code == 1, output
+    assert " ready." not in output and "Traceback" not in output, output
+    if lock_text == "corrupt":
+        assert f"worker cannot start: the lock file {lock} is unusable" in output, output
+    else:
+        assert f"{DEFAULT.lora} (commit {commit}, locked in {lock}) is not there" in output
+        assert FETCH_COMMAND in output
+        assert DEFAULT.renderer not in missing_message(
+            output.replace("worker cannot start: ", "\n")
+        )
