@@ -87,10 +87,13 @@ def load_for_role(settings: Settings):
         "fp8": settings.render_fp8,
         "memory_mode": settings.render_memory_mode,
     }
-    extract_options = {"static_cache": settings.extract_static_cache}
+    extract_options = {
+        "static_cache": settings.extract_static_cache,
+        "max_batch": settings.text_batch(),
+    }
     runtimes = load_runtimes(stages, profile, settings.device, render_options, extract_options)
     if settings.worker_role == "text" and resolve_device(settings.device).type == "cpu":
-        say_text_rate(runtimes, settings.text_batch_size)
+        say_text_rate(runtimes, settings.text_batch())
     return runtimes
 
 

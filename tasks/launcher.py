@@ -121,7 +121,9 @@ def plan_workers(
         raise ValueError(f"unknown role {role!r}; choose one of text, gpu, all")
     base_env = settings.as_env() | {"FARM_WORKER_ROLE": role}
     host = socket.gethostname()
-    threads = concurrency or role_concurrency(role, settings)
+    # A process pinned to a card runs on CUDA, whatever this launcher's device setting says.
+    on_card = settings.model_copy(update={"device": "cuda"}) if gpus else settings
+    threads = concurrency or role_concurrency(role, on_card)
     instance = instance or launcher_instance()
 
     def process(name: str, env: dict[str, str]) -> WorkerProcess:

@@ -60,13 +60,13 @@ def _one(_settings: Settings) -> int:
 STAGES: dict[str, Stage] = {
     "translate": Stage(
         "translate", "farm.translate", ArticleStatus.pending, ArticleStatus.translated,
-        TEXT_QUEUE, "text", lambda s: s.text_batch_size,
+        TEXT_QUEUE, "text", Settings.text_batch,
         stages.prepare_translate, stages.call_translate, stages.finish_translate,
         "extract", ("translation",),
     ),
     "extract": Stage(
         "extract", "farm.extract", ArticleStatus.translated, ArticleStatus.extracted,
-        TEXT_QUEUE, "text", lambda s: s.text_batch_size,
+        TEXT_QUEUE, "text", Settings.text_batch,
         stages.prepare_extract, stages.call_extract, stages.finish_extract,
         "render", ("attributes", "generation_prompt", "clip_prompt"), follow_up=True,
     ),

@@ -72,6 +72,14 @@ def _pair(item: str) -> tuple[str, str]:
 Revisions = Annotated[dict[str, str], NoDecode, BeforeValidator(parse_revisions)]
 
 
+# Articles per text call (FARM_TEXT_BATCH_SIZE unset). On a CPU a call's cost grows with its
+# articles, so a small batch loses little; on a GPU decoding is bound by the weights read
+# per step, whatever the batch, and the card renders between text calls: bench.scale
+# --costs h100 measures the farm's rate against this batch size.
+TEXT_BATCH_SIZE_CPU = 8
+TEXT_BATCH_SIZE_GPU = 32
+
+
 class Settings(BaseSettings):
     """Everything configurable, read once per process and passed down.
 
@@ -109,11 +117,14 @@ class Settings(BaseSettings):
     render_fp8: FastPathSwitch = "auto"
     render_memory_mode: str = "auto"
     # Phi-3 with a static KV cache; on a CUDA GPU transformers compiles its decoding step.
-    extract_static_cache: bool = False
+    # auto: on where it pays, a CUDA GPU with triton (workers.fast_path.decide_static_cache).
+    extract_static_cache: FastPathSwitch = "auto"
     # Articles per model call: a worker process holds this many text messages at once and
     # the model executor gathers the inputs waiting (for at most batch_wait_seconds) into one
     # call. Renders go one per call (FLUX at 1024x1024 is compute-bound at one image).
-    text_batch_size: int = Field(default=8, ge=1)
+    # Unset: TEXT_BATCH_SIZE_CPU, or TEXT_BATCH_SIZE_GPU in a process on a GPU (--gpus or
+    # FARM_DEVICE=cuda), where a call's cost is nearly all per call, not per article.
+    text_batch_size: int | None = Field(default=None, ge=1)
     score_batch_size: int = Field(default=4, ge=1)
     batch_wait_seconds: float = Field(default=0.02, ge=0, le=5)
     # farm run on one machine: "stagewise" runs every text stage, unloads the text models,
@@ -174,6 +185,13 @@ class Settings(BaseSettings):
             text = json.dumps(value) if isinstance(value, dict) else str(value)
             env[f"FARM_{name.upper()}"] = text
         return env
+
+    def text_batch(self) -> int:
+        """Articles per translator or extractor call in this process (``text_batch_size``
+        when set, else the default for the process's device)."""
+        if self.text_batch_size:
+            return self.text_batch_size
+        return TEXT_BATCH_SIZE_GPU if self.device.startswith("cuda") else TEXT_BATCH_SIZE_CPU
 
     def lock_file(self) -> Path:
         """The models' lock file: ``models_lock``, else ``models.lock.json`` in the model cache."""

@@ -109,6 +109,35 @@ def shares_the_card(settings, device) -> bool:
     return device.type == "cuda" and settings.worker_role == "all"
 
 
+def text_on_card(settings, device, text_checks) -> tuple[int, str]:
+    """The card memory the role's text models take beside the renderer, and the extractor's
+    fast path in words.
+
+    Args:
+        settings: the farm's settings (role, text batch, static cache switch).
+        device: the worker's device.
+        text_checks: the translator's and extractor's model checks.
+
+    Returns:
+        (bytes: their weights, and the static KV cache a warm-up allocates before the
+        renderer loads; 0 where they are not on the card), the fast path in words.
+    """
+    from workers.extractor import STATIC_CACHE_TOKENS
+    from workers.fast_path import decide_static_cache
+    from workers.placement import kv_cache_bytes, model_bytes
+
+    dtype, batch = default_dtype(device), settings.text_batch()
+    static, reason = decide_static_cache(device, settings.extract_static_cache)
+    words = f"static KV cache {('off', 'on')[static]} ({reason}); {batch} articles per call"
+    if not shares_the_card(settings, device):
+        return 0, words
+    held = sum(model_bytes(check.folder, dtype) for check in text_checks)
+    if static:
+        extractor = next(check.folder for check in text_checks if check.role == "extractor")
+        held += kv_cache_bytes(extractor, dtype, batch * STATIC_CACHE_TOKENS)
+    return held, words
+
+
 def placement_facts(profile: Profile, settings, device, checks) -> list[tuple[str, str]]:
     """Where the renderer's weights will live, why, and the host memory loading needs.
 
@@ -116,13 +145,12 @@ def placement_facts(profile: Profile, settings, device, checks) -> list[tuple[st
     placed on what they leave free; the decision here does the same.
     """
     from workers.fast_path import decide
-    from workers.placement import explain_placement, host_bytes_at_start, model_bytes
+    from workers.placement import explain_placement, host_bytes_at_start
 
     folder = next(check.folder for check in checks if check.role == "renderer")
     dtype, mode = default_dtype(device), settings.render_memory_mode
     text = [check for check in checks if check.role in ("translator", "extractor")]
-    held = sum(model_bytes(check.folder, dtype) for check in text)
-    held = held if shares_the_card(settings, device) else 0
+    held, extract_path = text_on_card(settings, device, text)
     path, (placement, sizes, reason) = decide(
         device, settings.render_compile, settings.render_fp8,
         place=lambda fp8: explain_placement(Path(folder), device, dtype, fp8, mode, held),
@@ -135,6 +163,7 @@ def placement_facts(profile: Profile, settings, device, checks) -> list[tuple[st
         ("renderer components", ", ".join(f"{n} {size_text(s)}" for n, s in sizes.items())),
         ("memory mode", f"{placement}: {reason}"),
         ("render fast path", f"{str(dtype).removeprefix('torch.')} weights; {path.describe()}"),
+        ("extract fast path", extract_path),
         (
             "host memory at start-up",
             f"{size_text(host_bytes_at_start(placement, sizes))} per render worker",
@@ -165,7 +194,7 @@ def try_models(profile: Profile, settings) -> list[tuple[str, str]]:
     started = time.perf_counter()
     text = load_runtimes(("translate", "extract"), profile, settings.device)
     facts = [("loaded the text models", f"{time.perf_counter() - started:.1f} s")]
-    facts.append(("text stages", describe_text_rate(text, settings.text_batch_size)))
+    facts.append(("text stages", describe_text_rate(text, settings.text_batch())))
     english = text.translate([SAMPLE_TEXT])
     attributes = text.extract(english.texts)
     attrs = attributes.attributes[0]

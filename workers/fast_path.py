@@ -1,4 +1,5 @@
-"""The renderer's fast path, decided in one place: regional compile and float8 weights.
+"""The GPU fast path, decided in one place: the renderer's regional compile and float8
+weights, and the extractor's static KV cache.
 
 Each switch (``FARM_RENDER_COMPILE``, ``FARM_RENDER_FP8``) is ``auto`` by default, ``on`` or
 ``off``. ``auto`` turns it on where it pays:
@@ -118,6 +119,27 @@ def decide_compile(device: torch.device, setting: bool | str, placement: str) ->
     if placement == "sequential_offload":
         return False, "auto: sequential offload's layer hooks break compiled blocks"
     return True, "auto: CUDA GPU"
+
+
+def decide_static_cache(device: torch.device, setting: bool | str) -> tuple[bool, str]:
+    """Whether extraction decodes with a static KV cache (compiled by transformers), and why.
+
+    Eager decoding of a model of Phi-3-mini's size is bound by launching kernels, not by the
+    card; compiled, a step costs about what reading the weights costs. On a CPU the compiled
+    step gains little and compiling costs minutes.
+
+    Args:
+        device: the extractor's device.
+        setting: ``FARM_EXTRACT_STATIC_CACHE``: ``auto``, ``on`` or ``off`` (or a bool).
+    """
+    setting = switch(setting)
+    if setting != "auto":
+        return setting == "on", f"FARM_EXTRACT_STATIC_CACHE={setting}"
+    if device.type != "cuda":
+        return False, "auto: no CUDA GPU, little to gain"
+    if importlib.util.find_spec("triton") is None:
+        return False, "auto: triton is not installed"
+    return True, "auto: CUDA GPU, the decoding step is compiled"
 
 
 def decide(

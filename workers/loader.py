@@ -126,7 +126,11 @@ def _translator(profile, commits, device, dtype):
 
 def _extractor(profile, commits, device, dtype, **options):
     from workers.extractor import Extractor
+    from workers.fast_path import decide_static_cache
 
+    static, reason = decide_static_cache(device, options.get("static_cache", False))
+    logger.info("extractor on %s: static KV cache %s (%s)", device, ("off", "on")[static], reason)
+    options["static_cache"] = static
     options |= revision_of(commits, "extractor", profile)
     return Extractor.from_pretrained(profile.extractor, device=device, dtype=dtype, **options)
 

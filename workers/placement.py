@@ -142,6 +142,24 @@ def model_bytes(folder: str | Path | None, dtype: torch.dtype) -> int:
     )
 
 
+def kv_cache_bytes(folder: str | Path | None, dtype: torch.dtype, tokens: int) -> int:
+    """The KV cache a decoder model holds for ``tokens`` tokens (all rows of a batch together).
+
+    Args:
+        folder: the model's local folder (its ``config.json``), or ``None`` (then 0).
+        dtype: the cache's dtype (the model's).
+        tokens: batch rows × the cache's length.
+    """
+    if folder is None:
+        return 0
+    config = json.loads((Path(folder) / "config.json").read_text())
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * itemsize * tokens
+
+
 def streamed_encoder_bytes(folder: str | Path, dtype: torch.dtype) -> int | None:
     """Card memory the T5 encoder takes while it streams: its parts outside the repeated
     blocks (the embedding, the final norm) and two blocks (the one running, the next).

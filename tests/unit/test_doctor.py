@@ -33,6 +33,10 @@ def test_doctor_on_a_cpu_says_where_the_renderer_runs_and_what_loading_needs(tmp
     assert found["render fast path"].startswith("float32 weights; compile off (auto: no CUDA")
     assert "fp8 off (auto: fp8 needs a CUDA GPU" in found["render fast path"]
     assert "GiB" in found["host memory at start-up"]
+    assert found["extract fast path"] == (
+        "static KV cache off (auto: no CUDA GPU, little to gain); 8 articles per call"
+    )
+    assert found["worker role"] == "all (FARM_WORKER_ROLE): text models not on its card"
     for role in ("translator", "extractor", "renderer", "lora", "scorer"):
         assert "present" in found[role]
 

@@ -13,7 +13,7 @@ from diffusers import FluxTransformer2DModel
 
 from tasks.settings import Settings
 from workers import fast_path
-from workers.fast_path import decide_compile, decide_fp8, fp8_layer
+from workers.fast_path import decide_compile, decide_fp8, decide_static_cache, fp8_layer
 
 CUDA = torch.device("cuda")  # a device object only: nothing here touches a GPU
 CPU = torch.device("cpu")
@@ -51,6 +51,27 @@ def test_auto_compiles_on_a_cuda_card_and_not_on_the_cpu(triton):
     assert decide_compile(CUDA, "auto", "model_offload")[0] is True
     on_cpu, why = decide_compile(CPU, "auto", "cpu")
     assert on_cpu is False and "no CUDA GPU" in why
+
+
+def test_auto_gives_extraction_a_static_cache_on_a_cuda_card_with_triton_only(triton):
+    assert decide_static_cache(CUDA, "auto") == (
+        True,
+        "auto: CUDA GPU, the decoding step is compiled",
+    )
+    assert decide_static_cache(CPU, "auto")[0] is False
+    triton["installed"] = False
+    static, why = decide_static_cache(CUDA, "auto")
+    assert static is False and "triton" in why
+
+
+@pytest.mark.parametrize(("setting", "wanted"), [("on", True), ("off", False), (True, True)])
+def test_an_explicit_static_cache_switch_is_kept_on_any_device(setting, wanted):
+    for device in (CPU, CUDA):
+        assert decide_static_cache(device, setting)[0] is wanted
+
+
+def test_the_extractor_decodes_with_a_static_cache_by_default_only_on_a_card():
+    assert Settings().extract_static_cache == "auto"
 
 
 def test_auto_does_not_compile_under_sequential_offload(triton):

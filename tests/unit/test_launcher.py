@@ -70,6 +70,20 @@ def test_a_gpu_role_gets_one_threads_process_per_card_pinned_to_it():
     assert processes[0].node != processes[1].node
 
 
+def test_processes_pinned_to_cards_hold_the_text_batches_of_a_card():
+    from tasks.settings import TEXT_BATCH_SIZE_CPU, TEXT_BATCH_SIZE_GPU
+
+    (on_cpu,) = plan_workers("all", Settings(score_batch_size=4))
+    on_cards = plan_workers("all", Settings(score_batch_size=4), gpus=["0", "1"])
+
+    def held(process):
+        return int(process.argv[process.argv.index("--concurrency") + 1])
+
+    assert held(on_cpu) == 2 * TEXT_BATCH_SIZE_CPU + 1 + 4 + 1
+    assert {held(process) for process in on_cards} == {2 * TEXT_BATCH_SIZE_GPU + 1 + 4 + 1}
+    assert all("FARM_TEXT_BATCH_SIZE" not in process.env for process in on_cards)
+
+
 def test_a_text_process_listens_to_the_text_queue_with_the_concurrency_asked_for():
     (process,) = plan_workers("text", Settings(), concurrency=3)
     argv = process.argv
@@ -309,9 +323,7 @@ def test_a_process_whose_launcher_is_gone_before_it_is_bound_exits_at_once():
     assert subprocess.run(exits, preexec_fn=bound, timeout=30).returncode == 7
 
 
-def test_a_text_worker_on_the_cpu_measures_and_logs_its_rate_before_it_serves(
-    model_cache, caplog
-):
+def test_a_text_worker_on_the_cpu_measures_and_logs_its_rate_before_it_serves(model_cache, caplog):
     from tasks import boot
     from tasks.settings import Settings
 
@@ -327,3 +339,16 @@ def test_a_text_worker_on_the_cpu_measures_and_logs_its_rate_before_it_serves(
     assert len(said) == 1
     assert "2 articles translated and extracted in " in said[0]
     assert "articles/hour per process" in said[0]
+
+
+def test_a_worker_gives_its_extractor_the_text_batch_and_no_static_cache_on_the_cpu(model_cache):
+    from tasks import boot
+    from tasks.settings import Settings
+
+    settings = Settings(
+        profile="tiny", model_cache=model_cache, device="cpu", worker_role="all",
+        text_batch_size=3,
+    )  # fmt: skip
+    runtimes = boot.load_for_role(settings)
+
+    assert runtimes.extract.max_batch == 3 and runtimes.extract.static_cache is False

@@ -20,6 +20,7 @@ from workers.placement import (  # noqa: E402
     explain_placement,
     fits_before_quantising,
     host_bytes_at_start,
+    kv_cache_bytes,
     local_model_folder,
     model_bytes,
     placement_for,
@@ -259,3 +260,11 @@ def test_a_text_model_is_sized_from_its_safetensors_at_the_load_dtype(tmp_path):
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     assert model_bytes(tmp_path, torch.bfloat16) == weights  # buffers (rotary) are not stored
     assert model_bytes(None, torch.bfloat16) == 0
+
+
+def test_phi3_minis_kv_cache_is_384_kib_a_token_in_bf16(tmp_path):
+    config = {"num_hidden_layers": 32, "num_attention_heads": 32, "hidden_size": 3072}
+    (tmp_path / "config.json").write_text(json.dumps(config | {"num_key_value_heads": 32}))
+    assert kv_cache_bytes(tmp_path, torch.bfloat16, 1) == 384 * 1024
+    assert kv_cache_bytes(tmp_path, torch.bfloat16, 8 * 1024) == 3 * GIB
+    assert kv_cache_bytes(None, torch.bfloat16, 1024) == 0

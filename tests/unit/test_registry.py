@@ -82,6 +82,16 @@ def test_batch_sizes_come_from_the_settings_and_renders_go_one_per_call():
     assert sizes == {"translate": 5, "extract": 5, "render": 1, "score": 3}
 
 
+def test_the_text_batch_is_larger_in_a_process_on_a_card_unless_it_is_set():
+    from tasks.settings import TEXT_BATCH_SIZE_CPU, TEXT_BATCH_SIZE_GPU
+
+    assert TEXT_BATCH_SIZE_GPU > TEXT_BATCH_SIZE_CPU
+    assert STAGES["extract"].batch_size(Settings(device="cpu")) == TEXT_BATCH_SIZE_CPU
+    assert STAGES["extract"].batch_size(Settings(device="auto")) == TEXT_BATCH_SIZE_CPU
+    assert STAGES["extract"].batch_size(Settings(device="cuda:1")) == TEXT_BATCH_SIZE_GPU
+    assert STAGES["translate"].batch_size(Settings(device="cuda", text_batch_size=5)) == 5
+
+
 def test_a_process_holds_a_full_batch_per_stage_and_a_gpu_process_one_message_more():
     settings = Settings(text_batch_size=5, score_batch_size=3)
     assert role_concurrency("text", settings) == 5 + 5
