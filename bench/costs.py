@@ -1,9 +1,11 @@
 """The cost table: what one model call takes per machine profile and stage, with its sources.
 
-``bench/costs.toml`` holds, for each profile (``h100``, ``cpu``) and stage, two figures, each
-with its source: a call over ``n`` inputs takes ``per_call + per_item * n`` seconds. That is
-good enough for memory-bound decoding, where the per-call part dominates, and for a renderer
-called with one image at a time.
+``bench/costs.toml`` holds, for each profile (``h100``, ``h100-eager``, ``cpu``) and stage,
+two figures, each with its source: a call over ``n`` inputs takes ``per_call + per_item * n``
+seconds. That is good enough for memory-bound decoding, where the per-call part dominates,
+and for a renderer called with one image at a time. A profile that says ``like = "other"``
+takes the other profile's stages that it does not list (``h100-eager`` is ``h100`` with
+eager extraction).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, installed as tomli
 
 TABLE = Path(__file__).with_name("costs.toml")
 FIGURES = ("per_call", "per_item")
+LIKE = "like"  # a profile's key naming the profile whose other stages it takes
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,26 @@ def load(path: Path | str = TABLE) -> dict[str, dict[str, StageCost]]:
         Profile → stage → cost.
 
     Raises:
-        ValueError: a figure is missing, negative, or names no source.
+        ValueError: a figure is missing, negative, or names no source; a profile is like
+            one that is missing or is itself like another.
     """
     raw = tomllib.loads(Path(path).read_text())
-    return {
-        profile: {stage: _stage(profile, stage, figures) for stage, figures in stages.items()}
+    table = {
+        profile: {
+            stage: _stage(profile, stage, figures)
+            for stage, figures in stages.items()
+            if stage != LIKE
+        }
         for profile, stages in raw.items()
     }
+    for profile, stages in raw.items():
+        base = stages.get(LIKE)
+        if base is None:
+            continue
+        if base not in raw or LIKE in raw[base]:
+            raise ValueError(f"{profile}: like {base!r} must name a profile that is like none")
+        table[profile] = table[base] | table[profile]
+    return table
 
 
 def _stage(profile: str, stage: str, figures: dict) -> StageCost:
@@ -81,7 +97,7 @@ def profile_costs(profile: str, path: Path | str = TABLE) -> dict[str, StageCost
     """The costs of one profile.
 
     Args:
-        profile: ``h100``, ``cpu``...
+        profile: ``h100``, ``h100-eager``, ``cpu``...
         path: the TOML file.
 
     Raises:

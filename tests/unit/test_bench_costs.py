@@ -9,7 +9,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from bench import cards, costs, fake_runtimes, scale, shapes  # noqa: E402
-from tasks.settings import Settings  # noqa: E402
+from tasks.settings import TEXT_BATCH_SIZE_CPU, Settings  # noqa: E402
 
 STAGES = ("translate", "extract", "render", "score")
 
@@ -22,6 +22,35 @@ def test_every_figure_of_the_table_names_its_source():
         for cost in stages.values():
             assert set(cost.sources) == set(costs.FIGURES)
             assert all(len(source) > 20 for source in cost.sources.values())
+
+
+def test_the_eager_profile_is_h100_but_for_extraction():
+    table = costs.load()
+    eager, compiled = table["h100-eager"], table["h100"]
+    assert set(eager) == set(STAGES)
+    for stage in ("translate", "render", "score"):
+        assert eager[stage] == compiled[stage]
+    assert eager["extract"].per_call > compiled["extract"].per_call
+
+
+def test_a_profile_takes_the_stages_it_does_not_list_from_the_one_it_is_like(tmp_path):
+    path = small_table(tmp_path)
+    path.write_text(
+        path.read_text() + "[u]\nlike = 't'\n"
+        "[u.extract.per_call]\nseconds = 9.0\nsource = 'test'\n"
+        "[u.extract.per_item]\nseconds = 0.0\nsource = 'test'\n"
+    )
+    table = costs.load(path)
+    assert table["u"]["extract"].per_call == 9.0 and table["t"]["extract"].per_call == 0.05
+    assert table["u"]["render"] == table["t"]["render"]
+
+
+@pytest.mark.parametrize("like", ["'nowhere'", "'u'"])
+def test_a_profile_like_a_missing_or_second_hand_one_is_refused(tmp_path, like):
+    path = small_table(tmp_path)
+    path.write_text(path.read_text() + f"[u]\nlike = 't'\n[v]\nlike = {like}\n")
+    with pytest.raises(ValueError, match="v: like"):
+        costs.load(path)
 
 
 def test_a_figure_without_a_source_is_refused(tmp_path):
@@ -148,7 +177,8 @@ def test_todays_shape_adds_one_text_process_on_the_cpu_with_cpu_costs(tmp_path, 
     text_env = planned[-1][1]
     assert text_env["FARM_DEVICE"] == "cpu" and "CUDA_VISIBLE_DEVICES" not in text_env
     assert text_env[fake_runtimes.COST_PROFILE_ENV] == "cpu"
-    assert text_env["FARM_TEXT_BATCH_SIZE"] == str(Settings().text_batch_size)
+    assert "FARM_TEXT_BATCH_SIZE" not in text_env  # unset: the default of a process on a CPU
+    assert Settings(device=text_env["FARM_DEVICE"]).text_batch() == TEXT_BATCH_SIZE_CPU
 
 
 def test_the_card_shape_pins_its_text_process_to_card_0(tmp_path):
