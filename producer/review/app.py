@@ -18,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from producer.review import auth, downloads, pages, posts
+from producer.review.bodies import BodyLimit
 from producer.review.throttle import LoginThrottle
 from producer.review.web import STATIC, make_templates, render
 from tasks.settings import Settings
@@ -94,6 +95,7 @@ def _middleware(settings: Settings) -> list[Middleware]:
             # Behind a TLS proxy the cookie must never travel over plain HTTP.
             https_only=settings.review_https_only,
         ),
+        Middleware(BodyLimit),
     ]
 
 

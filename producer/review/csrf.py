@@ -48,12 +48,17 @@ async def checked_form(request: Request) -> FormData:
         The parsed form.
 
     Raises:
-        HTTPException: 403 when the field is missing or does not match.
+        HTTPException: 403 when the field is missing or does not match; the body is not
+            read at all when the session holds no token (nothing it says could match), so
+            an anonymous upload never reaches the disk. 413 when the body is too large
+            (:class:`producer.review.bodies.BodyLimit`).
     """
+    kept = request.session.get(FIELD)
+    if not isinstance(kept, str) or not kept:
+        raise HTTPException(403, STALE_FORM)
     form = await request.form()
     sent = form.get(FIELD)
-    kept = request.session.get(FIELD)
-    if not isinstance(sent, str) or not isinstance(kept, str) or not kept:
+    if not isinstance(sent, str):
         raise HTTPException(403, STALE_FORM)
     if not hmac.compare_digest(sent.encode(), kept.encode()):
         raise HTTPException(403, STALE_FORM)
