@@ -32,7 +32,7 @@ from starlette.responses import RedirectResponse, Response
 
 from db.models import User
 from producer.review.csrf import checked_form, renew_csrf_token
-from producer.review.throttle import login_keys, minutes
+from producer.review.throttle import login_keys, wait_text
 from producer.review.users import MAX_NAME_CHARS, authenticate, count_users, end_sessions
 from producer.review.web import in_session, local_path, render
 from tasks.exceptions import UserError
@@ -155,8 +155,14 @@ def peer_address(request: Request) -> Address | None:
 
 
 def _from_trusted_proxy(request: Request, peer: Address | None) -> bool:
-    """Whether ``peer`` is one of ``FARM_REVIEW_TRUSTED_PROXIES``."""
-    return peer is not None and any(peer in net for net in request.app.state.trusted_proxies)
+    """Whether ``peer`` is one of ``FARM_REVIEW_TRUSTED_PROXIES`` and a proxy header is set.
+
+    Without ``FARM_REVIEW_AUTH_HEADER`` no proxy is configured, so no address is one: a
+    local proxy's requests count against its address like any other client's.
+    """
+    if not request.app.state.settings.review_auth_header or peer is None:
+        return False
+    return any(peer in net for net in request.app.state.trusted_proxies)
 
 
 def _claims(request: Request) -> Claims:
@@ -267,7 +273,7 @@ async def _refused_login(
 
 
 def _throttle_keys(request: Request, name: str) -> tuple[str, ...]:
-    """The name's counter, and the client's unless it is a proxy that many people share."""
+    """The name's counter, and the client's unless it is a configured proxy many people share."""
     peer = peer_address(request)
     shared = _from_trusted_proxy(request, peer)
     return login_keys(name, None if peer is None or shared else str(peer))
@@ -288,7 +294,7 @@ async def login(request: Request) -> Response:
     # Counted before the password is checked, so a burst of requests cannot outrun it.
     wait = throttle.reserve(keys)
     if wait > 0:
-        message = f"too many failed logins: try again in {minutes(wait)} min"
+        message = f"too many failed logins: try again in {wait_text(wait)}"
         return await _refused_login(request, target, message, status_code=429)
     user = await in_session(request, _authenticated, name.strip(), password)
     if user is None:
