@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 from db.engine import make_engine, session_factory
 from db.models import Article, ArticleStatus, Render, StageRun
 from tasks.settings import Settings
-from tests.integration.faultkit import tally
 from tests.integration.farmproc import farm, wait_until_ended
+from tests.integration.faultkit import tally
 from tests.integration.hosts import Network, can_make_hosts
 from tests.integration.hostservices import start_services
 
