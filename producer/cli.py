@@ -27,6 +27,7 @@ from producer.requeue import Selection
 from producer.review_cli import review
 from producer.run_view import RunProgress, summary_line
 from producer.status_view import render_status
+from producer.strength import basic_auth_problem
 from producer.submit import BrokerUnavailable, check_broker, send_and_mark
 from producer.views import default_views, views_option
 from tasks.app import configure
@@ -373,6 +374,9 @@ def flower(settings: Settings, address, port, localhost_only) -> None:
         # Through the environment, so the password never shows in the process list.
         env["FLOWER_BASIC_AUTH"] = auth.get_secret_value()
     argv = [sys.executable, "-m", "celery", "-A", "tasks.worker", "flower"]
+    problem = None if auth is None else basic_auth_problem(auth.get_secret_value())
+    if problem:
+        raise click.UsageError(problem)
     argv += [f"--address={address}", f"--port={port}"]
     os.execve(sys.executable, argv, env)
 

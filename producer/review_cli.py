@@ -11,6 +11,7 @@ import click
 from db.models import UserRole
 from producer import guards
 from producer.review.users import add_user, count_users, list_users, remove_user
+from producer.strength import MAKE_ONE, weakness
 from tasks.app import configure
 from tasks.exceptions import UserError
 from tasks.settings import Settings
@@ -49,6 +50,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
     `farm review add-user NAME`.
     """
     _check_secret(settings)
+    guards.output_store(settings)
     sessions = guards.database(settings)
     with sessions() as session:
         users = count_users(session)
@@ -114,11 +116,11 @@ def _check_secret(settings: Settings) -> None:
     """Refuse a cookie key anyone could guess: whoever knows it can sign an admin's session."""
     if settings.review_secret is None:
         return
-    secret = settings.review_secret.get_secret_value()
-    if len(secret) < MIN_SECRET_CHARS or "change-me" in secret:
+    reason = weakness(settings.review_secret.get_secret_value(), MIN_SECRET_CHARS)
+    if reason:
         raise StudioRefused(
-            f"FARM_REVIEW_SECRET is too short or still the example's: use at least "
-            f"{MIN_SECRET_CHARS} random characters, or unset it for a random key per start"
+            f"FARM_REVIEW_SECRET is too weak: {reason}. Use at least {MIN_SECRET_CHARS} "
+            f"random characters ({MAKE_ONE}), or unset it for a random key per start"
         )
 
 

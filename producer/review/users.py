@@ -10,16 +10,17 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import User, UserRole
+from producer.strength import MAKE_ONE, weakness
 from tasks.exceptions import UserError
 
-MIN_PASSWORD_CHARS = 8
+MIN_PASSWORD_CHARS = 10
 MAX_NAME_CHARS = 80
 # One hasher with argon2-cffi's defaults (argon2id, RFC 9106 low-memory profile).
 _HASHER = PasswordHasher()
 
 
 class UserRefused(UserError):
-    """A user cannot be added as asked (a bad name, a short password, a name taken)."""
+    """A user cannot be added as asked (a bad name, a weak password, a name taken)."""
 
 
 def add_user(
@@ -31,7 +32,8 @@ def add_user(
     Args:
         session: a session; it is committed.
         name: the login name (letters, digits, ``.-_@``; at most 80 characters).
-        password: the password, at least :data:`MIN_PASSWORD_CHARS` characters.
+        password: the password, at least :data:`MIN_PASSWORD_CHARS` characters and not
+            guessable (:func:`producer.strength.weakness`).
         role: ``reviewer`` or ``admin``.
         replace: set a new password and role for an existing user instead of refusing.
 
@@ -125,7 +127,11 @@ def _check(name: str, password: str, role: str) -> None:
             f"user name {name!r} is not usable: use 1 to {MAX_NAME_CHARS} letters, digits "
             "or . - _ @"
         )
-    if len(password) < MIN_PASSWORD_CHARS:
-        raise UserRefused(f"the password needs at least {MIN_PASSWORD_CHARS} characters")
+    reason = weakness(password, MIN_PASSWORD_CHARS)
+    if reason:
+        raise UserRefused(
+            f"the password is too weak: {reason}. Use {MIN_PASSWORD_CHARS} characters or more "
+            f"mixing letters, digits and signs, or several words; or {MAKE_ONE}"
+        )
     if role not in {r.value for r in UserRole}:
         raise UserRefused(f"role {role!r} is not one of reviewer, admin")
