@@ -61,7 +61,7 @@ def _kinds(value: str) -> int:
     return len(found) + others
 
 
-MIN_FLOWER_PASSWORD_CHARS = 12
+MIN_FLOWER_PASSWORD_CHARS = 10
 
 
 def basic_auth_problem(value: str) -> str | None:
