@@ -53,7 +53,7 @@ class FarmGroup(click.Group):
 @click.group(cls=FarmGroup)
 @click.option("--database-url", help="SQLAlchemy URL [env FARM_DATABASE_URL].")
 @click.option("--broker-url", help="Celery broker URL [env FARM_BROKER_URL].")
-@click.option("--output-dir", type=click.Path(path_type=Path), help="[env FARM_OUTPUT_DIR]")
+@click.option("--output-dir", help="A folder or s3://bucket/prefix [env FARM_OUTPUT_DIR].")
 @click.option("--profile", type=click.Choice(["default", "tiny"]), help="[env FARM_PROFILE]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [env FARM_DEVICE].")
 @click.pass_context
@@ -144,6 +144,7 @@ def submit(
     changed; unchanged rows keep their results, rows gone from a file are marked removed.
     """
     rows = _read(settings, files, sheet, columns)
+    guards.output_store(settings)  # the workers write there: a wrong URL shows now
     app = _connected_app(settings)
     sessions = _sessions(settings, create=True)
     name = catalog or catalog_name(files)
@@ -212,6 +213,8 @@ def worker(settings: Settings, role, gpus, concurrency, loglevel) -> None:
     check_devices(settings.device, gpu_list)
     if role in ("gpu", "all"):  # they write the images
         guards.writable_folder(settings.output_dir)
+    else:  # a text worker that fails a batch's last article writes its statistics
+        guards.output_store(settings)
     _sessions(settings, create=True)  # the schema is current before any worker takes work
     processes = plan_workers(role, settings, gpu_list, concurrency, loglevel)
     sys.exit(run_workers(processes, on_death=recovery(settings)))
@@ -325,6 +328,7 @@ def requeue(
 @click.pass_obj
 def export(settings: Settings, batch, fmt, out) -> None:
     """One row per article of BATCH, joined back to its source, as xlsx, csv, jsonl or parquet."""
+    guards.output_store(settings)
     with _sessions(settings)() as session:
         try:
             rows = export_rows(session, batch)
@@ -342,6 +346,7 @@ def export(settings: Settings, batch, fmt, out) -> None:
 @click.pass_obj
 def report(settings: Settings, batch, out) -> None:
     """A self-contained HTML contact sheet of BATCH, and its clip_statistics.txt."""
+    guards.output_store(settings)
     with _sessions(settings)() as session:
         try:
             path = write_report(session, batch, settings.output_dir, path=out)
@@ -470,7 +475,8 @@ def _run_local(settings: Settings, files, sheet, columns, min_clip_score, new_ba
         )
         sys.exit(INTERRUPTED_EXIT_CODE)
     elapsed = time.perf_counter() - started
-    out = Path(settings.output_dir).resolve() / submitted.batch_id
+    out = batch_dir(settings.output_dir, submitted.batch_id)
+    out = out.resolve() if isinstance(out, Path) else out
     console.print(summary_line(summary, elapsed))
     console.print(f"outputs: {out}")
     click.echo(submitted.batch_id)

@@ -47,3 +47,22 @@ class ReviewRefused(UserError):
 
 class ReviewForbidden(ReviewRefused):
     """The user's role does not allow the action (a reviewer asking for a bulk action)."""
+
+
+class StorageUnavailable(FarmError, OSError):
+    """The object store of ``FARM_OUTPUT_DIR`` refused or could not be reached: an unknown
+    scheme, no such bucket, bad credentials, the endpoint away, a failed put.
+
+    An ``OSError``, so a stage retries it as it retries a full disk; the CLI exits with the
+    code of an output that cannot be written.
+    """
+
+    exit_code = 6
+
+    def __init__(self, message: str, where: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.where = where
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,15 +1,18 @@
 """Files the farm writes: images per attempt, the final image and JSON per article, statistics.
 
 Every file is written to a temporary name in its folder and renamed into place, so a crash
-never leaves a half-written image under a name that the database points to. A write that
-fails because of where it goes (no permission, a read-only or full disk, a file where a folder
-should be) raises :class:`OutputNotWritable`, which says so and names the place.
+never leaves a half-written image under a name that the database points to; in an object
+store (:mod:`tasks.storage`) each file is one put of its whole content, which does the same.
+A write that fails because of where it goes (no permission, a read-only or full disk, a file
+where a folder should be) raises :class:`OutputNotWritable`, which says so and names the
+place.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -24,6 +27,8 @@ from pathlib import Path
 from PIL import Image
 
 from db.models import DEFAULT_VIEW
+from tasks import storage
+from tasks.storage import ObjectURL, Place
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # The errors that come from where a file goes rather than from what is written to it.
@@ -80,23 +85,26 @@ def not_writable(error: OSError, path: Path, what: str = "") -> OSError:
     return OutputNotWritable(f"cannot write {name}: {reason}", error, path)
 
 
-def writable_folder(folder: Path, what: str = "output folder") -> Path:
+def writable_folder(folder: Place | str, what: str = "output folder") -> Place:
     """Create ``folder`` when missing and prove that a file can be written in it.
 
     The probe writes and syncs one byte, so a full disk shows here and not halfway through
-    a batch's files; it is removed again.
+    a batch's files; it is removed again. In an object store the probe is one object.
 
     Args:
-        folder: the folder.
+        folder: the folder, or an object store's URL.
         what: what it is, for the message.
 
     Returns:
-        ``folder``.
+        ``folder``, as a place.
 
     Raises:
         OutputNotWritable: it cannot be created or written.
+        StorageUnavailable: the object store cannot be written (:func:`tasks.storage.check`).
     """
-    folder = Path(folder)
+    folder = storage.place(folder)
+    if isinstance(folder, ObjectURL):
+        return storage.check(folder)
     with _place_errors(folder, what):
         folder.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(prefix=".farm-write-check.", dir=folder)
@@ -142,17 +150,17 @@ def safe_stem(key: str) -> str:
     return f"{slug}-{digest}"
 
 
-def batch_dir(output_dir: Path, batch_id: str) -> Path:
+def batch_dir(output_dir: Place | str, batch_id: str) -> Place:
     """The folder of a batch's outputs.
 
     Args:
-        output_dir: the farm's output root.
+        output_dir: the farm's output root: a folder or an object store's URL.
         batch_id: the batch.
 
     Returns:
         ``<output_dir>/<batch_id>``.
     """
-    return Path(output_dir) / batch_id
+    return storage.place(output_dir) / batch_id
 
 
 def view_stem(stem: str, view: str) -> str:
@@ -168,7 +176,7 @@ def view_stem(stem: str, view: str) -> str:
     return stem if view == DEFAULT_VIEW else f"{stem}@{view}"
 
 
-def published_image_path(output_dir: Path, batch_id: str, stem: str, view: str) -> Path:
+def published_image_path(output_dir: Place, batch_id: str, stem: str, view: str) -> Place:
     """Where an article's published picture lives.
 
     Returns:
@@ -177,7 +185,7 @@ def published_image_path(output_dir: Path, batch_id: str, stem: str, view: str) 
     return batch_dir(output_dir, batch_id) / f"{view_stem(stem, view)}.png"
 
 
-def attempt_image_path(output_dir: Path, batch_id: str, stem: str, attempt: int) -> Path:
+def attempt_image_path(output_dir: Place, batch_id: str, stem: str, attempt: int) -> Place:
     """Where one render attempt's image is kept.
 
     Returns:
@@ -187,11 +195,12 @@ def attempt_image_path(output_dir: Path, batch_id: str, stem: str, attempt: int)
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Place | str) -> Iterator[Path]:
     """A scratch file beside ``path`` that replaces it in one rename when the block succeeds.
 
     Args:
-        path: the file's final place; its folder is created when missing.
+        path: the file's final place; its folder is created when missing. For an object,
+            the scratch file is a local temporary one, uploaded whole when the block succeeds.
 
     Yields:
         The scratch path to write. On an exception it is removed and ``path`` is untouched.
@@ -199,8 +208,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
     Raises:
         OutputNotWritable: the folder or the file cannot be written there (also for such an
             error raised by the block while it writes the scratch file).
+        StorageUnavailable: the object could not be written.
     """
-    path = Path(path)
+    path = storage.place(path)
+    if isinstance(path, ObjectURL):
+        with _uploaded(path) as scratch:
+            yield scratch
+        return
     with _place_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -219,6 +233,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 @contextmanager
+def _uploaded(url: ObjectURL) -> Iterator[Path]:
+    """A local scratch file uploaded as the object ``url`` in one put when the block succeeds."""
+    handle, scratch = tempfile.mkstemp(prefix=f".{url.name}.")
+    os.close(handle)
+    try:
+        yield Path(scratch)
+        storage.put_file(Path(scratch), url)
+    finally:
+        Path(scratch).unlink(missing_ok=True)
+
+
+@contextmanager
 def _place_errors(path: Path, what: str = "") -> Iterator[None]:
     """Raise an ``OSError`` caused by where ``path`` goes as :class:`OutputNotWritable`."""
     try:
@@ -230,32 +256,44 @@ def _place_errors(path: Path, what: str = "") -> Iterator[None]:
         raise converted from error
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Place, write) -> None:
+    if isinstance(path, ObjectURL):  # small files: made in memory, then one put
+        buffer = io.BytesIO()
+        write(buffer)
+        storage.put_bytes(path, buffer.getvalue())
+        return
     with atomic_path(path) as scratch, open(scratch, "wb") as stream:
         write(stream)
 
 
-def save_png(image: Image.Image, path: Path) -> None:
+def save_png(image: Image.Image, path: Place) -> None:
     """Write ``image`` as PNG at ``path`` atomically.
 
     Args:
         image: the picture.
         path: its final place.
     """
-    _atomic_write(path, lambda stream: image.save(stream, format="PNG"))
+    _atomic_write(storage.place(path), lambda stream: image.save(stream, format="PNG"))
 
 
-def publish_file(source: Path, target: Path) -> None:
+def publish_file(source: Place | str, target: Place | str) -> None:
     """Make ``target`` show ``source``'s content, atomically, without copying where possible.
 
     A hard link costs no copy and no second write of the image; a file system without hard
-    links (or ``source`` on another one) gets a copy instead.
+    links (or ``source`` on another one) gets a copy instead, and an object store a copy
+    made by the store itself.
 
     Args:
-        source: an existing file, already complete on disk.
+        source: an existing file, already complete on disk, or an object.
         target: where it is published.
     """
-    target = Path(target)
+    source, target = storage.place(source), storage.place(target)
+    if isinstance(source, ObjectURL) and isinstance(target, ObjectURL):
+        storage.copy(source, target)
+        return
+    if isinstance(source, ObjectURL) or isinstance(target, ObjectURL):
+        copy_file(source, target)
+        return
     with _place_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
@@ -273,18 +311,18 @@ def publish_file(source: Path, target: Path) -> None:
         scratch.unlink(missing_ok=True)
 
 
-def copy_file(source: Path, target: Path) -> None:
+def copy_file(source: Place | str, target: Place | str) -> None:
     """Copy ``source`` to ``target`` atomically.
 
     Args:
-        source: an existing file.
+        source: an existing file or object.
         target: where the copy goes.
     """
-    with open(source, "rb") as original:
-        _atomic_write(target, lambda stream: shutil.copyfileobj(original, stream))
+    with storage.open_read(storage.place(source)) as original:
+        _atomic_write(storage.place(target), lambda stream: shutil.copyfileobj(original, stream))
 
 
-def write_json(path: Path, data: dict) -> None:
+def write_json(path: Place, data: dict) -> None:
     """Write ``data`` as pretty UTF-8 JSON at ``path`` atomically.
 
     Args:
@@ -292,7 +330,7 @@ def write_json(path: Path, data: dict) -> None:
         data: JSON-serialisable content.
     """
     text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
-    _atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+    _atomic_write(storage.place(path), lambda stream: stream.write(text.encode("utf-8")))
 
 
 def clip_statistics(scores: list[float]) -> dict[str, float]:
@@ -316,7 +354,7 @@ def clip_statistics(scores: list[float]) -> dict[str, float]:
     }
 
 
-def write_clip_statistics(path: Path, scores: list[float]) -> None:
+def write_clip_statistics(path: Place, scores: list[float]) -> None:
     """Write ``clip_statistics.txt`` in the seed's layout.
 
     Args:
@@ -326,4 +364,5 @@ def write_clip_statistics(path: Path, scores: list[float]) -> None:
     lines = ["CLIP Score Statistics", "====================="]
     for name, value in clip_statistics(scores).items():
         lines.append(f"{name}: {value}" if name == "Total Samples" else f"{name}: {value:.4f}")
-    _atomic_write(path, lambda stream: stream.write(("\n".join(lines) + "\n").encode("utf-8")))
+    text = "\n".join(lines) + "\n"
+    _atomic_write(storage.place(path), lambda stream: stream.write(text.encode("utf-8")))

@@ -16,7 +16,8 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from db import published
-from tasks import outputs
+from tasks import outputs, storage
+from tasks.storage import Place
 
 logger = logging.getLogger("farm.publish")
 
@@ -82,7 +83,7 @@ def publish_pending(
     return done
 
 
-def write_published(row: dict, output_dir: Path, profile) -> Path:
+def write_published(row: dict, output_dir: Path | str, profile) -> Place:
     """Write one stored row's best picture and its JSON record, atomically each.
 
     Args:
@@ -96,12 +97,12 @@ def write_published(row: dict, output_dir: Path, profile) -> Path:
     image_path = outputs.published_image_path(
         output_dir, row["batch_id"], row["file_stem"], row["view"]
     )
-    outputs.publish_file(Path(row["attempt_path"]), image_path)
+    outputs.publish_file(storage.place(row["attempt_path"]), image_path)
     outputs.write_json(image_path.with_suffix(".json"), _record(row, profile, image_path))
     return image_path
 
 
-def _record(row: dict, profile, image_path: Path) -> dict:
+def _record(row: dict, profile, image_path: Place) -> dict:
     return {
         "sample_id": row["key"],
         "view": row["view"],

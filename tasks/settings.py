@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tasks.storage import output_location
+
 # Where the lock file lives unless FARM_MODELS_LOCK says: beside the farm's model cache.
 LOCK_FILE_NAME = "models.lock.json"
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -90,7 +92,8 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///farm.db"
     broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    output_dir: Path = Path("output")
+    # A folder, or an object store's URL (s3://bucket/prefix), kept as text: tasks.storage.
+    output_dir: Annotated[Path | str, BeforeValidator(output_location)] = Path("output")
 
     profile: str = "default"
     model_cache: Path = Field(default_factory=lambda: Path.home() / ".cache" / "fashion-farm")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from db.models import DEFAULT_VIEW, ArticleStatus
-from tasks import outputs
+from tasks import outputs, storage
 from tasks.exceptions import InvalidArticle, TransientStageError
 from tasks.handoff import RecentImages, read_rgb
 from workers.prompts import clip_prompt, generation_prompt
@@ -81,7 +81,7 @@ class StageContext:
     """What a stage may use besides the article: the profile, where files go, its limits."""
 
     profile: object
-    output_dir: Path
+    output_dir: Path | str  # a folder, or an object store's URL (tasks.storage)
     worker: str
     min_clip_score: float | None = None  # the farm's default; a batch's own threshold wins
     max_attempts: int = 1
@@ -270,8 +270,8 @@ def prepare_score(article: ArticleInput, ctx: StageContext) -> tuple[object, str
     Raises:
         InvalidArticle: the current attempt has no image on disk.
     """
-    current = _current_render(article)
-    path = Path(current.image_path)
+    current = _current_render(article, ctx.images)
+    path = storage.place(current.image_path)
     picture = ctx.images.load(path) if ctx.images is not None else read_rgb(path)
     return picture, article.clip_prompt or ""
 
@@ -287,14 +287,14 @@ def finish_score(article: ArticleInput, value: float, ctx: StageContext) -> Stag
     Nothing is written here: the best attempt is published from the stored row once the
     store took it (:mod:`tasks.publish`), so a stage that lost its lease publishes nothing.
     """
-    current = _current_render(article)
+    current = _current_render(article, ctx.images)
     # Earlier attempts count when scored against the current prompts and still on disk.
     scored = [
         (r.clip_score, r)
         for r in article.renders
         if r.clip_score is not None
         and article.attempt_base <= r.attempt != current.attempt
-        and Path(r.image_path).is_file()
+        and storage.is_file(storage.place(r.image_path))
     ]
     scored.append((value, current))
     best_score, best = max(scored, key=lambda pair: pair[0])
@@ -347,8 +347,13 @@ def verdict(
     return ArticleStatus.needs_review
 
 
-def _current_render(article: ArticleInput) -> RenderInput:
+def _current_render(article: ArticleInput, images: RecentImages | None = None) -> RenderInput:
     current = next((r for r in article.renders if r.attempt == article.render_attempt), None)
-    if current is None or not Path(current.image_path).is_file():
+    # A picture this process just wrote is there: asking an object store would cost a trip.
+    there = current is not None and (
+        (images is not None and images.holds(current.image_path))
+        or storage.is_file(storage.place(current.image_path))
+    )
+    if not there:
         raise InvalidArticle(f"render attempt {article.render_attempt} has no image on disk")
     return current
