@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Article, Batch, Render, StageRun
+from tasks import storage
 from tasks.outputs import atomic_path
 from tasks.registry import ORDER as STAGES
 
@@ -118,7 +119,8 @@ def writing(what: str, path: Path) -> Iterator[None]:
         yield
     except OSError as error:
         reason = _REASONS.get(error.errno) or error.strerror or str(error) or type(error).__name__
-        raise ExportError(f"cannot write {what} to {path}: {reason}", Path(path)) from error
+        message = f"cannot write {what} to {path}: {reason}"
+        raise ExportError(message, storage.place(path)) from error
 
 
 def neutralise(value: object) -> object:
@@ -278,7 +280,7 @@ def write_export(rows: list[dict], path: Path, fmt: str) -> int:
     Args:
         rows: from :func:`export_rows` (any dicts; the columns are their keys in first-seen
             order, :data:`COLUMNS` when there is no row).
-        path: the file to write; its folder is created.
+        path: the file to write (or an object in the output store); its folder is created.
         fmt: one of :data:`EXPORT_FORMATS`.
 
     Returns:
@@ -298,7 +300,7 @@ def write_export(rows: list[dict], path: Path, fmt: str) -> int:
     if fmt not in writers:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
     columns = list(dict.fromkeys(c for row in rows for c in row)) if rows else list(COLUMNS)
-    with writing("the export", path), atomic_path(Path(path)) as scratch:
+    with writing("the export", path), atomic_path(storage.place(path)) as scratch:
         writers[fmt](rows, columns, scratch)
     return len(rows)
 

@@ -16,7 +16,9 @@ stderr and a documented exit code, never a traceback. The exit codes of the ``fa
       there, the server unreachable, a file or folder that cannot be written, a
       schema newer than this version
  6    an output folder or file cannot be written: no permission, a read-only or
-      full disk, a file where a folder should be
+      full disk, a file where a folder should be; the object store of
+      ``FARM_OUTPUT_DIR`` cannot be used (unknown scheme, no bucket, bad
+      credentials, endpoint unreachable)
  75   (a worker process) a model call hung; ``farm worker`` starts it again
  130  interrupted (Ctrl-C)
 ====  ==========================================================================
@@ -41,7 +43,7 @@ from db.urls import describe
 from producer.catalog import CatalogError
 from producer.export import ExportError
 from producer.submit import BrokerUnavailable
-from tasks import outputs
+from tasks import outputs, storage
 from tasks.exceptions import FarmError
 from tasks.outputs import OutputNotWritable
 from tasks.settings import Settings
@@ -117,21 +119,36 @@ def upgrade_database(settings: Settings) -> tuple[str, str | None, str | None]:
         engine.dispose()
 
 
-def writable_folder(path: Path, what: str = "output folder") -> Path:
+def writable_folder(path: Path | str, what: str = "output folder") -> storage.Place:
     """Create ``path`` when missing and make sure a file can be written in it.
 
     Args:
-        path: the folder (``--output-dir``, or the folder of an ``--out`` file).
+        path: the folder (``--output-dir``, or the folder of an ``--out`` file), or an
+            object store's URL, where a probe object is written and deleted.
         what: what it is, named in the message.
 
     Returns:
-        ``path``.
+        ``path``, as a place (:func:`tasks.storage.place`).
 
     Raises:
         tasks.outputs.OutputNotWritable: no permission, a read-only or full disk, or a file
             where a folder should be.
+        tasks.exceptions.StorageUnavailable: the object store cannot be written.
     """
-    return outputs.writable_folder(Path(path), what)
+    return outputs.writable_folder(storage.place(path), what)
+
+
+def output_store(settings: Settings) -> None:
+    """Check at start that an object store named by ``FARM_OUTPUT_DIR`` can be written.
+
+    A local folder is left alone here: the commands that write into it check it
+    (:func:`writable_folder`) or create it as they write.
+
+    Raises:
+        tasks.exceptions.StorageUnavailable: the store cannot be used (exit code 6).
+    """
+    if storage.is_url(settings.output_dir):
+        storage.check(storage.place(settings.output_dir))
 
 
 def exit_code_of(error: BaseException) -> int | None:

@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session
 
 from db.models import Article, ArticleStatus, Batch, Render
 from producer.export import writing
-from tasks import outputs
+from tasks import outputs, storage
 from tasks.finish import STATISTICS_FILE
+from tasks.storage import Place
 
 REPORT_FILE = "report.html"
 
@@ -109,10 +110,10 @@ _SCRIPT = """
 def write_report(
     session: Session,
     batch_id: str,
-    output_dir: Path,
+    output_dir: Path | str,
     path: Path | None = None,
     thumb_px: int = 160,
-) -> Path:
+) -> Place:
     """Write a batch's HTML contact sheet and (re)write its ``clip_statistics.txt``.
 
     Removed articles (their row left the catalog) are in neither, nor in the counts.
@@ -120,7 +121,8 @@ def write_report(
     Args:
         session: any session.
         batch_id: the batch.
-        output_dir: the farm's output root; images that moved with it are found there.
+        output_dir: the farm's output root (a folder or an object store's URL); images that
+            moved with it are found there.
         path: where the report goes; ``<output_dir>/<batch>/report.html`` when None.
         thumb_px: the longest side of a thumbnail, in pixels.
 
@@ -250,26 +252,24 @@ def _card(index: int, article: Article, attempts: int, thumb: str | None) -> str
     )
 
 
-def _image_file(article: Article, folder: Path) -> Path | None:
+def _image_file(article: Article, folder: Place) -> Place | None:
     if not article.image_path:
         return None
     # A relative path in the database is relative to the worker's folder; the published image
     # also always lies in the batch folder, which is where to look when the first is gone.
+    # An unreadable folder or store counts as missing: a placeholder, not a failed report.
     published = folder / f"{outputs.view_stem(article.file_stem, article.view)}.png"
-    for candidate in (Path(article.image_path), published):
-        try:
-            if candidate.is_file():
-                return candidate
-        except OSError:  # an unreadable folder: a placeholder, not a failed report
-            continue
+    for candidate in (storage.place(article.image_path), published):
+        if storage.is_file(candidate):
+            return candidate
     return None
 
 
-def _thumbnail(path: Path | None, thumb_px: int) -> str | None:
+def _thumbnail(path: Place | None, thumb_px: int) -> str | None:
     if path is None:
         return None
     try:
-        with Image.open(path) as image:
+        with storage.open_read(path) as stream, Image.open(stream) as image:
             image.thumbnail((thumb_px, thumb_px))
             if image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
                 image = image.convert("RGBA")
@@ -280,6 +280,6 @@ def _thumbnail(path: Path | None, thumb_px: int) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _write_atomically(path: Path, chunks: Iterable[str]) -> None:
+def _write_atomically(path: Place, chunks: Iterable[str]) -> None:
     with outputs.atomic_path(path) as scratch, open(scratch, "w", encoding="utf-8") as stream:
         stream.writelines(chunks)

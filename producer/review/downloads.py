@@ -2,7 +2,8 @@
 
 Thumbnails are made once and kept under ``<output>/.thumbs``, named after the source file's
 path, size and modification time, so a picture written again gets a new thumbnail and a
-database started afresh over the same output folder never shows a stale one.
+database started afresh over the same output folder never shows a stale one. In an object
+store (:mod:`tasks.storage`) pictures and thumbnails are objects, handed out from memory.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import io
 import shutil
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,9 @@ from db.models import Article, Batch, Render, ReviewStatus
 from producer.export import export_rows, write_export
 from producer.review.auth import data
 from producer.review.web import in_session, path_id
+from tasks import storage
 from tasks.outputs import atomic_path, attempt_image_path, batch_dir, view_stem
+from tasks.storage import ObjectURL, Place
 
 THUMB_PX = 256
 THUMB_DIR = ".thumbs"
@@ -39,20 +43,18 @@ CSV_NAME = "approved.csv"
 IMAGE_FOLDER = "images"
 
 
-def existing(candidates: tuple[str | Path | None, ...]) -> Path | None:
-    """The first of ``candidates`` that is a readable file, else None."""
+def existing(candidates: tuple[str | Place | None, ...]) -> Place | None:
+    """The first of ``candidates`` that is a readable file or object, else None.
+
+    An unreadable folder or store counts as missing.
+    """
     for candidate in candidates:
-        if not candidate:
-            continue
-        try:
-            if Path(candidate).is_file():
-                return Path(candidate)
-        except OSError:  # an unreadable folder: treated as missing
-            continue
+        if candidate and storage.is_file(storage.place(candidate)):
+            return storage.place(candidate)
     return None
 
 
-def render_file(session: Session, render_id: int, output_dir: Path) -> Path | None:
+def render_file(session: Session, render_id: int, output_dir: Path | str) -> Place | None:
     """Where a render's PNG lies: its stored path, else its place in the output layout.
 
     Args:
@@ -75,9 +77,9 @@ def render_file(session: Session, render_id: int, output_dir: Path) -> Path | No
     return existing((row.image_path, laid_out))
 
 
-async def _render_path(request: Request) -> Path:
+async def _render_path(request: Request) -> Place:
     render_id = path_id(request, "render_id", "render")
-    output_dir = Path(request.app.state.settings.output_dir)
+    output_dir = request.app.state.settings.output_dir
     path = await in_session(request, render_file, render_id, output_dir)
     if path is None:
         raise HTTPException(404, f"no image for render {render_id}")
@@ -88,14 +90,21 @@ async def _render_path(request: Request) -> Path:
 async def render_image(request: Request) -> Response:
     """GET /renders/{id}/image: the attempt's full PNG."""
     path = await _render_path(request)
-    return FileResponse(path, media_type="image/png", headers={"Cache-Control": IMAGE_CACHE})
+    headers = {"Cache-Control": IMAGE_CACHE}
+    if isinstance(path, ObjectURL):
+        try:
+            content = await run_in_threadpool(storage.read_bytes, path)
+        except OSError as error:
+            raise HTTPException(404, "the image cannot be read") from error
+        return Response(content, media_type="image/png", headers=headers)
+    return FileResponse(path, media_type="image/png", headers=headers)
 
 
 @data
 async def render_thumb(request: Request) -> Response:
     """GET /renders/{id}/thumb: a JPEG at most 256 pixels on its longer side."""
     path = await _render_path(request)
-    cache = Path(request.app.state.settings.output_dir) / THUMB_DIR
+    cache = storage.place(request.app.state.settings.output_dir) / THUMB_DIR
     made = await run_in_threadpool(thumbnail, path, cache)
     headers = {"Cache-Control": IMAGE_CACHE}
     if made is None:
@@ -105,26 +114,29 @@ async def render_thumb(request: Request) -> Response:
     return Response(made, media_type="image/jpeg", headers=headers)
 
 
-def thumbnail(source: Path, cache: Path, size: int = THUMB_PX) -> Path | bytes | None:
+def thumbnail(source: Place, cache: Place, size: int = THUMB_PX) -> Path | bytes | None:
     """A JPEG thumbnail of ``source``, kept in ``cache`` for the next time.
 
     Args:
-        source: a picture.
+        source: a picture (a file or an object).
         cache: the folder thumbnails are kept in; created when missing.
         size: the longest side, in pixels.
 
     Returns:
-        The cached file; the JPEG bytes when the cache cannot be written; None when the
-        picture cannot be read.
+        The cached file; the JPEG bytes when the cache cannot be written or is in an object
+        store; None when the picture cannot be read.
     """
     try:
-        facts = source.stat()
+        version = _version(source)
     except OSError:
         return None
-    name = hashlib.sha256(f"{source.resolve()}|{facts.st_size}|{facts.st_mtime_ns}|{size}".encode())
+    name = hashlib.sha256(f"{version}|{size}".encode())
     target = cache / f"{name.hexdigest()[:32]}.jpg"
-    if target.is_file():
-        return target
+    if storage.is_file(target):
+        try:
+            return target if isinstance(target, Path) else storage.read_bytes(target)
+        except OSError:  # gone meanwhile: made again below
+            pass
     encoded = _jpeg(source, size)
     if encoded is None:
         return None
@@ -133,12 +145,21 @@ def thumbnail(source: Path, cache: Path, size: int = THUMB_PX) -> Path | bytes |
             scratch.write_bytes(encoded)
     except OSError:  # a read-only output folder still gets its thumbnails, uncached
         return encoded
-    return target
+    return target if isinstance(target, Path) else encoded
 
 
-def _jpeg(source: Path, size: int) -> bytes | None:
+def _version(source: Place) -> str:
+    """The source's place, size and modification time (an object's tag): a new version,
+    a new name."""
+    if isinstance(source, ObjectURL):
+        return f"{source}|{storage.signature(source)}"
+    facts = source.stat()
+    return f"{source.resolve()}|{facts.st_size}|{facts.st_mtime_ns}"
+
+
+def _jpeg(source: Place, size: int) -> bytes | None:
     try:
-        with Image.open(source) as image:
+        with storage.open_read(source) as stream, Image.open(stream) as image:
             image.thumbnail((size, size))
             flat = image.convert("RGBA")
     except (OSError, Image.DecompressionBombError, ValueError):
@@ -156,11 +177,13 @@ class Approved:
     """An approved article's export row and where its published image may lie."""
 
     row: dict
-    candidates: tuple[str | Path | None, ...]
+    candidates: tuple[str | Place | None, ...]
     file_stem: str  # of the article's view: <stem>@back for a back view
 
 
-def approved_articles(session: Session, batch_id: str, output_dir: Path) -> list[Approved] | None:
+def approved_articles(
+    session: Session, batch_id: str, output_dir: Path | str
+) -> list[Approved] | None:
     """The export rows of a batch's approved articles, with where their images lie.
 
     Everything is read here, so the session can be closed before the archive is written.
@@ -226,8 +249,7 @@ def write_archive(approved: list[Approved], folder: Path, name: str) -> Path:
                 rows.append(entry.row | {"archive_image": None})
                 continue
             taken.add(inside)
-            # PNGs are compressed already: stored, they cost no CPU to pack or unpack.
-            bundle.write(picture, inside, compress_type=zipfile.ZIP_STORED)
+            _pack(bundle, picture, inside)
             rows.append(entry.row | {"archive_image": inside})
         sheet = folder / CSV_NAME
         write_export(rows, sheet, "csv")
@@ -235,9 +257,22 @@ def write_archive(approved: list[Approved], folder: Path, name: str) -> Path:
     return archive
 
 
-def _scratch_folder(output_dir: Path) -> Path:
+def _pack(bundle: zipfile.ZipFile, picture: Place, inside: str) -> None:
+    """Add one picture, stored: PNGs are compressed already and cost no CPU to pack."""
+    if isinstance(picture, Path):
+        bundle.write(picture, inside, compress_type=zipfile.ZIP_STORED)
+        return
+    entry = zipfile.ZipInfo(inside, date_time=time.localtime()[:6])
+    entry.compress_type = zipfile.ZIP_STORED
+    with storage.open_read(picture) as source, bundle.open(entry, "w", force_zip64=True) as out:
+        shutil.copyfileobj(source, out)
+
+
+def _scratch_folder(output_dir: Path | str) -> Path:
     # Beside the images when possible: an archive of a large batch can be gigabytes, more
-    # than a small /tmp holds.
+    # than a small /tmp holds. An object store has no folder to write it in.
+    if storage.is_url(output_dir):
+        return Path(tempfile.mkdtemp(prefix="review-zip-"))
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=".review-zip-", dir=output_dir))
@@ -245,7 +280,7 @@ def _scratch_folder(output_dir: Path) -> Path:
         return Path(tempfile.mkdtemp(prefix="review-zip-"))
 
 
-def _archive(approved: list[Approved], batch_id: str, output_dir: Path) -> Path:
+def _archive(approved: list[Approved], batch_id: str, output_dir: Path | str) -> Path:
     folder = _scratch_folder(output_dir)
     try:
         return write_archive(approved, folder, f"{batch_id}-approved.zip")
@@ -258,7 +293,7 @@ def _archive(approved: list[Approved], batch_id: str, output_dir: Path) -> Path:
 async def approved_zip(request: Request) -> Response:
     """GET /batches/{id}/approved.zip: the approved pictures and their export sheet."""
     batch_id = request.path_params["batch_id"]
-    output_dir = Path(request.app.state.settings.output_dir)
+    output_dir = request.app.state.settings.output_dir
     approved = await in_session(request, approved_articles, batch_id, output_dir)
     if approved is None:
         raise HTTPException(404, f"no batch {batch_id}")
