@@ -94,3 +94,51 @@ def local_env(tmp_path, model_cache):
         "FARM_MODEL_CACHE": str(model_cache),
         "HF_HUB_OFFLINE": "1",
     }
+
+
+@pytest.fixture
+def s3_server():
+    """moto's S3 server on a free port of this machine, with the bucket ``farm``.
+
+    Yields the server's ``AWS_*`` variables; the server runs in this process, so a test may
+    stop and start it (``s3_server.server``) or patch its backend.
+    """
+    from moto.server import ThreadedMotoServer
+
+    from tests.integration.studio import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    aws = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "farm-test",
+        "AWS_SECRET_ACCESS_KEY": "farm-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], **_credentials(aws))
+    client.create_bucket(Bucket="farm")
+    yield S3Server(server, client, aws)
+    server.stop()
+
+
+def _credentials(aws: dict) -> dict:
+    return {
+        "aws_access_key_id": aws["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": aws["AWS_SECRET_ACCESS_KEY"],
+        "region_name": aws["AWS_DEFAULT_REGION"],
+    }
+
+
+class S3Server:
+    """A running moto server: the server, a boto3 client of it and its ``AWS_*`` variables."""
+
+    def __init__(self, server, client, aws: dict) -> None:
+        self.server, self.client, self.aws = server, client, aws
+
+    def objects(self, bucket: str = "farm", prefix: str = "") -> list[str]:
+        """Every object key under ``prefix``."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
