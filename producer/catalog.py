@@ -292,7 +292,7 @@ def _read_file(
     path: Path, file: str, sheet: str | None, columns: Mapping[str, str], state: _State
 ) -> None:
     try:
-        with open_tables(path, sheet) as tables:
+        with open_tables(path, sheet, state.max_cell_chars) as tables:
             if sheet is not None and path.suffix.lower() in CSV_SUFFIXES:
                 message = "--sheet applies to workbooks; a CSV file has one table, read whole"
                 state.notices.append(Notice(file, None, None, None, message, SHEET_IGNORED))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import itertools
 import re
 import zipfile
@@ -17,8 +16,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import openpyxl
+
+from producer.bounded import (
+    LimitExceeded,
+    bounded_lines,
+    check_workbook_texts,
+    field_limit,
+    invalid_at,
+)
 
 CSV_SHEET = "csv"
 XLSX_SUFFIXES = (".xlsx", ".xlsm")
@@ -91,13 +99,19 @@ class Table:
 
 
 @contextmanager
-def open_tables(path: Path, sheet: str | None = None) -> Iterator[Iterator[Table]]:
+def open_tables(
+    path: Path, sheet: str | None = None, max_cell_chars: int = 10_000
+) -> Iterator[Iterator[Table]]:
     """Open a catalog file and give its tables, chosen by the file name's suffix.
 
     Args:
         path: an ``.xlsx``/``.xlsm`` workbook or a ``.csv``/``.tsv`` file.
         sheet: read only this sheet of a workbook, matched ignoring case; a CSV file has one
             table and ignores it (``producer.catalog`` tells the user in a notice).
+        max_cell_chars: the cell limit; a runaway CSV field
+            (:func:`producer.bounded.field_limit`), or a workbook's over-long texts adding up
+            past :data:`producer.bounded.MAX_OVERSIZED_CHARS`, stop the read before they are
+            held in memory.
 
     Returns:
         A context manager giving an iterator over the file's tables, workbook sheets in order.
@@ -111,10 +125,10 @@ def open_tables(path: Path, sheet: str | None = None) -> Iterator[Iterator[Table
     try:
         _check_access(path)
         if suffix in XLSX_SUFFIXES:
-            with _workbook_tables(path, sheet) as tables:
+            with _workbook_tables(path, sheet, max_cell_chars) as tables:
                 yield tables
         elif suffix in CSV_SUFFIXES:
-            with _csv_tables(path) as tables:
+            with _csv_tables(path, max_cell_chars) as tables:
                 yield tables
         elif suffix == ".xls":
             raise SheetError("old Excel 97-2003 (.xls) file; save it as .xlsx")
@@ -165,8 +179,10 @@ def _numbered(
 
 
 @contextmanager
-def _workbook_tables(path: Path, sheet: str | None) -> Iterator[Iterator[Table]]:
-    uncomputed = _inspect_workbook(path)
+def _workbook_tables(
+    path: Path, sheet: str | None, max_cell_chars: int
+) -> Iterator[Iterator[Table]]:
+    uncomputed = _inspect_workbook(path, max_cell_chars)
     # Values come from a data_only read, which gives a formula's stored value and None where
     # there is none; only a second, formula read tells such a formula (written by a script,
     # never opened in Excel) from an empty cell, so it runs only where the bytes suggest one.
@@ -180,9 +196,9 @@ def _workbook_tables(path: Path, sheet: str | None) -> Iterator[Iterator[Table]]
             book.close()
 
 
-def _inspect_workbook(path: Path) -> bool:
-    """Check that ``path`` is a ZIP archive of sane size; return whether it may hold formulas
-    without a stored value."""
+def _inspect_workbook(path: Path, max_cell_chars: int) -> bool:
+    """Check that ``path`` is a ZIP archive of sane size and texts; return whether it may hold
+    formulas without a stored value."""
     with path.open("rb") as handle:
         head = handle.read(len(_OLE_MAGIC))
     if not head:
@@ -195,9 +211,13 @@ def _inspect_workbook(path: Path) -> bool:
         with zipfile.ZipFile(path) as archive:
             parts = archive.infolist()
             unpacked = sum(part.file_size for part in parts)
+            if unpacked <= MAX_UNPACKED_BYTES:
+                check_workbook_texts(archive, max_cell_chars)
             formulas = unpacked <= MAX_UNPACKED_BYTES and any(
                 _has_uncomputed_formula(archive, p) for p in parts if p.filename.endswith(".xml")
             )
+    except LimitExceeded as exc:
+        raise SheetError(str(exc)) from exc
     except Exception as exc:  # zipfile and zlib raise many types for damaged archives
         raise SheetError(_damaged(exc)) from exc
     if unpacked > MAX_UNPACKED_BYTES:
@@ -292,38 +312,41 @@ def _cell_value(cell, formula: object = None) -> object:
 
 
 @contextmanager
-def _csv_tables(path: Path) -> Iterator[Iterator[Table]]:
-    data = path.read_bytes()
-    if not data:
+def _csv_tables(path: Path, max_cell_chars: int) -> Iterator[Iterator[Table]]:
+    encoding = _csv_encoding(path)
+    with path.open("r", encoding=encoding, newline="") as handle:
+        delimiter = _sniff_delimiter(handle)
+    with path.open("r", encoding=encoding, newline="") as handle:
+        reader = csv.reader(bounded_lines(handle), delimiter=delimiter, strict=True)
+        rows = _numbered(reader, (csv.Error, LimitExceeded), _csv_describer(reader, max_cell_chars))
+        # A runaway field stops the reader where it is met, before it is whole.
+        with _csv_field_limit(field_limit(max_cell_chars)):
+            yield iter([Table(CSV_SHEET, rows)])
+
+
+def _csv_encoding(path: Path) -> str:
+    """The encoding of CSV bytes: UTF-16 (with a BOM, or recognised by its zero bytes), UTF-8
+    with or without BOM, else Windows-1252, else Latin-1; binary files raise ``SheetError``.
+
+    The file is checked in chunks, never held whole.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if not head:
         raise SheetError("file is empty")
-    text = _decode(data)
-    delimiter = _sniff_delimiter(text)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    rows = _numbered(reader, csv.Error, lambda exc: _csv_message(exc, reader.line_num))
-    # No field can be longer than the text, so over-long cells reach the cell-length check,
-    # which names their column, instead of failing the reader.
-    with _csv_field_limit(len(text) + 1):
-        yield iter([Table(CSV_SHEET, rows)])
-
-
-def _decode(data: bytes) -> str:
-    """Decode CSV bytes: UTF-16 (with a BOM, or recognised by its zero bytes), UTF-8 with or
-    without BOM, else Windows-1252, else Latin-1; binary files raise ``SheetError``."""
-    utf16 = _utf16_encoding(data)
+    utf16 = _utf16_encoding(head)
     if utf16 is not None:
-        try:
-            return data.decode(utf16)
-        except UnicodeDecodeError as exc:
-            raise SheetError(f"not valid UTF-16 text (at byte {exc.start})") from exc
-    kind = _binary_kind(data)
+        at = invalid_at(path, utf16)
+        if at is not None:
+            raise SheetError(f"not valid UTF-16 text (at byte {at})")
+        return utf16
+    kind = _binary_kind(head)
     if kind is not None:
         raise SheetError(f"binary file ({kind}), not CSV text")
     for encoding in ("utf-8-sig", "cp1252"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return data.decode("latin-1")
+        if invalid_at(path, encoding) is None:
+            return encoding
+    return "latin-1"
 
 
 def _utf16_encoding(data: bytes) -> str | None:
@@ -348,14 +371,14 @@ def _binary_kind(data: bytes) -> str | None:
     return "unknown format" if controls * 10 > len(head) else None
 
 
-def _sniff_delimiter(text: str) -> str:
+def _sniff_delimiter(handle: TextIO) -> str:
     """Pick the delimiter that occurs most often in the header line.
 
     The header is taken to be the first of the first ten non-blank lines holding at least
     three of one delimiter (it has at least four columns), else the first non-blank line: a
     title above the table, which the catalog reader skips, must not choose the delimiter.
     """
-    lines = (line for line in io.StringIO(text, newline=None) if line.strip())
+    lines = (line for line in _head_lines(handle) if line.strip())
     head = list(itertools.islice(lines, _SNIFF_LINES))
     header = next(
         (line for line in head if max(map(line.count, CSV_DELIMITERS)) >= _HEADER_DELIMITERS),
@@ -364,6 +387,30 @@ def _sniff_delimiter(text: str) -> str:
     counts = {delimiter: header.count(delimiter) for delimiter in CSV_DELIMITERS}
     best = max(CSV_DELIMITERS, key=lambda d: counts[d])
     return best if counts[best] else ","
+
+
+def _head_lines(handle: TextIO) -> Iterator[str]:
+    """The file's first lines, each cut at the sniffer's size (a runaway line is refused by
+    the reader, with its number)."""
+    while line := handle.readline(_SNIFF_BYTES):
+        yield line
+
+
+def _csv_describer(reader, max_cell_chars: int) -> Callable[[Exception], str]:
+    """The user's message for an error of ``reader``."""
+
+    def describe(exc: Exception) -> str:
+        if isinstance(exc, LimitExceeded):
+            return str(exc)
+        if "field larger than field limit" in str(exc):
+            return (
+                f"a cell at line {reader.line_num} has more than {field_limit(max_cell_chars)} "
+                f"characters (the limit is {max_cell_chars}, FARM_MAX_CELL_CHARS); "
+                "refused before reading it whole"
+            )
+        return _csv_message(exc, reader.line_num)
+
+    return describe
 
 
 def _csv_message(exc: Exception, line: int) -> str:
@@ -375,7 +422,7 @@ def _csv_message(exc: Exception, line: int) -> str:
 @contextmanager
 def _csv_field_limit(limit: int) -> Iterator[None]:
     previous = csv.field_size_limit()
-    csv.field_size_limit(max(previous, limit))
+    csv.field_size_limit(limit)
     try:
         yield
     finally:
