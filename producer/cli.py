@@ -31,6 +31,7 @@ from producer.strength import basic_auth_problem
 from producer.submit import BrokerUnavailable, check_broker, send_and_mark
 from producer.views import default_views, views_option
 from tasks.app import configure
+from tasks.exceptions import SelectionError
 from tasks.outputs import batch_dir
 from tasks.queues import URGENT_PRIORITY
 from tasks.registry import ORDER, ROLES
@@ -243,7 +244,7 @@ def status(settings: Settings, batch, as_json, watch, half_life) -> None:
 
     batches = collect()
     if batch and not batches:
-        raise click.ClickException(f"no batch {batch!r}")
+        raise SelectionError(f"no batch {batch!r}; `farm status` lists the batches")
     if as_json:
         click.echo(json.dumps(batches, indent=2))
         return
@@ -333,7 +334,7 @@ def export(settings: Settings, batch, fmt, out) -> None:
         try:
             rows = export_rows(session, batch)
         except LookupError as error:
-            raise click.ClickException(str(error)) from error
+            raise SelectionError(f"{error}; `farm status` lists the batches") from error
     path = out or batch_dir(settings.output_dir, batch) / f"{batch}.{fmt}"
     guards.writable_folder(path.parent, "export folder")
     console.print(f"{write_export(rows, path, fmt)} rows written")
@@ -351,7 +352,7 @@ def report(settings: Settings, batch, out) -> None:
         try:
             path = write_report(session, batch, settings.output_dir, path=out)
         except LookupError as error:
-            raise click.ClickException(str(error)) from error
+            raise SelectionError(f"{error}; `farm status` lists the batches") from error
     click.echo(path)
 
 

@@ -37,7 +37,8 @@ class UserError(FarmError):
 
 
 class SelectionError(UserError):
-    """A requeue named a batch or articles that do not exist, or a stage they cannot start at."""
+    """A command named a batch or articles that do not exist, or a requeue a stage they cannot
+    start at."""
 
 
 class ReviewRefused(UserError):
