@@ -6,7 +6,8 @@ Where commands are found:
   console), and inline code spans in the prose that start with a program a reader runs
   (``farm``, ``make``, ``python -m``, ``pip install``, ``docker``). Untagged blocks hold
   diagrams and sample output, not commands.
-* deploy/compose.yml, deploy/Dockerfile, deploy/farm.env.example, deploy/systemd/*.service:
+* deploy/compose.yml, deploy/Dockerfile, deploy/farm.env.example, deploy/systemd/*.service,
+  deploy/kubernetes/**/*.yaml:
   comment lines written as ``#   command`` (a hash and two or more spaces; prose comments
   have one space), each unit's ExecStart (for every worker role), and the ``command:`` of
   every compose service built from deploy/Dockerfile (whose entrypoint is ``farm``).
@@ -35,7 +36,8 @@ from producer.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKDOWN = ["README.md", "deploy/README.md"]
-COMMENTED = ["deploy/compose.yml", "deploy/Dockerfile", "deploy/farm.env.example"]
+KUBERNETES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "deploy/kubernetes").rglob("*.yaml"))
+COMMENTED = ["deploy/compose.yml", "deploy/Dockerfile", "deploy/farm.env.example", *KUBERNETES]
 UNITS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "deploy/systemd").glob("*.service"))
 SHELL_FENCES = {"sh", "bash", "shell", "console"}
 ENV_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
@@ -250,7 +252,8 @@ def check_cp(args: list[str]) -> None:
 def check_systemctl(args: list[str]) -> None:
     """Each ``farm-worker@ROLE`` unit exists in deploy/systemd and its ExecStart parses."""
     units = [arg for arg in args[1:] if not arg.startswith("-")]
-    assert args[0] in {"enable", "start", "restart"} and units, f"systemctl {shlex.join(args)}"
+    verbs = {"enable", "start", "restart", "stop", "disable"}
+    assert args[0] in verbs and units, f"systemctl {shlex.join(args)}"
     for unit in units:
         name, _, role = unit.partition("@")
         path = f"deploy/systemd/{name}@.service" if role else f"deploy/systemd/{name}.service"
@@ -280,16 +283,22 @@ def check_docker_build(args: list[str]) -> None:
 
 
 def check_compose(args: list[str]) -> None:
-    """``compose -f FILE [--env-file F] up -d`` / ``run --rm SERVICE FARM_ARGS``."""
-    options, rest = _options(args, {"-f", "--file", "--env-file"})
+    """``compose -f FILE [--env-file F] [--profile P] up -d`` / ``run --rm SERVICE FARM_ARGS``
+    / ``stop SERVICE``."""
+    options, rest = _options(args, {"-f", "--file", "--env-file", "--profile"})
     files = [value for flag, value in options if flag in {"-f", "--file"}]
     assert files, "docker compose without -f: the file is not named"
     services = compose_file(files[0])["services"]
     for flag, value in options:
         example = ROOT / (value + ".example")  # the documented `cp` makes it from this
         assert flag != "--env-file" or (ROOT / value).is_file() or example.is_file(), value
+        profiles = {p for service in services.values() for p in service.get("profiles", [])}
+        assert flag != "--profile" or value in profiles, f"compose: no profile {value}"
     if rest[0] == "up":
         assert set(rest[1:]) <= {"-d", "--detach", "--build"}, f"compose up {rest[1:]}"
+        return
+    if rest[0] == "stop":
+        assert rest[1:] and set(rest[1:]) <= set(services), f"compose stop {rest[1:]}"
         return
     assert rest[0] == "run", f"docker compose {rest[0]}: not checked"
     after = rest[1:]
@@ -312,6 +321,51 @@ def check_docker(args: list[str]) -> None:
     checks[args[0]](args[1:])
 
 
+def kubernetes_objects() -> list[dict]:
+    """Every object of the Kubernetes manifests (the kustomizations themselves left out)."""
+    objects = []
+    for path in KUBERNETES:
+        if Path(path).name != "kustomization.yaml":
+            objects += [doc for doc in yaml.safe_load_all(_read(path)) if doc]
+    return objects
+
+
+KUBE_KINDS = {"deploy": "Deployment", "deployment": "Deployment", "job": "Job",
+              "svc": "Service", "service": "Service"}  # fmt: skip
+
+
+def check_kubectl(args: list[str]) -> None:
+    """``kubectl [-n NS] VERB ...``: files and kustomizations exist, named objects (kind/name)
+    are in deploy/kubernetes, and a command run by ``exec ... --`` is checked itself."""
+    objects = kubernetes_objects()
+    if "--" in args:
+        check_command(shlex.join(args[args.index("--") + 1 :]))
+        args = args[: args.index("--")]
+    if args[0] in {"-n", "--namespace"}:
+        namespaces = {o["metadata"].get("namespace") for o in objects}
+        assert args[1] in namespaces, f"kubectl -n {args[1]}: no manifest is in it"
+        args = args[2:]
+    verb, *rest = args
+    if verb == "apply":
+        flag, target = rest
+        if flag == "-k":
+            assert (ROOT / target / "kustomization.yaml").is_file(), f"no kustomization in {target}"
+        else:
+            example = ROOT / target.replace(".yaml", ".example.yaml")  # `cp` makes it from this
+            assert flag == "-f" and ((ROOT / target).is_file() or example.is_file()), target
+        return
+    assert verb in {"wait", "scale", "exec", "port-forward", "delete"}, f"kubectl {verb}"
+    words = [arg for arg in rest if not arg.startswith("-")]
+    if verb == "delete":  # kubectl delete KIND NAME
+        words = [f"{words[0]}/{words[1]}"]
+    names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    for word in words:
+        if re.fullmatch(r"\d+:\d+", word):  # port-forward's LOCAL:REMOTE
+            continue
+        kind, _, name = word.partition("/")
+        assert (KUBE_KINDS.get(kind), name) in names, f"kubectl {verb}: no {word} in the manifests"
+
+
 CHECKS = {
     "farm": check_farm,
     "make": check_make,
@@ -322,6 +376,7 @@ CHECKS = {
     "cp": check_cp,
     "systemctl": check_systemctl,
     "docker": check_docker,
+    "kubectl": check_kubectl,
 }
 
 
@@ -367,6 +422,10 @@ def test_every_doc_file_shows_commands_the_test_finds(path):
         "make setup TORCH_SEPC=torch",  # a variable the Makefile lacks
         "python -m bench.claims --artcles 200",  # an option the module's parser lacks
         "systemctl enable --now farm-worker@cpu",  # a role farm worker lacks
+        "docker compose -f deploy/compose.yml --profile gpus up -d",  # a profile it lacks
+        "kubectl apply -k deploy/nowhere",  # no kustomization there
+        "kubectl -n fashion-farm scale deployment/farm-cpu-worker --replicas=2",  # no such
+        "kubectl -n fashion-farm exec -i deploy/farm-flower -- farm review add-usr anna",
     ],
 )
 def test_a_command_the_code_does_not_take_fails(line):
