@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import exc
 from sqlalchemy.engine import URL, make_url
@@ -86,6 +87,20 @@ def sqlite_path(parsed: URL) -> Path | None:
     if not name or name == ":memory:" or name.startswith("file:"):
         return None
     return Path(name).expanduser().absolute()
+
+
+def mask_password(url: str) -> str:
+    """Any service URL (a broker's) with its password, where it has one, shown as ``***``.
+
+    A URL without a password is shown as it is: a mask there would suggest a password that
+    was never set, and hide that one is missing.
+    """
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _mask_raw(url: str) -> str:

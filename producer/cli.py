@@ -48,7 +48,23 @@ class FarmGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         with guards.reported():
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except click.NoSuchOption as error:
+                _hint_global_option(self, ctx, error)
+                raise
+
+
+def _hint_global_option(group: click.Group, ctx: click.Context, error: click.NoSuchOption):
+    """Say where a global option (``--device``) goes when it was given after the command."""
+    name = error.option_name.partition("=")[0]
+    if not any(name in param.opts for param in group.params):
+        return
+    command = error.ctx.info_name if error.ctx else "COMMAND"
+    error.message = (
+        f"{error.message.rstrip('.')}: {name} is an option of farm itself and goes before "
+        f"the command, as in `farm {name} VALUE {command} ...`"
+    )
 
 
 @click.group(cls=FarmGroup)

@@ -6,6 +6,7 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from db.transitions import mark_sent
+from db.urls import mask_password
 from tasks.chains import send_chains
 from tasks.queues import NORMAL_PRIORITY
 from tasks.reaper import note_broker_epoch
@@ -26,10 +27,9 @@ def check_broker(app: Celery, timeout: float = 5.0) -> None:
     try:
         connection.ensure_connection(max_retries=1, timeout=timeout)
     except Exception as error:  # kombu raises many kinds here
-        # as_uri() leaves the password out, so credentials never reach the terminal or logs.
-        raise BrokerUnavailable(
-            f"cannot reach the broker at {connection.as_uri()}: {error}"
-        ) from error
+        # The password is masked, so credentials never reach the terminal or logs.
+        where = mask_password(connection.as_uri(include_password=True))
+        raise BrokerUnavailable(f"cannot reach the broker at {where}: {error}") from error
     finally:
         connection.release()
 

@@ -27,3 +27,12 @@ def test_an_unknown_batch_exits_2_for_every_command_as_the_readme_says(database,
     assert result.exit_code == 2, result.output
     assert "no batch 'nope'" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("option", [["--device", "cpu"], ["--device=cpu"], ["--profile", "tiny"]])
+def test_a_global_option_after_the_command_says_it_goes_before_the_command(option):
+    result = CliRunner().invoke(main, ["worker", "gpu", *option])
+    assert result.exit_code == 2
+    name = option[0].partition("=")[0]
+    assert f"{name} is an option of farm itself and goes before the command" in result.output
+    assert f"`farm {name} VALUE worker ...`" in result.output

@@ -33,3 +33,17 @@ def test_the_broker_password_is_a_secret_and_never_in_an_error_message():
         check_broker(configure(settings), timeout=1)
     assert "hunter2" not in str(error.value)
     assert "127.0.0.1:1" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [("redis://127.0.0.1:1/0", "redis://127.0.0.1:1/0"),
+     ("redis://:hunter2-secret@127.0.0.1:1/0", "redis://:***@127.0.0.1:1/0"),
+     ("redis://farm:hunter2-secret@127.0.0.1:1/0", "redis://farm:***@127.0.0.1:1/0"),
+     ("redis://farm@127.0.0.1:1/0", "redis://farm@127.0.0.1:1/0")],
+)  # fmt: skip
+def test_the_broker_url_masks_only_a_password_that_exists(url, shown):
+    with pytest.raises(BrokerUnavailable) as error:
+        check_broker(configure(Settings(broker_url=SecretStr(url))), timeout=1)
+    assert f"cannot reach the broker at {shown}:" in str(error.value)
+    assert "hunter2" not in str(error.value)
