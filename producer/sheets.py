@@ -37,6 +37,8 @@ CSV_DELIMITERS = (",", ";", "\t")
 MAX_UNPACKED_BYTES = 1 << 30
 
 _ZIP_MAGIC = b"PK\x03\x04"
+_ODS_MIMETYPE = b"application/vnd.oasis.opendocument.spreadsheet"
+SUPPORTED = "the farm reads .xlsx/.xlsm workbooks and .csv/.tsv text"
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 # An encrypted Office file is an OLE container holding a stream with this (UTF-16) name.
 _ENCRYPTION_STREAM = "EncryptionInfo".encode("utf-16-le")
@@ -130,12 +132,45 @@ def open_tables(
         elif suffix in CSV_SUFFIXES:
             with _csv_tables(path, max_cell_chars) as tables:
                 yield tables
-        elif suffix == ".xls":
-            raise SheetError("old Excel 97-2003 (.xls) file; save it as .xlsx")
         else:
-            raise SheetError("not a spreadsheet; expected .xlsx or .csv")
+            raise SheetError(_unsupported(path, suffix))
     except OSError as exc:  # the file changed or vanished after the first look
         raise SheetError(f"cannot read file: {exc.strerror or exc}") from exc
+
+
+def _unsupported(path: Path, suffix: str) -> str:
+    """What a file of an unsupported suffix is, told by its bytes, and what to do with it."""
+    found = _format_by_content(path)
+    if found == "xlsx":
+        return f"an Excel workbook (.xlsx) with a {suffix or 'missing'} suffix; rename it .xlsx"
+    if found == "ods":
+        return f"an OpenDocument spreadsheet (.ods); {SUPPORTED}: save it as .xlsx"
+    if found == "ole":
+        if _ole_message(path).startswith("the workbook is password-protected"):
+            return _ole_message(path)
+        return f"old Excel 97-2003 (.xls) file; {SUPPORTED}: save it as .xlsx"
+    return "not a spreadsheet; expected .xlsx or .csv"
+
+
+def _format_by_content(path: Path) -> str | None:
+    """``xlsx``, ``ods`` (a ZIP package, by its parts), ``ole`` (an OLE2 container) or None."""
+    with path.open("rb") as handle:
+        head = handle.read(len(_OLE_MAGIC))
+    if len(head) >= 4 and _OLE_MAGIC.startswith(head[:4]):
+        return "ole"
+    if not head.startswith(_ZIP_MAGIC):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            small = "mimetype" in names and archive.getinfo("mimetype").file_size < 200
+            if small and archive.read("mimetype").strip() == _ODS_MIMETYPE:
+                return "ods"
+            if "[Content_Types].xml" in names and "xl/workbook.xml" in names:
+                return "xlsx"
+    except Exception:  # a damaged archive is simply not a format we can name
+        return None
+    return None
 
 
 def _check_access(path: Path) -> None:
@@ -207,6 +242,8 @@ def _inspect_workbook(path: Path, max_cell_chars: int) -> bool:
         raise SheetError(_ole_message(path))
     if not head.startswith(_ZIP_MAGIC):
         raise SheetError("not a valid .xlsx workbook (not a ZIP archive); is it a CSV file?")
+    if _format_by_content(path) == "ods":
+        raise SheetError(f"an OpenDocument spreadsheet (.ods) with an .xlsx name; {SUPPORTED}")
     try:
         with zipfile.ZipFile(path) as archive:
             parts = archive.infolist()

@@ -241,7 +241,8 @@ def test_a_directory_and_files_of_other_formats_are_not_spreadsheets(tmp_path):
     assert [p.message for p in problems] == [
         "not a file",
         "not a spreadsheet; expected .xlsx or .csv",
-        "old Excel 97-2003 (.xls) file; save it as .xlsx",
+        "old Excel 97-2003 (.xls) file; the farm reads .xlsx/.xlsm workbooks and .csv/.tsv text: "
+        "save it as .xlsx",
     ]
 
 
@@ -455,3 +456,24 @@ def test_the_shipped_sample_catalog_reads_cleanly_with_unique_keys():
     assert len({r.key for r in rows}) == len(rows)
     assert all(r.key.startswith("FF-") for r in rows)
     assert all("\n\t" in r.description and r.model_descr for r in rows)
+
+
+def _ods(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("mimetype", "application/vnd.oasis.opendocument.spreadsheet")
+        archive.writestr("content.xml", "<office:document-content/>")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [("cat.ods", _ods, "an OpenDocument spreadsheet (.ods); the farm reads .xlsx/.xlsm workbooks"),
+     ("ods-named.xlsx", _ods, "an OpenDocument spreadsheet (.ods) with an .xlsx name"),
+     ("renamed.xls", lambda p: write_xlsx(p, {"S": [HEADER, article(1)]}),
+      "an Excel workbook (.xlsx) with a .xls suffix; rename it .xlsx"),
+     ("old.xls", lambda p: p.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(600)) and p,
+      "old Excel 97-2003 (.xls) file; the farm reads .xlsx/.xlsm workbooks and .csv/.tsv text")],
+)  # fmt: skip
+def test_a_file_of_another_format_is_named_by_its_content(tmp_path, name, make, message):
+    path = make(tmp_path / name)
+    assert message in only_problem([path]).message
