@@ -134,6 +134,13 @@ def claim(
     return Claim(article_id, stage, token, attempt, run_id, began, article, renders)
 
 
+def article_exists(engine: Engine, article_id: int) -> bool:
+    """Whether the database has an article of this id (removed from its catalog or not)."""
+    with engine.connect() as connection:
+        found = connection.scalar(select(ARTICLES.c.id).where(ARTICLES.c.id == article_id))
+    return found is not None
+
+
 def _article(connection: Connection, article_id: int) -> dict:
     columns = [ARTICLES.c[name] for name in _INPUT_COLUMNS]
     query = (

@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError
 
 from db import transitions
 from db.models import TERMINAL_STATUSES
+from db.urls import describe
 from tasks import context
 from tasks.chains import article_chain
 from tasks.context import WorkerContext
@@ -43,6 +44,21 @@ from tasks.registry import STAGES, Stage
 from tasks.stages import ArticleInput, StageContext, StageOutput
 
 logger = logging.getLogger("farm.tasks")
+
+
+def _report_unclaimed(engine, article_id: int, stage: str) -> None:
+    """Say why a message's stage was not taken: quietly when the article is done or held, as
+    an error naming the database when it has no such article (the message is still
+    acknowledged: retrying cannot create the row, but a worker pointed at the wrong database
+    must not strand articles silently)."""
+    if transitions.article_exists(engine, article_id):
+        logger.info("article %s: %s skipped (done, held or not there yet)", article_id, stage)
+        return
+    logger.error(
+        "article %s: no such article in the database %s; its %s message is dropped. "
+        "Is this worker's FARM_DATABASE_URL the one the batch was submitted to?",
+        article_id, describe(engine.url), stage,
+    )  # fmt: skip
 
 # Storing a finished stage while the database is away: tried again for this long.
 STORE_PATIENCE_SECONDS = 600.0
@@ -109,7 +125,7 @@ class StageTask(Task):
         finally:
             process.arrivals.claimed(self.request.id)
         if held is None:
-            logger.info("article %s: %s skipped (done, held or not there)", article_id, stage.name)
+            _report_unclaimed(engine, article_id, stage.name)
             self.request.chain = None
             return article_id
         process.leases.add(token)

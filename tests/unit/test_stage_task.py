@@ -455,3 +455,17 @@ def test_the_published_json_names_the_repo_and_commit_of_every_model_that_made_i
     assert set(models) == {"translator", "extractor", "renderer", "lora", "scorer"}
     assert all(entry["commit"] == "local" for entry in models.values())
     assert models["renderer"]["repo"] == runtimes.profile.renderer
+
+
+def test_a_message_for_an_article_the_database_lacks_is_an_error_naming_the_database(
+    engine, settings, caplog
+):
+    with caplog.at_level("INFO", logger="farm.tasks"):
+        request = run(pipeline.translate, 999_999)
+    assert request.chain is None  # acknowledged: nothing goes on from here
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    message = errors[0].getMessage()
+    assert "article 999999: no such article in the database" in message
+    assert engine.url.database in message
+    assert "FARM_DATABASE_URL" in message
