@@ -60,6 +60,7 @@ def _report_unclaimed(engine, article_id: int, stage: str) -> None:
         article_id, describe(engine.url), stage,
     )  # fmt: skip
 
+
 # Storing a finished stage while the database is away: tried again for this long.
 STORE_PATIENCE_SECONDS = 600.0
 # The longest wait before a retry, whatever the attempt.
