@@ -391,14 +391,14 @@ def flower(settings: Settings, address, port, localhost_only) -> None:
             "refusing to start Flower without authentication: set FARM_FLOWER_BASIC_AUTH="
             "user:password, or pass --localhost-only to bind to 127.0.0.1 without auth"
         )
+    problem = None if auth is None else basic_auth_problem(auth.get_secret_value())
+    if problem:
+        raise click.UsageError(problem)
     env = os.environ | settings.as_env()
     if auth is not None:
         # Through the environment, so the password never shows in the process list.
         env["FLOWER_BASIC_AUTH"] = auth.get_secret_value()
     argv = [sys.executable, "-m", "celery", "-A", "tasks.worker", "flower"]
-    problem = None if auth is None else basic_auth_problem(auth.get_secret_value())
-    if problem:
-        raise click.UsageError(problem)
     argv += [f"--address={address}", f"--port={port}"]
     os.execve(sys.executable, argv, env)
 

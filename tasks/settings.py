@@ -165,10 +165,10 @@ class Settings(BaseSettings):
     review_auth_header: str | None = None
     # The peers whose review_auth_header is believed (IPs or networks, comma-separated): the
     # reverse proxy's address, never the public's.
+    # Used only when review_auth_header is set: without it no peer is a proxy.
     review_trusted_proxies: str = "127.0.0.1,::1"
     # Mark the session cookie Secure: set it when the studio is served through HTTPS.
     review_https_only: bool = False
-    # Used only when review_auth_header is set: without it no peer is a proxy.
 
     max_cell_chars: int = 10_000
     min_clip_score: float | None = None
