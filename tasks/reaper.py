@@ -1,9 +1,10 @@
 """The reaper: sends again the articles that no message will move on.
 
-Three kinds of article wait for a message none will bring: one whose lease ran out without
+Four kinds of article wait for a message none will bring: one whose lease ran out without
 completion (its worker died, hung, or gave it back for a retry it never sent), one whose
 stage was stored but whose next message was never sent (a broker outage at submit, a worker
-killed between storing and sending), and every queued one when the broker came back empty
+killed between storing and sending), one whose message a cut-off worker holds unclaimed
+(:mod:`tasks.stranded`), and every queued one when the broker came back empty
 (Redis restarted without persistence): the reaper notices that last case by the broker's
 epoch, a random value it keeps in the broker and in the database, which differ once the
 broker lost its data. Each worker process runs :class:`Periodic` with :func:`reaper_turn`;
@@ -30,6 +31,7 @@ from tasks.chains import send_chains
 from tasks.publish import publish_pending
 from tasks.queues import URGENT_PRIORITY
 from tasks.registry import IN_FLIGHT, stage_waiting_in
+from tasks.stranded import held_unclaimed
 
 if TYPE_CHECKING:
     from tasks.context import WorkerContext
@@ -68,6 +70,9 @@ def reap(app: Celery, engine: Engine) -> int:
         How many articles were sent.
     """
     reset = broker_was_reset(app, engine)
+    held = held_unclaimed(app, app.settings.lease_seconds) if not reset else []
+    if held and (freed := transitions.unmark_unclaimed(engine, held)):
+        logger.warning("reaper: %d articles whose messages a cut-off worker holds", freed)
     statuses = [status.value for status in IN_FLIGHT]
     rows = transitions.take_stuck(engine, statuses, SEND_GRACE_SECONDS, everything=reset)
     if not rows:
