@@ -314,7 +314,11 @@ class Extractor:
         outputs: list[str] = []
         for first in range(0, len(prompts), self.max_batch):
             batch = list(prompts[first : first + self.max_batch])
-            outputs += self._generate(batch, self.max_new_tokens, self._static_fits(batch))
+            static = self._static_fits(batch)
+            # A static batch always has max_batch rows: each other shape would compile again
+            # (and after a few, fall back to eager); decoding a few rows more costs little.
+            rows = batch + batch[-1:] * (self.max_batch - len(batch)) if static else batch
+            outputs += self._generate(rows, self.max_new_tokens, static)[: len(batch)]
 
         # 3. Validate every output; the grammar guarantees it, so a failure is a bug.
         attributes = [self._validate(output).model_dump() for output in outputs]

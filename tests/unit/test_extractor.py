@@ -311,11 +311,12 @@ def test_a_static_cache_has_one_fixed_length_and_long_prompts_use_the_dynamic_on
     static = Extractor.from_pretrained(
         str(spm_phi3_dir), torch.device("cpu"), max_batch=2, static_cache=True
     )
-    calls = []
+    calls, rows = [], []
     generate = static.model.generate
 
     def spy(*args, **kwargs):
         calls.append((kwargs.get("cache_implementation"), kwargs.get("max_cache_len")))
+        rows.append(len(args[0]) if args else len(kwargs["input_ids"]))
         return generate(*args, **kwargs)
 
     monkeypatch.setattr(static.model, "generate", spy)
@@ -324,6 +325,7 @@ def test_a_static_cache_has_one_fixed_length_and_long_prompts_use_the_dynamic_on
     static([DESCRIPTIONS[2], long])
 
     assert calls == [("static", STATIC_CACHE_TOKENS), (None, None)]
+    assert rows == [2, 2]
     assert static.model._previous_max_cache_length == STATIC_CACHE_TOKENS
 
 
@@ -364,3 +366,23 @@ def test_a_description_too_long_for_the_context_is_cut_to_fit_with_a_notice(extr
 def test_an_answer_cap_that_leaves_no_room_for_a_prompt_is_refused(spm_phi3_dir):
     with pytest.raises(ValueError, match="no room for a prompt"):
         Extractor.from_pretrained(str(spm_phi3_dir), torch.device("cpu"), max_new_tokens=4096)
+
+
+def test_a_static_batch_is_padded_to_its_full_size_and_answers_only_its_own_rows(
+    spm_phi3_dir, all_results, monkeypatch
+):
+    static = Extractor.from_pretrained(
+        str(spm_phi3_dir), torch.device("cpu"), max_batch=4, static_cache=True
+    )
+    rows = []
+    generate = static.model.generate
+
+    def spy(*args, **kwargs):
+        rows.append(len(args[0]) if args else len(kwargs["input_ids"]))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(static.model, "generate", spy)
+    result = static(DESCRIPTIONS[:3])
+
+    assert rows == [4]
+    assert result.attributes == all_results.attributes[:3]
