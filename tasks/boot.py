@@ -39,6 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from db import transitions
 from db.engine import make_engine, open_database
 from db.exceptions import DatabaseError
+from db.urls import mask_password
 from tasks import context
 from tasks.context import ARRIVALS_FILE_ENV, Arrivals, WorkerContext
 from tasks.exceptions import HUNG_EXIT_CODE, FarmError, ModelsMissing
@@ -165,6 +166,7 @@ def start_process(app: Celery, settings: Settings, node: str) -> None:
         node: the worker's node name (unused: its lease tokens carry it).
     """
     check_serviceable(settings)
+    say_where(settings)
     runtimes = load_for_role(settings)
     engine = make_engine(settings.database_url)
     arrivals = Arrivals(os.environ.get(ARRIVALS_FILE_ENV))
@@ -185,6 +187,25 @@ def start_process(app: Celery, settings: Settings, node: str) -> None:
     ]  # fmt: skip
     for timer in _timers:
         timer.start()
+
+
+def say_where(settings: Settings) -> None:
+    """Log the device and the database (its password masked) this process serves with.
+
+    A ``gpu`` worker that finds no CUDA device under ``FARM_DEVICE=auto`` runs on the CPU,
+    many times slower: that is said as a warning, not left to be found out.
+    """
+    device = "cpu" if settings.runtime_factory else str(resolve_device(settings.device))
+    logger.info(
+        "%s worker on %s (FARM_DEVICE=%s), database %s", settings.worker_role, device,
+        settings.device, mask_password(settings.database_url),
+    )  # fmt: skip
+    unmeant = settings.device == "auto" and not settings.runtime_factory
+    if settings.worker_role == "gpu" and device == "cpu" and unmeant:
+        logger.warning(
+            "gpu worker on the CPU: no CUDA device is visible, so render and score run on "
+            "the CPU, many times slower than on a card (set FARM_DEVICE=cpu to mean it)"
+        )
 
 
 def check_serviceable(settings: Settings) -> None:

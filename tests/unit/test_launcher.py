@@ -352,3 +352,34 @@ def test_a_worker_gives_its_extractor_the_text_batch_and_no_static_cache_on_the_
     runtimes = boot.load_for_role(settings)
 
     assert runtimes.extract.max_batch == 3 and runtimes.extract.static_cache is False
+
+
+def test_a_worker_says_its_device_and_database_with_the_password_masked(caplog):
+    from tasks import boot
+    from tasks.settings import Settings
+
+    settings = Settings(
+        device="cpu", worker_role="text",
+        database_url="postgresql+psycopg://farm:hunter22@db.example:5432/farm",
+    )  # fmt: skip
+    with caplog.at_level("INFO", logger="farm.boot"):
+        boot.say_where(settings)
+
+    (said,) = [record.getMessage() for record in caplog.records]
+    assert said == (
+        "text worker on cpu (FARM_DEVICE=cpu), database "
+        "postgresql+psycopg://farm:***@db.example:5432/farm"
+    )
+
+
+def test_a_gpu_worker_that_finds_no_card_says_so_loudly(caplog, monkeypatch):
+    from tasks import boot
+    from tasks.settings import Settings
+
+    monkeypatch.setattr(boot, "resolve_device", lambda name: "cpu")
+    with caplog.at_level("INFO", logger="farm.boot"):
+        boot.say_where(Settings(device="auto", worker_role="gpu"))
+        boot.say_where(Settings(device="cpu", worker_role="gpu"))
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("gpu worker on the CPU")
