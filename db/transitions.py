@@ -22,7 +22,18 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, and_, bindparam, case, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 
 from db.clock import server_now, server_time
 from db.models import Article, Batch, Render, StageRun
@@ -526,6 +537,40 @@ def unmark_unclaimed(engine: Engine, waiting: list[tuple[int, str]]) -> int:
                 .values(sent_at=None, updated_at=articles.updated_at)
             ).rowcount
     return unmarked
+
+
+def unmark_vanished(
+    engine: Engine, statuses: list[str], older_than_seconds: float, held_ids: set[int]
+) -> int:
+    """Forget the sends of messages that are nowhere: their queue is empty and no worker
+    holds them (the caller looked at the broker).
+
+    Args:
+        engine: the farm's database.
+        statuses: the statuses whose stage's queue is empty.
+        older_than_seconds: how long ago the message must have been sent (by the server's
+            clock), so that a message a worker is receiving right now is not taken for lost.
+        held_ids: the articles of the messages workers hold; left alone.
+
+    Returns:
+        How many articles were unmarked, for the reaper to send on its turn.
+    """
+    if not statuses:
+        return 0
+    articles = ARTICLES.c
+    with engine.begin() as connection:
+        return connection.execute(
+            update(ARTICLES)
+            .where(
+                articles.status.in_(_literal_list(statuses)),
+                articles.sent_at.is_not(None),
+                articles.sent_at < server_time(-older_than_seconds),
+                or_(articles.claimed_at.is_(None), articles.claimed_at < articles.sent_at),
+                _free_or_expired(),
+                articles.id.not_in(sorted(held_ids)) if held_ids else true(),
+            )
+            .values(sent_at=None, updated_at=articles.updated_at)
+        ).rowcount
 
 
 def unlease(article: Article) -> None:

@@ -27,11 +27,11 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from db import timers, transitions
+from tasks import stranded
 from tasks.chains import send_chains
 from tasks.publish import publish_pending
 from tasks.queues import URGENT_PRIORITY
 from tasks.registry import IN_FLIGHT, stage_waiting_in
-from tasks.stranded import held_unclaimed
 
 if TYPE_CHECKING:
     from tasks.context import WorkerContext
@@ -70,9 +70,8 @@ def reap(app: Celery, engine: Engine) -> int:
         How many articles were sent.
     """
     reset = broker_was_reset(app, engine)
-    held = held_unclaimed(app, app.settings.lease_seconds) if not reset else []
-    if held and (freed := transitions.unmark_unclaimed(engine, held)):
-        logger.warning("reaper: %d articles whose messages a cut-off worker holds", freed)
+    if not reset:
+        take_back_stranded(app, engine)
     statuses = [status.value for status in IN_FLIGHT]
     rows = transitions.take_stuck(engine, statuses, SEND_GRACE_SECONDS, everything=reset)
     if not rows:
@@ -87,6 +86,23 @@ def reap(app: Celery, engine: Engine) -> int:
     logger.warning("reaper: %d articles sent again, %s (%s)", len(rows), why,
                    ", ".join(str(row.id) for row in rows[:20]))  # fmt: skip
     return len(rows)
+
+
+def take_back_stranded(app: Celery, engine: Engine) -> None:
+    """Unmark the sends of messages a cut-off worker holds, or that vanished on their way
+    (:mod:`tasks.stranded`), so that this turn sends their articles again."""
+    bound = app.settings.lease_seconds
+    view = stranded.look(app, bound)
+    if view is None:
+        return
+    held = transitions.unmark_unclaimed(engine, view.held_long) if view.held_long else 0
+    older = bound + stranded.CLOCK_TOLERANCE_SECONDS
+    gone = transitions.unmark_vanished(engine, view.empty_statuses, older, view.held_ids)
+    if held or gone:
+        logger.warning(
+            "reaper: %d articles whose messages a cut-off worker holds, %d whose messages "
+            "vanished on their way", held, gone,
+        )  # fmt: skip
 
 
 def broker_was_reset(app: Celery, engine: Engine) -> bool:

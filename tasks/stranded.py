@@ -9,6 +9,12 @@ its process paused) holds its messages without claiming them, and their articles
 the hour. The reaper reads the broker's record (kombu's Redis transport keeps each delivery
 in a sorted set scored by its time and the message in a hash) and takes back the articles of
 messages delivered long enough ago, due (no retry delay still ahead), and never claimed.
+
+A message can also vanish on its way: Redis removes it from its queue when a worker pops it,
+and records the delivery only in the worker's next command, which a link going down between
+the two never sends. An article whose message was sent long ago, that nobody claimed since,
+whose stage's queue is empty and whose message no worker holds has no message left; the
+reaper takes it back too.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from celery import Celery
@@ -29,32 +36,70 @@ CLOCK_TOLERANCE_SECONDS = 60.0
 # Deliveries read per look: a fleet holds a few messages per worker thread.
 MOST_DELIVERIES = 10_000
 _STAGE_OF_TASK = {stage.task: stage for stage in STAGES.values()}
+_QUEUES = tuple(dict.fromkeys(stage.queue for stage in STAGES.values()))
 
 
-def held_unclaimed(app: Celery, held_seconds: float) -> list[tuple[int, str]]:
-    """Stage messages that a worker received at least ``held_seconds`` ago and still holds.
+@dataclass
+class BrokerView:
+    """What the broker holds for the farm, read in one look.
+
+    Attributes:
+        held_long: (article id, status it waits in) of due messages a worker has held
+            unclaimed past the bound.
+        held_ids: the articles of every message a worker holds, however recent.
+        empty_statuses: the statuses whose stage's queue has no message waiting.
+    """
+
+    held_long: list[tuple[int, str]] = field(default_factory=list)
+    held_ids: set[int] = field(default_factory=set)
+    empty_statuses: list[str] = field(default_factory=list)
+
+
+def look(app: Celery, held_seconds: float) -> BrokerView | None:
+    """Read the broker's deliveries and queue lengths; ``None`` for a broker other than
+    Redis (the in-process one of ``farm run`` holds nothing apart from the farm).
 
     Args:
         app: the farm app (its broker).
-        held_seconds: how long a delivery must have been held, the clock tolerance added.
-
-    Returns:
-        (article id, the status its article waits in) per message that is due; empty for a
-        broker other than Redis (the in-process one of ``farm run`` holds nothing apart).
+        held_seconds: how long a delivery must have been held to count as stranded, the
+            clock tolerance added.
     """
     with app.connection_for_write() as connection:
         if connection.transport.driver_type != "redis":
-            return []
+            return None
         channel = connection.default_channel
         client = channel.client
         seconds, micros = client.time()
         ceiling = seconds + micros / 1e6 - held_seconds - CLOCK_TOLERANCE_SECONDS
-        tags = client.zrangebyscore(
-            channel.unacked_index_key, 0, ceiling, start=0, num=MOST_DELIVERIES
-        )
+        deliveries = client.zrange(channel.unacked_index_key, 0, MOST_DELIVERIES, withscores=True)
+        tags = [tag for tag, _score in deliveries]
         payloads = client.hmget(channel.unacked_key, tags) if tags else []
-    held = [_waiting(payload, ceiling) for payload in payloads if payload]
-    return [item for item in held if item is not None]
+        waiting = {queue: _queued(channel, queue) for queue in _QUEUES}
+    view = BrokerView(empty_statuses=[
+        stage.input.value for stage in STAGES.values() if not waiting[stage.queue]
+    ])  # fmt: skip
+    for (_tag, score), payload in zip(deliveries, payloads, strict=True):
+        found = _waiting(payload, ceiling) if payload else None
+        if found is None:
+            continue
+        view.held_ids.add(found[0])
+        if score <= ceiling:
+            view.held_long.append(found)
+    return view
+
+
+def _queued(channel, queue: str) -> int:
+    # kombu keeps one list per priority step for each queue.
+    return sum(
+        channel.client.llen(channel._q_for_pri(queue, pri)) for pri in channel.priority_steps
+    )
+
+
+def held_unclaimed(app: Celery, held_seconds: float) -> list[tuple[int, str]]:
+    """(article id, status it waits in) of the due messages workers have held unclaimed for
+    ``held_seconds`` and the clock tolerance (:func:`look`)."""
+    view = look(app, held_seconds)
+    return view.held_long if view else []
 
 
 def _waiting(payload: bytes, ceiling: float) -> tuple[int, str] | None:

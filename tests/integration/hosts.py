@@ -45,6 +45,7 @@ class Host:
     address: str
     link: str
     processes: list[subprocess.Popen] = field(default_factory=list)
+    is_cut: bool = False
 
     def start(self, argv: list[str], env: dict, log: Path, user: str | None = None):
         """Start ``argv`` inside this host, its output in ``log``; stopped by :meth:`stop`."""
@@ -73,12 +74,14 @@ class Host:
     def cut(self) -> None:
         """Take the host's link down: nothing reaches it or leaves it any more."""
         _ip("link", "set", self.link, "down")
+        self.is_cut = True
 
     def stop(self) -> None:
-        """Stop what was started on the host: SIGTERM, then SIGKILL to each process group."""
+        """Stop what was started on the host: SIGTERM, then SIGKILL to each process group
+        (at once on a host cut off, whose processes cannot finish what they hold)."""
         for process in self.processes:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 15)
+                os.killpg(process.pid, 9 if self.is_cut else 15)
         deadline = time.monotonic() + 20
         for process in self.processes:
             with contextlib.suppress(subprocess.TimeoutExpired):

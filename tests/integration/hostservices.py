@@ -42,8 +42,14 @@ def wait_port(address: str, port: int, timeout: float = 60) -> None:
     raise AssertionError(f"nothing listens on {address}:{port} after {timeout}s")
 
 
-def start_services(host: Host, workdir: Path) -> dict[str, str]:
+def start_services(host: Host, workdir: Path, data: Path) -> dict[str, str]:
     """Start Redis, PostgreSQL and the S3 server on ``host``; the environment that uses them.
+
+    Args:
+        host: the services' host.
+        workdir: where their logs go.
+        data: an empty folder for the PostgreSQL cluster, in a place its own user can reach
+            (pytest's folders are the test user's alone).
 
     Returns:
         ``FARM_DATABASE_URL``, ``FARM_BROKER_URL``, ``FARM_OUTPUT_DIR`` (the bucket) and the
@@ -53,8 +59,6 @@ def start_services(host: Host, workdir: Path) -> dict[str, str]:
     redis_argv = ["redis-server", "--bind", host.address, "--port", str(REDIS_PORT),
                   "--save", "", "--appendonly", "no", "--protected-mode", "no"]  # fmt: skip
     host.start(redis_argv, env, workdir / "redis.log")
-    data = workdir / "postgres"
-    data.mkdir()
     os.chown(data, *_postgres_ids())
     made = host.run([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
                     env=env, user="postgres")  # fmt: skip

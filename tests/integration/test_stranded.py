@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
-from db.models import Article, ArticleStatus, Batch, utcnow
+from db.models import Article, ArticleStatus, Batch, as_utc, utcnow
 from tasks import reaper, stranded
 from tasks.app import configure
 from tasks.chains import send_chains
@@ -97,3 +97,25 @@ def test_a_retry_waiting_out_its_delay_is_not_taken_for_stranded(
     time.sleep(1.1)
 
     assert stranded.held_unclaimed(app, held_seconds=1) == []
+
+
+def test_a_message_that_vanished_on_its_way_is_sent_again_once_its_queue_is_empty(
+    app, engine, sessions, extracted, cut_off_worker, monkeypatch
+):
+    monkeypatch.setattr(stranded, "CLOCK_TOLERANCE_SECONDS", 0.0)
+    monkeypatch.setattr(app.settings, "lease_seconds", 30)
+    with sessions() as session, session.begin():  # both sent a minute ago
+        minute_ago = utcnow() - timedelta(seconds=60)
+        session.execute(update(Article).values(sent_at=minute_ago, updated_at=minute_ago))
+    # The first article's message is gone (popped, never recorded); the second's is queued.
+    send_chains(app, [(extracted[1], "k", "render")])
+
+    assert reaper.reap(app, engine) == 0  # a message still waits in the queue: no verdict
+
+    cut_off_worker(1)  # a worker takes the second's message: the queue is empty now
+    assert reaper.reap(app, engine) == 1
+    with sessions() as session:
+        rows = session.execute(select(Article.id, Article.sent_at)).all()
+    sent = {article_id: as_utc(at) for article_id, at in rows}
+    assert sent[extracted[0]] > utcnow() - timedelta(seconds=5)  # sent again
+    assert sent[extracted[1]] < utcnow() - timedelta(seconds=30)  # held: left alone
