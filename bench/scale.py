@@ -286,6 +286,13 @@ def card_rate(args) -> tuple[float, float]:
     return seconds, 3600 / seconds
 
 
+def shipped_text_batch(args) -> int:
+    """The text batch of the run: ``--text-batch``, else the shipped default for the device
+    the text stages run on (a process on a card, or the CPU text process)."""
+    device = "cpu" if args.text_on == "cpu" else "cuda"
+    return args.text_batch or Settings(device=device).text_batch()
+
+
 def costed_floor(args) -> float:
     """The least time the costed batch can take, from the table: its time-out's base.
 
@@ -295,7 +302,7 @@ def costed_floor(args) -> float:
     card = card_rate(args)[0]
     profile = shapes.CPU_PROFILE if args.text_on == "cpu" else args.costs
     table = costs.profile_costs(profile, args.cost_table)
-    batch = args.text_batch or Settings().text_batch_size
+    batch = shipped_text_batch(args)
     text = sum(table[stage].per_article(batch) for stage in ("translate", "extract"))
     text *= args.time_scale
     if args.text_on == "gpu":
@@ -385,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
     if args.costs:
-        batch = args.text_batch or Settings().text_batch_size
+        batch = shipped_text_batch(args)
         print(
             f"scale: {args.articles} articles, {args.gpu_processes} cards, costs {args.costs} "
             f"(bench/costs.toml, each call sleeps its cost; time scale {args.time_scale:g}), "

@@ -186,3 +186,16 @@ def test_the_card_shape_pins_its_text_process_to_card_0(tmp_path):
     assert [queues(argv) for argv, _ in planned] == ["farm.gpu", "farm.gpu", "farm.text"]
     assert planned[-1][1]["CUDA_VISIBLE_DEVICES"] == "0"
     assert planned[-1][1][fake_runtimes.COST_PROFILE_ENV] == "h100"
+
+
+def test_a_costed_run_without_text_batch_uses_the_shipped_default_of_its_shape():
+    from bench import scale
+    from tasks.settings import TEXT_BATCH_SIZE_CPU, TEXT_BATCH_SIZE_GPU
+
+    on_cards = scale.parse_args(["--costs", "h100", "--text-on", "gpu"])
+    on_cpu = scale.parse_args(["--costs", "h100", "--text-on", "cpu"])
+    chosen = scale.parse_args(["--costs", "h100", "--text-batch", "5"])
+
+    assert scale.shipped_text_batch(on_cards) == TEXT_BATCH_SIZE_GPU
+    assert scale.shipped_text_batch(on_cpu) == TEXT_BATCH_SIZE_CPU
+    assert scale.shipped_text_batch(chosen) == 5
