@@ -76,19 +76,28 @@ class Host:
         _ip("link", "set", self.link, "down")
         self.is_cut = True
 
-    def stop(self) -> None:
+    def stop(self, deadline: float | None = None) -> None:
         """Stop what was started on the host: SIGTERM, then SIGKILL to each process group
-        (at once on a host cut off, whose processes cannot finish what they hold)."""
-        for process in self.processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9 if self.is_cut else 15)
-        deadline = time.monotonic() + 20
+        (at once on a host cut off, whose processes cannot finish what they hold).
+
+        Args:
+            deadline: a ``time.monotonic()`` by which to kill what is left; 20 s from now
+                when None. :meth:`Network.close` signals every host first, then waits once.
+        """
+        self.signal()
+        deadline = deadline or time.monotonic() + 20
         for process in self.processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(max(0.1, deadline - time.monotonic()))
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, 9)
             process.wait()
+
+    def signal(self) -> None:
+        """Ask every process group on the host to stop (SIGKILL on a host cut off)."""
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, 9 if self.is_cut else 15)
 
 
 class Network:
@@ -131,7 +140,10 @@ class Network:
     def close(self) -> None:
         """Stop every host's processes, delete the namespaces, their links and the bridge."""
         for host in self.hosts.values():
-            host.stop()
+            host.signal()
+        deadline = time.monotonic() + 20
+        for host in self.hosts.values():
+            host.stop(deadline)
             _ip("link", "del", host.link, check=False)
             _ip("netns", "del", host.name, check=False)
         _ip("link", "del", self.bridge, check=False)
