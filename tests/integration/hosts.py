@@ -81,11 +81,13 @@ class Host:
         (at once on a host cut off, whose processes cannot finish what they hold).
 
         Args:
-            deadline: a ``time.monotonic()`` by which to kill what is left; 20 s from now
-                when None. :meth:`Network.close` signals every host first, then waits once.
+            deadline: a ``time.monotonic()`` by which to kill what is left, the processes
+                signalled already (:meth:`Network.close` signals every host first, then
+                waits once); when None, signal them and allow 20 s.
         """
-        self.signal()
-        deadline = deadline or time.monotonic() + 20
+        if deadline is None:
+            self.signal()
+            deadline = time.monotonic() + 20
         for process in self.processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(max(0.1, deadline - time.monotonic()))
