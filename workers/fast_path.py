@@ -109,16 +109,25 @@ def decide_compile(device: torch.device, setting: bool | str, placement: str) ->
         setting: ``auto``, ``on`` or ``off`` (or a bool).
         placement: the pipeline's placement (:mod:`workers.placement`).
     """
+    decided = _compiles(device, setting, "FARM_RENDER_COMPILE")
+    if decided is not None:
+        return decided
+    if placement == "sequential_offload":
+        return False, "auto: sequential offload's layer hooks break compiled blocks"
+    return True, "auto: CUDA GPU"
+
+
+def _compiles(device: torch.device, setting: bool | str, variable: str) -> tuple | None:
+    # What decides a compile switch before anything particular to it: the setting itself,
+    # then a CUDA device with triton; None where auto leaves it to the caller.
     setting = switch(setting)
     if setting != "auto":
-        return setting == "on", f"FARM_RENDER_COMPILE={setting}"
+        return setting == "on", f"{variable}={setting}"
     if device.type != "cuda":
         return False, "auto: no CUDA GPU, little to gain"
     if importlib.util.find_spec("triton") is None:
         return False, "auto: triton is not installed"
-    if placement == "sequential_offload":
-        return False, "auto: sequential offload's layer hooks break compiled blocks"
-    return True, "auto: CUDA GPU"
+    return None
 
 
 def decide_static_cache(device: torch.device, setting: bool | str) -> tuple[bool, str]:
@@ -132,14 +141,8 @@ def decide_static_cache(device: torch.device, setting: bool | str) -> tuple[bool
         device: the extractor's device.
         setting: ``FARM_EXTRACT_STATIC_CACHE``: ``auto``, ``on`` or ``off`` (or a bool).
     """
-    setting = switch(setting)
-    if setting != "auto":
-        return setting == "on", f"FARM_EXTRACT_STATIC_CACHE={setting}"
-    if device.type != "cuda":
-        return False, "auto: no CUDA GPU, little to gain"
-    if importlib.util.find_spec("triton") is None:
-        return False, "auto: triton is not installed"
-    return True, "auto: CUDA GPU, the decoding step is compiled"
+    decided = _compiles(device, setting, "FARM_EXTRACT_STATIC_CACHE")
+    return decided or (True, "auto: CUDA GPU, the decoding step is compiled")
 
 
 def decide(
