@@ -95,6 +95,15 @@ class Host:
                 os.killpg(process.pid, 9)
             process.wait()
 
+    def kill_the_rest(self) -> None:
+        """SIGKILL whatever still runs in the namespace: processes that left the process
+        groups started here (a launcher's workers live in sessions of their own) and would
+        outlive the namespace otherwise."""
+        listed = _ip("netns", "pids", self.name, check=False).stdout.split()
+        for pid in listed:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), 9)
+
     def signal(self) -> None:
         """Ask every process group on the host to stop (SIGKILL on a host cut off)."""
         for process in self.processes:
@@ -146,6 +155,7 @@ class Network:
         deadline = time.monotonic() + 20
         for host in self.hosts.values():
             host.stop(deadline)
+            host.kill_the_rest()
             _ip("link", "del", host.link, check=False)
             _ip("netns", "del", host.name, check=False)
         _ip("link", "del", self.bridge, check=False)
