@@ -30,6 +30,7 @@ SCENARIOS = (
     "tests/integration/test_faults_fleet.py",
     "tests/integration/test_migration_race.py",
     "tests/integration/test_launcher_fleet.py",
+    "tests/integration/test_multi_host.py",
 )
 
 
