@@ -116,13 +116,17 @@ def component_bytes(folder: str | Path, dtype: torch.dtype, fp8: bool = False) -
         files = weight_files(folder / name)
         if not files:
             continue
-        fp8_linear = fp8 and name == "transformer"
-        sizes[name] = sum(
-            tensor_bytes(tensor, info, itemsize, fp8_linear)
-            for path in files
-            for tensor, info in read_safetensors_header(path).items()
-        )
+        sizes[name] = _files_bytes(files, itemsize, fp8_linear=fp8 and name == "transformer")
     return sizes
+
+
+def _files_bytes(files: list[Path], itemsize: int, fp8_linear: bool) -> int:
+    # Every tensor of a component's weight files, as tensor_bytes counts it.
+    return sum(
+        tensor_bytes(tensor, info, itemsize, fp8_linear)
+        for path in files
+        for tensor, info in read_safetensors_header(path).items()
+    )
 
 
 def model_bytes(folder: str | Path | None, dtype: torch.dtype) -> int:
@@ -135,11 +139,7 @@ def model_bytes(folder: str | Path | None, dtype: torch.dtype) -> int:
     if folder is None:
         return 0
     itemsize = torch.empty((), dtype=dtype).element_size()
-    return sum(
-        tensor_bytes(tensor, info, itemsize, fp8_linear=False)
-        for path in weight_files(Path(folder))
-        for tensor, info in read_safetensors_header(path).items()
-    )
+    return _files_bytes(weight_files(Path(folder)), itemsize, fp8_linear=False)
 
 
 def kv_cache_bytes(folder: str | Path | None, dtype: torch.dtype, tokens: int) -> int:
