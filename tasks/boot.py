@@ -83,11 +83,7 @@ def load_for_role(settings: Settings):
     missing = describe_missing(check_profile(profile, stages), profile)
     if missing:
         raise ModelsMissing(missing)
-    render_options = {
-        "compile": settings.render_compile,
-        "fp8": settings.render_fp8,
-        "memory_mode": settings.render_memory_mode,
-    }
+    render_options = settings.render_options()
     extract_options = {
         "static_cache": settings.extract_static_cache,
         "max_batch": settings.text_batch(),

@@ -197,6 +197,14 @@ class Settings(BaseSettings):
             return self.text_batch_size
         return TEXT_BATCH_SIZE_GPU if self.device.startswith("cuda") else TEXT_BATCH_SIZE_CPU
 
+    def render_options(self) -> dict:
+        """The renderer's load options (``Renderer.from_pretrained``) from these settings."""
+        return {
+            "compile": self.render_compile,
+            "fp8": self.render_fp8,
+            "memory_mode": self.render_memory_mode,
+        }
+
     def lock_file(self) -> Path:
         """The models' lock file: ``models_lock``, else ``models.lock.json`` in the model cache."""
         return self.models_lock or self.model_cache / LOCK_FILE_NAME

@@ -202,11 +202,7 @@ def try_models(profile: Profile, settings) -> list[tuple[str, str]]:
         del text
         release_memory()
     started = time.perf_counter()
-    options = {
-        "compile": settings.render_compile,
-        "fp8": settings.render_fp8,
-        "memory_mode": settings.render_memory_mode,
-    }
+    options = settings.render_options()
     images = load_runtimes(("render", "score"), profile, settings.device, options)
     facts.append(("loaded the image models", f"{time.perf_counter() - started:.1f} s"))
     image = images.render([generation_prompt(attrs)], [0])
