@@ -95,13 +95,6 @@ def _queued(channel, queue: str) -> int:
     )
 
 
-def held_unclaimed(app: Celery, held_seconds: float) -> list[tuple[int, str]]:
-    """(article id, status it waits in) of the due messages workers have held unclaimed for
-    ``held_seconds`` and the clock tolerance (:func:`look`)."""
-    view = look(app, held_seconds)
-    return view.held_long if view else []
-
-
 def _waiting(payload: bytes, ceiling: float) -> tuple[int, str] | None:
     # kombu keeps [message, exchange, routing key]; Celery's message protocol 2 names the
     # task and its ETA in the headers and carries [args, kwargs, embed] as its body.

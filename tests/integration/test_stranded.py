@@ -69,9 +69,9 @@ def test_messages_held_unclaimed_past_the_bound_are_taken_back_and_sent_again(
     send_chains(app, [(article_id, "k", "render") for article_id in extracted])
     cut_off_worker(2)
 
-    assert stranded.held_unclaimed(app, held_seconds=30) == []  # delivered just now
+    assert stranded.look(app, held_seconds=30).held_long == []  # delivered just now
     time.sleep(1.1)
-    held = sorted(stranded.held_unclaimed(app, held_seconds=1))
+    held = sorted(stranded.look(app, held_seconds=1).held_long)
     assert held == [(article_id, "extracted") for article_id in extracted]
 
     # One article was claimed meanwhile by a worker that reached the database: left alone.
@@ -96,7 +96,7 @@ def test_a_retry_waiting_out_its_delay_is_not_taken_for_stranded(
     cut_off_worker(1)
     time.sleep(1.1)
 
-    assert stranded.held_unclaimed(app, held_seconds=1) == []
+    assert stranded.look(app, held_seconds=1).held_long == []
 
 
 def test_a_message_that_vanished_on_its_way_is_sent_again_once_its_queue_is_empty(
