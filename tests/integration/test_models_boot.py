@@ -102,18 +102,10 @@ def test_models_check_with_an_empty_cache_exits_1_naming_every_missing_repo_and_
 def test_a_gpu_worker_without_its_models_exits_non_zero_at_boot_naming_them_and_the_fetch_command(
     offline_env, broker_url, tmp_path
 ):
-    settings = Settings(
-        profile="default",
-        database_url=f"sqlite:///{tmp_path / 'farm.db'}",
-        broker_url=broker_url,
-        output_dir=tmp_path / "out",
-        model_cache=tmp_path / "farm-cache",
-    )
     # The command line and environment `farm worker gpu` would start, minus its model
     # pre-check: the worker's own boot handler is what is under test. `farm worker` has
     # made the database before it starts a process.
-    migrate(make_engine(settings.database_url))
-    (process,) = plan_workers("gpu", settings, ())
+    process = gpu_worker(tmp_path, broker_url)
     argv = process.argv
     assert argv[argv.index("--pool") + 1] == "threads" and "--concurrency" in argv
     log = tmp_path / "worker.log"
