@@ -25,6 +25,7 @@ from db.models import (
     ArticleStatus,
     Batch,
     ReviewStatus,
+    StageRun,
     as_utc,
     utcnow,
 )
@@ -266,14 +267,20 @@ def batch_details(
     Returns:
         ``stages`` (per stage: ``queued`` and ``running`` articles waiting at it, and
         :func:`stage_progress`'s ``passed``, ``failed``, ``total``), ``rate_per_hour``
-        (:func:`ewma_rate`, per hour), ``eta_seconds`` (None when the rate is unknown),
-        ``failures`` (per error kind: count and one example) and ``scores``
-        (mean/median/min/max of the best scores, empty when none).
+        (while articles are in flight :func:`ewma_rate`, per hour; once every article
+        ended, :func:`ended_rate`, which stays what it was at the batch's end),
+        ``eta_seconds`` (None when the rate is unknown), ``failures`` (per error kind:
+        count and one example) and ``scores`` (mean/median/min/max of the best scores,
+        empty when none).
     """
     batch_id = summary["id"]
     now = utcnow()
-    rate = ewma_rate(_finish_times(session, batch_id), now.timestamp(), half_life_minutes * 60)
+    finished = _finish_times(session, batch_id)
     ended = sum(summary[s.value] for s in TERMINAL_STATUSES)
+    if summary["total"] and ended == summary["total"]:
+        rate = ended_rate(finished, _run_spans(session, batch_id), half_life_minutes * 60)
+    else:
+        rate = ewma_rate(finished, now.timestamp(), half_life_minutes * 60)
     progress = stage_progress(summary)
     waiting = _stage_counts(session, batch_id, now)
     return {
@@ -283,6 +290,59 @@ def batch_details(
         "failures": _failures(session, batch_id),
         "scores": _score_summary(session, batch_id),
     }
+
+
+def ended_rate(
+    finished: Sequence[float], runs: Sequence[tuple[float, float]], half_life: float
+) -> float:
+    """Articles ended per second over the active time of a batch that has ended.
+
+    Its active time runs from its first stage start to its last finish, less the pauses in
+    which none of its stages ran (the union of its stage runs): a batch resumed the next
+    morning is not charged the night. It no longer depends on the present, so a batch
+    reports the same rate long after it ended as at its end (:func:`ewma_rate` would keep
+    lowering it, as it does for a batch that stalled).
+
+    Args:
+        finished: the moments its articles ended (seconds, sorted ascending).
+        runs: its stage runs as (start, end) on the same clock.
+        half_life: for a batch without stage runs: :func:`ewma_rate` at its last finish.
+
+    Returns:
+        The rate, 0.0 when nothing ended.
+    """
+    if not finished:
+        return 0.0
+    active = _union_length([(start, max(end, start)) for start, end in runs])
+    if active <= 0:
+        return ewma_rate(finished, finished[-1], half_life)
+    return len(finished) / active
+
+
+def _union_length(spans: Sequence[tuple[float, float]]) -> float:
+    """The length of the union of the intervals ``spans``."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end <= reach:
+            continue
+        total += end - max(start, reach)
+        reach = end
+    return total
+
+
+def _run_spans(session: Session, batch_id: str) -> list[tuple[float, float]]:
+    """The batch's stage runs as (start, end) in epoch seconds (a run without a duration,
+    interrupted or lost, as a moment)."""
+    query = (
+        select(StageRun.started_at, StageRun.seconds)
+        .join(Article, Article.id == StageRun.article_id)
+        .where(*_current(batch_id))
+    )
+    spans = []
+    for started, seconds in session.execute(query):
+        start = as_utc(started).timestamp()
+        spans.append((start, start + (seconds or 0.0)))
+    return spans
 
 
 def _current(batch_id: str) -> tuple:

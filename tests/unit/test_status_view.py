@@ -210,6 +210,49 @@ def test_details_keep_their_keys_and_leave_removed_articles_out(sessions, batch)
     assert details["eta_seconds"] == pytest.approx(6 / (details["rate_per_hour"] / 3600))
 
 
+def _ended_batch(sessions, end) -> None:
+    """Six articles, one every ten seconds over the minute before ``end``, each through a
+    run of each stage; then a night's pause and one more, requeued the next morning."""
+    from db.models import StageRun
+
+    with sessions() as session:
+        session.add(Batch(id=BATCH, catalog=CATALOG, profile="tiny"))
+        articles = []
+        for i in range(6):
+            finished = end - timedelta(hours=12, seconds=50 - 10 * i)
+            articles.append((_article(i, ArticleStatus.done, finished_at=finished), finished))
+        articles.append((_article(6, ArticleStatus.done, finished_at=end), end))
+        session.add_all([article for article, _ in articles])
+        session.flush()
+        for article, finished in articles:
+            for step, stage in enumerate(("translate", "extract", "render", "score")):
+                started = finished - timedelta(seconds=20 - 5 * step)
+                session.add(StageRun(article_id=article.id, stage=stage, attempt=1,
+                                     worker="local@farm", outcome="ok", started_at=started,
+                                     seconds=5.0))  # fmt: skip
+        session.commit()
+
+
+def test_an_ended_batch_keeps_the_rate_it_had_at_its_end(sessions, monkeypatch):
+    end = utcnow() - timedelta(days=2)
+    _ended_batch(sessions, end)
+
+    def details_at(moment):
+        monkeypatch.setattr("producer.progress.utcnow", lambda: moment)
+        with sessions() as session:
+            (summary,) = batch_summaries(session)
+            return summary | batch_details(session, summary, half_life_minutes=3.0)
+
+    at_end = details_at(end)
+    # Seven articles over the active time: the first 70 s (six finishes 10 s apart, the first
+    # started 20 s before it) and the requeued article's 20 s, not the night between them.
+    assert at_end["rate_per_hour"] == pytest.approx(7 / 90 * 3600, rel=0.01)
+    for later in (timedelta(minutes=13), timedelta(days=2)):
+        assert details_at(end + later)["rate_per_hour"] == at_end["rate_per_hour"]
+    text = _render([at_end], 80)
+    assert f"rate {at_end['rate_per_hour']:.0f} articles/hour · every article ended" in text
+
+
 def test_summaries_count_review_verdicts_and_status_shows_them_with_the_views(sessions, batch):
     with sessions() as session:
         session.get(Batch, BATCH).views = ["front", "back"]
