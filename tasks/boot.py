@@ -83,12 +83,9 @@ def load_for_role(settings: Settings):
     missing = describe_missing(check_profile(profile, stages), profile)
     if missing:
         raise ModelsMissing(missing)
-    render_options = settings.render_options()
-    extract_options = {
-        "static_cache": settings.extract_static_cache,
-        "max_batch": settings.text_batch(),
-    }
-    runtimes = load_runtimes(stages, profile, settings.device, render_options, extract_options)
+    runtimes = load_runtimes(
+        stages, profile, settings.device, settings.render_options(), settings.extract_options()
+    )
     if settings.worker_role == "text" and resolve_device(settings.device).type == "cpu":
         say_text_rate(runtimes, settings.text_batch())
     return runtimes

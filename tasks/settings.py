@@ -205,6 +205,11 @@ class Settings(BaseSettings):
             "memory_mode": self.render_memory_mode,
         }
 
+    def extract_options(self) -> dict:
+        """The extractor's load options (``Extractor.from_pretrained``) from these settings,
+        for the worker and ``farm doctor --load`` alike."""
+        return {"static_cache": self.extract_static_cache, "max_batch": self.text_batch()}
+
     def lock_file(self) -> Path:
         """The models' lock file: ``models_lock``, else ``models.lock.json`` in the model cache."""
         return self.models_lock or self.model_cache / LOCK_FILE_NAME

@@ -192,7 +192,10 @@ def try_models(profile: Profile, settings) -> list[tuple[str, str]]:
     from workers.prompts import clip_prompt, generation_prompt
 
     started = time.perf_counter()
-    text = load_runtimes(("translate", "extract"), profile, settings.device)
+    # The extractor loads with the worker's options: its rate depends on the batch and cache.
+    text = load_runtimes(
+        ("translate", "extract"), profile, settings.device, None, settings.extract_options()
+    )
     facts = [("loaded the text models", f"{time.perf_counter() - started:.1f} s")]
     facts.append(("text stages", describe_text_rate(text, settings.text_batch())))
     english = text.translate([SAMPLE_TEXT])

@@ -96,6 +96,31 @@ def test_doctor_with_load_measures_the_text_rate_on_a_full_batch_of_distinct_tex
     assert rate.endswith(" articles/hour per process")
 
 
+def test_doctor_with_load_loads_the_extractor_with_the_workers_batch_and_cache_options(
+    tmp_path, model_cache, monkeypatch
+):
+    from tasks.settings import Settings
+    from workers import loader
+
+    real, extractors = loader.load_runtimes, []
+
+    def recording(stages, *args, **kwargs):
+        runtimes = real(stages, *args, **kwargs)
+        if runtimes.extract is not None:
+            extractors.append(runtimes.extract)
+        return runtimes
+
+    monkeypatch.setattr(loader, "load_runtimes", recording)
+    monkeypatch.setenv("FARM_TEXT_BATCH_SIZE", "5")
+    result = doctor(tmp_path, model_cache, "--profile", "tiny", "--device", "cpu", load=True)
+
+    assert result.exit_code == 0, result.output
+    (extractor,) = extractors
+    worker = Settings(device="cpu").extract_options()  # what tasks.boot loads a worker with
+    assert worker["max_batch"] == 5
+    assert (extractor.max_batch, extractor.static_cache) == (5, False)
+
+
 def test_a_worker_of_role_all_on_a_card_holds_the_text_models_beside_the_renderer():
     import torch
 
