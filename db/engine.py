@@ -31,6 +31,13 @@ from db.urls import CONNECT_TIMEOUT_SECONDS, describe, parse_database_url, sqlit
 # enough that a stage task's claim and completion around a fast model call skip it, short
 # enough that a database restart meanwhile is very unlikely to go unnoticed.
 IDLE_PING_SECONDS = 0.25
+# A client whose host drops off the network mid-transaction (its link down, no reset sent)
+# holds its row locks until the server notices it is gone: by default, hours of TCP silence.
+# Every other worker's update of those rows (a claim, the reaper's turn) would wait as long.
+# TCP keepalive probes on both ends end such a session within IDLE + INTERVAL * COUNT seconds.
+KEEPALIVE_IDLE_SECONDS = 10
+KEEPALIVE_INTERVAL_SECONDS = 5
+KEEPALIVE_COUNT = 3
 # How long a connection keeps asking for WAL while other processes switch a new file to it.
 WAL_SWITCH_SECONDS = 30.0
 
@@ -93,10 +100,28 @@ def _build_engine(parsed: URL, connect_timeout: float | None = None) -> Engine:
         engine = create_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    connect_args = {"connect_timeout": int(connect_timeout)} if connect_timeout else {}
+    connect_args = _keepalives()
+    if connect_timeout:
+        connect_args["connect_timeout"] = int(connect_timeout)
     engine = create_engine(parsed, pool_size=5, max_overflow=5, connect_args=connect_args)
     _ping_when_idle(engine, IDLE_PING_SECONDS)
     return engine
+
+
+def _keepalives() -> dict:
+    """libpq's keepalives for the client's end, and the server's for its end of the session."""
+    server = (
+        f"-c tcp_keepalives_idle={KEEPALIVE_IDLE_SECONDS}"
+        f" -c tcp_keepalives_interval={KEEPALIVE_INTERVAL_SECONDS}"
+        f" -c tcp_keepalives_count={KEEPALIVE_COUNT}"
+    )
+    return {
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVE_IDLE_SECONDS,
+        "keepalives_interval": KEEPALIVE_INTERVAL_SECONDS,
+        "keepalives_count": KEEPALIVE_COUNT,
+        "options": server,
+    }
 
 
 def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:

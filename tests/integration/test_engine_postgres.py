@@ -46,3 +46,20 @@ def test_an_idle_connection_the_server_dropped_is_replaced_before_use(engine):
         admin.execute("SELECT pg_terminate_backend(%s)", (dropped,))
     time.sleep(0.6)
     assert backend_pid(engine) != dropped  # no error: the failed ping swapped the connection
+
+
+def test_the_server_probes_each_session_so_a_client_gone_silent_loses_its_locks_in_seconds(
+    engine,
+):
+    # A worker host cut off mid-transaction keeps its row locks until the server ends its
+    # session; the server's own keepalive settings bound that (see db.engine).
+    with engine.connect() as connection:
+        shown = {
+            name: connection.scalar(text(f"SHOW {name}"))
+            for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
+        }
+    assert shown == {
+        "tcp_keepalives_idle": str(farm_engine.KEEPALIVE_IDLE_SECONDS),
+        "tcp_keepalives_interval": str(farm_engine.KEEPALIVE_INTERVAL_SECONDS),
+        "tcp_keepalives_count": str(farm_engine.KEEPALIVE_COUNT),
+    }
