@@ -72,7 +72,7 @@ def _photograph(url: str, batch_id: str, out: Path) -> None:
         page.click("#login-form button[type=submit]")
         page.wait_for_url(f"{url}/")
         page.goto(f"{url}/batches/{batch_id}?sort=score")
-        links = page.locator("article.card h2 a")
+        links = page.locator("article.product h2 a")
         articles = [links.nth(i).get_attribute("href") for i in (0, 1)]
         for article in articles:  # a verdict and a history to show
             page.goto(url + article)

@@ -44,13 +44,18 @@ async def batches_fragment(request: Request) -> Response:
 
 @page
 async def contact_sheet(request: Request) -> Response:
-    """GET /batches/{id}: a page of the batch's cards, filtered, sorted, 60 to a page."""
+    """GET /batches/{id}: a page of the batch's products (each with its views), filtered by
+    status, view and a search of names and keys, sorted, 60 products to a page."""
     batch_id = request.path_params["batch_id"]
     query = SheetQuery.from_params(request.query_params)
     sheet = await in_session(request, queries.contact_sheet, batch_id, query)
     if sheet is None:
         raise HTTPException(404, f"no batch {batch_id}")
-    return render(request, "sheet.html", {"sheet": sheet, "batch": sheet.batch, "filters": FILTERS})
+    views = list(sheet.batch.views)
+    if sheet.query.view and sheet.query.view not in views:
+        views.append(sheet.query.view)  # asked for by hand: shown, so it can be put back
+    context = {"sheet": sheet, "batch": sheet.batch, "filters": FILTERS, "view_choices": views}
+    return render(request, "sheet.html", context)
 
 
 async def _article(request: Request) -> queries.ArticlePage:

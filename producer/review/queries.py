@@ -1,19 +1,24 @@
 """The studio's reads: batch summaries, a contact sheet's page, an article with its attempts.
 
 Read-only, and sized for 10,000-article batches: a contact sheet page costs one COUNT and one
-LIMIT/OFFSET query whatever the page, and selects columns rather than objects, so nothing is
-loaded lazily per article.
+LIMIT/OFFSET query whatever the page (a name search one more, over a row per catalog sheet),
+and selects columns rather than objects, so nothing is loaded lazily per article.
+
+A contact sheet shows products: the articles of one catalog row (one key) in each of the
+batch's views, on one card. Filters pick views; a product is on the sheet when one of its
+views is picked, and shows the picked ones. Counting and paging go by product.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from urllib.parse import urlencode
 
-from sqlalchemy import case, false, func, select
+from sqlalchemy import case, false, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from db.models import (
@@ -35,6 +40,7 @@ SORTS = ("catalog", "score", "score_desc")
 FARM_STATUSES = tuple(status.value for status in ArticleStatus)
 REVIEW_STATUSES = (*(status.value for status in ReviewStatus), UNREVIEWED)
 SHORT_TEXT_CHARS = 140
+SEARCH_CHARS = 100  # a longer search is cut to this
 # Source headers that hold an article's display name, compared in lower case.
 NAME_HEADERS = ("name", "model_name")
 _TERMINAL = tuple(status.value for status in TERMINAL_STATUSES)
@@ -113,36 +119,48 @@ def _summary(batch: Batch, tally: dict) -> BatchSummary:
 
 @dataclass(frozen=True)
 class SheetQuery:
-    """What a contact sheet shows: a filter, its threshold, an order and a page."""
+    """What a contact sheet shows: a filter, its threshold, a view, a search, an order, a page."""
 
     filter: str = "all"
     below: float | None = None
     sort: str = "catalog"
     page: int = 1
+    view: str = ""  # one of VIEWS: that view of each product only; empty: every view
+    search: str = ""  # part of a product's name or key, any case; empty: every product
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> SheetQuery:
         """Read the query string; values that make no sense fall back to the defaults.
 
         Args:
-            params: ``filter``, ``below``, ``sort`` and ``page``, each optional.
+            params: ``filter``, ``below``, ``sort``, ``page``, ``view`` and ``q`` (the
+                search), each optional.
         """
         chosen = params.get("filter", "all")
         order = params.get("sort", "catalog")
+        view = params.get("view", "")
         return cls(
             filter=chosen if chosen in FILTERS else "all",
             below=_finite(params.get("below")),
             sort=order if order in SORTS else "catalog",
             page=max(1, _whole(params.get("page")) or 1),
+            view=view if view in VIEWS else "",
+            search=" ".join(params.get("q", "").split())[:SEARCH_CHARS],
         )
 
     def params(self, **changes: object) -> str:
         """This query, with ``changes``, as a query string (no ``?``); defaults left out."""
         chosen = replace(self, **changes)
-        pairs = {"filter": chosen.filter, "sort": chosen.sort, "page": chosen.page}
+        pairs = {
+            "filter": chosen.filter,
+            "view": chosen.view,
+            "q": chosen.search,
+            "sort": chosen.sort,
+            "page": chosen.page,
+        }
         if chosen.filter == "below" and chosen.below is not None:
             pairs["below"] = chosen.below
-        defaults = {"filter": "all", "sort": "catalog", "page": 1}
+        defaults = {"filter": "all", "view": "", "q": "", "sort": "catalog", "page": 1}
         return urlencode({k: v for k, v in pairs.items() if defaults.get(k) != v})
 
 
@@ -179,33 +197,52 @@ class Card:
 
 
 @dataclass(frozen=True)
+class Product:
+    """One catalog row on a contact sheet: its views that the filters picked, in view order."""
+
+    key: str
+    name: str | None
+    text: str
+    views: list[Card]
+
+
+@dataclass(frozen=True)
 class SheetPage:
-    """A page of a batch's contact sheet."""
+    """A page of a batch's contact sheet: products, each with the views the filters picked."""
 
     batch: BatchSummary
     query: SheetQuery
     threshold: float | None
-    cards: list[Card]
-    total: int
+    products: list[Product]
+    total: int  # products on every page together
+
+    @property
+    def cards(self) -> list[Card]:
+        """The page's views, product after product."""
+        return [card for product in self.products for card in product.views]
 
     @property
     def pages(self) -> int:
-        """How many pages the filtered articles fill (at least one)."""
+        """How many pages the filtered products fill (at least one)."""
         return max(1, math.ceil(self.total / PAGE_SIZE))
 
     @property
     def first(self) -> int:
-        """The 1-based position of the page's first card among the filtered articles."""
-        return (self.query.page - 1) * PAGE_SIZE + 1 if self.cards else 0
+        """The 1-based position of the page's first product among the filtered ones."""
+        return (self.query.page - 1) * PAGE_SIZE + 1 if self.products else 0
 
 
 def contact_sheet(session: Session, batch_id: str, query: SheetQuery) -> SheetPage | None:
-    """One page of a batch's cards, filtered and sorted.
+    """One page of a batch's products, filtered and sorted, 60 products to a page.
+
+    A product is on the page when some of its views pass the filter, the view and the
+    search; it shows those views. It is ranked by its first article (catalog order) or by
+    the lowest score among them.
 
     Args:
         session: any session.
         batch_id: the batch.
-        query: the filter, order and page; a page past the end shows the last one.
+        query: the filter, view, search, order and page; a page past the end shows the last.
 
     Returns:
         The page, or None when there is no such batch.
@@ -215,17 +252,94 @@ def contact_sheet(session: Session, batch_id: str, query: SheetQuery) -> SheetPa
         return None
     threshold = query.below if query.below is not None else batch.min_clip_score
     conditions = _sheet_conditions(batch_id, query.filter, threshold)
-    total = session.scalar(select(func.count()).select_from(Article).where(*conditions)) or 0
+    if query.view:
+        conditions.append(Article.view == query.view)
+    if query.search:
+        conditions.append(_search(session, batch_id, query.search))
+    total = session.scalar(select(func.count(Article.key.distinct())).where(*conditions)) or 0
     query = replace(query, page=min(query.page, max(1, math.ceil(total / PAGE_SIZE))))
-    rows = session.execute(
-        select(*_CARD_COLUMNS, _best_render_id().label("render_id"))
+    first_id, lowest = func.min(Article.id), func.min(Article.clip_score)
+    chosen = (
+        select(Article.key, first_id.label("first_id"), lowest.label("lowest"))
         .where(*conditions)
-        .order_by(*_ORDERS[query.sort])
+        .group_by(Article.key)
+        .order_by(*_product_order(query.sort, first_id, lowest))
         .limit(PAGE_SIZE)
         .offset((query.page - 1) * PAGE_SIZE)
+        .subquery("chosen")
+    )
+    rows = session.execute(
+        select(*_CARD_COLUMNS, _best_render_id().label("render_id"))
+        .join(chosen, Article.key == chosen.c.key)
+        .where(*conditions)
+        .order_by(*_product_order(query.sort, chosen.c.first_id, chosen.c.lowest), Article.id)
     ).all()
     summary = _summary(batch, {})
-    return SheetPage(summary, query, threshold, [_card(row) for row in rows], total)
+    return SheetPage(summary, query, threshold, _products(rows), total)
+
+
+def _product_order(sort: str, first_id, lowest) -> tuple:
+    if sort == "catalog":
+        return (first_id,)
+    # Products without a score last either way: they have nothing to compare yet.
+    ranked = lowest.asc() if sort == "score" else lowest.desc()
+    return (lowest.is_(None), ranked, first_id)
+
+
+def _products(rows) -> list[Product]:
+    """The rows, ordered product by product, as products with their views in view order."""
+    by_key: dict[str, list] = {}
+    for row in rows:
+        by_key.setdefault(row.key, []).append(row)
+    order = {view: index for index, view in enumerate(VIEWS)}
+    products = []
+    for key, views in by_key.items():
+        views.sort(key=lambda row: (order.get(row.view, len(order)), row.id))
+        first = views[0]
+        cards = [_card(row) for row in views]
+        products.append(Product(key, cards[0].name, shorten(first.source_text), cards))
+    return products
+
+
+def _search(session: Session, batch_id: str, text: str):
+    """A condition: the article's key or name holds ``text``, in any case.
+
+    Names are catalog cells under the catalog's own headers (``Name``, ``model_name``...),
+    so the headers are read first from one article of each source sheet. The comparison
+    is a regular expression built from ``text`` and passed as a parameter: each letter
+    as a class of its cases, everything else escaped. It reads the same on SQLite (where
+    SQLAlchemy gives REGEXP Python's ``re``) and PostgreSQL, whatever the database's
+    locale, and for letters beyond ASCII (``ä`` finds ``Ä``), unlike SQLite's LIKE.
+    """
+    pattern = _caseless_pattern(text)
+    firsts = (
+        select(func.min(Article.id))
+        .where(Article.batch_id == batch_id)
+        .group_by(Article.source_file, Article.source_sheet)
+    )
+    headers = {
+        header
+        for cells in session.scalars(select(Article.source_columns).where(Article.id.in_(firsts)))
+        for header in (cells or {})
+        if str(header).strip().lower() in NAME_HEADERS
+    }
+    found = [Article.key.regexp_match(pattern)]
+    found += [Article.source_columns[h].as_string().regexp_match(pattern) for h in sorted(headers)]
+    return or_(*found)
+
+
+def _caseless_pattern(text: str) -> str:
+    """A regular expression finding ``text`` in any case, for Python's ``re`` and PostgreSQL.
+
+    Only letters become classes (``[Ss]``) and only ``re.escape``'s punctuation is escaped,
+    with a backslash that both read as "this character".
+    """
+    parts = []
+    for char in text:
+        cases = sorted({char, char.lower(), char.upper()} - {""})
+        cases = [c for c in cases if len(c) == 1]
+        parts.append(f"[{''.join(cases)}]" if len(cases) > 1 else re.escape(char))
+    return "".join(parts)
 
 
 def _sheet_conditions(batch_id: str, chosen: str, threshold: float | None) -> list:
@@ -256,13 +370,6 @@ _CARD_COLUMNS = (
     Article.render_attempt,
     Article.error,
 )
-
-_ORDERS = {
-    "catalog": (Article.id,),
-    # Unscored articles last either way: they have nothing to compare yet.
-    "score": (Article.clip_score.is_(None), Article.clip_score.asc(), Article.id),
-    "score_desc": (Article.clip_score.is_(None), Article.clip_score.desc(), Article.id),
-}
 
 
 def _best_render_id():
