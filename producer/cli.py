@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 from pydantic import SecretStr, ValidationError
 from rich.console import Console
-from rich.live import Live
 
 from db.models import TERMINAL_STATUSES, ArticleStatus
 from producer import guards
@@ -27,6 +26,7 @@ from producer.requeue import Selection
 from producer.review_cli import review
 from producer.run_view import RunProgress, summary_line
 from producer.status_view import render_status
+from producer.status_view import watch as watch_status
 from producer.strength import basic_auth_problem
 from producer.submit import BrokerUnavailable, check_broker, send_and_mark
 from producer.views import default_views, views_option
@@ -240,16 +240,29 @@ def worker(settings: Settings, role, gpus, concurrency, loglevel) -> None:
 @main.command()
 @click.argument("batch", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--watch", is_flag=True, help="Redraw live until interrupted.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Show it again every --interval until Ctrl-C: redrawn on a terminal, one plain "
+    "block per interval into a pipe or file.",
+)
+@click.option(
+    "--interval",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between two readings with --watch.",
+)
 @click.option(
     "--half-life",
     default=DEFAULT_HALF_LIFE_MINUTES,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
-    help="Minutes after which a finished article weighs half in the rate and ETA.",
+    help="Minutes after which a finished article weighs half in the rate and ETA of a batch "
+    "in flight (an ended batch's rate is taken over its active time).",
 )
 @click.pass_obj
-def status(settings: Settings, batch, as_json, watch, half_life) -> None:
+def status(settings: Settings, batch, as_json, watch, interval, half_life) -> None:
     """Per batch (or only BATCH): counts per status and stage, rate, ETA, failures, scores."""
     sessions = _sessions(settings)
 
@@ -267,13 +280,12 @@ def status(settings: Settings, batch, as_json, watch, half_life) -> None:
     if not watch:
         Console().print(render_status(batches))
         return
-    with Live(render_status(batches), refresh_per_second=1) as live:
-        try:
-            while True:
-                time.sleep(2)
-                live.update(render_status(collect()))
-        except KeyboardInterrupt:
-            pass
+    try:
+        watch_status(collect, Console(), interval, first=batches)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `farm status --watch | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
 
 
 @main.command()

@@ -2,12 +2,15 @@
 
 Each block fits the terminal's width, 80 columns included: the batch id is never cut (people
 copy it into other commands), a long catalog name loses its middle, and the counts sit in a
-narrow per-stage table instead of one column per status.
+narrow per-stage table instead of one column per status. ``--watch`` redraws it in place on
+a terminal and prints it again, under a line with the time, anywhere else (:func:`watch`).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.padding import Padding
@@ -44,6 +47,44 @@ def render_status(batches: list[dict]) -> StatusView:
         width it is drawn at.
     """
     return StatusView(batches)
+
+
+def watch(
+    collect: Callable[[], list[dict]],
+    console: Console,
+    interval: float = 2.0,
+    first: list[dict] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Show the batches every ``interval`` seconds until interrupted (Ctrl-C ends it).
+
+    On a terminal the view is redrawn in place. Anywhere else (a pipe, a log file) a
+    redraw would be cursor codes nobody reads, and a live display prints nothing before it
+    stops: each interval prints one plain block instead, under a ``farm status at <time>``
+    line, flushed at once.
+
+    Args:
+        collect: reads the batches (summaries merged with their details) anew.
+        console: where to show them.
+        interval: seconds between two readings.
+        first: the batches already read, shown first.
+        sleep: waits between readings (tests pass a fake one).
+    """
+    batches = collect() if first is None else first
+    if console.is_terminal and not console.is_dumb_terminal:
+        # Imported here: the plain output never needs the terminal machinery.
+        from rich.live import Live
+
+        with Live(render_status(batches), console=console, refresh_per_second=1) as live:
+            while True:
+                sleep(interval)
+                live.update(render_status(collect()))
+    while True:
+        console.print(f"farm status at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC", style="bold")
+        console.print(render_status(batches))
+        console.print()
+        sleep(interval)
+        batches = collect()
 
 
 class StatusView:
