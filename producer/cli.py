@@ -27,7 +27,7 @@ from producer.review_cli import review
 from producer.run_view import RunProgress, summary_line
 from producer.status_view import render_status
 from producer.status_view import watch as watch_status
-from producer.strength import basic_auth_problem
+from producer.strength import MIN_FLOWER_PASSWORD_CHARS, PASSPHRASE_CHARS, basic_auth_problem
 from producer.submit import BrokerUnavailable, check_broker, send_and_mark
 from producer.views import default_views, views_option
 from tasks.app import configure
@@ -384,6 +384,20 @@ def report(settings: Settings, batch, out) -> None:
     click.echo(path)
 
 
+# What a FARM_FLOWER_BASIC_AUTH password must be (producer.strength.weakness); the README's
+# settings table says the same words.
+FLOWER_PASSWORD_RULES = (
+    f"a password of {MIN_FLOWER_PASSWORD_CHARS} characters or more, enough of them different, "
+    "not a common one or the example's, not mostly a run (aaaa, 1234), mixing letters with "
+    f"digits or signs unless it has {PASSPHRASE_CHARS} or more"
+)
+FLOWER_AUTH_MISSING = (
+    "refusing to start Flower without authentication: set FARM_FLOWER_BASIC_AUTH to "
+    f"user:password ({FLOWER_PASSWORD_RULES}), or pass --localhost-only to serve it on "
+    "127.0.0.1 without auth"
+)
+
+
 @main.command()
 @click.option("--address", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5555, show_default=True)
@@ -399,10 +413,7 @@ def flower(settings: Settings, address, port, localhost_only) -> None:
     if localhost_only:
         address = "127.0.0.1"
     elif auth is None:
-        raise click.UsageError(
-            "refusing to start Flower without authentication: set FARM_FLOWER_BASIC_AUTH="
-            "user:password, or pass --localhost-only to bind to 127.0.0.1 without auth"
-        )
+        raise click.UsageError(FLOWER_AUTH_MISSING)
     problem = None if auth is None else basic_auth_problem(auth.get_secret_value())
     if problem:
         raise click.UsageError(problem)
