@@ -4,6 +4,11 @@ Thumbnails are made once and kept under ``<output>/.thumbs``, named after the so
 path, size and modification time, so a picture written again gets a new thumbnail and a
 database started afresh over the same output folder never shows a stale one. In an object
 store (:mod:`tasks.storage`) pictures and thumbnails are objects, handed out from memory.
+
+Only regular files that resolve inside the output folder are handed out (or objects under
+the output URL when ``FARM_OUTPUT_DIR`` names a store): a picture replaced by a symlink,
+or a stored path that leads elsewhere, is missing, not a way to read any file the studio's
+user may read.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import stat
 import tempfile
 import time
 import zipfile
@@ -43,15 +49,57 @@ CSV_NAME = "approved.csv"
 IMAGE_FOLDER = "images"
 
 
-def existing(candidates: tuple[str | Place | None, ...]) -> Place | None:
-    """The first of ``candidates`` that is a readable file or object, else None.
+def existing(candidates: tuple[str | Place | None, ...], root: Path | str) -> Place | None:
+    """The first of ``candidates`` that is a readable file or object inside ``root``, else None.
 
-    An unreadable folder or store counts as missing.
+    An unreadable folder or store counts as missing, and so does anything :func:`confined`
+    refuses.
+
+    Args:
+        candidates: paths or URLs, the likeliest first; None and empty ones are skipped.
+        root: the output folder or URL everything handed out must lie in.
+
+    Returns:
+        The place to read: for a file, its resolved path (no link left to swap meanwhile).
     """
     for candidate in candidates:
-        if candidate and storage.is_file(storage.place(candidate)):
-            return storage.place(candidate)
+        if candidate:
+            found = confined(storage.place(candidate), root)
+            if found is not None:
+                return found
     return None
+
+
+def confined(where: Place, root: Path | str | Place) -> Place | None:
+    """``where`` if it is a regular file inside ``root`` once every link is followed.
+
+    Args:
+        where: a file or an object.
+        root: the output folder, or the output URL of an object store.
+
+    Returns:
+        The file's resolved path, or the object's URL; None for a link leading outside
+        ``root``, a path outside it, anything but a regular file, a local path when the
+        output is a store (or an object when it is a folder), or something unreadable.
+    """
+    top = storage.place(root)
+    if isinstance(top, ObjectURL):
+        if not isinstance(where, ObjectURL) or where.scheme != top.scheme:
+            return None
+        if not (where.key == top.key or where.key.is_relative_to(top.key)):
+            return None
+        return where if storage.is_file(where) else None
+    if not isinstance(where, Path):
+        return None
+    try:
+        real = where.resolve(strict=True)
+        base = top.resolve(strict=True)
+        facts = real.stat()
+    except (OSError, RuntimeError):  # missing, unreadable, or a loop of links
+        return None
+    if not real.is_relative_to(base) or not stat.S_ISREG(facts.st_mode):
+        return None
+    return real
 
 
 def render_file(session: Session, render_id: int, output_dir: Path | str) -> Place | None:
@@ -74,7 +122,7 @@ def render_file(session: Session, render_id: int, output_dir: Path | str) -> Pla
         return None
     stem = view_stem(row.file_stem, row.view)
     laid_out = attempt_image_path(output_dir, row.batch_id, stem, row.attempt)
-    return existing((row.image_path, laid_out))
+    return existing((row.image_path, laid_out), output_dir)
 
 
 async def _render_path(request: Request) -> Place:
@@ -132,9 +180,10 @@ def thumbnail(source: Place, cache: Place, size: int = THUMB_PX) -> Path | bytes
         return None
     name = hashlib.sha256(f"{version}|{size}".encode())
     target = cache / f"{name.hexdigest()[:32]}.jpg"
-    if storage.is_file(target):
+    kept = confined(target, cache) if isinstance(target, Path) else target
+    if kept is not None and storage.is_file(kept):
         try:
-            return target if isinstance(target, Path) else storage.read_bytes(target)
+            return kept if isinstance(kept, Path) else storage.read_bytes(kept)
         except OSError:  # gone meanwhile: made again below
             pass
     encoded = _jpeg(source, size)
@@ -226,13 +275,16 @@ def approved_articles(
     return approved
 
 
-def write_archive(approved: list[Approved], folder: Path, name: str) -> Path:
+def write_archive(
+    approved: list[Approved], folder: Path, name: str, root: Path | str
+) -> Path:
     """Write the zip of approved pictures and their export sheet.
 
     Args:
         approved: from :func:`approved_articles`.
         folder: a scratch folder the archive goes in.
         name: the archive's file name.
+        root: the output folder (or URL): a picture outside it counts as gone.
 
     Returns:
         The archive: ``images/<stem>.png`` per article whose picture exists, and
@@ -243,7 +295,7 @@ def write_archive(approved: list[Approved], folder: Path, name: str) -> Path:
     rows, taken = [], set()
     with zipfile.ZipFile(archive, "w") as bundle:
         for entry in approved:
-            picture = existing(entry.candidates)
+            picture = existing(entry.candidates, root)
             inside = f"{IMAGE_FOLDER}/{entry.file_stem}{picture.suffix if picture else '.png'}"
             if picture is None or inside in taken:
                 rows.append(entry.row | {"archive_image": None})
@@ -283,7 +335,7 @@ def _scratch_folder(output_dir: Path | str) -> Path:
 def _archive(approved: list[Approved], batch_id: str, output_dir: Path | str) -> Path:
     folder = _scratch_folder(output_dir)
     try:
-        return write_archive(approved, folder, f"{batch_id}-approved.zip")
+        return write_archive(approved, folder, f"{batch_id}-approved.zip", output_dir)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
