@@ -16,7 +16,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from db.engine import make_engine, migrate, session_factory
 from db.models import Article, ArticleStatus, Batch, ReviewStatus
+from producer.review.queries import SheetQuery, contact_sheet
 from tests.integration.studio import CHROMIUM, Studio
 from tests.unit.review_studio import (
     ADMIN,
@@ -182,7 +184,7 @@ def test_a_product_card_shows_its_views_pictures_side_by_side_with_their_scores(
     target = os.environ.get("FARM_SHEET_SCREENSHOT")
     if target:
         page.set_viewport_size({"width": 1280, "height": 860})
-        page.evaluate("window.scrollTo(0, 0)")
+        page.goto(f"{served.url}/batches/{BATCH}?q=Seidenbluse")  # the search filled in
         page.wait_for_load_state("networkidle")
         page.screenshot(path=target)
 
@@ -252,3 +254,78 @@ def test_at_390_pixels_the_breadcrumb_reads_on_two_lines_at_most(page, served):
         assert page_width(page) <= 390, path
     page.goto(f"{served.url}/")
     assert page_width(page) <= 390  # the table scrolls in its own box
+
+
+# The same sheet queries on PostgreSQL as on SQLite
+
+SHEETS = [
+    {},
+    {"q": "übergangs"},
+    {"q": "STRASSE"},
+    {"q": "straße", "view": "back"},
+    {"q": "pg-00"},
+    {"q": "%"},
+    {"q": "a_b"},
+    {"view": "back", "sort": "score"},
+    {"sort": "score_desc"},
+    {"filter": "below", "below": "0.5"},
+    {"filter": "failed"},
+]
+
+
+def _catalog(sessions) -> None:
+    """Eight rows over two sheets with different name headers; every other one has a back."""
+    names = ["ÜBERGANGSJACKE Wolle", "Strickjacke Straße", "Bluse a_b", "Mantel", "Über Hemd"]
+    with sessions() as session:
+        session.add(Batch(id="pg", catalog="c", profile="tiny", views=["front", "back"]))
+        for index in range(8):
+            header = "Name " if index % 2 else "model_name"
+            name = names[index % len(names)]
+            for view in ("front", "back") if index % 2 == 0 else ("front",):
+                score = None if index == 5 else 0.2 + index / 10 + (0.05 if view == "back" else 0)
+                session.add(
+                    Article(
+                        batch_id="pg",
+                        key=f"PG-{index:03d}",
+                        view=view,
+                        file_stem=f"s{index}",
+                        source_file="a.xlsx" if index % 2 else "b.csv",
+                        source_sheet="Tabelle1" if index % 2 else "csv",
+                        source_row=index + 2,
+                        source_text=name,
+                        source_columns={header: name, "description": "Wolle"},
+                        status="failed" if index == 5 else "done",
+                        clip_score=score,
+                    )
+                )
+        session.commit()
+
+
+def _read(sessions, params: dict) -> tuple:
+    with sessions() as session:
+        sheet = contact_sheet(session, "pg", SheetQuery.from_params(params))
+    return sheet.total, [(p.key, [c.view for c in p.views]) for p in sheet.products]
+
+
+def test_on_postgresql_the_sheet_groups_filters_and_searches_as_on_sqlite(pg_url, tmp_path):
+    lite = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+    migrate(lite)
+    engines = {"sqlite": lite, "postgresql": make_engine(pg_url)}
+    try:
+        found = {}
+        for name, engine in engines.items():
+            sessions = session_factory(engine)
+            _catalog(sessions)
+            found[name] = [_read(sessions, params) for params in SHEETS]
+    finally:
+        for engine in engines.values():
+            engine.dispose()
+    assert found["postgresql"] == found["sqlite"]
+    results = dict(zip(map(str, SHEETS), found["postgresql"], strict=True))
+    jackets = [("PG-000", ["front", "back"]), ("PG-005", ["front"])]
+    assert results[str({"q": "übergangs"})] == (2, jackets)
+    assert results[str({"q": "straße", "view": "back"})] == (1, [("PG-006", ["back"])])
+    assert results[str({"q": "STRASSE"})] == (0, [])  # ß is a letter of its own
+    assert results[str({"q": "%"})] == (0, [])
+    assert results[str({"q": "a_b"})] == (2, [("PG-002", ["front", "back"]), ("PG-007", ["front"])])
+    assert results[str({})][0] == 8
