@@ -6,16 +6,19 @@ the results. Catalog text
 and model output end up in spreadsheet cells, so every text cell of the xlsx and csv files is
 neutralised against formula injection; jsonl and parquet are data for programs and keep the
 values as they are.
+
+A file is written whole or not at all, and only over a regular file (see
+:mod:`producer.writes`); standard output gets the file once it is complete.
 """
 
 from __future__ import annotations
 
 import csv
-import errno
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+import os
+import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from openpyxl import Workbook
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
@@ -23,11 +26,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Article, Batch, Render, StageRun
-from tasks import storage
+
+# The errors and checks of every file the export, the report and the statistics write; the
+# names stay importable from here.
+from producer.writes import STDOUT, ExportError, check_target, write_out, writing  # noqa: F401
+from tasks import outputs, storage
 from tasks.outputs import atomic_path
 from tasks.registry import ORDER as STAGES
+from tasks.storage import ObjectURL, Place
 
 EXPORT_FORMATS = ("xlsx", "csv", "jsonl", "parquet")
+# Formats that are not text: never written to a terminal.
+BINARY_FORMATS = frozenset({"xlsx", "parquet"})
+
 
 # Which article it is (a row rendered in several views is one article per view), the review
 # studio's verdict on its picture, and where it came from; the source cells follow these.
@@ -79,49 +90,6 @@ _NULLABLE_INT_COLUMNS = frozenset({"seed"})
 # OWASP's list: a spreadsheet may evaluate a cell that starts with any of these.
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
-_REASONS = {
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-    errno.EROFS: "read-only file system",
-    errno.ENOSPC: "disk full",
-    errno.EDQUOT: "disk quota exceeded",
-    # mkdir of a folder whose name a file already has, or of one below such a file.
-    errno.EEXIST: "a file stands where a folder should be",
-    errno.ENOTDIR: "a file stands where a folder should be",
-    errno.EISDIR: "a folder stands where the file should be",
-}
-
-
-class ExportError(Exception):
-    """An export, report or statistics file could not be written; nothing was left behind.
-
-    Attributes:
-        path: the file that was to be written.
-    """
-
-    def __init__(self, message: str, path: Path):
-        super().__init__(message)
-        self.path = path
-
-
-@contextmanager
-def writing(what: str, path: Path) -> Iterator[None]:
-    """Turn an OSError raised while writing ``path`` into an :class:`ExportError`.
-
-    Args:
-        what: the file's kind for the message, such as ``the export``.
-        path: the file being written.
-
-    Raises:
-        ExportError: ``cannot write <what> to <path>: <reason>``, from the OSError.
-    """
-    try:
-        yield
-    except OSError as error:
-        reason = _REASONS.get(error.errno) or error.strerror or str(error) or type(error).__name__
-        message = f"cannot write {what} to {path}: {reason}"
-        raise ExportError(message, storage.place(path)) from error
-
 
 def neutralise(value: object) -> object:
     """Defuse a spreadsheet cell that a spreadsheet program would run as a formula.
@@ -153,7 +121,9 @@ def source_column(header: str) -> str:
     return header
 
 
-def export_rows(session: Session, batch_id: str) -> list[dict]:
+def export_rows(
+    session: Session, batch_id: str, output_dir: Place | str | None = None
+) -> list[dict]:
     """One row per article of a batch, with its source cells, best render and latest stages.
 
     Removed articles (their row left the catalog) are left out. Reads each table once for
@@ -162,6 +132,9 @@ def export_rows(session: Session, batch_id: str) -> list[dict]:
     Args:
         session: any session.
         batch_id: the batch.
+        output_dir: the farm's output root, a folder or an object store's URL. An article's
+            ``image_path`` is where its published picture lies there: an absolute path, or
+            the object's URL. None: the stored path, made absolute when it is relative.
 
     Returns:
         Dicts ordered by article id, all with the same keys: :data:`LOCATING_COLUMNS`, the
@@ -190,12 +163,38 @@ def export_rows(session: Session, batch_id: str) -> list[dict]:
     blank = dict.fromkeys(column for cells in sources for column in cells)
     rows = []
     for article, cells in zip(articles, sources, strict=True):
-        own = _row(article, renders.get(article.id, []), latest_ok.get(article.id, {}))
+        own = _row(article, renders.get(article.id, []), latest_ok.get(article.id, {}), output_dir)
         row = {column: own[column] for column in LOCATING_COLUMNS}
         row |= blank | cells
         row |= {column: own[column] for column in RESULT_COLUMNS}
         rows.append(row)
     return rows
+
+
+def image_location(article: Article, output_dir: Place | str | None = None) -> str | None:
+    """Where an article's published picture lies, as a reader of the export can open it.
+
+    Args:
+        article: the article.
+        output_dir: the farm's output root; None to keep to the path the worker stored.
+
+    Returns:
+        None for an article without a picture; else the object's URL in a store, or an
+        absolute path: ``<output_dir>/<batch>/<stem>[@view].png`` (where the picture is
+        always published, whatever folder the worker that made it ran in), or the stored
+        path resolved against the current folder when ``output_dir`` is None.
+    """
+    if not article.image_path:
+        return None
+    if output_dir is None:
+        where = storage.place(article.image_path)
+    else:
+        where = outputs.published_image_path(
+            storage.place(output_dir), article.batch_id, article.file_stem, article.view
+        )
+    if isinstance(where, ObjectURL):
+        return str(where)
+    return os.path.abspath(where)
 
 
 def _source_cells(article: Article) -> dict[str, object]:
@@ -240,7 +239,12 @@ def best_render(renders: list[Render], attempt_base: int = 1) -> Render | None:
     return max(renders, key=lambda r: r.attempt, default=None)
 
 
-def _row(article: Article, renders: list[Render], runs: dict[str, StageRun]) -> dict:
+def _row(
+    article: Article,
+    renders: list[Render],
+    runs: dict[str, StageRun],
+    output_dir: Place | str | None,
+) -> dict:
     best = best_render(renders, article.attempt_base)
     row = {
         "batch": article.batch_id,
@@ -260,7 +264,7 @@ def _row(article: Article, renders: list[Render], runs: dict[str, StageRun]) -> 
         "clip_prompt": article.clip_prompt,
         "best_clip_score": article.clip_score,
         "attempts": len(renders),
-        "image_path": article.image_path,
+        "image_path": image_location(article, output_dir),
         "seed": best.seed if best else None,
         "renderer_model": best.model_id if best else None,
         "lora": best.lora if best else None,
@@ -289,8 +293,45 @@ def write_export(rows: list[dict], path: Path, fmt: str) -> int:
     Raises:
         ValueError: an unknown ``fmt``.
         ExportError: the file could not be written (a folder without write permission, a
-            file where a folder should be, a full disk); no file is left behind.
+            file where a folder should be, a full disk), or something other than a regular
+            file stands at ``path`` (a device, a FIFO, a symbolic link; see
+            :func:`check_target`); no file is left behind, and what stood there is untouched.
     """
+    writer = _writer(fmt)
+    columns = _columns(rows)
+    check_target(path, "the export")
+    with writing("the export", path), atomic_path(storage.place(path)) as scratch:
+        writer(rows, columns, scratch)
+    return len(rows)
+
+
+def write_export_stream(rows: list[dict], stream: BinaryIO, fmt: str) -> int:
+    """Write rows to a binary stream (standard output), whole or not at all.
+
+    The export is made in a temporary file first, so a failure leaves nothing on ``stream``.
+
+    Args:
+        rows: as for :func:`write_export`.
+        stream: where the bytes go; text formats are UTF-8 (csv with a BOM, as in a file).
+        fmt: one of :data:`EXPORT_FORMATS`.
+
+    Returns:
+        The number of rows written, header not counted.
+
+    Raises:
+        ValueError: an unknown ``fmt``.
+        ExportError: the stream, or the temporary file, could not be written.
+    """
+    writer = _writer(fmt)
+    columns = _columns(rows)
+    with writing("the export", STDOUT), tempfile.TemporaryDirectory(prefix="farm-export.") as tmp:
+        scratch = Path(tmp) / f"export.{fmt}"
+        writer(rows, columns, scratch)
+        write_out(scratch, stream, "the export")
+    return len(rows)
+
+
+def _writer(fmt: str):
     writers = {
         "xlsx": _write_xlsx,
         "csv": _write_csv,
@@ -299,10 +340,11 @@ def write_export(rows: list[dict], path: Path, fmt: str) -> int:
     }
     if fmt not in writers:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
-    columns = list(dict.fromkeys(c for row in rows for c in row)) if rows else list(COLUMNS)
-    with writing("the export", path), atomic_path(storage.place(path)) as scratch:
-        writers[fmt](rows, columns, scratch)
-    return len(rows)
+    return writers[fmt]
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(c for row in rows for c in row)) if rows else list(COLUMNS)
 
 
 def _write_xlsx(rows: list[dict], columns: list[str], scratch: Path) -> None:

@@ -16,9 +16,11 @@ stderr and a documented exit code, never a traceback. The exit codes of the ``fa
       there, the server unreachable, a file or folder that cannot be written, a
       schema newer than this version
  6    an output folder or file cannot be written: no permission, a read-only or
-      full disk, a file where a folder should be; the object store of
-      ``FARM_OUTPUT_DIR`` cannot be used (unknown scheme, no bucket, bad
-      credentials, endpoint unreachable)
+      full disk, a file where a folder should be, a folder where no file can be
+      made (``/proc``), a device, FIFO or symbolic link at an ``--out`` path,
+      standard output closed or full; the object store of ``FARM_OUTPUT_DIR``
+      cannot be used (unknown scheme, no bucket, bad credentials, endpoint
+      unreachable)
  75   (a worker process) a model call hung; ``farm worker`` starts it again
  130  interrupted (Ctrl-C)
 ====  ==========================================================================
@@ -41,10 +43,10 @@ from db.engine import ensure_schema, open_database, schema_revision, session_fac
 from db.exceptions import DatabaseError
 from db.urls import describe
 from producer.catalog import CatalogError
-from producer.export import ExportError
 from producer.submit import BrokerUnavailable
+from producer.writes import ExportError, check_target
 from tasks import outputs, storage
-from tasks.exceptions import FarmError
+from tasks.exceptions import FarmError, StorageUnavailable
 from tasks.outputs import OutputNotWritable
 from tasks.settings import Settings
 
@@ -131,11 +133,42 @@ def writable_folder(path: Path | str, what: str = "output folder") -> storage.Pl
         ``path``, as a place (:func:`tasks.storage.place`).
 
     Raises:
-        tasks.outputs.OutputNotWritable: no permission, a read-only or full disk, or a file
-            where a folder should be.
+        tasks.outputs.OutputNotWritable: no permission, a read-only or full disk, a file
+            where a folder should be, or a folder where no file can be made (``/proc``).
         tasks.exceptions.StorageUnavailable: the object store cannot be written.
     """
-    return outputs.writable_folder(storage.place(path), what)
+    folder = storage.place(path)
+    try:
+        return outputs.writable_folder(folder, what)
+    except (OutputNotWritable, StorageUnavailable):
+        raise
+    except OSError as error:  # /proc: a folder where no file can be made (ENOENT), and such
+        reason = error.strerror or type(error).__name__
+        message = f"cannot write {what} {folder}: no file can be made there ({reason})"
+        raise OutputNotWritable(message, error, folder) from error
+
+
+def output_file(path: Path | str, what: str) -> storage.Place:
+    """Check an ``--out`` file before anything is written: what stands there, and its folder.
+
+    Args:
+        path: the file (or an object store's URL).
+        what: what it is, such as ``export``; the message says ``the <what>`` and
+            ``<what> folder``.
+
+    Returns:
+        ``path``, as a place.
+
+    Raises:
+        producer.writes.ExportError: something other than a regular file stands at ``path``
+            (a device, a FIFO, a symbolic link, a folder); it is left as it is.
+        tasks.outputs.OutputNotWritable: the folder cannot be created or written.
+        tasks.exceptions.StorageUnavailable: the object store cannot be written.
+    """
+    place = storage.place(path)
+    check_target(place, f"the {what}")
+    writable_folder(place.parent, f"{what} folder")
+    return place
 
 
 def output_store(settings: Settings) -> None:

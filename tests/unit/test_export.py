@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import json
 import os
+import stat
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -29,6 +31,7 @@ from producer.export import (
     neutralise,
     source_column,
     write_export,
+    write_export_stream,
 )
 
 HYPERLINK = '=HYPERLINK("http://evil.example","click")'
@@ -511,3 +514,122 @@ def test_a_refused_scratch_file_reads_permission_denied_even_when_run_as_root(
         write_export([], path, "jsonl")
     assert str(raised.value) == f"cannot write the export to {path}: permission denied"
     assert list(path.parent.iterdir()) == []
+
+
+# --- where the export goes --------------------------------------------------------------
+
+
+def test_image_paths_are_absolute_under_a_relative_output_folder(sessions, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with sessions() as session:
+        session.get(Article, 1).image_path = "output/b1/SKU-1.png"  # a worker's relative path
+        session.commit()
+        rows = export_rows(session, "b1", Path("output"))
+        stored = export_rows(session, "b1")
+    assert rows[0]["image_path"] == str(tmp_path / "output" / "b1" / "SKU-1.png")
+    assert stored[0]["image_path"] == str(tmp_path / "output" / "b1" / "SKU-1.png")
+    assert [r["image_path"] for r in rows[1:]] == [None, None]  # no picture, no path
+
+
+def test_image_paths_are_the_published_pictures_of_each_view(sessions, tmp_path):
+    with sessions() as session:
+        back = add_article(session, "b1", "SKU-1", view="back", image_path="x/SKU-1@back.png")
+        back.file_stem = "SKU-1"
+        session.commit()
+        rows = export_rows(session, "b1", tmp_path / "out")
+    paths = {(r["key"], r["view"]): r["image_path"] for r in rows}
+    assert paths[("SKU-1", "front")] == str(tmp_path / "out" / "b1" / "SKU-1.png")
+    assert paths[("SKU-1", "back")] == str(tmp_path / "out" / "b1" / "SKU-1@back.png")
+
+
+def test_image_paths_in_an_object_store_are_its_urls(sessions):
+    with sessions() as session:
+        rows = export_rows(session, "b1", "s3://farm-images/catalogs")
+    assert rows[0]["image_path"] == "s3://farm-images/catalogs/b1/SKU-1.png"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "folder"])
+def test_something_other_than_a_regular_file_at_the_path_is_refused_untouched(
+    sessions, tmp_path, kind
+):
+    target = tmp_path / "target.csv"
+    path = tmp_path / "b1.csv"
+    if kind == "symlink":
+        target.write_text("")
+        path.symlink_to(target)
+        reason = "it is a symbolic link, not a regular file"
+    elif kind == "fifo":
+        os.mkfifo(path)
+        reason = "it is a FIFO (named pipe), not a regular file"
+    else:
+        path.mkdir()
+        reason = "a folder stands where the file should be"
+    with sessions() as session:
+        rows = export_rows(session, "b1")
+    with pytest.raises(ExportError) as raised:
+        write_export(rows, path, "csv")
+    assert str(raised.value).startswith(f"cannot write the export to {path}: {reason}")
+    assert raised.value.path == path
+    if kind == "symlink":
+        assert path.is_symlink() and target.read_text() == ""
+    elif kind == "fifo":
+        assert stat.S_ISFIFO(path.lstat().st_mode)
+    else:
+        assert path.is_dir() and list(path.iterdir()) == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left
+
+
+def test_a_device_at_the_path_is_refused_untouched(sessions, tmp_path):
+    path = tmp_path / "full"
+    try:  # a character device like /dev/null's, made here: the real ones are never at risk
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except (PermissionError, OSError) as error:
+        pytest.skip(f"cannot make a device node here: {error}")
+    with sessions() as session:
+        rows = export_rows(session, "b1")
+    for fmt in EXPORT_FORMATS:
+        with pytest.raises(ExportError, match="it is a character device, not a regular file"):
+            write_export(rows, path, fmt)
+        assert stat.S_ISCHR(path.lstat().st_mode)
+
+
+def test_a_regular_file_at_the_path_is_replaced(sessions, tmp_path):
+    path = tmp_path / "b1.jsonl"
+    path.write_text("old\n")
+    with sessions() as session:
+        write_export(export_rows(session, "b1"), path, "jsonl")
+    assert len(read_back(path, "jsonl")) == 3
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_a_stream_gets_the_same_bytes_a_file_gets(sessions, tmp_path, fmt):
+    with sessions() as session:
+        rows = export_rows(session, "b1")
+    stream = io.BytesIO()
+    assert write_export_stream(rows, stream, fmt) == 3
+    (tmp_path / f"from-stream.{fmt}").write_bytes(stream.getvalue())
+    write_export(rows, tmp_path / f"from-file.{fmt}", fmt)
+    assert read_back(tmp_path / f"from-stream.{fmt}", fmt) == read_back(
+        tmp_path / f"from-file.{fmt}", fmt
+    )
+
+
+def test_a_failed_stream_export_writes_nothing(monkeypatch):
+    def half_written(rows, columns, scratch):
+        scratch.write_text("batch,key\n")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "_write_csv", half_written)
+    stream = io.BytesIO()
+    with pytest.raises(ExportError, match="^cannot write the export to standard output: disk full"):
+        write_export_stream([{"batch": "b1"}], stream, "csv")
+    assert stream.getvalue() == b""
+
+
+def test_a_closed_pipe_is_an_export_error():
+    class Closed(io.BytesIO):
+        def write(self, data):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    with pytest.raises(ExportError, match="standard output: the reading end was closed$"):
+        write_export_stream([{"batch": "b1"}], Closed(), "jsonl")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 
 import pytest
 from sqlalchemy import text
@@ -26,6 +27,7 @@ from db.exceptions import (
 )
 from producer import guards
 from producer.catalog import CatalogError
+from producer.export import ExportError
 from producer.submit import BrokerUnavailable
 from tasks import boot, outputs
 from tasks.launcher import DeviceUnavailable, check_device, check_devices
@@ -242,6 +244,55 @@ def test_an_error_not_about_the_place_is_left_as_it_is(tmp_path, monkeypatch):
     with pytest.raises(OSError) as caught:
         outputs.write_json(tmp_path / "a.json", {})
     assert type(caught.value) is OSError
+
+
+def test_a_folder_where_no_file_can_be_made_is_named_not_a_traceback(tmp_path, monkeypatch):
+    def missing(*args, **kwargs):  # what mkstemp raises in /proc
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", missing)
+    with pytest.raises(OutputNotWritable) as caught:
+        guards.writable_folder(tmp_path, "export folder")
+    assert str(caught.value) == (
+        f"cannot write export folder {tmp_path}: no file can be made there "
+        "(No such file or directory)"
+    )
+    assert guards.exit_code_of(caught.value) == guards.EXIT_OUTPUT
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_proc_as_an_output_folder_is_named():
+    with pytest.raises(OutputNotWritable, match="^cannot write export folder /proc: no file"):
+        guards.output_file("/proc/nope.xlsx", "export")
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_an_out_file_that_is_not_a_regular_file_is_refused_and_left_alone(tmp_path, kind):
+    target = tmp_path / "kept.csv"
+    target.write_text("kept")
+    path = tmp_path / "out.csv"
+    if kind == "symlink":
+        path.symlink_to(target)
+        named = "a symbolic link"
+    else:
+        os.mkfifo(path)
+        named = "a FIFO (named pipe)"
+    with pytest.raises(ExportError) as caught:
+        guards.output_file(path, "export")
+    assert str(caught.value).startswith(
+        f"cannot write the export to {path}: it is {named}, not a regular file"
+    )
+    assert guards.exit_code_of(caught.value) == guards.EXIT_OUTPUT
+    assert path.is_symlink() if kind == "symlink" else stat.S_ISFIFO(path.lstat().st_mode)
+    assert target.read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.csv", "out.csv"]  # no probe
+
+
+def test_an_out_file_that_is_missing_or_regular_passes(tmp_path):
+    (tmp_path / "old.csv").write_text("old")
+    assert guards.output_file(tmp_path / "new" / "b1.csv", "export") == tmp_path / "new" / "b1.csv"
+    assert guards.output_file(tmp_path / "old.csv", "export") == tmp_path / "old.csv"
+    assert (tmp_path / "old.csv").read_text() == "old"
 
 
 # --- devices ----------------------------------------------------------------------------
