@@ -1,35 +1,48 @@
 """A batch's contact sheet: one self-contained HTML file with a thumbnail card per article.
 
 A catalog row rendered in several views is one article, and one card, per view; each card
-names its view.
+names its product (the catalog's name cell), its key and its view.
 
 Thumbnails are embedded as data URIs and the filter and sort controls are inline JavaScript,
-so the file can be mailed or archived on its own and opened without network access.
+so the file can be mailed or archived on its own and opened without network access. A
+thumbnail is a small WebP (128 px, at most :data:`THUMB_BYTES`), so a card stays under about
+4.5 KB and the sheet of a 10,000-article catalog under 50 MB.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import tempfile
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Article, ArticleStatus, Batch, Render
-from producer.export import writing
+from producer.writes import STDOUT, check_target, write_out, writing
 from tasks import outputs, storage
 from tasks.finish import STATISTICS_FILE
 from tasks.storage import Place
 
 REPORT_FILE = "report.html"
 
+# A thumbnail's longest side, in pixels, and its most bytes before base64: a WebP is made
+# again at a lower quality, then smaller, until it fits.
+THUMB_PX = 128
+THUMB_BYTES = 2600
+_QUALITIES = (75, 60, 45, 30)
+# A card shows this much of an article's name and error at most (the export has them whole).
+NAME_CHARS = 120
+ERROR_CHARS = 400
+
 _STYLE = """
-:root { --thumb: 160px; color-scheme: light; font-family: system-ui, sans-serif; }
+:root { --thumb: 128px; color-scheme: light; font-family: system-ui, sans-serif; }
 body { margin: 0; background: #f4f4f2; color: #222; }
 header { background: #fff; padding: 16px 24px; border-bottom: 1px solid #ddd; }
 h1 { font-size: 20px; margin: 0 0 6px; }
@@ -51,7 +64,9 @@ table.stats th { background: #fafafa; font-weight: 600; }
 .frame img { max-width: 100%; max-height: 100%; }
 .placeholder { width: 100%; height: 100%; border: 2px dashed #ccc; box-sizing: border-box;
   display: flex; align-items: center; justify-content: center; color: #999; }
-.key { font-weight: 600; overflow-wrap: anywhere; margin: 0; font-size: 14px; }
+.name { font-weight: 600; overflow-wrap: anywhere; margin: 0; font-size: 14px; }
+.key { overflow-wrap: anywhere; margin: 0; color: #555; font-family: ui-monospace, monospace;
+  font-size: 12px; }
 .facts { display: flex; flex-wrap: wrap; gap: 4px 10px; color: #555; }
 .status, .view { padding: 0 6px; border-radius: 8px; background: #eee; }
 .view { background: #e4ecf7; }
@@ -112,8 +127,9 @@ def write_report(
     batch_id: str,
     output_dir: Path | str,
     path: Path | None = None,
-    thumb_px: int = 160,
-) -> Place:
+    thumb_px: int = THUMB_PX,
+    stream: BinaryIO | None = None,
+) -> Place | str:
     """Write a batch's HTML contact sheet and (re)write its ``clip_statistics.txt``.
 
     Removed articles (their row left the catalog) are in neither, nor in the counts.
@@ -125,14 +141,18 @@ def write_report(
             moved with it are found there.
         path: where the report goes; ``<output_dir>/<batch>/report.html`` when None.
         thumb_px: the longest side of a thumbnail, in pixels.
+        stream: write the report to this binary stream (standard output) instead of a file,
+            once it is complete; ``path`` is then ignored.
 
     Returns:
-        The report's path.
+        The report's path, or :data:`producer.writes.STDOUT` for a stream.
 
     Raises:
         LookupError: no batch ``batch_id``.
         ExportError: the statistics or the report could not be written (see
-            :func:`producer.export.writing`); the file that failed is not left behind.
+            :func:`producer.writes.writing`), or something other than a regular file stands
+            where one goes (:func:`producer.writes.check_target`); the file that failed is
+            not left behind.
     """
     batch = session.get(Batch, batch_id)
     if batch is None:
@@ -151,15 +171,22 @@ def write_report(
     # From the articles kept, not tasks.finish.batch_scores, which counts removed ones too.
     scores = [a.clip_score for a in articles if a.clip_score is not None]
     statistics = folder / STATISTICS_FILE
+    target = Path(path) if path is not None else folder / REPORT_FILE
+    check_target(statistics, "the CLIP statistics")
+    if stream is None:
+        check_target(target, "the report")
     with writing("the CLIP statistics", statistics):
         outputs.write_clip_statistics(statistics, scores)
-    target = Path(path) if path is not None else folder / REPORT_FILE
     cards = (
         _card(index, a, attempts.get(a.id, 0), _thumbnail(_image_file(a, folder), thumb_px))
         for index, a in enumerate(articles)
     )
+    document = _document(batch, articles, scores, thumb_px, cards)
+    if stream is not None:
+        _write_stream(stream, document)
+        return STDOUT
     with writing("the report", target):
-        _write_atomically(target, _document(batch, articles, scores, thumb_px, cards))
+        _write_atomically(target, document)
     return target
 
 
@@ -225,13 +252,43 @@ def _statistics_table(scores: list[float]) -> str:
     )
 
 
+def product_name(article: Article) -> str | None:
+    """The article's product name as its catalog gives it, None when there is none.
+
+    The cell under a ``name`` header; else the first cell the farm kept, which is the
+    catalog's name column whatever its header (``--columns name=Titel``); else the cell under
+    ``model_name``. An article stored before its cells were kept shows the first line of its
+    source text, where the name comes first.
+
+    Args:
+        article: the article.
+    """
+    cells = article.source_columns
+    if cells is None:
+        lines = (article.source_text or "").strip().splitlines()
+        return lines[0].strip() if lines else None
+    by_header = {str(header).strip().lower(): value for header, value in cells.items()}
+    first = next(iter(cells.values()), None)
+    for value in (by_header.get("name"), first, by_header.get("model_name")):
+        if value not in (None, "") and str(value).strip():
+            return str(value).strip()
+    return None
+
+
+def _cut(text: str, limit: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def _card(index: int, article: Article, attempts: int, thumb: str | None) -> str:
     key = escape(article.key)
     view = escape(article.view)
     status = escape(article.status)
+    name = product_name(article)
+    title = escape(_cut(name, NAME_CHARS)) if name else key
     score = "" if article.clip_score is None else repr(article.clip_score)
     if thumb is not None:
-        picture = f'<img class="thumb" src="{thumb}" alt="{key} ({view})">'
+        picture = f'<img class="thumb" src="{thumb}" alt="{title} ({view})">'
     else:
         missing = "image missing" if article.image_path else "no image"
         picture = f'<div class="placeholder">{missing}</div>'
@@ -240,11 +297,13 @@ def _card(index: int, article: Article, attempts: int, thumb: str | None) -> str
     if article.error or article.error_kind:
         kind = escape(article.error_kind or "error")
         stage = f" in {escape(article.error_stage)}" if article.error_stage else ""
-        error = f'<p class="error"><b>{kind}{stage}:</b> {escape(article.error or "")}</p>'
+        text = escape(_cut(article.error or "", ERROR_CHARS))
+        error = f'<p class="error"><b>{kind}{stage}:</b> {text}</p>'
     return (
         f'<article class="card" data-index="{index}" data-status="{status}" '
         f'data-score="{score}" data-key="{key}" data-view="{view}">'
-        f'<div class="frame">{picture}</div><p class="key">{key}</p>'
+        f'<div class="frame">{picture}</div><p class="name">{title}</p>'
+        f'<p class="key">{key}</p>'
         f'<div class="facts"><span class="view">{view}</span>'
         f'<span class="score">score {shown_score}</span>'
         f'<span class="status status-{status}">{status}</span>'
@@ -271,13 +330,34 @@ def _thumbnail(path: Place | None, thumb_px: int) -> str | None:
     try:
         with storage.open_read(path) as stream, Image.open(stream) as image:
             image.thumbnail((thumb_px, thumb_px))
-            if image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
-                image = image.convert("RGBA")
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
+            data = _webp(image)
     except (OSError, Image.DecompressionBombError):  # the card shows a placeholder instead
         return None
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/webp;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _webp(image: Image.Image) -> bytes:
+    """``image`` as a WebP of at most :data:`THUMB_BYTES`: lower qualities, then smaller."""
+    clear = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    image = image.convert("RGBA" if clear else "RGB")
+    while True:
+        for quality in _QUALITIES:
+            buffer = io.BytesIO()
+            image.save(buffer, format="WEBP", quality=quality, method=2)
+            if buffer.tell() <= THUMB_BYTES:
+                return buffer.getvalue()
+        if max(image.size) <= 16:  # noise this small still fits; never loops for ever
+            return buffer.getvalue()
+        image = image.resize((max(1, image.width * 3 // 4), max(1, image.height * 3 // 4)))
+
+
+def _write_stream(stream: BinaryIO, chunks: Iterable[str]) -> None:
+    # Made whole in a scratch file first: a failure halfway leaves nothing on the stream.
+    with writing("the report", STDOUT), tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir) / REPORT_FILE
+        with open(scratch, "w", encoding="utf-8") as out:
+            out.writelines(chunks)
+        write_out(scratch, stream, "the report")
 
 
 def _write_atomically(path: Place, chunks: Iterable[str]) -> None:

@@ -10,15 +10,16 @@ from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import Image
-from sqlalchemy import select
+from PIL import Image, ImageDraw
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, migrate, session_factory
 from db.models import Article, ArticleStatus, Batch, Render
-from producer.export import ExportError
-from producer.report import write_report
+from producer.export import STDOUT, ExportError
+from producer.report import THUMB_BYTES, THUMB_PX, _thumbnail, product_name, write_report
 from tasks.finish import STATISTICS_FILE
 
 HOSTILE_KEY = "<script>alert('key')</script>"
@@ -147,18 +148,47 @@ def test_the_report_is_one_self_contained_file_with_a_card_per_article(batch):
     assert [t for t, _ in elements.tags if t in ("link", "iframe")] == []
 
 
-def test_thumbnails_are_png_data_uris_no_larger_than_thumb_px(batch):
+def test_thumbnails_are_webp_data_uris_no_larger_than_thumb_px(batch):
     _, text = report(batch, thumb_px=48)
     thumbs = Elements(text).find("img", "thumb")
     assert len(thumbs) == batch.with_image
     sizes = []
     for thumb in thumbs:
         prefix, data = thumb["src"].split(",", 1)
-        assert prefix == "data:image/png;base64"
+        assert prefix == "data:image/webp;base64"
         with Image.open(io.BytesIO(base64.b64decode(data))) as image:
-            assert image.format == "PNG"
+            assert image.format == "WEBP"
             sizes.append(image.size)
     assert sizes == [(32, 48), (48, 48), (48, 24)]
+
+
+def test_thumbnails_are_128_px_by_default(batch):
+    _, text = report(batch)
+    sizes = []
+    for thumb in Elements(text).find("img", "thumb"):
+        data = base64.b64decode(thumb["src"].split(",", 1)[1])
+        with Image.open(io.BytesIO(data)) as image:
+            sizes.append(image.size)
+    assert sizes == [(85, 128), (64, 64), (128, 64)]  # never enlarged
+
+
+def test_a_thumbnail_that_compresses_badly_still_fits_its_byte_budget(tmp_path):
+    noise = Image.frombytes("RGB", (1024, 1024), os.urandom(1024 * 1024 * 3))
+    path = tmp_path / "noise.png"
+    noise.save(path)
+    uri = _thumbnail(path, THUMB_PX)
+    data = base64.b64decode(uri.split(",", 1)[1])
+    assert len(data) <= THUMB_BYTES
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "WEBP" and max(image.size) <= THUMB_PX
+
+
+def test_a_transparent_picture_keeps_its_transparency(tmp_path):
+    path = tmp_path / "clear.png"
+    Image.new("RGBA", (300, 200), (200, 0, 0, 0)).save(path)
+    data = base64.b64decode(_thumbnail(path, THUMB_PX).split(",", 1)[1])
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode == "RGBA" and image.getpixel((5, 5))[3] == 0
 
 
 def test_articles_without_a_readable_image_get_a_placeholder(batch):
@@ -273,3 +303,155 @@ def test_a_report_folder_without_write_permission_is_an_export_error(batch, tmp_
         assert list(folder.iterdir()) == []
     finally:
         folder.chmod(0o700)
+
+
+# --- names ------------------------------------------------------------------------------
+
+
+def test_each_card_names_its_product_above_its_key(batch):
+    names = {
+        "SKU-1": {"Titel": "Sommerbluse aus Leinen", "Beschreibung": "leicht", "SKU": "SKU-1"},
+        "SKU-2": {"Beschreibung": "kurz", "name": "Chelsea-Boots"},
+        HOSTILE_KEY: {"Titel": "<b>Weste</b> & Co", "Beschreibung": "x"},
+        "SKU-4": {"Titel": "", "Beschreibung": "", "model_name": "Jeans Slim"},
+    }
+    with batch.sessions() as session:
+        for article in session.scalars(select(Article)):
+            article.source_columns = names.get(article.key)
+        session.commit()
+    _, text = report(batch)
+    shown = [line.split("</p>")[0] for line in text.split('<p class="name">')[1:]]
+    assert shown == [
+        "Sommerbluse aus Leinen",
+        "Chelsea-Boots",
+        "&lt;b&gt;Weste&lt;/b&gt; &amp; Co",
+        "Jeans Slim",
+        "Bluse",  # stored before its cells were kept: the first line of its source text
+    ]
+    keys = [line.split("</p>")[0] for line in text.split('<p class="key">')[1:]]
+    assert (
+        keys[:2] == ["SKU-1", "SKU-2"]
+        and keys[2] == "&lt;script&gt;alert(&#x27;key&#x27;)&lt;/script&gt;"
+    )
+    (thumb, *_) = Elements(text).find("img", "thumb")
+    assert thumb["alt"] == "Sommerbluse aus Leinen (front)"
+
+
+def test_a_product_without_any_name_shows_its_key_alone():
+    article = Article(key="SKU-9", source_columns={"Titel": " ", "Beschreibung": "lang"})
+    assert product_name(article) is None
+    article.source_columns, article.source_text = None, ""
+    assert product_name(article) is None
+
+
+def test_a_long_name_and_error_are_cut_on_the_card(batch):
+    with batch.sessions() as session:
+        first = session.scalar(select(Article).where(Article.key == "SKU-1"))
+        first.source_columns = {"name": "Bluse " * 100}
+        failed = session.scalar(select(Article).where(Article.key == "SKU-5"))
+        failed.error = "Traceback line\n" * 1000
+        session.commit()
+    _, text = report(batch)
+    (name,) = [line.split("</p>")[0] for line in text.split('<p class="name">')[1:2]]
+    assert len(name) == 120 and name.endswith("…")
+    error = text.split('<p class="error">')[1].split("</p>")[0]
+    assert len(error) < 500 and error.endswith("…")
+
+
+# --- size -------------------------------------------------------------------------------
+
+CATALOG_ARTICLES = 10_000
+MAX_REPORT_BYTES = 50 * 1000 * 1000
+MAX_CARD_BYTES = 4_500
+
+
+def _garment(seed: int, size: tuple[int, int] = (160, 240)) -> Image.Image:
+    """A product-like picture: a coloured garment with fabric noise on a light background."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    image = Image.new("RGB", size, (245, 245, 242))
+    colour = tuple(int(c) for c in rng.integers(30, 220, 3))
+    outline = [(0.3, 0.1), (0.7, 0.1), (0.85, 0.9), (0.15, 0.9)]
+    ImageDraw.Draw(image).polygon([(x * width, y * height) for x, y in outline], fill=colour)
+    fabric = rng.normal(0, 10, (height, width, 3))
+    pixels = np.asarray(image, dtype=np.float64) + fabric
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def test_the_report_of_a_10000_article_catalog_stays_under_50_mb(tmp_path):
+    articles = 2_000
+    engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+    migrate(engine)
+    sessions = session_factory(engine)
+    output = tmp_path / "output"
+    (output / "b1").mkdir(parents=True)
+    pictures = []
+    for seed in range(16):
+        pictures.append(output / "b1" / f"picture{seed}.png")
+        _garment(seed).save(pictures[-1])
+    with sessions() as session:
+        session.add(Batch(id="b1", profile="tiny", min_clip_score=0.25))
+        session.flush()
+        rows = [
+            {
+                "batch_id": "b1",
+                "key": f"SKU-{index:05d}",
+                "file_stem": f"SKU-{index:05d}",
+                "source_file": "katalog.xlsx",
+                "source_sheet": "Damen",
+                "source_row": index + 2,
+                "source_text": "Bluse",
+                "source_columns": {"Titel": f"Sommerbluse Modell {index}", "Beschreibung": "x"},
+                "status": ArticleStatus.done.value,
+                "clip_score": 0.2 + index / 10_000,
+                "image_path": str(pictures[index % len(pictures)]),
+            }
+            for index in range(articles)
+        ]
+        session.execute(insert(Article), rows)
+        session.commit()
+    with sessions() as session:
+        path = write_report(session, "b1", output)
+    engine.dispose()
+    text = path.read_text(encoding="utf-8")
+    cards = [c for c in text.split("\n") if c.startswith('<article class="card"')]
+    assert len(cards) == articles
+    assert (
+        sum('<img class="thumb" src="data:image/webp;base64,' in card for card in cards) == articles
+    )
+    sizes = [len(card.encode("utf-8")) for card in cards]
+    assert max(sizes) <= MAX_CARD_BYTES
+    frame = path.stat().st_size - sum(sizes)  # header, style and script: once per report
+    assert frame + CATALOG_ARTICLES * sum(sizes) / articles < MAX_REPORT_BYTES
+    assert "Sommerbluse Modell 0<" in text and f"Sommerbluse Modell {articles - 1}<" in text
+
+
+# --- where the report goes --------------------------------------------------------------
+
+
+def test_the_report_can_go_to_a_stream_whole_and_without_a_file(batch):
+    stream = io.BytesIO()
+    with batch.sessions() as session:
+        where = write_report(session, "b1", batch.output_dir, stream=stream)
+    assert where == STDOUT
+    text = stream.getvalue().decode("utf-8")
+    assert text.startswith("<!doctype html>") and text.endswith("</body></html>\n")
+    assert len(Elements(text).find("article", "card")) == len(batch.keys)
+    assert not (batch.output_dir / "b1" / "report.html").exists()
+    assert (batch.output_dir / "b1" / STATISTICS_FILE).exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_report_path_that_is_not_a_regular_file_is_refused_untouched(batch, tmp_path, kind):
+    path = tmp_path / "sheet.html"
+    target = tmp_path / "target.html"
+    if kind == "symlink":
+        target.write_text("")
+        path.symlink_to(target)
+    else:
+        os.mkfifo(path)
+    with pytest.raises(ExportError, match=f"^cannot write the report to {path}: it is a "):
+        report(batch, path=path)
+    assert path.is_symlink() if kind == "symlink" else path.exists()
+    assert not target.exists() or target.read_text() == ""
+    assert not (batch.output_dir / "b1" / STATISTICS_FILE).exists()  # refused before writing
