@@ -16,7 +16,14 @@ from db.models import TERMINAL_STATUSES, ArticleStatus
 from producer import guards
 from producer import requeue as requeues
 from producer.catalog import CatalogError, Notice, parse_column_map, read_catalog
-from producer.export import EXPORT_FORMATS, export_rows, write_export
+from producer.export import (
+    BINARY_FORMATS,
+    EXPORT_FORMATS,
+    STDOUT,
+    export_rows,
+    write_export,
+    write_export_stream,
+)
 from producer.imports import catalog_name, import_catalog
 from producer.local_run import INTERRUPTED_EXIT_CODE, free_interrupted, serve_locally
 from producer.models_cli import doctor, models, require_models
@@ -344,6 +351,11 @@ def requeue(
     console.print(f"{plural(sent, 'article')} requeued")
 
 
+def _standard_output():
+    """Where ``--out -`` writes: standard output as bytes."""
+    return sys.stdout.buffer
+
+
 @main.command("export")
 @click.argument("batch")
 @click.option(
@@ -351,37 +363,52 @@ def requeue(
 )
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
-    help="Default: <output-dir>/<batch>/<batch>.<format>",
+    type=click.Path(allow_dash=True),
+    help="A file, or - for standard output. Default: <output-dir>/<batch>/<batch>.<format>",
 )
 @click.pass_obj
 def export(settings: Settings, batch, fmt, out) -> None:
     """One row per article of BATCH, joined back to its source, as xlsx, csv, jsonl or parquet."""
     guards.output_store(settings)
+    stdout = _standard_output() if out == STDOUT else None
+    if stdout is not None and fmt in BINARY_FORMATS and stdout.isatty():
+        raise click.UsageError(f"{fmt} is binary: redirect standard output to a file or a pipe")
     with _sessions(settings)() as session:
         try:
-            rows = export_rows(session, batch)
+            rows = export_rows(session, batch, settings.output_dir)
         except LookupError as error:
             raise SelectionError(f"{error}; `farm status` lists the batches") from error
-    path = out or batch_dir(settings.output_dir, batch) / f"{batch}.{fmt}"
-    guards.writable_folder(path.parent, "export folder")
+    if stdout is not None:
+        console.print(f"{write_export_stream(rows, stdout, fmt)} rows written")
+        return
+    path = Path(out) if out else batch_dir(settings.output_dir, batch) / f"{batch}.{fmt}"
+    guards.output_file(path, "export")
     console.print(f"{write_export(rows, path, fmt)} rows written")
     click.echo(path)
 
 
 @main.command()
 @click.argument("batch")
-@click.option("--out", type=click.Path(path_type=Path), help="Default: <batch>/report.html")
+@click.option(
+    "--out",
+    type=click.Path(allow_dash=True),
+    help="A file, or - for standard output. Default: <output-dir>/<batch>/report.html",
+)
 @click.pass_obj
 def report(settings: Settings, batch, out) -> None:
     """A self-contained HTML contact sheet of BATCH, and its clip_statistics.txt."""
     guards.output_store(settings)
+    stdout = _standard_output() if out == STDOUT else None
+    path = Path(out) if out and stdout is None else None
+    if path is not None:
+        guards.output_file(path, "report")
     with _sessions(settings)() as session:
         try:
-            path = write_report(session, batch, settings.output_dir, path=out)
+            path = write_report(session, batch, settings.output_dir, path=path, stream=stdout)
         except LookupError as error:
             raise SelectionError(f"{error}; `farm status` lists the batches") from error
-    click.echo(path)
+    if stdout is None:
+        click.echo(path)
 
 
 # What a FARM_FLOWER_BASIC_AUTH password must be (producer.strength.weakness); the README's
