@@ -258,4 +258,8 @@ class ReviewAction(Base):
     action: Mapped[str] = mapped_column(String(32))
     before: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     after: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Why (a reject reason, a note), as the reviewer typed it; None when none was given.
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The render attempt judged, or the first one the action started; None on older rows.
+    attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

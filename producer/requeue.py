@@ -3,6 +3,9 @@
 Requeued chains run at urgent priority, so they do not wait behind a 10,000-article
 catalog. An article that a worker is still working on (a live lease, or progress more
 recent than one lease) is left alone unless it is stuck.
+
+Each requeued article gets a line in its review history (a ``requeue`` action by
+:data:`REQUEUE_USER`), so the studio shows why its picture changed or its verdict went.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Batch, Render
+from db.models import TERMINAL_STATUSES, Article, ArticleStatus, Batch, Render, ReviewAction
 from db.transitions import close_running_runs, unlease
 from tasks.exceptions import SelectionError
 from tasks.reaper import stuck_articles
 from tasks.registry import ORDER, STAGES, stage_waiting_in, stages_from
+
+# Who the review history says requeued an article.
+REQUEUE_USER = "farm requeue"
 
 
 @dataclass(frozen=True)
@@ -174,9 +180,39 @@ def apply(session: Session, plans: Sequence[RequeuePlan]) -> list[tuple[int, str
         (article id, key, from stage) for each article to send.
     """
     for item in plans:
-        _reset_to(session, session.get(Article, item.article_id), item.from_stage)
+        article = session.get(Article, item.article_id)
+        before = _history_fields(article)
+        _reset_to(session, article, item.from_stage)
+        _record_requeue(session, article, item.from_stage, before)
     session.commit()
     return [(p.article_id, p.key, p.from_stage) for p in plans]
+
+
+def _history_fields(article: Article) -> dict:
+    return {
+        "status": article.status,
+        "review_status": article.review_status,
+        "attempt": article.render_attempt,
+    }
+
+
+def _record_requeue(session: Session, article: Article, stage: str, before: dict) -> None:
+    """A ``requeue`` line in the article's review history: from which stage, what changed.
+
+    Its ``attempt`` is the render attempt the chain goes on with (a new one unless a stuck
+    article resumes where it stopped).
+    """
+    session.add(
+        ReviewAction(
+            batch_id=article.batch_id,
+            article_id=article.id,
+            user=REQUEUE_USER,
+            action="requeue",
+            before=before,
+            after=_history_fields(article) | {"from_stage": stage},
+            attempt=article.render_attempt,
+        )
+    )
 
 
 def _reset_to(session: Session, article: Article, stage: str) -> None:

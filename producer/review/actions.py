@@ -55,6 +55,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 RENDER = "render"
+# A reason or note longer than this is cut: it is a line in the history, not a report.
+COMMENT_CHARS = 2000
 _ENDED = tuple(status.value for status in TERMINAL_STATUSES)
 _WITH_PICTURE = (ArticleStatus.done.value, ArticleStatus.needs_review.value)
 
@@ -77,6 +79,7 @@ def approve(
     article_ids: Sequence[int],
     reviewer: Reviewer,
     seen: Mapping[int, int] | None = None,
+    comment: str | None = None,
 ) -> int:
     """Approve the finished pictures of these articles.
 
@@ -88,6 +91,7 @@ def approve(
         article_ids: the articles.
         reviewer: who approves.
         seen: article id → the render attempt the reviewer looked at, where the page knew.
+        comment: a note stored with each approval (see :func:`clean_comment`).
 
     Returns:
         How many articles were approved.
@@ -104,7 +108,8 @@ def approve(
         elif article.image_path is None:
             reasons.append(f"article {article.key} has no finished picture")
         elif article.review_status != ReviewStatus.approved.value:
-            _judge(session, article, ReviewStatus.approved, reviewer, _verdict(article))
+            before = _verdict(article)
+            _judge(session, article, ReviewStatus.approved, reviewer, before, comment)
             approved += 1
     session.commit()
     if reasons and not approved and len(reasons) == len(article_ids):
@@ -140,8 +145,13 @@ def reject_and_regenerate(
     article_id: int,
     reviewer: Reviewer,
     seen_attempt: int | None = None,
+    reason: str | None = None,
 ) -> None:
     """Reject an article's picture and render it again with the next attempt's seed.
+
+    Args:
+        reason: why, as the reviewer typed it; stored with the action and shown in the
+            history (see :func:`clean_comment`).
 
     Raises:
         ReviewRefused: the article is being worked on, changed since ``seen_attempt``, has
@@ -151,7 +161,9 @@ def reject_and_regenerate(
     article = _renderable(session, article_id, seen_attempt)
     before = _verdict(article)
     _render_again(session, article)
-    _judge(session, article, ReviewStatus.rejected, reviewer, before)
+    # The action is about the picture turned down, not the attempt it starts.
+    judged = before["attempt"]
+    _judge(session, article, ReviewStatus.rejected, reviewer, before, reason, judged)
     _send(session, app, [article])
 
 
@@ -182,7 +194,8 @@ def edit_attributes(
     article.attributes = known | dict(attributes)
     article.generation_prompt = generation_prompt(article.attributes, view=article.view)
     article.clip_prompt = clip_prompt(article.attributes, view=article.view)
-    _record(session, article, "edit_attributes", reviewer, before, _prompt_fields(article))
+    after = _prompt_fields(article)
+    _record(session, article, "edit_attributes", reviewer, before, after, attempt=_started(article))
     _send(session, app, [article])
 
 
@@ -207,7 +220,8 @@ def edit_prompt(
     before = {"generation_prompt": article.generation_prompt}
     _render_again(session, article)
     article.generation_prompt = prompt
-    _record(session, article, "edit_prompt", reviewer, before, {"generation_prompt": prompt})
+    after = {"generation_prompt": prompt}
+    _record(session, article, "edit_prompt", reviewer, before, after, attempt=_started(article))
     _send(session, app, [article])
 
 
@@ -239,7 +253,7 @@ def regenerate_below(
         before = {"clip_score": article.clip_score, "attempt": article.render_attempt}
         _render_again(session, article)
         after = {"threshold": threshold, "attempt": article.render_attempt}
-        _record(session, article, "regenerate", reviewer, before, after)
+        _record(session, article, "regenerate", reviewer, before, after, attempt=_started(article))
         sent.append(article)
     _send(session, app, sent)
     return len(sent)
@@ -358,13 +372,32 @@ def _verdict(article: Article) -> dict:
     return {"review_status": article.review_status, "attempt": article.render_attempt}
 
 
+def _started(article: Article) -> int:
+    """The attempt an action that renders again starts (reset_to_stage numbered it)."""
+    return article.render_attempt
+
+
+def clean_comment(text: str | None) -> str | None:
+    """A reason or note as stored: on one line, trimmed, cut at :data:`COMMENT_CHARS`; None
+    when nothing is left."""
+    flat = " ".join((text or "").split())
+    return flat[:COMMENT_CHARS] or None
+
+
 def _judge(
-    session: Session, article: Article, verdict: ReviewStatus, reviewer: Reviewer, before: dict
+    session: Session,
+    article: Article,
+    verdict: ReviewStatus,
+    reviewer: Reviewer,
+    before: dict,
+    comment: str | None = None,
+    judged: int | None = None,
 ) -> None:
     article.review_status = verdict.value
     article.reviewed_by = reviewer.name
     article.reviewed_at = utcnow()
-    _record(session, article, verdict.name, reviewer, before, _verdict(article))
+    attempt = article.render_attempt if judged is None else judged
+    _record(session, article, verdict.name, reviewer, before, _verdict(article), comment, attempt)
 
 
 def _prompt_fields(article: Article) -> dict:
@@ -376,7 +409,14 @@ def _prompt_fields(article: Article) -> dict:
 
 
 def _record(
-    session: Session, article: Article, action: str, reviewer: Reviewer, before, after
+    session: Session,
+    article: Article,
+    action: str,
+    reviewer: Reviewer,
+    before,
+    after,
+    comment: str | None = None,
+    attempt: int | None = None,
 ) -> None:
     session.add(
         ReviewAction(
@@ -386,5 +426,7 @@ def _record(
             action=action,
             before=before,
             after=after,
+            comment=clean_comment(comment),
+            attempt=attempt,
         )
     )

@@ -6,7 +6,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from producer.review import queries
+from producer.review import article_view, queries
 from producer.review.auth import data, page
 from producer.review.queries import FILTERS, SheetQuery
 from producer.review.web import in_session, path_id, render
@@ -58,34 +58,45 @@ async def contact_sheet(request: Request) -> Response:
     return render(request, "sheet.html", context)
 
 
-async def _article(request: Request) -> queries.ArticlePage:
+async def _article(request: Request, walk: bool = True) -> article_view.ArticleView:
     article_id = path_id(request, "article_id", "article")
-    found = await in_session(request, queries.article_page, article_id)
+    found = await in_session(request, _load_article, article_id, request, walk)
     if found is None:
         raise HTTPException(404, f"no article {article_id}")
     return found
 
 
+def _load_article(session, article_id: int, request: Request, walk: bool = True):
+    batch_id = queries.article_batch(session, article_id)
+    query = article_view.sheet_query(request.query_params, request.headers.get("referer"), batch_id)
+    return article_view.load(session, article_id, query if walk else None)
+
+
 @page
 async def article(request: Request) -> Response:
-    """GET /articles/{id}: texts, attributes, prompts, every attempt and the review history."""
+    """GET /articles/{id}: texts, attributes, prompts, every attempt and the review history.
+
+    The query string is the contact sheet's (``filter``, ``sort``...): previous and next go
+    through the cards that sheet shows.
+    """
     found = await _article(request)
-    context = {"page": found, "poll_seconds": ARTICLE_POLL_SECONDS}
+    context = {"page": found.page, "view": found, "poll_seconds": ARTICLE_POLL_SECONDS}
     return render(request, "article.html", context)
 
 
 @data
 async def article_live(request: Request) -> Response:
     """GET /articles/{id}/live: the article's status and attempts, for the poller to swap in."""
-    found = await _article(request)
-    return render(request, "_article_live.html", {"page": found})
+    found = await _article(request, walk=False)
+    return render(request, "_article_live.html", {"page": found.page, "view": found})
 
 
 @data
 async def article_state(request: Request) -> Response:
-    """GET /articles/{id}/state.json: status, attempt count and latest score, polled."""
+    """GET /articles/{id}/state.json: status, attempt count, latest score and what the farm is
+    doing with it, polled; ``version`` changes whenever the live panel would."""
     article_id = path_id(request, "article_id", "article")
-    state = await in_session(request, queries.article_state, article_id)
-    if state is None:
+    found = await in_session(request, article_view.load, article_id, None)
+    if found is None:
         raise HTTPException(404, f"no article {article_id}")
-    return JSONResponse(state)
+    return JSONResponse(found.page.state | {"version": found.version})

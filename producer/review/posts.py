@@ -6,7 +6,9 @@ refusal (a busy article, an absent broker, bad input, an article that changed si
 page was shown) is shown on the page it came from.
 
 An article page's forms carry the render attempt the reviewer saw (field ``attempt``), so
-a verdict or an edit meant for one picture never lands on a newer one.
+a verdict or an edit meant for one picture never lands on a newer one. A verdict may name
+where to go once it is given (field ``next``, the next card of the reviewer's filter:
+"approve and next"); a refusal always goes back to the page it came from.
 """
 
 from __future__ import annotations
@@ -18,11 +20,19 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from producer.review import actions, queries
 from producer.review.auth import action
-from producer.review.web import back_to, flash, in_session, parse_id, parse_number, path_id
+from producer.review.web import (
+    back_to,
+    flash,
+    in_session,
+    local_path,
+    parse_id,
+    parse_number,
+    path_id,
+)
 
 ATTRIBUTE_PREFIX = "attr."
 
@@ -38,6 +48,7 @@ async def _perform(
     work: Callable[[Session, actions.Reviewer], Any],
     done: Callable[[Any], str],
     default: str,
+    onward: str | None = None,
 ) -> Response:
     """Run one action in a session of its own, then redirect back with its outcome.
 
@@ -47,6 +58,7 @@ async def _perform(
         work: the action, given a session and the reviewer; it commits.
         done: the flash message for what ``work`` returned.
         default: where to go back to when the form does not say.
+        onward: where to go instead when the action was done (a page of this site).
     """
     reviewer = _reviewer(request)
 
@@ -63,6 +75,9 @@ async def _perform(
         flash(request, "error", str(refused))
     else:
         flash(request, "ok", done(result))
+        target = local_path(onward)
+        if target is not None:
+            return RedirectResponse(target, status_code=303)
     return back_to(request, form, default)
 
 
@@ -81,6 +96,11 @@ def _seen_attempt(form: FormData) -> int | None:
     return parse_id(form.get("attempt"))
 
 
+def _field(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    return value if isinstance(value, str) else None
+
+
 @action
 async def approve_article(request: Request, form: FormData) -> Response:
     """POST /articles/{id}/approve."""
@@ -93,23 +113,28 @@ async def approve_article(request: Request, form: FormData) -> Response:
         lambda session, reviewer: actions.approve(session, [article_id], reviewer, seen=seen),
         lambda count: "approved" if count else "already approved",
         here,
+        onward=_field(form, "next"),
     )
 
 
 @action
 async def reject_article(request: Request, form: FormData) -> Response:
-    """POST /articles/{id}/reject: reject the picture and render a new attempt."""
+    """POST /articles/{id}/reject: reject the picture and render a new attempt; field
+    ``reason`` (optional) says why, and is kept in the history."""
     article_id, here = _article_target(request)
     attempt = _seen_attempt(form)
+    reason = actions.clean_comment(_field(form, "reason"))
+    given = {"reason": reason} if reason else {}
     celery_app = request.app.state.celery_app
     return await _perform(
         request,
         form,
         lambda session, reviewer: actions.reject_and_regenerate(
-            session, celery_app, article_id, reviewer, seen_attempt=attempt
+            session, celery_app, article_id, reviewer, seen_attempt=attempt, **given
         ),
         lambda _: "rejected: a new attempt is on its way",
         here,
+        onward=_field(form, "next"),
     )
 
 

@@ -558,3 +558,135 @@ def article_exists(session: Session, article_id: int) -> bool:
 def batch_exists(session: Session, batch_id: str) -> bool:
     """Whether the batch exists."""
     return session.get(Batch, batch_id) is not None
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Where an article stands among the cards of a contact sheet's filter and order."""
+
+    previous: int | None  # the card before it, as the sheet shows them
+    next: int | None  # the card after it
+    position: int | None  # 1-based, among the filtered cards; None when it is not one of them
+    total: int  # how many cards the filter picks
+    page: int  # the sheet's page its product is on (or would be)
+
+
+def article_neighbours(session: Session, article: Article, query: SheetQuery) -> Neighbours | None:
+    """The cards before and after ``article`` on its batch's contact sheet under ``query``.
+
+    The same filter, view, search and product order as :func:`contact_sheet`, cards in
+    the same order too (product after product, each product's views in view order), so that
+    "next" on an article page is the card to the right of it on the sheet. An article the
+    filter no longer picks (just approved, under "not reviewed") keeps its place: its
+    neighbours are the cards around where it stood.
+
+    Args:
+        session: any session.
+        article: the article (its batch, key, view, id and score are read).
+        query: the sheet's query; its page is ignored.
+
+    Returns:
+        The neighbours, or None when the batch is gone.
+    """
+    batch = session.get(Batch, article.batch_id)
+    if batch is None:
+        return None
+    threshold = query.below if query.below is not None else batch.min_clip_score
+    conditions = _sheet_conditions(article.batch_id, query.filter, threshold)
+    if getattr(query, "view", ""):
+        conditions.append(Article.view == query.view)
+    if getattr(query, "search", ""):
+        conditions.append(_search(session, article.batch_id, query.search))
+    first_id, lowest = func.min(Article.id), func.min(Article.clip_score)
+    products = session.execute(
+        select(
+            Article.key,
+            first_id.label("first_id"),
+            lowest.label("lowest"),
+            func.count().label("cards"),
+        )
+        .where(*conditions)
+        .group_by(Article.key)
+        .order_by(*_product_order(query.sort, first_id, lowest))
+    ).all()
+    keys = [row.key for row in products]
+    cards = {row.key: row.cards for row in products}
+    if article.key in keys:
+        at = keys.index(article.key)
+    else:  # where its product would stand, by its own first id and score
+        own = (article.key, article.id, article.clip_score)
+        at = _insertion(products, own, query.sort)
+        keys.insert(at, article.key)
+    near = keys[max(0, at - 1) : at + 2]
+    order = {view: index for index, view in enumerate(VIEWS)}
+    by_key: dict[str, list[tuple]] = {}
+    for row in session.execute(
+        select(Article.id, Article.key, Article.view).where(*conditions, Article.key.in_(near))
+    ):
+        by_key.setdefault(row.key, []).append((order.get(row.view, len(order)), row.id))
+    mine = sorted(by_key.get(article.key, []))
+    me = (order.get(article.view, len(order)), article.id)
+    picked = me in mine
+    if not picked:
+        mine = sorted([*mine, me])
+    index = mine.index(me)
+    before = [card for _, card in mine[:index]]
+    after = [card for _, card in mine[index + 1 :]]
+    if not before and at > 0:
+        before = [card for _, card in sorted(by_key.get(keys[at - 1], []))]
+    if not after and at + 1 < len(keys):
+        after = [card for _, card in sorted(by_key.get(keys[at + 1], []))]
+    total = sum(cards.values())
+    position = index + 1 + sum(cards[key] for key in keys[:at]) if picked else None
+    return Neighbours(
+        previous=before[-1] if before else None,
+        next=after[0] if after else None,
+        position=position,
+        total=total,
+        page=at // PAGE_SIZE + 1,
+    )
+
+
+def _insertion(products: list, own: tuple, sort: str) -> int:
+    """Where a product of (key, first id, lowest score) stands among ``products``."""
+
+    def rank(first: int, low: float | None) -> tuple:
+        if sort == "catalog":
+            return (first,)
+        if low is None:
+            return (1, 0.0, first)
+        return (0, low if sort == "score" else -low, first)
+
+    mine = rank(own[1], own[2])
+    for index, row in enumerate(products):
+        if rank(row.first_id, row.lowest) > mine:
+            return index
+    return len(products)
+
+
+def view_pictures(
+    session: Session, article_ids: list[int]
+) -> list[tuple[int, str, int | None, float | None]]:
+    """Each of these articles (the views of one catalog row) with the render it publishes.
+
+    Args:
+        session: any session.
+        article_ids: the articles, in the order wanted.
+
+    Returns:
+        (article id, view, render id or None, score) per article, in the order given.
+    """
+    if not article_ids:
+        return []
+    rows = session.execute(
+        select(
+            Article.id, Article.view, Article.clip_score, _best_render_id().label("render_id")
+        ).where(Article.id.in_(article_ids), Article.removed_at.is_(None))
+    ).all()
+    by_id = {row.id: (row.id, row.view, row.render_id, row.clip_score) for row in rows}
+    return [by_id[i] for i in article_ids if i in by_id]
+
+
+def article_batch(session: Session, article_id: int) -> str | None:
+    """The batch of an article, or None when there is no such article."""
+    return session.scalar(select(Article.batch_id).where(Article.id == article_id))
