@@ -1,9 +1,10 @@
 """Screenshots of the article page's keys and compare view for the README.
 
-Runs the keyboard browser tests (tests/integration/test_studio_keyboard.py: the studio over
-a stored test batch, Redis as broker, the system Chromium) with ``FARM_STUDIO_SHOTS`` set,
-so they save ``article-keys.png`` and ``article-compare.png`` as they go. The pictures are
-flat test colours; the page around them is the studio as it is.
+``python -m docs.keyboard_screenshots`` runs the keyboard browser tests
+(tests/integration/test_studio_keyboard.py: the studio over a stored test batch, Redis as
+broker, the system Chromium) with ``FARM_STUDIO_SHOTS`` set, so they save
+``article-keys.png`` and ``article-compare.png`` as they go. The pictures are flat test
+colours; the page around them is the studio as it is.
 """
 
 from __future__ import annotations
