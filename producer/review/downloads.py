@@ -249,7 +249,7 @@ def approved_articles(
         return None
     # A batch's article is named by its key and view: pairing rows with articles by that
     # rather than by position stays right whatever order or filter either query has.
-    rows = {(row["key"], row["view"]): row for row in export_rows(session, batch_id)}
+    rows = {(row["key"], row["view"]): row for row in export_rows(session, batch_id, output_dir)}
     articles = session.scalars(
         select(Article)
         .where(
@@ -275,9 +275,7 @@ def approved_articles(
     return approved
 
 
-def write_archive(
-    approved: list[Approved], folder: Path, name: str, root: Path | str
-) -> Path:
+def write_archive(approved: list[Approved], folder: Path, name: str, root: Path | str) -> Path:
     """Write the zip of approved pictures and their export sheet.
 
     Args:

@@ -291,6 +291,8 @@ def test_the_approved_zip_holds_the_approved_pictures_and_their_export_sheet(stu
     rows = list(csv.DictReader(io.StringIO(sheet)))
     assert [r["key"] for r in rows] == [s.key for s in approved]
     assert {r["reviewed_by"] for r in rows} == {ADMIN}
+    # Where each published picture lies in the studio's output folder, as `farm export` says.
+    assert rows[0]["image_path"] == str(studio.output / BATCH / f"stem{approved[0].index}.png")
     assert picture == (studio.output / BATCH / f"stem{approved[0].index}.png").read_bytes()
     assert not list(studio.output.glob(".review-zip-*"))  # the scratch folder is gone
 
@@ -330,7 +332,7 @@ def test_the_zip_pairs_sheet_rows_with_articles_by_key_and_view_not_by_position(
     studio, monkeypatch
 ):
     export_rows = downloads.export_rows
-    monkeypatch.setattr(downloads, "export_rows", lambda s, b: export_rows(s, b)[::-1])
+    monkeypatch.setattr(downloads, "export_rows", lambda s, b, o: export_rows(s, b, o)[::-1])
     login(studio)
     response = studio.client.get("/batches/b1/approved.zip")
     with zipfile.ZipFile(io.BytesIO(response.content)) as bundle:
