@@ -29,7 +29,7 @@ from db.engine import make_engine, migrate, session_factory
 from db.models import Article, ArticleStatus, Batch, Render
 from producer.imports import import_catalog
 from producer.review.app import create_app
-from producer.review.queries import PAGE_SIZE
+from producer.review.sheet_query import PAGE_SIZE
 from tasks.app import configure
 from tasks.settings import Settings
 

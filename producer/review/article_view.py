@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 
 from db.models import ReviewAction, ReviewStatus, as_utc
 from producer.review import farm_view, queries
-from producer.review.queries import ArticlePage, Neighbours, SheetQuery
+from producer.review.queries import ArticlePage
+from producer.review.sheet_query import Neighbours, SheetQuery, article_neighbours
 
 # Actions whose new attempts are made from other text or prompts.
 TEXT_ACTIONS = ("edit_attributes", "edit_prompt")
@@ -177,7 +178,7 @@ def load(session: Session, article_id: int, query: SheetQuery | None) -> Article
     history = sorted(page.history, key=lambda a: (as_utc(a.at), a.id))  # oldest first
     attempts = [LabelledAttempt(a, _labels(a, article, history)) for a in page.attempts]
     gpu = farm_view.gpu_workers(session)
-    neighbours = None if query is None else queries.article_neighbours(session, article, query)
+    neighbours = None if query is None else article_neighbours(session, article, query)
     return ArticleView(
         page=page,
         attempts=attempts,

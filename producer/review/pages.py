@@ -6,9 +6,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from producer.review import article_view, queries
+from producer.review import article_view, queries, sheet_query
 from producer.review.auth import data, page
-from producer.review.queries import FILTERS, SheetQuery
+from producer.review.sheet_query import FILTERS, SheetQuery
 from producer.review.web import in_session, path_id, render
 
 # How often the pages ask for news, in seconds: the batches while some run, an article always.
@@ -48,7 +48,7 @@ async def contact_sheet(request: Request) -> Response:
     status, view and a search of names and keys, sorted, 60 products to a page."""
     batch_id = request.path_params["batch_id"]
     query = SheetQuery.from_params(request.query_params)
-    sheet = await in_session(request, queries.contact_sheet, batch_id, query)
+    sheet = await in_session(request, sheet_query.contact_sheet, batch_id, query)
     if sheet is None:
         raise HTTPException(404, f"no batch {batch_id}")
     views = list(sheet.batch.views)

@@ -18,7 +18,7 @@ import pytest
 
 from db.engine import make_engine, migrate, session_factory
 from db.models import Article, ArticleStatus, Batch, ReviewStatus
-from producer.review.queries import SheetQuery, contact_sheet
+from producer.review.sheet_query import SheetQuery, contact_sheet
 from tests.integration.studio import CHROMIUM, Studio
 from tests.unit.review_studio import (
     ADMIN,

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import event
 
 from db.models import Article
-from producer.review.queries import SheetQuery, _caseless_pattern
+from producer.review.sheet_query import SheetQuery, caseless_pattern
 from tests.unit.review_studio import KEPT, MIN_SCORE, add_view, cards, login, post, total_of
 from tests.unit.test_report import Elements
 
@@ -178,6 +178,6 @@ def test_a_grouped_page_still_reads_articles_with_one_count_and_one_page_query(t
 
 
 def test_the_caseless_pattern_escapes_everything_but_letters():
-    assert _caseless_pattern("Ä-b.1") == r"[Ää]\-[Bb]\.1"
-    assert re.search(_caseless_pattern("strasse"), "STRASSE")
-    assert not re.search(_caseless_pattern("a.c"), "abc")
+    assert caseless_pattern("Ä-b.1") == r"[Ää]\-[Bb]\.1"
+    assert re.search(caseless_pattern("strasse"), "STRASSE")
+    assert not re.search(caseless_pattern("a.c"), "abc")
