@@ -11,6 +11,8 @@ to a merchandiser:
   review, and never inherits the rejection of the picture before it;
 * a history entry lists only the fields that changed (``prompt: old → new``, an attribute
   at a time), with the reason given;
+* the verdict chip reads as the contact sheet's cards do ("new attempt 3 · awaiting
+  review" once a rejected picture is replaced), see :mod:`producer.review.verdict`;
 * the farm status reads as words ("no GPU worker is online"), see
   :mod:`producer.review.farm_view`.
 """
@@ -28,6 +30,7 @@ from db.models import ReviewAction, ReviewStatus, as_utc
 from producer.review import farm_view, queries
 from producer.review.queries import ArticlePage
 from producer.review.sheet_query import Neighbours, SheetQuery, article_neighbours
+from producer.review.verdict import Verdict, judged_attempt, verdict
 
 # Actions whose new attempts are made from other text or prompts.
 TEXT_ACTIONS = ("edit_attributes", "edit_prompt")
@@ -98,14 +101,6 @@ class Entry:
     changes: list[Change]
     comment: str | None
     attempt: int | None
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The review chip: what the reviewer should make of the article's picture now."""
-
-    kind: str  # approved, rejected, new, unreviewed
-    text: str
 
 
 @dataclass(frozen=True)
@@ -205,15 +200,6 @@ def sheet_query(params, referer: str | None, batch_id: str | None = None) -> She
     return SheetQuery()
 
 
-def judged_attempt(action: ReviewAction) -> int | None:
-    """The attempt an action was about: its column, else (older rows) the attempt it names
-    before the change."""
-    if action.attempt is not None:
-        return action.attempt
-    value = _before(action).get("attempt")
-    return value if isinstance(value, int) else None
-
-
 def _before(action: ReviewAction) -> dict:
     return action.before if isinstance(action.before, dict) else {}
 
@@ -277,20 +263,9 @@ def _after_last_action(render, history: list[ReviewAction]) -> bool:
 
 
 def _verdict(article, page: ArticlePage, history: list[ReviewAction]) -> Verdict:
-    status = article.review_status
     latest = max((a.render.attempt for a in page.attempts), default=None)
-    if status == ReviewStatus.approved.value:
-        return Verdict("approved", "approved")
-    if status == ReviewStatus.rejected.value:
-        rejected = next(
-            (judged_attempt(a) for a in reversed(history) if a.action == "rejected"), None
-        )
-        if latest is not None and rejected is not None and latest > rejected:
-            return Verdict("new", f"new attempt {latest} · awaiting review")
-        if rejected is not None:
-            return Verdict("rejected", f"attempt {rejected} rejected · a new one is on its way")
-        return Verdict("rejected", "rejected")
-    return Verdict("unreviewed", "awaiting review" if latest is not None else "unreviewed")
+    rejections = (judged_attempt(a) for a in reversed(history) if a.action == "rejected")
+    return verdict(article.review_status, latest, next(rejections, None))
 
 
 def _landed(page: ArticlePage, history: list[ReviewAction]) -> Landed | None:

@@ -22,6 +22,7 @@ from sqlalchemy import false, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.models import UNREVIEWED, Article, ArticleStatus, Batch
+from producer.review import verdict
 from producer.review.queries import (
     NAME_HEADERS,
     BatchSummary,
@@ -30,10 +31,22 @@ from producer.review.queries import (
     display_name,
     shorten,
 )
+from producer.review.verdict import Verdict
 from workers.prompts import VIEWS
 
 PAGE_SIZE = 60
-FILTERS = ("all", "failed", "below", "needs_review", "approved", "rejected", UNREVIEWED)
+# "rejected": turned down, and nothing has replaced the picture yet; "new_attempt": the
+# attempt that replaced a rejected picture has landed and awaits review.
+FILTERS = (
+    "all",
+    "failed",
+    "below",
+    "needs_review",
+    "approved",
+    "rejected",
+    "new_attempt",
+    UNREVIEWED,
+)
 SORTS = ("catalog", "score", "score_desc")
 SEARCH_CHARS = 100  # a longer search is cut to this
 
@@ -112,6 +125,7 @@ class Card:
     score: float | None
     status: str
     review_status: str | None
+    verdict: Verdict  # what the review status means for the picture shown now
     attempt: int  # the current attempt: after a reject, the one not rendered yet
     render_id: int | None
     error: str | None
@@ -279,8 +293,12 @@ def _sheet_conditions(batch_id: str, chosen: str, threshold: float | None) -> li
         conditions.append(Article.status == ArticleStatus.failed.value)
     elif chosen == "needs_review":
         conditions.append(Article.status == ArticleStatus.needs_review.value)
-    elif chosen in ("approved", "rejected"):
+    elif chosen == "approved":
         conditions.append(Article.review_status == chosen)
+    elif chosen == "rejected":
+        conditions.append(verdict.still_rejected())
+    elif chosen == "new_attempt":
+        conditions.append(verdict.awaiting_review())
     elif chosen == UNREVIEWED:
         conditions.append(Article.review_status.is_(None))
     elif chosen == "below":
@@ -300,6 +318,8 @@ _CARD_COLUMNS = (
     Article.review_status,
     Article.render_attempt,
     Article.error,
+    verdict.latest_attempt().label("latest_attempt"),
+    verdict.rejected_attempt().label("rejected_attempt"),
 )
 
 
@@ -313,6 +333,7 @@ def _card(row) -> Card:
         score=row.clip_score,
         status=row.status,
         review_status=row.review_status,
+        verdict=verdict.verdict(row.review_status, row.latest_attempt, row.rejected_attempt),
         attempt=row.render_attempt,
         render_id=row.render_id,
         error=row.error,

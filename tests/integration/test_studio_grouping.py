@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from db.engine import make_engine, migrate, session_factory
-from db.models import Article, ArticleStatus, Batch, ReviewStatus
+from db.models import Article, ArticleStatus, Batch, ReviewAction, ReviewStatus
 from producer.review.sheet_query import SheetQuery, contact_sheet
 from tests.integration.studio import CHROMIUM, Studio
 from tests.unit.review_studio import (
@@ -270,7 +272,12 @@ SHEETS = [
     {"sort": "score_desc"},
     {"filter": "below", "below": "0.5"},
     {"filter": "failed"},
+    {"filter": "rejected"},
+    {"filter": "new_attempt"},
 ]
+# Rejections: (key, the attempt the action names in its column or, on an older row, only in
+# ``before``, the attempts rendered).
+REJECTIONS = [("PG-001", "column", 2), ("PG-003", "before", 1), ("PG-007", "before", 2)]
 
 
 def _catalog(sessions) -> None:
@@ -298,7 +305,29 @@ def _catalog(sessions) -> None:
                         clip_score=score,
                     )
                 )
+        session.flush()
+        _rejections(session)
         session.commit()
+
+
+def _rejections(session) -> None:
+    """Attempt 1 of each of REJECTIONS rejected, and its later attempts rendered."""
+    for key, named, attempts in REJECTIONS:
+        article = session.scalars(select(Article).where(Article.key == key)).one()
+        article.review_status = ReviewStatus.rejected.value
+        for attempt in range(1, attempts + 1):
+            session.add(new_render(article.id, attempt, Path("x.png"), 0.3))
+        session.add(
+            ReviewAction(
+                batch_id="pg",
+                article_id=article.id,
+                user=ADMIN,
+                action="rejected",
+                before={"review_status": None, "attempt": 1},
+                after={"review_status": "rejected", "attempt": 2},
+                attempt=1 if named == "column" else None,
+            )
+        )
 
 
 def _read(sessions, params: dict) -> tuple:
@@ -329,3 +358,7 @@ def test_on_postgresql_the_sheet_groups_filters_and_searches_as_on_sqlite(pg_url
     assert results[str({"q": "%"})] == (0, [])
     assert results[str({"q": "a_b"})] == (2, [("PG-002", ["front", "back"]), ("PG-007", ["front"])])
     assert results[str({})][0] == 8
+    # A rejected picture that a new attempt replaced awaits review, whichever row names it.
+    replaced = [("PG-001", ["front"]), ("PG-007", ["front"])]
+    assert results[str({"filter": "new_attempt"})] == (2, replaced)
+    assert results[str({"filter": "rejected"})] == (1, [("PG-003", ["front"])])

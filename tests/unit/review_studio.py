@@ -251,3 +251,14 @@ def add_view(studio: Studio, key: str, view: str, **changes) -> int:
         session.add(copy)
         session.commit()
         return copy.id
+
+
+def land(studio: Studio, key: str, attempt: int, score: float = 0.3) -> None:
+    """A worker's new attempt of article ``key``: its render stored, the article scored and done."""
+    spec = SPECS[int(key[-3:])]
+    with studio.sessions() as session:
+        article = session.get(Article, studio.ids[key])
+        image = attempt_png(studio.output, spec, attempt)
+        session.add(new_render(article.id, attempt, image, score))
+        article.status, article.clip_score = ArticleStatus.done.value, score
+        session.commit()

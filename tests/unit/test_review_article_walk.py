@@ -7,35 +7,21 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
-import pytest
 from sqlalchemy import select
 
 from db.models import Article, ArticleStatus, ReviewAction, StageRun
 from producer import requeue
-from producer.review import actions
 from tests.unit.review_studio import (
     BATCH,
     REVIEWER,
-    SPECS,
-    attempt_png,
     cards,
+    land,
     login,
-    new_render,
     post,
 )
 from tests.unit.test_report import Elements
 
 SHEET = "filter=unreviewed&sort=score"
-
-
-@pytest.fixture
-def sent(monkeypatch) -> list:
-    chains = []
-    monkeypatch.setattr(actions, "check_broker", lambda app: None)
-    monkeypatch.setattr(
-        actions, "send_and_mark", lambda app, engine, items, priority: chains.extend(items)
-    )
-    return chains
 
 
 def sheet_order(studio, query: str) -> list[int]:
@@ -175,17 +161,6 @@ def test_a_cli_requeue_appears_in_the_history(studio):
 
 def attempt_labels(html: str) -> dict[str, str]:
     return {f["data-attempt"]: f["data-labels"] for f in Elements(html).find("figure", "attempt")}
-
-
-def land(studio, key: str, attempt: int, score: float = 0.3) -> None:
-    """A worker's new attempt: its render stored, the article scored and done."""
-    spec = SPECS[int(key[-3:])]
-    with studio.sessions() as session:
-        article = session.get(Article, studio.ids[key])
-        image = attempt_png(studio.output, spec, attempt)
-        session.add(new_render(article.id, attempt, image, score))
-        article.status, article.clip_score = ArticleStatus.done.value, score
-        session.commit()
 
 
 def test_a_rejected_attempt_is_labelled_rejected_and_the_new_one_awaits_review(studio, sent):

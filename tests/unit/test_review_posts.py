@@ -56,17 +56,6 @@ def test_an_admin_approves_everything_above_a_threshold(studio):
     assert "threshold as a number" in flashes(studio, "/")
 
 
-@pytest.fixture
-def sent(monkeypatch) -> list:
-    """The chains the actions send, recorded instead of going to a broker."""
-    chains = []
-    monkeypatch.setattr(actions, "check_broker", lambda app: None)
-    monkeypatch.setattr(
-        actions, "send_and_mark", lambda app, engine, items, priority: chains.extend(items)
-    )
-    return chains
-
-
 def test_rejecting_renders_a_new_attempt_and_records_the_verdict(studio, sent):
     login(studio, REVIEWER)
     article_id = studio.ids["SKU-001"]
