@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from tests.integration.studio import CHROMIUM, Studio
-from tests.unit.review_studio import BATCH, PASSWORD, REVIEWER, make_studio
+from tests.unit.review_studio import (
+    BATCH,
+    PASSWORD,
+    REVIEWER,
+    SPECS,
+    add_view,
+    attempt_png,
+    make_studio,
+    new_render,
+)
 
 pytestmark = pytest.mark.integration
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -148,4 +157,24 @@ def test_the_lightbox_zooms_and_compares_two_attempts_side_by_side(page, served)
     assert widths[0] > 300 and abs(widths[0] - widths[1]) < 2  # side by side, equal
     shoot(page, "article-compare.png")
     page.click("#lightbox-close")
+    assert box.is_hidden()
+
+
+def test_v_shows_the_products_views_side_by_side(page, served):
+    studio, stored = served
+    key = "SKU-007"  # approved: a back view of it changes no card of the unreviewed sheet
+    back = add_view(stored, key, "back")
+    with stored.sessions() as session:
+        image = attempt_png(stored.output, SPECS[7], 2)
+        session.add(new_render(back, 1, image, 0.4))
+        session.commit()
+    page.goto(f"{studio.url}/articles/{stored.ids[key]}")
+    page.wait_for_selector("section.article-head[data-keys=ready]")
+    page.keyboard.press("v")
+    box = page.locator("#lightbox")
+    assert box.is_visible() and box.get_attribute("data-count") == "2"
+    panes = page.locator("#lightbox .pane")
+    sources = [panes.nth(i).get_attribute("data-src") for i in range(2)]
+    assert len(set(sources)) == 2 and all(s.endswith("/image") for s in sources)
+    page.keyboard.press("Escape")
     assert box.is_hidden()

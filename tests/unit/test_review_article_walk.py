@@ -9,14 +9,18 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 
-from db.models import Article, ArticleStatus, ReviewAction, StageRun
+from db.models import Article, ArticleStatus, Render, ReviewAction, StageRun
 from producer import requeue
 from tests.unit.review_studio import (
     BATCH,
     REVIEWER,
+    SPECS,
+    add_view,
+    attempt_png,
     cards,
     land,
     login,
+    new_render,
     post,
 )
 from tests.unit.test_report import Elements
@@ -258,3 +262,37 @@ def test_the_page_shows_the_key_legend_and_the_lightbox(studio):
         assert f"<kbd>{key}</kbd>" in legend
     assert 'id="lightbox"' in html and 'href="/static/article.css"' in html
     assert 'id="compare-latest"' in html  # three attempts to compare
+
+
+def test_the_views_strip_shows_each_view_of_the_product_with_its_picture_in_view_order(studio):
+    front = studio.ids["SKU-001"]
+    back = add_view(studio, "SKU-001", "back", clip_score=0.42)
+    with studio.sessions() as session:
+        image = attempt_png(studio.output, SPECS[1], 2)
+        session.add(new_render(back, 1, image, 0.42))
+        session.commit()
+        pictures = {
+            row.article_id: row.id
+            for row in session.scalars(select(Render).where(Render.article_id.in_([front, back])))
+        }
+    login(studio)
+    html = studio.client.get(f"/articles/{back}?{SHEET}").text
+    strip = html.split('id="product-views"', 1)[1].split("</section>", 1)[0]
+    figures = Elements(strip).find("figure", "product-view")
+    assert [(f["data-view"], int(f["data-article-id"])) for f in figures] == [
+        ("front", front),
+        ("back", back),
+    ]
+    assert [f["data-full"] for f in figures] == [
+        f"/renders/{pictures[front]}/image",
+        f"/renders/{pictures[back]}/image",
+    ]
+    assert figures[1]["data-caption"] == "back · score 0.42"
+    assert "current" in figures[1]["class"].split() and "current" not in figures[0]["class"]
+    walk = SHEET.replace("&", "&amp;")
+    assert f'href="/articles/{front}?{walk}"' in strip  # the other view, in the same walk
+    assert "<kbd>V</kbd> views side by side" in html
+    for figure in figures:
+        assert studio.client.get(figure["data-full"]).status_code == 200
+    alone = studio.client.get(f"/articles/{studio.ids['SKU-002']}").text
+    assert 'id="product-views"' not in alone and "<kbd>V</kbd>" not in alone
