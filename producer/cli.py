@@ -25,7 +25,12 @@ from producer.export import (
     write_export_stream,
 )
 from producer.imports import catalog_name, import_catalog
-from producer.local_run import INTERRUPTED_EXIT_CODE, free_interrupted, serve_locally
+from producer.local_run import (
+    INTERRUPTED_EXIT_CODE,
+    end_process,
+    free_interrupted,
+    serve_locally,
+)
 from producer.models_cli import doctor, models, require_models
 from producer.progress import DEFAULT_HALF_LIFE_MINUTES, batch_details, batch_summaries
 from producer.report import write_report
@@ -533,22 +538,17 @@ def _run_local(settings: Settings, files, sheet, columns, min_clip_score, new_ba
             summary = serve_locally(
                 app, sessions, submitted, view.update, on_ready=view.ready, on_loading=view.loading
             )
-    except KeyboardInterrupt:
-        freed = free_interrupted(sessions)
-        console.print(
-            f"stopped; {plural(freed, 'article')} in progress freed. Run the same command "
-            f"again to continue batch {submitted.batch_id}.",
-            style="yellow",
-        )
-        sys.exit(INTERRUPTED_EXIT_CODE)
+    except KeyboardInterrupt:  # the worker has stopped: nothing claims an article any more
+        freed = free_interrupted(sessions, submitted.batch_id)
+        console.print(freed.line(submitted.batch_id), style="yellow")
+        end_process(INTERRUPTED_EXIT_CODE, at_once=True)
     elapsed = time.perf_counter() - started
     out = batch_dir(settings.output_dir, submitted.batch_id)
     out = out.resolve() if isinstance(out, Path) else out
     console.print(summary_line(summary, elapsed))
     console.print(f"outputs: {out}")
     click.echo(submitted.batch_id)
-    if summary[ArticleStatus.failed.value]:
-        sys.exit(1)
+    end_process(1 if summary[ArticleStatus.failed.value] else 0)
 
 
 def _ended(sessions, batch_id: str) -> bool:

@@ -27,6 +27,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from celery import Celery, platforms
@@ -217,13 +218,35 @@ def check_serviceable(settings: Settings) -> None:
     open_database(settings.database_url, create=False).dispose()
 
 
-def stop_process() -> None:
-    """Stop the timers and the executor, drop the models and give their memory back."""
+def stop_process(wait: float = 30.0) -> bool:
+    """Stop the timers and the executor, drop the models and give their memory back.
+
+    First the timers' turns and the model call in progress end (``wait`` seconds at most in
+    all): a thread left in a model call as the interpreter ends can abort it (``terminate
+    called without an active exception``), and one left in a turn would write after the
+    database was let go.
+
+    Args:
+        wait: the most seconds to wait for those threads.
+
+    Returns:
+        Whether every one of them ended.
+    """
+    deadline = time.monotonic() + wait
     for timer in _timers:
         timer.stop()
+    ended = True
+    if context.installed():
+        executor = context.current().executor
+        executor.stop()
+        ended = executor.join(max(0.0, deadline - time.monotonic()))
+    for timer in _timers:
+        timer.join(max(0.0, deadline - time.monotonic()))
+        ended = ended and not timer.is_alive()
     _timers.clear()
     context.drop()
     release_memory()
+    return ended
 
 
 def _stop_hung(stage: str) -> None:

@@ -12,6 +12,11 @@ A call that fails for a batch of several inputs is made again for each input alo
 input that breaks the model fails on its own. A call that runs longer than ``time_limit`` is
 reported to ``on_hang`` by a watchdog: a thread cannot be stopped from outside, so the
 process's owner decides (the farm's worker frees its articles and exits).
+
+:meth:`ModelExecutor.stop` with ``cancel`` (Ctrl-C in ``farm run``) ends the callers' waits
+with :class:`ExecutorStopped`, which no stage takes for an error of its article, and
+:meth:`ModelExecutor.join` waits for the call in progress: no thread is left in a model call
+when the interpreter ends.
 """
 
 from __future__ import annotations
@@ -27,6 +32,15 @@ from dataclasses import dataclass, field
 logger = logging.getLogger("farm.executor")
 
 ModelCall = Callable[[list], list]
+
+
+class ExecutorStopped(BaseException):  # noqa: N818  (named as KeyboardInterrupt is)
+    """The process is stopping: this input's model call will not be made.
+
+    A BaseException, as KeyboardInterrupt is: it is no error of the article, so a stage's
+    error handling (which catches Exception to retry or fail the article) lets it through,
+    and the article stays as it was claimed until its owner frees it.
+    """
 
 
 @dataclass
@@ -66,11 +80,14 @@ class ModelExecutor:
         self._ready = threading.Condition()
         self._running: tuple[str, float, list] | None = None  # stage, started, labels
         self._stopped = False
+        self._cancelled = False
+        self._stopping = threading.Event()  # wakes the watchdog at once
         self._thread = threading.Thread(target=self._serve, name="farm-model", daemon=True)
         self._thread.start()
+        self._watchdog = None
         if time_limit:
-            watchdog = threading.Thread(target=self._watch, name="farm-watchdog", daemon=True)
-            watchdog.start()
+            self._watchdog = threading.Thread(target=self._watch, name="farm-watchdog", daemon=True)
+            self._watchdog.start()
 
     def submit(self, stage: str, call: ModelCall, item, batch_size: int = 1, label=None) -> Future:
         """Queue one input for ``stage``'s model call.
@@ -90,6 +107,8 @@ class ModelExecutor:
             raise ValueError("batch_size must be at least 1")
         future: Future = Future()
         with self._ready:
+            if self._cancelled:
+                raise ExecutorStopped()
             if self._stopped:
                 raise RuntimeError("the model executor is stopped")
             waiting = self._stages.setdefault(stage, _Waiting(call, batch_size))
@@ -98,16 +117,41 @@ class ModelExecutor:
             self._ready.notify()
         return future
 
-    def stop(self) -> None:
-        """Stop taking inputs; inputs still waiting fail with ``RuntimeError``."""
+    def stop(self, cancel: bool = False) -> None:
+        """Stop taking inputs; the call in progress, if any, still ends as usual.
+
+        Args:
+            cancel: the process is stopping (Ctrl-C): inputs still waiting, and any
+                submitted from now on, end with :class:`ExecutorStopped`, which is no
+                error of theirs. Otherwise they fail with ``RuntimeError``.
+        """
         with self._ready:
-            self._stopped = True
+            self._stopped, self._cancelled = True, self._cancelled or cancel
             left = [entry for w in self._stages.values() for entry in w.items]
             for waiting in self._stages.values():
                 waiting.items.clear()
             self._ready.notify_all()
+        self._stopping.set()
         for _, _, future, _ in left:
-            future.set_exception(RuntimeError("the model executor stopped"))
+            if cancel:
+                future.set_exception(ExecutorStopped())
+            else:
+                future.set_exception(RuntimeError("the model executor stopped"))
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait, after :meth:`stop`, for the model thread to end its call and the watchdog.
+
+        Args:
+            timeout: the most seconds to wait in all; None waits as long as the call runs.
+
+        Returns:
+            Whether both threads have ended.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in (self._thread, self._watchdog):
+            if thread is not None:
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t is not None and t.is_alive() for t in (self._thread, self._watchdog))
 
     def _serve(self) -> None:
         while True:
@@ -196,8 +240,7 @@ class ModelExecutor:
 
     def _watch(self) -> None:
         reported = None
-        while not self._stopped:
-            time.sleep(min(1.0, self.time_limit / 4))
+        while not self._stopping.wait(min(1.0, self.time_limit / 4)):
             running = self._running
             if running is None or running is reported:
                 continue
