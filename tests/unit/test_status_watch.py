@@ -30,7 +30,8 @@ def farm_env(tmp_path):
         session.add(Batch(id=BATCH, catalog="watch.csv", profile="tiny"))
         session.add(
             Article(batch_id=BATCH, key="SKU-1", file_stem="sku-1", source_file="watch.csv",
-                    source_sheet="", source_row=2, source_text="Bluse", status=ArticleStatus.pending.value)
+                    source_sheet="", source_row=2, source_text="Bluse",
+                    status=ArticleStatus.pending.value)
         )  # fmt: skip
         session.commit()
     engine.dispose()
