@@ -40,9 +40,14 @@ unit: setup
 integration: setup services browser
 	$(BIN)/pytest tests/integration -q
 
+# Two runs. The unit tests share the machine's cores with the multi-host test, whose hosts
+# have services of their own and which mostly waits out a cut-off host's leases. Then the
+# other integration tests, one at a time: several restart the machine's Redis or PostgreSQL.
 # The fleet's fault scenarios (minutes each) run in `make faults`, which runs the rest too.
+MULTI_HOST := tests/integration/test_multi_host.py
 test: setup services browser lint
-	$(BIN)/pytest tests -q -ra -m "not fleet"
+	$(BIN)/pytest tests/unit $(MULTI_HOST) -q -ra -n 2 --dist loadfile
+	$(BIN)/pytest tests/integration -q -ra -m "not fleet" --ignore=$(MULTI_HOST)
 
 # The review studio's README screenshots (docs/img), made over `farm demo` in a scratch folder.
 screenshots: setup browser
