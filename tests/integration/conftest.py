@@ -142,3 +142,18 @@ class S3Server:
         """Every object key under ``prefix``."""
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (the system's, see .ci/browser), one per test module."""
+    from playwright import sync_api
+
+    from tests.integration.studio import CHROMIUM
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: run .ci/browser to install Chromium")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()

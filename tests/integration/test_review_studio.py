@@ -31,7 +31,7 @@ from db.models import Article, Render, ReviewAction
 from producer.cli import SAMPLE_CATALOG
 from tests.integration.conftest import PG_ADMIN, REDIS
 from tests.integration.farmproc import WorkerProcess, wait_until_ended
-from tests.integration.studio import CHROMIUM, Studio, add_user, farm
+from tests.integration.studio import Studio, add_user, farm
 
 pytestmark = pytest.mark.integration
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -124,16 +124,6 @@ def live(tmp_path_factory, model_cache, tiny_profile):
         broker.flushdb()
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: run .ci/browser to install Chromium")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.studio import CHROMIUM, Studio
+from tests.integration.studio import Studio
 from tests.unit.review_studio import (
     BATCH,
     PASSWORD,
@@ -49,16 +49,6 @@ def served(tmp_path_factory):
         yield studio, stored
     finally:
         studio.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: run .ci/browser to install Chromium")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -114,23 +114,28 @@ def columns_of(engine, table: str) -> set[str]:
     return {column["name"] for column in inspect(engine).get_columns(table)}
 
 
+def insert_done_article(connection) -> None:
+    """Batch ``b1`` with article 1, ``K1``, done, in the columns revisions 0007 and 0008 have."""
+    connection.exec_driver_sql(
+        "INSERT INTO batches (id, catalog, created_at, sources, profile) "
+        "VALUES ('b1', 'c', '2026-12-01', '[]', 'tiny')"
+    )
+    connection.exec_driver_sql(
+        "INSERT INTO articles (batch_id, key, view, file_stem, source_file, source_sheet, "
+        "source_row, source_text, content_hash, status, render_attempt, attempt_base, "
+        "stage_attempts, requeues, created_at, updated_at) VALUES ('b1', 'K1', 'front', "
+        "'K1', 'c.csv', 'csv', 2, 'Bluse', '', 'done', 1, 1, 0, 0, '2026-12-01', "
+        "'2026-12-01')"
+    )
+
+
 def test_articles_and_renders_of_the_previous_revision_get_empty_model_commits_and_go_back(
     database_url,
 ):
     engine = make_engine(database_url)
     migrate(engine, "0007")
     with engine.begin() as connection:
-        connection.exec_driver_sql(
-            "INSERT INTO batches (id, catalog, created_at, sources, profile) "
-            "VALUES ('b1', 'c', '2026-12-01', '[]', 'tiny')"
-        )
-        connection.exec_driver_sql(
-            "INSERT INTO articles (batch_id, key, view, file_stem, source_file, source_sheet, "
-            "source_row, source_text, content_hash, status, render_attempt, attempt_base, "
-            "stage_attempts, requeues, created_at, updated_at) VALUES ('b1', 'K1', 'front', "
-            "'K1', 'c.csv', 'csv', 2, 'Bluse', '', 'done', 1, 1, 0, 0, '2026-12-01', "
-            "'2026-12-01')"
-        )
+        insert_done_article(connection)
         insert_render(connection, 1)
     migrate(engine)
     with engine.connect() as connection:
@@ -140,4 +145,25 @@ def test_articles_and_renders_of_the_previous_revision_get_empty_model_commits_a
     assert "model_commits" not in columns_of(engine, "articles") | columns_of(engine, "renders")
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM renders").scalar_one() == 1
+    engine.dispose()
+
+
+def test_review_actions_of_the_previous_revision_get_an_empty_comment_and_go_back(database_url):
+    engine = make_engine(database_url)
+    migrate(engine, "0008")
+    with engine.begin() as connection:
+        insert_done_article(connection)
+        connection.exec_driver_sql(
+            'INSERT INTO review_actions (batch_id, article_id, "user", action, at) '
+            "VALUES ('b1', 1, 'ada', 'rejected', '2026-12-01')"
+        )
+    assert "comment" not in columns_of(engine, "review_actions")
+    migrate(engine)
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT comment, attempt FROM review_actions").all()
+    assert rows == [(None, None)]
+    downgrade(engine, "0008")
+    assert {"comment", "attempt"}.isdisjoint(columns_of(engine, "review_actions"))
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM review_actions").scalar() == 1
     engine.dispose()
