@@ -40,14 +40,12 @@ unit: setup
 integration: setup services browser
 	$(BIN)/pytest tests/integration -q
 
-# Two runs. The unit tests share the machine's cores with the multi-host test, whose hosts
-# have services of their own and which mostly waits out a cut-off host's leases. Then the
-# other integration tests, one at a time: several restart the machine's Redis or PostgreSQL.
+# Two pytest workers: the integration tests that use the machine's Redis and PostgreSQL run
+# one at a time on one of them (several restart those services, and many wait out leases);
+# the unit tests and the modules with services of their own fill the other (tests/conftest.py).
 # The fleet's fault scenarios (minutes each) run in `make faults`, which runs the rest too.
-MULTI_HOST := tests/integration/test_multi_host.py
 test: setup services browser lint
-	$(BIN)/pytest tests/unit $(MULTI_HOST) -q -ra -n 2 --dist loadfile
-	$(BIN)/pytest tests/integration -q -ra -m "not fleet" --ignore=$(MULTI_HOST)
+	$(BIN)/pytest tests -q -ra -m "not fleet" -n 2 --dist loadgroup
 
 # The review studio's README screenshots (docs/img), made over `farm demo` in a scratch folder.
 screenshots: setup browser

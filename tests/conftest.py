@@ -1,5 +1,5 @@
 """Shared fixtures: the tiny model profile (built once per test session) and a migrated SQLite
-database."""
+database; and how ``make test`` spreads the tests over two pytest workers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,24 @@ import pytest
 from db.engine import make_engine, migrate, session_factory
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_SERVICES_GROUP = "shared-services"
+
+
+def pytest_itemcollected(item) -> None:
+    """Group the integration tests for ``make test`` (``-n 2 --dist loadgroup``).
+
+    The integration tests that use the machine's Redis and PostgreSQL run one after another
+    on one worker: several restart those services. A module with services of its own (marked
+    ``own_services``) runs as one unit, its module fixtures made once, beside them; the unit
+    tests go to whichever worker is free. Without ``--dist loadgroup`` the groups do nothing.
+    Marked as each test is collected: xdist reads the groups when collection ends.
+    """
+    if item.get_closest_marker("integration") is None:
+        return
+    own = item.get_closest_marker("own_services") is not None
+    group = item.module.__name__ if own else SHARED_SERVICES_GROUP
+    item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

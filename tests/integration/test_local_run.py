@@ -32,7 +32,7 @@ from tests.data import SEED_CATALOG
 from tests.integration.farmproc import FARM, farm
 from tests.integration.test_farm_end_to_end import write_catalog
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_services]
 
 
 def articles(database_url: str) -> list[Article]:

@@ -21,7 +21,7 @@ from tests.integration.fakehub import FakeHub
 from tests.integration.farmproc import farm
 from workers.profiles import DEFAULT, ROLES
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_services]
 
 FETCH = ("--profile", "default", "models", "fetch")
 CHECK = ("--profile", "default", "models", "check")

@@ -31,7 +31,7 @@ from tests.integration.hostservices import start_services
 
 # About four minutes (the cut waits out a lease and more, at the shipped settings); run by
 # `make test` and CI, and by `make faults` with the fleet scenarios.
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_services]
 
 FARM = [sys.executable, "-m", "producer.cli"]
 # deploy/README.md, "A GPU box that drops off the network": the articles a cut-off host

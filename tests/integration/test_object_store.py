@@ -21,7 +21,7 @@ from db.models import Article, ArticleStatus, Render, StageRun
 from tests.integration.farmproc import farm
 from tests.integration.studio import Studio, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_services]
 
 PREFIX = "output"
 HEADER = ["sku", "name", "description", "model_name", "model_descr"]

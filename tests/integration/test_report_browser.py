@@ -16,7 +16,7 @@ import pytest
 from producer.report import write_report
 from tests.unit.test_report import Elements, make_report_batch
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_services]
 
 CHROMIUM = Path("/usr/bin/chromium")
 
