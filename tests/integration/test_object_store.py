@@ -104,11 +104,11 @@ def test_a_farm_run_puts_every_image_and_record_in_the_bucket_and_urls_in_the_da
     reported = farm(s3_env, "report", batch)
     assert reported.returncode == 0, reported.stderr
     html = get(s3_server, f"{PREFIX}/{batch}/report.html").decode()
-    assert html.count('class="thumb" src="data:image/png;base64,') == 3  # read from the bucket
+    assert html.count('class="thumb" src="data:image/webp;base64,') == 3  # read from the bucket
 
     local = tmp_path / "report.html"
     assert farm(s3_env, "report", batch, "--out", str(local)).returncode == 0
-    assert local.read_text().count("data:image/png;base64,") == 3
+    assert local.read_text().count("data:image/webp;base64,") == 3
 
 
 def get(s3_server, key: str) -> bytes:
