@@ -16,14 +16,6 @@ from db.models import TERMINAL_STATUSES, ArticleStatus
 from producer import guards
 from producer import requeue as requeues
 from producer.catalog import CatalogError, Notice, parse_column_map, read_catalog
-from producer.export import (
-    BINARY_FORMATS,
-    EXPORT_FORMATS,
-    STDOUT,
-    export_rows,
-    write_export,
-    write_export_stream,
-)
 from producer.imports import catalog_name, import_catalog
 from producer.local_run import (
     INTERRUPTED_EXIT_CODE,
@@ -32,8 +24,8 @@ from producer.local_run import (
     serve_locally,
 )
 from producer.models_cli import doctor, models, require_models
+from producer.outputs_cli import export, report
 from producer.progress import DEFAULT_HALF_LIFE_MINUTES, batch_details, batch_summaries
-from producer.report import write_report
 from producer.requeue import Selection
 from producer.review_cli import review
 from producer.run_view import RunProgress, summary_line
@@ -356,66 +348,6 @@ def requeue(
     console.print(f"{plural(sent, 'article')} requeued")
 
 
-def _standard_output():
-    """Where ``--out -`` writes: standard output as bytes."""
-    return sys.stdout.buffer
-
-
-@main.command("export")
-@click.argument("batch")
-@click.option(
-    "--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="xlsx", show_default=True
-)
-@click.option(
-    "--out",
-    type=click.Path(allow_dash=True),
-    help="A file, or - for standard output. Default: <output-dir>/<batch>/<batch>.<format>",
-)
-@click.pass_obj
-def export(settings: Settings, batch, fmt, out) -> None:
-    """One row per article of BATCH, joined back to its source, as xlsx, csv, jsonl or parquet."""
-    guards.output_store(settings)
-    stdout = _standard_output() if out == STDOUT else None
-    if stdout is not None and fmt in BINARY_FORMATS and stdout.isatty():
-        raise click.UsageError(f"{fmt} is binary: redirect standard output to a file or a pipe")
-    with _sessions(settings)() as session:
-        try:
-            rows = export_rows(session, batch, settings.output_dir)
-        except LookupError as error:
-            raise SelectionError(f"{error}; `farm status` lists the batches") from error
-    if stdout is not None:
-        console.print(f"{write_export_stream(rows, stdout, fmt)} rows written")
-        return
-    path = Path(out) if out else batch_dir(settings.output_dir, batch) / f"{batch}.{fmt}"
-    guards.output_file(path, "export")
-    console.print(f"{write_export(rows, path, fmt)} rows written")
-    click.echo(path)
-
-
-@main.command()
-@click.argument("batch")
-@click.option(
-    "--out",
-    type=click.Path(allow_dash=True),
-    help="A file, or - for standard output. Default: <output-dir>/<batch>/report.html",
-)
-@click.pass_obj
-def report(settings: Settings, batch, out) -> None:
-    """A self-contained HTML contact sheet of BATCH, and its clip_statistics.txt."""
-    guards.output_store(settings)
-    stdout = _standard_output() if out == STDOUT else None
-    path = Path(out) if out and stdout is None else None
-    if path is not None:
-        guards.output_file(path, "report")
-    with _sessions(settings)() as session:
-        try:
-            path = write_report(session, batch, settings.output_dir, path=path, stream=stdout)
-        except LookupError as error:
-            raise SelectionError(f"{error}; `farm status` lists the batches") from error
-    if stdout is None:
-        click.echo(path)
-
-
 # What a FARM_FLOWER_BASIC_AUTH password must be (producer.strength.weakness); the README's
 # settings table says the same words.
 FLOWER_PASSWORD_RULES = (
@@ -561,6 +493,8 @@ def _ended(sessions, batch_id: str) -> bool:
 main.add_command(models)
 main.add_command(doctor)
 main.add_command(review)
+main.add_command(export)
+main.add_command(report)
 
 if __name__ == "__main__":
     main()

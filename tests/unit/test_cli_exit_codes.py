@@ -128,7 +128,7 @@ def test_a_binary_export_is_not_written_to_a_terminal(batch, monkeypatch):
         def isatty(self):
             return True
 
-    monkeypatch.setattr("producer.cli._standard_output", Terminal)
+    monkeypatch.setattr("producer.outputs_cli._standard_output", Terminal)
     result = CliRunner().invoke(main, ["export", "b1", "--out", "-"])
     assert result.exit_code == 2
     assert "xlsx is binary: redirect standard output" in result.output
