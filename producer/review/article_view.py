@@ -224,7 +224,9 @@ def _labels(attempt: queries.Attempt, article, history: list[ReviewAction]) -> l
     if attempt.superseded and _text_changed_after(render.attempt, made, history):
         labels.append(Label("earlier_text", "earlier text"))
     approved = article.review_status == ReviewStatus.approved.value
-    if approved and render.attempt == article.render_attempt:
+    # An approval is of the published picture: the best attempt, which need not be the newest.
+    published = article.best_attempt or article.render_attempt
+    if approved and render.attempt == published:
         labels.append(Label("approved", "approved"))
     if not attempt.superseded and not approved and _after_last_action(render, history):
         labels.append(Label("new", "new · awaiting review"))

@@ -219,6 +219,20 @@ def test_older_history_rows_without_an_attempt_still_label_by_time(studio):
     assert labels["1"] == "set_aside" and labels["2"] == "rejected"
 
 
+def test_an_approval_labels_the_published_attempt_not_the_newest(studio):
+    article_id = studio.ids["SKU-000"]  # three attempts
+    with studio.sessions() as session:
+        article = session.get(Article, article_id)
+        article.best_attempt, newest = 1, article.render_attempt  # the first scored best
+        session.commit()
+    login(studio, REVIEWER)
+    page = f"/articles/{article_id}"
+    post(studio, f"{page}/approve", {"back": page, "attempt": str(newest)}, page=page)
+    labels = attempt_labels(studio.client.get(page).text)
+    assert "approved" in labels["1"].split()
+    assert "approved" not in labels[str(newest)].split()
+
+
 def test_a_regeneration_waiting_with_no_gpu_worker_online_says_so(studio, sent):
     login(studio, REVIEWER)
     article_id = studio.ids["SKU-001"]
