@@ -167,11 +167,16 @@ def attempt_labels(html: str) -> dict[str, str]:
     return {f["data-attempt"]: f["data-labels"] for f in Elements(html).find("figure", "attempt")}
 
 
-def test_a_rejected_attempt_is_labelled_rejected_and_the_new_one_awaits_review(studio, sent):
+def reject_the_first_attempt(studio) -> str:
+    """Sign in as the reviewer and reject SKU-001's first attempt; its article page's path."""
     login(studio, REVIEWER)
-    article_id = studio.ids["SKU-001"]
-    page = f"/articles/{article_id}"
+    page = f"/articles/{studio.ids['SKU-001']}"
     post(studio, f"{page}/reject", {"back": page, "attempt": "1"}, page=page)
+    return page
+
+
+def test_a_rejected_attempt_is_labelled_rejected_and_the_new_one_awaits_review(studio, sent):
+    page = reject_the_first_attempt(studio)
     waiting = studio.client.get(page).text
     assert attempt_labels(waiting) == {"1": "rejected"}
     assert "attempt 1 rejected" in text_of(waiting, "review-status")
@@ -186,10 +191,7 @@ def test_a_rejected_attempt_is_labelled_rejected_and_the_new_one_awaits_review(s
 
 
 def test_only_attempts_made_before_a_text_change_are_labelled_earlier_text(studio, sent):
-    login(studio, REVIEWER)
-    article_id = studio.ids["SKU-001"]
-    page = f"/articles/{article_id}"
-    post(studio, f"{page}/reject", {"back": page, "attempt": "1"}, page=page)
+    page = reject_the_first_attempt(studio)
     land(studio, "SKU-001", 2)
     edit = {"back": page, "attempt": "2", "prompt": "a blue dress"}
     post(studio, f"{page}/prompt", edit, page=page)
@@ -234,10 +236,7 @@ def test_an_approval_labels_the_published_attempt_not_the_newest(studio):
 
 
 def test_a_regeneration_waiting_with_no_gpu_worker_online_says_so(studio, sent):
-    login(studio, REVIEWER)
-    article_id = studio.ids["SKU-001"]
-    page = f"/articles/{article_id}"
-    post(studio, f"{page}/reject", {"back": page, "attempt": "1"}, page=page)
+    page = reject_the_first_attempt(studio)
     html = studio.client.get(page).text
     progress = text_of(html, "progress")
     assert "no GPU worker is online" in progress and "extracted" not in progress
