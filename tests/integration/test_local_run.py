@@ -185,7 +185,7 @@ def test_ctrl_c_stops_farm_run_quietly_in_seconds_and_its_rerun_finishes_the_bat
     # running, no retry or failure recorded, and every lease ended.
     interrupted = [r for r in runs if r.outcome == "interrupted"]
     assert int(freed.group(2)) == len(interrupted), err
-    assert {r.outcome for r in runs} == {"ok", "interrupted"}
+    assert {r.outcome for r in runs} <= {"ok", "interrupted"}
     assert {r.worker for r in runs} == {"local@farm"}
     now = utcnow()
     assert all(a.lease_expires_at is None or as_utc(a.lease_expires_at) <= now for a in stopped)

@@ -29,9 +29,9 @@ from tests.integration.faultkit import tally
 from tests.integration.hosts import Network, can_make_hosts
 from tests.integration.hostservices import start_services
 
-# About four minutes (the cut waits out a lease and more, at the shipped settings); run by
-# `make test` and CI, and by `make faults` with the fleet scenarios.
-pytestmark = [pytest.mark.integration, pytest.mark.own_services]
+# About four minutes (the cut waits out a lease and more, at the shipped settings): run by
+# `make faults` with the other fleet scenarios.
+pytestmark = [pytest.mark.integration, pytest.mark.own_services, pytest.mark.fleet]
 
 FARM = [sys.executable, "-m", "producer.cli"]
 # deploy/README.md, "A GPU box that drops off the network": the articles a cut-off host
