@@ -35,9 +35,13 @@ IDLE_PING_SECONDS = 0.25
 # holds its row locks until the server notices it is gone: by default, hours of TCP silence.
 # Every other worker's update of those rows (a claim, the reaper's turn) would wait as long.
 # TCP keepalive probes on both ends end such a session within IDLE + INTERVAL * COUNT seconds.
+# Probes go out only while nothing sent waits for its acknowledgement: a reply the server sent
+# just as the link went down (a cut between a query and its answer, the session holding its
+# locks) is retransmitted for about 15 minutes instead, unless a user timeout ends it as soon.
 KEEPALIVE_IDLE_SECONDS = 10
 KEEPALIVE_INTERVAL_SECONDS = 5
 KEEPALIVE_COUNT = 3
+UNACKNOWLEDGED_MS = 1000 * (KEEPALIVE_IDLE_SECONDS + KEEPALIVE_INTERVAL_SECONDS * KEEPALIVE_COUNT)
 # How long a connection keeps asking for WAL while other processes switch a new file to it.
 WAL_SWITCH_SECONDS = 30.0
 
@@ -109,17 +113,20 @@ def _build_engine(parsed: URL, connect_timeout: float | None = None) -> Engine:
 
 
 def _keepalives() -> dict:
-    """libpq's keepalives for the client's end, and the server's for its end of the session."""
+    """libpq's keepalives and user timeout for the client's end, and the server's for its end
+    of the session."""
     server = (
         f"-c tcp_keepalives_idle={KEEPALIVE_IDLE_SECONDS}"
         f" -c tcp_keepalives_interval={KEEPALIVE_INTERVAL_SECONDS}"
         f" -c tcp_keepalives_count={KEEPALIVE_COUNT}"
+        f" -c tcp_user_timeout={UNACKNOWLEDGED_MS}"
     )
     return {
         "keepalives": 1,
         "keepalives_idle": KEEPALIVE_IDLE_SECONDS,
         "keepalives_interval": KEEPALIVE_INTERVAL_SECONDS,
         "keepalives_count": KEEPALIVE_COUNT,
+        "tcp_user_timeout": UNACKNOWLEDGED_MS,
         "options": server,
     }
 

@@ -56,10 +56,14 @@ def test_the_server_probes_each_session_so_a_client_gone_silent_loses_its_locks_
     with engine.connect() as connection:
         shown = {
             name: connection.scalar(text(f"SHOW {name}"))
-            for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
-        }
+            for name in (
+                "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
+                "tcp_user_timeout",
+            )
+        }  # fmt: skip
     assert shown == {
         "tcp_keepalives_idle": str(farm_engine.KEEPALIVE_IDLE_SECONDS),
         "tcp_keepalives_interval": str(farm_engine.KEEPALIVE_INTERVAL_SECONDS),
         "tcp_keepalives_count": str(farm_engine.KEEPALIVE_COUNT),
+        "tcp_user_timeout": str(farm_engine.UNACKNOWLEDGED_MS),
     }

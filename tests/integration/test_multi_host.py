@@ -16,10 +16,13 @@ import time
 from pathlib import Path
 
 import openpyxl
+import psycopg
 import pytest
 import s3fs
 from sqlalchemy import func, select
 
+from db import engine as farm_engine
+from db import timers
 from db.engine import make_engine, session_factory
 from db.models import Article, ArticleStatus, Render, StageRun
 from tasks.settings import Settings
@@ -29,9 +32,9 @@ from tests.integration.faultkit import tally
 from tests.integration.hosts import Network, can_make_hosts
 from tests.integration.hostservices import start_services
 
-# About four minutes (the cut waits out a lease and more, at the shipped settings): run by
-# `make faults` with the other fleet scenarios.
-pytestmark = [pytest.mark.integration, pytest.mark.own_services, pytest.mark.fleet]
+# About five minutes (the cut waits out a lease and more, at the shipped settings), beside the
+# rest of the suite: its services are its own.
+pytestmark = [pytest.mark.integration, pytest.mark.own_services]
 
 FARM = [sys.executable, "-m", "producer.cli"]
 # deploy/README.md, "A GPU box that drops off the network": the articles a cut-off host
@@ -53,7 +56,7 @@ def cluster(tmp_path_factory, model_cache, tiny_profile):
         pytest.skip(f"separate hosts cannot be made on this machine: {reason}")
     workdir = tmp_path_factory.mktemp("hosts")
     pg_data = Path(tempfile.mkdtemp(prefix="farm-hosts-pg-"))
-    network = Network(["svc", "text", "gpu1", "gpu2"])
+    network = Network(["svc", "text", "gpu1", "gpu2", "probe"])
     try:
         services = start_services(network["svc"], workdir, pg_data)
         env = os.environ | services | {
@@ -145,6 +148,46 @@ def test_a_batch_sent_from_the_operators_machine_ends_done_on_workers_of_other_h
     counts = tally(env)
     assert (counts["completed"], counts["lost"], counts["duplicated"]) == (8, 0, 0), counts
     assert published_where_stored(env, batch) == []
+
+
+# A session that holds a row lock and whose host is cut off while the server answers it.
+HOLD_LOCK = """
+import sys, time
+from sqlalchemy import text
+from db.engine import make_engine
+with make_engine(sys.argv[1]).begin() as connection:
+    connection.execute(text("SELECT value FROM marks WHERE name = 'probe' FOR UPDATE"))
+    print("locked", flush=True)
+    connection.execute(text("SELECT pg_sleep(3)"))
+    time.sleep(3600)
+"""
+
+
+def test_a_host_cut_off_while_the_server_answers_it_loses_its_row_locks_within_the_bound(
+    cluster,
+):
+    # The server's answer to the cut host waits unacknowledged, when keepalive probes do not
+    # go out: the farm's sessions carry a TCP user timeout (db.engine) so that the locks such
+    # a session holds (an article's claim, the reaper's timer) do not outlive it for minutes.
+    network, env, workdir = cluster
+    url = env["FARM_DATABASE_URL"]
+    timers.keep_mark(make_engine(url), "probe", "held")
+    log = workdir / "probe.log"
+    network["probe"].start([sys.executable, "-c", HOLD_LOCK, url], env, log)
+    deadline = time.monotonic() + 60
+    while "locked" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    time.sleep(1)  # the session is inside pg_sleep: its answer comes after the cut
+    network["probe"].cut()
+    cut_at = time.monotonic()
+    bound = farm_engine.UNACKNOWLEDGED_MS / 1000 + 15
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as c:
+        c.execute(f"SET lock_timeout = '{int(bound + 30)}s'")
+        c.execute("UPDATE marks SET value = 'free' WHERE name = 'probe'")
+    took = time.monotonic() - cut_at
+    print(f"multi-host: a cut session's row lock freed {took:.1f}s after the cut")
+    assert took <= bound, f"the lock held {took:.1f}s after the cut, bound {bound:.0f}s"
 
 
 def test_a_gpu_host_cut_off_mid_batch_leaves_every_article_done_once_in_the_bucket(cluster):
