@@ -3,8 +3,9 @@
 A worker process holds several messages at once; each message's thread hands its article's
 model input to :meth:`ModelExecutor.submit` and waits for the result. The executor takes the
 inputs waiting for one stage (up to that stage's batch size, waiting at most ``max_wait``
-seconds for more once the first has come), runs one model call over them, and hands each
-caller its own output: a dynamic batcher, as inference servers have. Model calls never run
+seconds for more once the first has come, and meanwhile calling any other stage whose batch
+is due), runs one model call over them, and hands each caller its own output: a dynamic
+batcher, as inference servers have. Model calls never run
 side by side, so one device serves one call at a time, while the callers' threads do their
 own work (a PNG written, a row stored) around it.
 
@@ -170,26 +171,35 @@ class ModelExecutor:
     def _take(self) -> tuple[str, ModelCall, list] | None:
         with self._ready:
             while not self._stopped:
-                stage = self._oldest()
+                now = time.monotonic()
+                stage, wake_at = self._due(now)
                 if stage is None:
-                    self._ready.wait()
+                    self._ready.wait(None if wake_at is None else wake_at - now)
                     continue
                 waiting = self._stages[stage]
-                deadline = waiting.items[0][0] + self.max_wait
-                while len(waiting.items) < waiting.batch_size and not self._stopped:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._ready.wait(left)
                 count = min(waiting.batch_size, len(waiting.items))
                 entries = [waiting.items.popleft() for _ in range(count)]
-                if entries:
-                    return stage, waiting.call, entries
+                return stage, waiting.call, entries
             return None
 
-    def _oldest(self) -> str | None:
-        heads = [(w.items[0][0], name) for name, w in self._stages.items() if w.items]
-        return min(heads)[1] if heads else None
+    def _due(self, now: float) -> tuple[str | None, float | None]:
+        """The stage to call now, and else when the next one is due.
+
+        A stage is due when its batch is full or its oldest input has waited ``max_wait``;
+        of the due stages, the one whose oldest input came first goes. A stage still
+        gathering its batch never keeps the device idle while another one is due (a render,
+        whose batch is one image, runs while the next text batch gathers).
+        """
+        due, wake_at = [], None
+        for name, waiting in self._stages.items():
+            if not waiting.items:
+                continue
+            arrived = waiting.items[0][0]
+            if len(waiting.items) >= waiting.batch_size or now >= arrived + self.max_wait:
+                due.append((arrived, name))
+            else:
+                wake_at = min(arrived + self.max_wait, wake_at or float("inf"))
+        return (min(due)[1], None) if due else (None, wake_at)
 
     def _run(self, stage: str, call: ModelCall, entries: list) -> None:
         inputs = [entry[1] for entry in entries]

@@ -124,6 +124,39 @@ def test_a_lone_input_is_called_after_about_max_wait(executors):
     assert model.calls == [[21]]
 
 
+def test_a_stage_whose_batch_is_due_runs_while_an_older_stage_still_gathers_its_batch(
+    executors,
+):
+    # The device does not idle while a text batch gathers: the render waiting beside it goes.
+    executor = executors(max_wait=5.0)
+    text, render = Recorder(), Recorder()
+    gathering = executor.submit("extract", text, 1, batch_size=8)
+
+    rendered = executor.submit("render", render, 2, batch_size=1)
+
+    assert rendered.result(WAIT) == 4
+    assert not gathering.done() and text.calls == []
+    assert gathering.result(WAIT) == 2  # after max_wait, alone
+    assert text.calls == [[1]]
+
+
+def test_of_the_stages_due_the_one_whose_oldest_input_came_first_goes_first(executors):
+    executor = executors(max_wait=0.0)
+    gate, model = Gate(), Recorder()
+    gate.hold(executor)
+    order = []
+    for item, stage in enumerate(("score", "render", "score")):
+        executor.submit(stage, model, item, batch_size=4).add_done_callback(
+            lambda _f, stage=stage: order.append(stage)
+        )
+    gate.opened.set()
+
+    deadline = time.monotonic() + WAIT
+    while len(order) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert order == ["score", "score", "render"]
+
+
 def test_inputs_are_served_in_the_order_they_came(executors):
     executor = executors(max_wait=0.0)
     gate, model = Gate(), Recorder()
