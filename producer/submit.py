@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from sqlalchemy import Engine
 
-from db.transitions import mark_sent
+from db.sends import mark_sent
 from db.urls import mask_password
 from tasks.chains import send_chains
 from tasks.queues import NORMAL_PRIORITY

@@ -30,7 +30,7 @@ from functools import partial
 from celery import Task
 from sqlalchemy.exc import DBAPIError
 
-from db import transitions
+from db import sends, transitions
 from db.models import TERMINAL_STATUSES
 from db.urls import describe
 from tasks import context
@@ -220,7 +220,7 @@ class StageTask(Task):
         worker = context.current()
         sent = worker.take_next_sent()
         if sent is not None:
-            transitions.mark_sent(worker.engine, [sent[0]], sent[1])
+            sends.mark_sent(worker.engine, [sent[0]], sent[1])
 
     def after_return(self, status, retval, task_id, args, kwargs, einfo) -> None:
         """Forget a next stage noted by a task that did not succeed after all."""

@@ -66,7 +66,7 @@ class Arrivals:
     received during the call that killed it, before its claim, holds no lease: its article is
     kept in a file the launcher names (:data:`ARRIVALS_FILE_ENV`), replaced whole at each
     change (the page cache keeps it through a SIGKILL), and the launcher marks it unsent for
-    the reaper (:func:`read_arrivals`, :func:`db.transitions.unmark_unclaimed`). Without a
+    the reaper (:func:`read_arrivals`, :func:`db.sends.unmark_unclaimed`). Without a
     file (``farm run``, a benchmark) nothing is written.
 
     Args:

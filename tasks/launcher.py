@@ -48,7 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from db import transitions
+from db import sends, transitions
 from db.engine import make_engine
 from tasks.context import ARRIVALS_FILE_ENV, read_arrivals
 from tasks.exceptions import HUNG_EXIT_CODE, FarmError
@@ -438,7 +438,7 @@ def recovery(settings: Settings) -> Callable[[WorkerProcess, Path], None]:
 
     Its leases carry its node name (:func:`db.transitions.owner_prefix`) and are ended; the
     messages it had received but not claimed (its arrivals file) have their sends forgotten
-    (:func:`db.transitions.unmark_unclaimed`). The reaper sends both on a turn
+    (:func:`db.sends.unmark_unclaimed`). The reaper sends both on a turn
     (``FARM_REAPER_SECONDS``; an unclaimed one once its stage was stored 30 s ago), instead of
     after the lease or the broker's visibility timeout. The launcher sends nothing itself.
 
@@ -454,7 +454,7 @@ def recovery(settings: Settings) -> Callable[[WorkerProcess, Path], None]:
         try:
             # Its watchdog may have ended them already (a hung call): nothing is left then.
             transitions.expire(engine, f"worker {process.node} died", "lost", prefix=prefix)
-            unmarked = transitions.unmark_unclaimed(engine, waiting)
+            unmarked = sends.unmark_unclaimed(engine, waiting)
         except Exception as error:  # they run out with their lease, and the reaper sends them
             logger.warning("could not hand the articles of %s to the reaper: %s",
                            process.node, error)  # fmt: skip

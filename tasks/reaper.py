@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 from sqlalchemy import Engine
 
-from db import timers, transitions
+from db import sends, timers
 from tasks import stranded
 from tasks.chains import send_chains
 from tasks.publish import publish_pending
@@ -57,7 +57,7 @@ def stuck_articles(connection, quiet_seconds: float | None = None) -> list:
         Rows of (id, key, status, batch_id).
     """
     statuses = [status.value for status in IN_FLIGHT]
-    return transitions.stuck(connection, statuses, SEND_GRACE_SECONDS, quiet_seconds)
+    return sends.stuck(connection, statuses, SEND_GRACE_SECONDS, quiet_seconds)
 
 
 def reap(app: Celery, engine: Engine) -> int:
@@ -73,14 +73,14 @@ def reap(app: Celery, engine: Engine) -> int:
     if not reset:
         take_back_stranded(app, engine)
     statuses = [status.value for status in IN_FLIGHT]
-    rows = transitions.take_stuck(engine, statuses, SEND_GRACE_SECONDS, everything=reset)
+    rows = sends.take_stuck(engine, statuses, SEND_GRACE_SECONDS, everything=reset)
     if not rows:
         return 0
     chains = [(row.id, row.key, stage_waiting_in(row.status).name) for row in rows]
     try:
         send_chains(app, chains, priority=URGENT_PRIORITY)
     except BaseException:
-        transitions.unmark_sent(engine, [row.id for row in rows])
+        sends.unmark_sent(engine, [row.id for row in rows])
         raise
     why = "the broker came back empty" if reset else "stuck"
     logger.warning("reaper: %d articles sent again, %s (%s)", len(rows), why,
@@ -95,9 +95,9 @@ def take_back_stranded(app: Celery, engine: Engine) -> None:
     view = stranded.look(app, bound)
     if view is None:
         return
-    held = transitions.unmark_unclaimed(engine, view.held_long) if view.held_long else 0
+    held = sends.unmark_unclaimed(engine, view.held_long) if view.held_long else 0
     older = bound + stranded.CLOCK_TOLERANCE_SECONDS
-    gone = transitions.unmark_vanished(engine, view.empty_statuses, older, view.held_ids)
+    gone = sends.unmark_vanished(engine, view.empty_statuses, older, view.held_ids)
     if held or gone:
         logger.warning(
             "reaper: %d articles whose messages a cut-off worker holds, %d whose messages "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from db import transitions
+from db import sends, transitions
 from tasks import launcher
 from tasks.context import Arrivals
 from tasks.exceptions import HUNG_EXIT_CODE
@@ -209,7 +209,7 @@ def test_a_dead_process_has_its_leases_ended_at_once_and_the_reaper_left_to_send
     on_death(WorkerProcess("gpu0-1@host", [], {}), Path("/nonexistent/arrivals.json"))
 
     with engine.connect() as connection:
-        stuck = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
+        stuck = sends.stuck(connection, IN_FLIGHT, grace_seconds=30)
     assert [row.id for row in stuck] == [dead]  # the reaper's next turn sends it
     assert article(sessions, dead).sent_at == sent_before
     assert runs(sessions, dead) == [(1, "interrupted")]  # it never reached a model call
@@ -232,7 +232,7 @@ def test_messages_a_dead_process_received_and_never_claimed_go_to_the_reaper(
     assert article(sessions, received).sent_at is None  # never sent, as far as the reaper knows
     assert article(sessions, claimed_elsewhere).lease_token == token
     with engine.connect() as connection:
-        stuck = transitions.stuck(connection, IN_FLIGHT, grace_seconds=0)
+        stuck = sends.stuck(connection, IN_FLIGHT, grace_seconds=0)
     assert [row.id for row in stuck] == [received]
 
 

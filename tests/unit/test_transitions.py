@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import select, update
 
-from db import models, timers, transitions
+from db import models, sends, timers, transitions
 from db.clock import server_now
 from db.models import Article, ArticleStatus, Batch, Render, StageRun, Timer, utcnow
 
@@ -196,7 +196,7 @@ def test_ending_a_dead_workers_leases_makes_them_stuck_now_and_closes_their_runs
     prefix = transitions.owner_prefix("gpu0@host")
     assert transitions.expire(engine, "worker died", "lost", prefix=prefix) == 1
     with engine.connect() as connection:
-        stuck = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
+        stuck = sends.stuck(connection, IN_FLIGHT, grace_seconds=30)
     assert [row.id for row in stuck] == [mine]
     assert runs(sessions, mine) == [(1, "lost")] and runs(sessions, other) == [(1, "running")]
 
@@ -251,8 +251,8 @@ def test_stuck_articles_are_expired_leases_and_unsent_ones_past_the_grace(engine
     age(sessions, queued, 3600)  # sent an hour ago, waiting in the queue: not stuck
     age(sessions, done, 3600, sent_at=None, status=ArticleStatus.done.value)
     with engine.connect() as connection:
-        reaped = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
-        quiet = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30, quiet_seconds=600)
+        reaped = sends.stuck(connection, IN_FLIGHT, grace_seconds=30)
+        quiet = sends.stuck(connection, IN_FLIGHT, grace_seconds=30, quiet_seconds=600)
     assert [row.id for row in reaped] == [leased, unsent]
     assert [row.id for row in quiet] == [leased, unsent, queued]
 
@@ -266,10 +266,10 @@ def test_taking_stuck_articles_marks_them_sent_and_keeps_their_tokens_for_a_late
     age(sessions, first, 5)
     age(sessions, second, 5)
 
-    taken = transitions.take_stuck(engine, IN_FLIGHT, grace_seconds=30)
+    taken = sends.take_stuck(engine, IN_FLIGHT, grace_seconds=30)
 
     assert [row.id for row in taken] == [first, second]
-    assert transitions.take_stuck(engine, IN_FLIGHT, grace_seconds=30) == []  # sent already
+    assert sends.take_stuck(engine, IN_FLIGHT, grace_seconds=30) == []  # sent already
     assert claim(engine, second) is not None  # the message sent again is claimed
     # Nobody claimed the first since its lease ran out: its worker's late result is kept.
     assert transitions.complete(engine, late, "translated", {"translation": "Rock"})
@@ -280,7 +280,7 @@ def test_a_claim_between_the_reapers_look_and_its_send_is_not_undone(engine, ses
     (article_id,) = add_articles(sessions, "A-1")
     claim(engine, article_id)
     age(sessions, article_id, 5)
-    (taken,) = transitions.take_stuck(engine, IN_FLIGHT, grace_seconds=30)
+    (taken,) = sends.take_stuck(engine, IN_FLIGHT, grace_seconds=30)
     held = claim(engine, article_id)  # the new message came first, before the reaper sent
     assert held is not None
     assert article(sessions, article_id).lease_token == held.token
@@ -290,24 +290,24 @@ def test_a_claim_between_the_reapers_look_and_its_send_is_not_undone(engine, ses
 def test_a_failed_send_is_unmarked_and_taken_again_next_turn(engine, sessions):
     (article_id,) = add_articles(sessions, "A-1", sent=False)
     age(sessions, article_id, 60, sent_at=None)
-    (taken,) = transitions.take_stuck(engine, IN_FLIGHT, grace_seconds=30)
-    transitions.unmark_sent(engine, [taken.id])
-    assert [row.id for row in transitions.take_stuck(engine, IN_FLIGHT, 30)] == [article_id]
+    (taken,) = sends.take_stuck(engine, IN_FLIGHT, grace_seconds=30)
+    sends.unmark_sent(engine, [taken.id])
+    assert [row.id for row in sends.take_stuck(engine, IN_FLIGHT, 30)] == [article_id]
 
 
 def test_after_a_broker_reset_every_unleased_in_flight_article_is_taken(engine, sessions):
     queued, leased, done = add_articles(sessions, "Q", "L", "D")
     claim(engine, leased)
     age(sessions, done, 0, status=ArticleStatus.done.value)
-    assert transitions.take_stuck(engine, IN_FLIGHT, grace_seconds=30) == []
-    taken = transitions.take_stuck(engine, IN_FLIGHT, grace_seconds=30, everything=True)
+    assert sends.take_stuck(engine, IN_FLIGHT, grace_seconds=30) == []
+    taken = sends.take_stuck(engine, IN_FLIGHT, grace_seconds=30, everything=True)
     assert [row.id for row in taken] == [queued]
 
 
 def test_marking_sent_only_touches_articles_still_in_the_status_that_waited(engine, sessions):
     moved, waiting = add_articles(sessions, "A-1", "A-2", sent=False)
     age(sessions, moved, 0, status="extracted")
-    transitions.mark_sent(engine, [moved, waiting], status="pending")
+    sends.mark_sent(engine, [moved, waiting], status="pending")
     assert article(sessions, moved).sent_at is None
     assert article(sessions, waiting).sent_at is not None
 
@@ -318,23 +318,23 @@ def test_a_stage_claimed_before_its_send_was_recorded_is_still_reaped_when_its_w
     (article_id,) = add_articles(sessions, "A-1", sent=False)
     claim(engine, article_id)  # the message came, and a worker claimed it, so quickly that...
     age(sessions, article_id, 5, claimed_at=utcnow() - timedelta(seconds=6))
-    transitions.mark_sent(engine, [article_id], status="pending")  # ...its send is noted after
+    sends.mark_sent(engine, [article_id], status="pending")  # ...its send is noted after
     # The worker died and its lease ran out: no message of the article is on its way.
     with engine.connect() as connection:
-        stuck = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
+        stuck = sends.stuck(connection, IN_FLIGHT, grace_seconds=30)
     assert [row.id for row in stuck] == [article_id]
 
 
 def test_a_send_recorded_before_the_claim_is_taken_by_it_whatever_the_times_read(engine, sessions):
     (article_id,) = add_articles(sessions, "A-1", sent=False)
-    transitions.mark_sent(engine, [article_id], status="pending")
+    sends.mark_sent(engine, [article_id], status="pending")
     # The server's now() is a transaction's start: a send recorded by a transaction that
     # began after the claim's, and committed before it, reads later than the claim.
     age(sessions, article_id, 0, sent_at=utcnow() + timedelta(seconds=1))
     claim(engine, article_id)
     age(sessions, article_id, 5)  # its worker died; the lease ran out
     with engine.connect() as connection:
-        stuck = transitions.stuck(connection, IN_FLIGHT, grace_seconds=30)
+        stuck = sends.stuck(connection, IN_FLIGHT, grace_seconds=30)
     assert [row.id for row in stuck] == [article_id]
 
 
@@ -372,4 +372,4 @@ def test_a_worker_clock_a_minute_off_neither_takes_nor_strands_another_workers_l
 
     assert claim(engine, second, worker="right@host") is None  # and so does the one it took
     with engine.connect() as connection:
-        assert transitions.stuck(connection, IN_FLIGHT, grace_seconds=30) == []
+        assert sends.stuck(connection, IN_FLIGHT, grace_seconds=30) == []
