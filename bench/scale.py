@@ -23,13 +23,14 @@ With ``--costs PROFILE`` it measures the whole farm instead: every model call (t
 extraction, rendering, scoring) sleeps what ``bench/costs.toml`` says it costs on that
 profile, holding its card (:mod:`bench.cards`), in the deployment shape ``--text-on``
 (:mod:`bench.shapes`: ``gpu``, the GPU processes serve the text queue too; ``cpu``, one text
-process on the CPU; ``card``, a text process pinned to card 0). It prints the farm's
+process on the CPU; ``card``, a text process pinned to card 0; ``cards``, a text process on
+every card beside its GPU process). It prints the farm's
 articles per hour, one card's render + score rate (``3600 / (render + score per article at
 the shipped score batch size)``, from the table), how the cards spent their time (from the
 calls they logged), and last ``farm_efficiency: X``: the farm's rate over N cards' render +
 score rate (1: text costs the cards nothing and the farm keeps them busy).
 
-    python -m bench.scale --gpus 4 --costs h100 [--text-on gpu|cpu|card] [--articles N]
+    python -m bench.scale --gpus 4 --costs h100 [--text-on gpu|cpu|card|cards] [--articles N]
         [--text-batch B] [--time-scale K] [--quick]
 """
 
@@ -305,7 +306,7 @@ def costed_floor(args) -> float:
     batch = shipped_text_batch(args)
     text = sum(table[stage].per_article(batch) for stage in ("translate", "extract"))
     text *= args.time_scale
-    if args.text_on == "gpu":
+    if args.text_on in ("gpu", "cards"):
         return args.articles * (card + text) / args.gpu_processes
     return args.articles * max(card / args.gpu_processes, text)
 

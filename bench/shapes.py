@@ -6,7 +6,9 @@
 * ``cpu``: ``farm worker gpu --gpus 0,..,N-1`` and one ``farm worker text --device cpu``
   process whose text calls cost what the ``cpu`` profile says, on no card;
 * ``card``: ``farm worker gpu --gpus 0,..,N-1`` and one ``farm worker text`` process pinned
-  to card 0, taking turns on it with that card's GPU process (GPU profile).
+  to card 0, taking turns on it with that card's GPU process (GPU profile);
+* ``cards``: ``farm worker gpu --gpus 0,..,N-1`` and ``farm worker text --gpus 0,..,N-1``, a
+  text process on every card beside its GPU process, the two taking turns on it.
 
 Every process runs ``bench.fake_runtimes:costed``: each model call sleeps its cost, holding
 its card's lock (:mod:`bench.cards`).
@@ -23,7 +25,7 @@ from bench import fake_runtimes
 from tasks.launcher import plan_workers
 from tasks.settings import Settings
 
-SHAPES = ("gpu", "cpu", "card")
+SHAPES = ("gpu", "cpu", "card", "cards")
 FACTORY = "bench.fake_runtimes:costed"
 CPU_PROFILE = "cpu"
 
@@ -40,7 +42,7 @@ def worker_commands(
     """Command lines and environments of a shape's worker processes, as the launcher plans them.
 
     Args:
-        shape: ``gpu``, ``cpu`` or ``card``.
+        shape: ``gpu``, ``cpu``, ``card`` or ``cards``.
         gpus: the cards.
         profile: the GPU cost profile (``h100``).
         urls: (database URL, broker URL).
@@ -74,8 +76,8 @@ def worker_commands(
     if shape == "gpu":
         return [(w.argv, base | w.env) for w in plan_workers("all", settings, cards)]
     planned = [(w.argv, base | w.env) for w in plan_workers("gpu", settings, cards)]
-    if shape == "card":
-        text = plan_workers("text", settings, cards[:1])
+    if shape in ("card", "cards"):
+        text = plan_workers("text", settings, cards[:1] if shape == "card" else cards)
         return planned + [(w.argv, base | w.env) for w in text]
     text = plan_workers("text", settings.model_copy(update={"device": "cpu"}))
     on_cpu = base | {fake_runtimes.COST_PROFILE_ENV: CPU_PROFILE}

@@ -188,6 +188,13 @@ def test_the_card_shape_pins_its_text_process_to_card_0(tmp_path):
     assert planned[-1][1][fake_runtimes.COST_PROFILE_ENV] == "h100"
 
 
+def test_the_cards_shape_puts_a_text_process_on_every_card_beside_its_gpu_process(tmp_path):
+    planned = plan("cards", tmp_path)
+    assert [queues(argv) for argv, _ in planned] == ["farm.gpu"] * 2 + ["farm.text"] * 2
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in planned] == ["0", "1", "0", "1"]
+    assert {env[fake_runtimes.COST_PROFILE_ENV] for _, env in planned} == {"h100"}
+
+
 def test_a_costed_run_without_text_batch_uses_the_shipped_default_of_its_shape():
     from bench import scale
     from tasks.settings import TEXT_BATCH_SIZE_CPU, TEXT_BATCH_SIZE_GPU
