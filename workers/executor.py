@@ -5,9 +5,9 @@ model input to :meth:`ModelExecutor.submit` and waits for the result. The execut
 inputs waiting for one stage (up to that stage's batch size, waiting at most ``max_wait``
 seconds for more once the first has come, and meanwhile calling any other stage whose batch
 is due), runs one model call over them, and hands each caller its own output: a dynamic
-batcher, as inference servers have. Model calls never run
-side by side, so one device serves one call at a time, while the callers' threads do their
-own work (a PNG written, a row stored) around it.
+batcher, as inference servers have. Model calls never run side by side, so one device serves
+one call at a time, while the callers' threads do their own work (a PNG written, a row
+stored) around it.
 
 A call that fails for a batch of several inputs is made again for each input alone, so one
 input that breaks the model fails on its own. A call that runs longer than ``time_limit`` is
@@ -190,7 +190,7 @@ class ModelExecutor:
         gathering its batch never keeps the device idle while another one is due (a render,
         whose batch is one image, runs while the next text batch gathers).
         """
-        due, wake_at = [], None
+        due, gathering = [], []
         for name, waiting in self._stages.items():
             if not waiting.items:
                 continue
@@ -198,8 +198,10 @@ class ModelExecutor:
             if len(waiting.items) >= waiting.batch_size or now >= arrived + self.max_wait:
                 due.append((arrived, name))
             else:
-                wake_at = min(arrived + self.max_wait, wake_at or float("inf"))
-        return (min(due)[1], None) if due else (None, wake_at)
+                gathering.append(arrived + self.max_wait)
+        if due:
+            return min(due)[1], None
+        return None, min(gathering, default=None)
 
     def _run(self, stage: str, call: ModelCall, entries: list) -> None:
         inputs = [entry[1] for entry in entries]
