@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import openpyxl
-import psycopg
 import pytest
 import s3fs
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from db import engine as farm_engine
 from db import timers
@@ -171,7 +170,8 @@ def test_a_host_cut_off_while_the_server_answers_it_loses_its_row_locks_within_t
     # a session holds (an article's claim, the reaper's timer) do not outlive it for minutes.
     network, env, workdir = cluster
     url = env["FARM_DATABASE_URL"]
-    timers.keep_mark(make_engine(url), "probe", "held")
+    engine = make_engine(url)
+    timers.keep_mark(engine, "probe", "held")
     log = workdir / "probe.log"
     network["probe"].start([sys.executable, "-c", HOLD_LOCK, url], env, log)
     deadline = time.monotonic() + 60
@@ -182,9 +182,9 @@ def test_a_host_cut_off_while_the_server_answers_it_loses_its_row_locks_within_t
     network["probe"].cut()
     cut_at = time.monotonic()
     bound = farm_engine.UNACKNOWLEDGED_MS / 1000 + 15
-    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as c:
-        c.execute(f"SET lock_timeout = '{int(bound + 30)}s'")
-        c.execute("UPDATE marks SET value = 'free' WHERE name = 'probe'")
+    with engine.begin() as connection:
+        connection.execute(text(f"SET LOCAL lock_timeout = '{int(bound + 30)}s'"))
+        connection.execute(text("UPDATE marks SET value = 'free' WHERE name = 'probe'"))
     took = time.monotonic() - cut_at
     print(f"multi-host: a cut session's row lock freed {took:.1f}s after the cut")
     assert took <= bound, f"the lock held {took:.1f}s after the cut, bound {bound:.0f}s"
