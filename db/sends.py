@@ -9,10 +9,14 @@ messages that a cut-off worker holds or that vanished on their way (:func:`unmar
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from sqlalchemy import Engine, and_, bindparam, or_, select, true, update
 
 from db.clock import server_now, server_time
 from db.transitions import ARTICLES, free_or_expired
+
+IDS_PER_STATEMENT = 500
 
 
 def mark_sent(engine: Engine, article_ids: list[int], status: str | None = None) -> None:
@@ -28,15 +32,21 @@ def mark_sent(engine: Engine, article_ids: list[int], status: str | None = None)
             the article on meanwhile, and its own next message is not sent yet).
     """
     with engine.begin() as connection:
-        for start in range(0, len(article_ids), 500):
+        for chunk in _chunks(article_ids):
             query = update(ARTICLES).where(
-                ARTICLES.c.id.in_(article_ids[start : start + 500]),
+                ARTICLES.c.id.in_(chunk),
                 ARTICLES.c.sent_at.is_(None),
                 ARTICLES.c.lease_token.is_(None),
             )
             if status is not None:
                 query = query.where(ARTICLES.c.status == status)
             connection.execute(query.values(sent_at=server_now()))
+
+
+def _chunks(article_ids: list[int]) -> Iterator[list[int]]:
+    # Bounded IN lists: SQLite allows a limited number of bound parameters per statement.
+    for start in range(0, len(article_ids), IDS_PER_STATEMENT):
+        yield article_ids[start : start + IDS_PER_STATEMENT]
 
 
 def _lost(grace_seconds: float, quiet_seconds: float | None = None, everything: bool = False):
@@ -130,10 +140,10 @@ def unmark_sent(engine: Engine, article_ids: list[int]) -> None:
     """Forget that messages were sent for these articles (the send failed): the reaper
     finds them again on its next turn."""
     with engine.begin() as connection:
-        for start in range(0, len(article_ids), 500):
+        for chunk in _chunks(article_ids):
             connection.execute(
                 update(ARTICLES)
-                .where(ARTICLES.c.id.in_(article_ids[start : start + 500]))
+                .where(ARTICLES.c.id.in_(chunk))
                 .values(sent_at=None, updated_at=ARTICLES.c.updated_at)
             )
 

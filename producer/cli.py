@@ -277,7 +277,7 @@ def status(settings: Settings, batch, as_json, watch, interval, half_life) -> No
 
     batches = collect()
     if batch and not batches:
-        raise SelectionError(f"no batch {batch!r}; `farm status` lists the batches")
+        raise SelectionError.unknown_batch(batch)
     if as_json:
         click.echo(json.dumps(batches, indent=2))
         return

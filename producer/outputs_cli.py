@@ -55,7 +55,7 @@ def export(settings: Settings, batch, fmt, out) -> None:
         try:
             rows = export_rows(session, batch, settings.output_dir)
         except LookupError as error:
-            raise SelectionError(f"{error}; `farm status` lists the batches") from error
+            raise SelectionError.unknown_batch(batch) from error
     if stdout is not None:
         console.print(f"{write_export_stream(rows, stdout, fmt)} rows written")
         return
@@ -84,6 +84,6 @@ def report(settings: Settings, batch, out) -> None:
         try:
             path = write_report(session, batch, settings.output_dir, path=path, stream=stdout)
         except LookupError as error:
-            raise SelectionError(f"{error}; `farm status` lists the batches") from error
+            raise SelectionError.unknown_batch(batch) from error
     if stdout is None:
         click.echo(path)

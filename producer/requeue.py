@@ -86,7 +86,7 @@ def select_articles(session: Session, selection: Selection, lease_seconds: float
 def _check_names(session: Session, selection: Selection) -> None:
     """Refuse a batch or article keys that do not exist, naming them."""
     if selection.batch and session.get(Batch, selection.batch) is None:
-        raise SelectionError(f"no batch {selection.batch!r}; `farm status` lists the batches")
+        raise SelectionError.unknown_batch(selection.batch)
     if not selection.keys:
         return
     query = select(Article.key).where(Article.key.in_(list(selection.keys)))

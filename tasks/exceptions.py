@@ -1,5 +1,7 @@
 """Error kinds of the farm. The kind decides what happens to an article after an error."""
 
+from __future__ import annotations
+
 # The exit code of a worker process whose model call hung (its watchdog stopped it).
 HUNG_EXIT_CODE = 75
 
@@ -39,6 +41,11 @@ class UserError(FarmError):
 class SelectionError(UserError):
     """A command named a batch or articles that do not exist, or a requeue a stage they cannot
     start at."""
+
+    @classmethod
+    def unknown_batch(cls, batch: str) -> SelectionError:
+        """The error for a batch that the database does not hold, saying where names are."""
+        return cls(f"no batch {batch!r}; `farm status` lists the batches")
 
 
 class ReviewRefused(UserError):
