@@ -19,7 +19,8 @@ def pytest_itemcollected(item) -> None:
 
     The integration tests that use the machine's Redis and PostgreSQL run one after another
     on one worker: several restart those services. A module with services of its own (marked
-    ``own_services``) runs as one unit, its module fixtures made once, beside them; the unit
+    ``own_services``) runs as one unit, its module fixtures made once, beside them, and so do
+    the tests of a module marked one by one because they need no service at all; the unit
     tests go to whichever worker is free. Without ``--dist loadgroup`` the groups do nothing.
     Marked as each test is collected: xdist reads the groups when collection ends.
     """

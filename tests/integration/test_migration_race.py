@@ -110,6 +110,7 @@ def test_workers_started_together_on_an_empty_postgres_database_all_start(
     assert_at_the_latest_revision(empty_pg_url)
 
 
+@pytest.mark.own_services  # SQLite only: runs beside the tests that restart services
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_workers_started_together_on_a_new_sqlite_file_all_start(tmp_path, round_):
     url = f"sqlite:///{tmp_path / 'farm.db'}"
@@ -132,6 +133,7 @@ def db_upgrade(url: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.own_services  # SQLite only: runs beside the tests that restart services
 def test_farm_db_upgrade_creates_a_missing_sqlite_database_and_prints_its_revisions(tmp_path):
     path = tmp_path / "new" / "farm.db"
     (head,) = heads()
@@ -195,6 +197,7 @@ def poll_status(env: dict, run: subprocess.Popen, log: Path) -> list[subprocess.
     return polls
 
 
+@pytest.mark.own_services  # SQLite only: runs beside the tests that restart services
 def test_farm_run_on_sqlite_keeps_its_writes_while_farm_status_reads_beside_it(run_env, tmp_path):
     catalog = write_articles(tmp_path / "catalog.csv", ARTICLES)
     log = tmp_path / "run.log"

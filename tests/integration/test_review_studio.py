@@ -297,6 +297,7 @@ def test_an_anonymous_request_and_a_request_without_csrf_token_are_refused(page,
         assert session.get(Article, article.id).review_status is None
 
 
+@pytest.mark.own_services  # over `farm demo`: SQLite, no service
 def test_the_screenshot_command_photographs_the_contact_sheet_and_an_article(tmp_path):
     result = subprocess.run(
         [sys.executable, "docs/screenshots.py", "--out", str(tmp_path)],
