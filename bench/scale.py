@@ -311,6 +311,15 @@ def costed_floor(args) -> float:
     return args.articles * max(card / args.gpu_processes, text)
 
 
+def efficiency_ceiling(args) -> float:
+    """The best farm_efficiency the shape can show under the table: every text batch full,
+    no card idle, the batch done in :func:`costed_floor`. Text on the cards takes card time
+    that the render + score rate does not count; on the CPU it bounds the farm only when it
+    is the slower."""
+    card = card_rate(args)[0]
+    return args.articles * card / (args.gpu_processes * costed_floor(args))
+
+
 def run(args, commands) -> tuple[tuple, dict, float, dict]:
     """Start the farm's processes on fresh services, measure, stop everything.
 
@@ -375,6 +384,8 @@ def report_farm(args, actual: float, cards: dict) -> float:
     print(f"farm: {farm:.0f} articles/h ({args.articles} articles in {actual:.1f}s); "
           f"{args.gpu_processes} cards' render + score rate: "
           f"{args.gpu_processes * one_card:.0f} articles/h")  # fmt: skip
+    print(f"the table's ceiling for this shape: {efficiency_ceiling(args):.3f} "
+          f"(full text batches, no card idle)")  # fmt: skip
     return farm / (args.gpu_processes * one_card)
 
 

@@ -151,6 +151,29 @@ def test_one_cards_rate_is_a_render_and_a_share_of_a_full_score_batch():
     assert seconds == pytest.approx(2 * per_image) and rate == pytest.approx(3600 / seconds)
 
 
+def test_the_ceiling_is_the_render_and_score_share_of_card_time_when_text_runs_on_the_cards():
+    table = costs.profile_costs("h100")
+    card = table["render"].seconds(1) + table["score"].seconds(4) / 4
+    text = table["translate"].per_article(32) + table["extract"].per_article(32)
+    for shape in ("gpu", "cards"):
+        args = scale.parse_args(["--gpus", "4", "--costs", "h100", "--text-on", shape,
+                                 "--text-batch", "32"])  # fmt: skip
+        assert scale.efficiency_ceiling(args) == pytest.approx(card / (card + text))
+
+
+def test_text_on_the_cpu_bounds_the_ceiling_by_the_text_process_when_it_is_the_slower():
+    # The table's CPU extraction takes longer per article than a card's render and score,
+    # so the one text process sets the pace, and more cards only lower the ceiling.
+    card = scale.card_rate(scale.parse_args(["--costs", "h100"]))[0]
+    cpu = costs.profile_costs("cpu")
+    text = cpu["translate"].per_article(8) + cpu["extract"].per_article(8)
+    assert text > card
+    for gpus in (1, 4):
+        args = scale.parse_args(["--gpus", str(gpus), "--costs", "h100", "--text-on", "cpu",
+                                 "--text-batch", "8"])  # fmt: skip
+        assert scale.efficiency_ceiling(args) == pytest.approx(card / (gpus * text))
+
+
 def plan(shape, tmp_path, **kwargs):
     urls = ("postgresql+psycopg://x/y", "redis://z/13")
     return shapes.worker_commands(shape, 2, "h100", urls, tmp_path, **kwargs)
