@@ -42,7 +42,8 @@ integration: setup services browser
 
 # Two pytest workers: the integration tests that use the machine's Redis and PostgreSQL run
 # one at a time on one of them (several restart those services, and many wait out leases);
-# the unit tests and the modules with services of their own fill the other (tests/conftest.py).
+# the unit tests and the tests with services of their own, or none, fill the other
+# (tests/conftest.py).
 # The fleet's fault scenarios (minutes each) run in `make faults`, which runs the rest too.
 test: setup services browser lint
 	$(BIN)/pytest tests -q -ra -m "not fleet" -n 2 --dist loadgroup
