@@ -148,6 +148,15 @@ def unmark_sent(engine: Engine, article_ids: list[int]) -> None:
             )
 
 
+def _unclaimed_since_sent():
+    """The rule for an article whose message was sent and has not been claimed since."""
+    articles = ARTICLES.c
+    return and_(
+        articles.sent_at.is_not(None),
+        or_(articles.claimed_at.is_(None), articles.claimed_at < articles.sent_at),
+    )
+
+
 def unmark_unclaimed(engine: Engine, waiting: list[tuple[int, str]]) -> int:
     """Forget the sends of messages a dead process received and never claimed.
 
@@ -171,8 +180,7 @@ def unmark_unclaimed(engine: Engine, waiting: list[tuple[int, str]]) -> int:
                 .where(
                     articles.id == article_id,
                     articles.status == status,
-                    articles.sent_at.is_not(None),
-                    or_(articles.claimed_at.is_(None), articles.claimed_at < articles.sent_at),
+                    _unclaimed_since_sent(),
                     free_or_expired(),
                 )
                 .values(sent_at=None, updated_at=articles.updated_at)
@@ -204,9 +212,8 @@ def unmark_vanished(
             update(ARTICLES)
             .where(
                 articles.status.in_(_literal_list(statuses)),
-                articles.sent_at.is_not(None),
+                _unclaimed_since_sent(),
                 articles.sent_at < server_time(-older_than_seconds),
-                or_(articles.claimed_at.is_(None), articles.claimed_at < articles.sent_at),
                 free_or_expired(),
                 articles.id.not_in(sorted(held_ids)) if held_ids else true(),
             )
